@@ -1,0 +1,152 @@
+"""The ``pos-bridge`` command line.
+
+Only argument parsing lives here; each subcommand's work is in the module that owns it and is
+imported lazily, so ``pos-bridge --help`` stays fast and a till tool does not load the daemon.
+A handler takes the parsed ``argparse.Namespace`` and returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from bridge.errors import UserError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "pos"
+
+# subcommand -> "module:function"
+HANDLERS = {
+    "run": "bridge.daemon.main:run_command",
+    "check-config": "bridge.config:check_config_command",
+    "simulate": "bridge.simulator.cli:simulate_command",
+    "demo": "bridge.till.demo:demo_command",
+    "pay": "bridge.till.pay:pay_command",
+    "cancel": "bridge.till.pay:cancel_command",
+    "tail": "bridge.till.tail:tail_command",
+    "schema": "bridge.core.schema:schema_command",
+    "bench": "bridge.bench.main:bench_command",
+}
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $POS_BRIDGE_CONFIG, else /etc/pos-bridge/config.toml)",
+    )
+
+
+def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_REDIS_URL) -> None:
+    p.add_argument(
+        "--redis-url",
+        default=default_url,
+        metavar="URL",
+        help=f"Redis to talk to (default: {default_url or 'a private redis-server'})",
+    )
+    p.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"key prefix (default: {DEFAULT_PREFIX})"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pos-bridge",
+        description=(
+            "Bridge MultiSafepay SmartPOS (cloud mode) payments to Redis: tills write commands "
+            "to a Redis stream and read each terminal's events from Redis."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon")
+    _add_config(p)
+
+    p = sub.add_parser(
+        "check-config", help="validate a config file and print it with secrets masked"
+    )
+    _add_config(p)
+
+    p = sub.add_parser("simulate", help="run the MultiSafepay cloud POS simulator")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="listen port (default: 8765)")
+    p.add_argument("--webhook-url", metavar="URL", help="send signed webhooks to this URL")
+    p.add_argument(
+        "--speed", type=float, default=1.0, help="time factor: 10 makes payments 10x faster"
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="accept only this API key (repeatable; default: any non-empty key)",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="play an uncertain API detail one way (see README: simulator variants)",
+    )
+
+    p = sub.add_parser(
+        "demo", help="simulator + private Redis + daemon, one payment per scenario"
+    )
+    _add_redis(p, default_url=None)
+    p.add_argument("--speed", type=float, default=20.0, help="simulator speed (default: 20)")
+
+    p = sub.add_parser("pay", help="what a till does: ask a terminal for a payment")
+    _add_redis(p)
+    p.add_argument("--terminal", required=True, help="terminal ID")
+    p.add_argument("--amount", required=True, help="amount in currency units: 12.50 or 12,50")
+    p.add_argument("--currency", default="EUR")
+    p.add_argument("--order-id", help="order id (default: derived from the command id)")
+    p.add_argument("--description")
+    p.add_argument("--wait", action="store_true", help="print events until the final one")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="with --wait: give up after SECONDS"
+    )
+
+    p = sub.add_parser("cancel", help="ask the bridge to cancel an order in flight")
+    _add_redis(p)
+    p.add_argument("--order-id", required=True)
+    p.add_argument("--terminal", help="terminal ID (default: read from the order's key)")
+
+    p = sub.add_parser("tail", help="print events as they arrive, catching up first")
+    _add_redis(p)
+    p.add_argument("--terminal", help="only this terminal (default: all terminals)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--since", metavar="ID", help="catch up from this stream id")
+    g.add_argument(
+        "--from-start", action="store_true", help="catch up from the start of the stream"
+    )
+
+    sub.add_parser("schema", help="print the JSON Schema of commands and events")
+
+    p = sub.add_parser("bench", help="the performance harness")
+    p.add_argument("--quick", action="store_true", help="a preset that ends within a minute")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    module_name, func_name = HANDLERS[args.command].split(":")
+    try:
+        handler = getattr(importlib.import_module(module_name), func_name)
+        return int(handler(args) or 0)
+    except UserError as exc:
+        print(f"pos-bridge: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
