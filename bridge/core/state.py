@@ -1,0 +1,313 @@
+"""The per-order state machine: is this observation a new transition, and what event says so?
+
+Pure: it takes the order's current state (as stored in Redis), an observation from any channel
+and the time, and returns a :class:`Decision`: the new state and the events to publish. The
+Redis side commits a decision atomically only if the stored state is still the one it was made
+from (compare-and-set on ``seq``), so racing channels and daemons publish each transition once.
+
+The rules (DESIGN.md "Events" and "Guarantees"):
+- ``completed``, ``cancelled``, ``void``, ``expired`` are final; a payment has exactly one final.
+- ``declined`` is not final (a soft decline asks for the PIN; a hard one lets the card be
+  retried), and non-final statuses may repeat: ``initialized, declined, initialized, completed``.
+- An observation equal to the current status is a duplicate, whichever channel it came from.
+- A non-final webhook or poll observation older than the last transition is stale: it may
+  describe a status the order has already left.
+- After a final, only refunds are published: one ``order.refund`` per new ``amount_refunded``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from bridge.core.events import (
+    FINAL_STATUSES,
+    REFUND_STATUSES,
+    ErrorCode,
+    Event,
+    EventError,
+    EventType,
+    Source,
+    make_event_id,
+)
+from bridge.core.normalize import Observation, canonical_terminal_id
+
+
+@dataclass(frozen=True, slots=True)
+class OrderState:
+    """What the bridge has published about one order. Stored in Redis beside the order key."""
+
+    order_id: str
+    terminal_id: str
+    #: How many events have been published for the order; the compare-and-set version.
+    seq: int = 0
+    status: str | None = None
+    final: bool = False
+    command_id: str | None = None
+    session_id: str | None = None
+    transaction_id: str | None = None
+    amount: int | None = None
+    currency: str | None = None
+    amount_refunded: int = 0
+    #: When the last transition was received (unix seconds, UTC): the staleness horizon.
+    last_transition_at: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> OrderState:
+        return cls(**json.loads(raw))
+
+
+class Verdict(StrEnum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    AFTER_FINAL = "after_final"
+    #: Upstream contradicted a final status it gave before: logged loudly, never published.
+    CONFLICT = "conflict"
+    #: No terminal is known for an order the bridge has never seen: nowhere to publish.
+    UNROUTABLE = "unroutable"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    state: OrderState | None
+    events: tuple[Event, ...] = ()
+
+    @property
+    def publishes(self) -> bool:
+        return bool(self.events)
+
+
+def _event(
+    state: OrderState,
+    type_: EventType,
+    source: Source,
+    now: datetime,
+    *,
+    status: str | None = None,
+    financial_status: str | None = None,
+    final: bool = False,
+    occurred_at: datetime | None = None,
+    details: dict[str, Any] | None = None,
+    error: EventError | None = None,
+) -> Event:
+    return Event(
+        event_id=make_event_id(
+            state.order_id, state.seq, type_, status, state.amount_refunded
+        ),
+        type=type_,
+        terminal_id=state.terminal_id,
+        order_id=state.order_id,
+        command_id=state.command_id,
+        session_id=state.session_id,
+        transaction_id=state.transaction_id,
+        status=status,
+        financial_status=financial_status,
+        final=final,
+        amount=state.amount,
+        currency=state.currency,
+        source=source,
+        occurred_at=occurred_at,
+        received_at=now,
+        details=details or {},
+        error=error,
+    )
+
+
+def order_created(
+    *,
+    order_id: str,
+    terminal_id: str,
+    command_id: str | None,
+    amount: int,
+    currency: str,
+    session_id: str | None,
+    now: datetime,
+) -> Decision:
+    """MultiSafepay accepted the order: the terminal is asking for the card."""
+    state = OrderState(
+        order_id=order_id,
+        terminal_id=canonical_terminal_id(terminal_id),
+        seq=1,
+        command_id=command_id,
+        session_id=session_id,
+        amount=amount,
+        currency=currency,
+        last_transition_at=now.timestamp(),
+    )
+    return Decision(Verdict.NEW, state, (_event(state, EventType.ORDER_CREATED, Source.BRIDGE, now),))
+
+
+def order_failed(
+    current: OrderState | None,
+    *,
+    order_id: str,
+    terminal_id: str,
+    command_id: str | None,
+    amount: int | None,
+    currency: str | None,
+    code: ErrorCode,
+    message: str,
+    now: datetime,
+) -> Decision:
+    """A ``pay`` that never became a payment. Final: its order id is spent."""
+    if current is not None and current.final:
+        return Decision(Verdict.AFTER_FINAL, current)
+    base = current or OrderState(
+        order_id=order_id,
+        terminal_id=canonical_terminal_id(terminal_id),
+        command_id=command_id,
+        amount=amount,
+        currency=currency,
+    )
+    state = replace(base, seq=base.seq + 1, final=True, last_transition_at=now.timestamp())
+    event = _event(
+        state,
+        EventType.ORDER_FAILED,
+        Source.BRIDGE,
+        now,
+        final=True,
+        error=EventError(code=code, message=message),
+    )
+    return Decision(Verdict.NEW, state, (event,))
+
+
+def _is_stale(state: OrderState, obs: Observation) -> bool:
+    if obs.final or state.last_transition_at is None:
+        return False
+    if obs.source not in (Source.WEBHOOK, Source.POLL):
+        return False  # a live stream delivers in order
+    horizon = state.last_transition_at
+    return any(t is not None and t.timestamp() < horizon for t in (obs.modified, obs.as_of))
+
+
+def _status_details(state: OrderState, obs: Observation) -> dict[str, Any]:
+    details = dict(obs.details)
+    if obs.amount is not None and state.amount is not None and obs.amount != state.amount:
+        details["amount_charged"] = obs.amount  # e.g. a tip added on the terminal
+    return details
+
+
+def _status_transition(
+    state: OrderState, obs: Observation, now: datetime, status: str, extra: dict[str, Any]
+) -> tuple[OrderState, Event]:
+    final = status in FINAL_STATUSES
+    new = replace(
+        state,
+        seq=state.seq + 1,
+        status=status,
+        final=final,
+        session_id=obs.session_id or state.session_id,
+        transaction_id=obs.transaction_id or state.transaction_id,
+        last_transition_at=now.timestamp(),
+    )
+    event = _event(
+        new,
+        EventType.ORDER_STATUS,
+        obs.source,
+        now,
+        status=status,
+        financial_status=obs.financial_status,
+        final=final,
+        occurred_at=obs.occurred_at,
+        details={**_status_details(state, obs), **extra},
+    )
+    return new, event
+
+
+def _refund_transition(
+    state: OrderState, obs: Observation, now: datetime
+) -> tuple[OrderState, Event] | None:
+    refunded = obs.amount_refunded
+    if refunded is None or refunded <= state.amount_refunded:
+        return None
+    new = replace(
+        state,
+        seq=state.seq + 1,
+        amount_refunded=refunded,
+        transaction_id=obs.transaction_id or state.transaction_id,
+        last_transition_at=now.timestamp(),
+    )
+    event = _event(
+        new,
+        EventType.ORDER_REFUND,
+        obs.source,
+        now,
+        status=obs.status,
+        financial_status=obs.financial_status,
+        occurred_at=obs.occurred_at,
+        details={"amount_refunded": refunded, "refund_amount": refunded - state.amount_refunded},
+    )
+    return new, event
+
+
+def observe(
+    current: OrderState | None,
+    obs: Observation,
+    now: datetime,
+    *,
+    terminal_id: str | None = None,
+) -> Decision:
+    """Decide what an observation means for the order. ``now`` must be timezone-aware.
+
+    ``terminal_id`` names the terminal for an order seen for the first time whose payload does
+    not (a stream message never does).
+    """
+    if current is None:
+        terminal = obs.terminal_id or (terminal_id and canonical_terminal_id(terminal_id))
+        if not terminal:
+            return Decision(Verdict.UNROUTABLE, None)
+        current = OrderState(
+            order_id=obs.order_id,
+            terminal_id=terminal,
+            amount=obs.amount,
+            currency=obs.currency,
+        )
+    state = current
+    status = obs.status
+
+    if state.final:
+        if state.status is None:
+            # order.failed said the payment was never created; upstream now says otherwise.
+            return Decision(Verdict.CONFLICT, current)
+        if status not in FINAL_STATUSES | REFUND_STATUSES:
+            return Decision(Verdict.AFTER_FINAL, current)
+        refund = _refund_transition(state, obs, now)
+        if refund is not None:
+            new, event = refund
+            return Decision(Verdict.NEW, new, (event,))
+        if status in REFUND_STATUSES or status == state.status:
+            # a refund already published, or a repeat of the final
+            return Decision(Verdict.DUPLICATE, current)
+        return Decision(Verdict.CONFLICT, current)
+
+    if status == state.status:
+        return Decision(Verdict.DUPLICATE, current)
+    if _is_stale(state, obs):
+        return Decision(Verdict.STALE, current)
+
+    if status in REFUND_STATUSES:
+        # Money was taken and (partly) returned before the bridge saw the completion (e.g. it
+        # was down): the payment completed. Say so, then the refund.
+        state, completed = _status_transition(
+            state, obs, now, "completed", {"derived_from": status}
+        )
+        refund = _refund_transition(state, obs, now)
+        if refund is None:
+            return Decision(Verdict.NEW, state, (completed,))
+        state, refund_event = refund
+        return Decision(Verdict.NEW, state, (completed, refund_event))
+
+    state, event = _status_transition(state, obs, now, status, {})
+    return Decision(Verdict.NEW, state, (event,))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
