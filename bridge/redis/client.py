@@ -1,0 +1,24 @@
+"""One way to open Redis, so every part of the bridge retries a dropped connection alike."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def connect(url: str, *, max_connections: int = 64, socket_timeout: float | None = 10.0) -> Redis:
+    """A client that reconnects a dropped pooled connection instead of failing the first call
+    after a Redis restart. Longer outages are the caller's to handle (and to log once)."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        max_connections=max_connections,
+        socket_connect_timeout=5.0,
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )

@@ -1,0 +1,38 @@
+-- Apply one decision of the order state machine atomically.
+--
+-- Compare-and-set on the order's state version, so two daemons or two channels racing on one
+-- order publish each transition once; then for each event: XADD to the terminal's durable
+-- stream, and PUBLISH it with the new entry's id as `stream_id` (written before announced);
+-- the order key holds the latest event. Events arrive as JSON objects built by the daemon; the
+-- stream id is spliced in before the closing brace rather than decoded and re-encoded.
+--
+-- KEYS[1] order state (hash: seq, state)   KEYS[2] terminal stream
+-- KEYS[3] order key                         KEYS[4] terminal active key
+-- ARGV[1] expected seq   ARGV[2] new seq   ARGV[3] new state JSON   ARGV[4] ttl ms
+-- ARGV[5] stream maxlen  ARGV[6] channel   ARGV[7] active action: "set", "clear" or ""
+-- ARGV[8] order id       ARGV[9..] events (JSON)
+-- Returns {1, stream ids...} when applied, {0, current seq, current state JSON} when the
+-- stored state moved on (the caller decides again from it).
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if seq ~= tonumber(ARGV[1]) then
+  return {0, seq, redis.call('HGET', KEYS[1], 'state') or ''}
+end
+local result = {1}
+local last
+for i = 9, #ARGV do
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[i])
+  last = string.sub(ARGV[i], 1, -2) .. ',"stream_id":"' .. id .. '"}'
+  redis.call('PUBLISH', ARGV[6], last)
+  result[#result + 1] = id
+end
+if last then
+  redis.call('SET', KEYS[3], last, 'PX', ARGV[4])
+end
+redis.call('HSET', KEYS[1], 'seq', ARGV[2], 'state', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if ARGV[7] == 'set' then
+  redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[4])
+elseif ARGV[7] == 'clear' and redis.call('GET', KEYS[4]) == ARGV[8] then
+  redis.call('DEL', KEYS[4])
+end
+return result
