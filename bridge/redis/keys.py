@@ -46,6 +46,9 @@ class Keys:
     def command_record(self, command_id: str) -> str:
         return f"{self.prefix}:cmd:{command_id}"
 
+    def pending_cancel(self, order_id: str) -> str:
+        return f"{self.prefix}:cancel:{order_id}"
+
     def session(self, order_id: str) -> str:
         return f"{self.prefix}:session:{order_id}"
 

@@ -1,0 +1,193 @@
+"""MultiSafepay's REST API for cloud POS orders, over one shared ``httpx.AsyncClient``.
+
+Every call takes the API key of the terminal's group (MultiSafepay requires the group's key for
+all calls of an order). The key goes in the ``api_key`` header by default; the query form is a
+fallback because a key in a URL ends up in access logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from bridge.core.events import ErrorCode
+
+
+class ApiError(Exception):
+    """MultiSafepay refused or could not answer a call.
+
+    ``code`` is the bridge's error code for tills; ``maybe_done`` is true when the request may
+    have taken effect anyway (timeout, connection lost after sending, 5xx), so the caller must
+    find out with ``GET`` before saying anything final.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        http_status: int | None = None,
+        upstream_code: int | None = None,
+        maybe_done: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        self.upstream_code = upstream_code
+        self.maybe_done = maybe_done
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedOrder:
+    order_id: str
+    session_id: str | None
+    events_token: str | None
+    events_stream_url: str | None
+    events_url: str | None
+
+
+def _pick(data: dict[str, Any], *names: str) -> str | None:
+    """First present of several spellings (``events_token`` / older ``event_token``)."""
+    for name in names:
+        value = data.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _error_for_status(status: int) -> ErrorCode:
+    if status in (401, 403):
+        return ErrorCode.UNAUTHORIZED
+    if status == 404:
+        return ErrorCode.NOT_FOUND
+    return ErrorCode.UPSTREAM_REJECTED
+
+
+class MultiSafepayApi:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        *,
+        api_key_in: Literal["header", "query"] = "header",
+        request_timeout: float = 30.0,
+    ) -> None:
+        self._http = http
+        self._base = base_url if base_url.endswith("/") else base_url + "/"
+        self._key_in = api_key_in
+        self._timeout = request_timeout
+
+    async def _call(
+        self, method: str, path: str, api_key: str, *, json: Any = None, params: dict | None = None
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        params = dict(params or {})
+        if self._key_in == "header":
+            headers["api_key"] = api_key
+        else:
+            params["api_key"] = api_key
+        try:
+            response = await self._http.request(
+                method, self._base + path, json=json, params=params or None, headers=headers,
+                timeout=self._timeout,
+            )
+        except httpx.TimeoutException as exc:
+            raise ApiError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                f"{method} {path}: no answer within {self._timeout:g} s",
+                maybe_done=method != "GET",
+            ) from exc
+        except httpx.HTTPError as exc:
+            # A refused connection certainly did nothing; anything later might have.
+            refused = isinstance(exc, httpx.ConnectError)
+            raise ApiError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                f"{method} {path}: {type(exc).__name__}",
+                maybe_done=method != "GET" and not refused,
+            ) from exc
+        return self._answer(method, path, response)
+
+    @staticmethod
+    def _answer(method: str, path: str, response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code < 300 and isinstance(body, dict) and body.get("success") is True:
+            return body.get("data")
+        info = code = None
+        if isinstance(body, dict):
+            info = body.get("error_info")
+            code = body.get("error_code")
+        status = response.status_code
+        detail = f"{info}" if info else f"HTTP {status}"
+        if status >= 500 or status == 429:
+            raise ApiError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                f"{method} {path}: {detail}",
+                http_status=status,
+                upstream_code=code if isinstance(code, int) else None,
+                maybe_done=method != "GET" and status != 429,
+            )
+        raise ApiError(
+            _error_for_status(status) if status >= 300 else ErrorCode.UPSTREAM_REJECTED,
+            f"MultiSafepay refused {method} {path}: {detail}",
+            http_status=status,
+            upstream_code=code if isinstance(code, int) else None,
+        )
+
+    async def create_order(
+        self,
+        api_key: str,
+        *,
+        order_id: str,
+        terminal_id: str,
+        amount: int,
+        currency: str,
+        description: str | None,
+        notification_url: str | None = None,
+    ) -> CreatedOrder:
+        body: dict[str, Any] = {
+            "type": "redirect",
+            "order_id": order_id,
+            "gateway": "",
+            "currency": currency,
+            "amount": amount,
+            "description": description or f"Order {order_id}",
+            "gateway_info": {"terminal_id": terminal_id},
+        }
+        if notification_url:
+            body["payment_options"] = {
+                "notification_url": notification_url,
+                "notification_method": "POST",
+            }
+        data = await self._call("POST", "orders", api_key, json=body)
+        if not isinstance(data, dict):
+            raise ApiError(ErrorCode.UPSTREAM_REJECTED, "POST orders: answer has no data object")
+        return CreatedOrder(
+            order_id=_pick(data, "order_id") or order_id,
+            session_id=_pick(data, "session_id"),
+            events_token=_pick(data, "events_token", "event_token"),
+            events_stream_url=_pick(data, "events_stream_url", "event_stream_url"),
+            events_url=_pick(data, "events_url", "event_url"),
+        )
+
+    async def get_order(self, api_key: str, order_id: str) -> dict[str, Any]:
+        data = await self._call("GET", f"orders/{order_id}", api_key)
+        if not isinstance(data, dict):
+            raise ApiError(ErrorCode.UPSTREAM_REJECTED, f"GET orders/{order_id}: no order object")
+        return data
+
+    async def cancel_order(self, api_key: str, order_id: str) -> dict[str, Any]:
+        data = await self._call("POST", f"orders/{order_id}/cancel", api_key)
+        return data if isinstance(data, dict) else {}
+
+    async def refund_order(
+        self, api_key: str, order_id: str, *, amount: int, currency: str, description: str | None
+    ) -> dict[str, Any]:
+        body = {"currency": currency, "amount": amount, "description": description or "refund"}
+        data = await self._call("POST", f"orders/{order_id}/refunds", api_key, json=body)
+        return data if isinstance(data, dict) else {}

@@ -1,0 +1,70 @@
+"""The session registry: every payment in flight, in Redis, so the daemon's memory is never the
+only copy. A restarted daemon resumes what it finds here. These keys hold events tokens: they
+are the daemon's own, never readable by tills."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+
+from redis.asyncio import Redis
+
+from bridge.redis.keys import Keys
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    order_id: str
+    #: As configured (sent to MultiSafepay); keys and events use the canonical upper case.
+    terminal_id: str
+    group: str
+    command_id: str | None
+    created_at: float
+    #: Unix time after which the payment is cancelled upstream.
+    deadline: float
+    created: bool = False
+    session_id: str | None = None
+    events_token: str | None = None
+    events_stream_url: str | None = None
+    events_url: str | None = None
+    last_event_id: str | None = None
+
+    def __repr__(self) -> str:  # the token must not reach a log line through a repr
+        return f"SessionRecord(order_id={self.order_id!r}, terminal_id={self.terminal_id!r})"
+
+    def with_changes(self, **changes: object) -> SessionRecord:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+class SessionRegistry:
+    def __init__(self, client: Redis, keys: Keys, ttl: float) -> None:
+        self._client = client
+        self._keys = keys
+        self._ttl = int(ttl)
+
+    async def save(self, record: SessionRecord) -> None:
+        key = self._keys.session(record.order_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(key, json.dumps(asdict(record)), ex=self._ttl)
+            pipe.sadd(self._keys.sessions_index, record.order_id)
+            await pipe.execute()
+
+    async def load(self, order_id: str) -> SessionRecord | None:
+        raw = await self._client.get(self._keys.session(order_id))
+        return SessionRecord(**json.loads(raw)) if raw else None
+
+    async def remove(self, order_id: str) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(self._keys.session(order_id))
+            pipe.srem(self._keys.sessions_index, order_id)
+            await pipe.execute()
+
+    async def all(self) -> list[SessionRecord]:
+        records = []
+        for order_id in sorted(await self._client.smembers(self._keys.sessions_index)):
+            record = await self.load(order_id)
+            if record is None:  # expired: nothing left to resume
+                await self._client.srem(self._keys.sessions_index, order_id)
+            else:
+                records.append(record)
+        return records
