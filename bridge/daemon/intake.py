@@ -1,0 +1,147 @@
+"""Reading ``{p}:commands`` in the consumer group, so several daemons share the work.
+
+A command is acknowledged only after it has been handled (its outcome is in Redis). Commands
+this consumer received but never acknowledged (it died) are read again at start, and a command
+held too long by another consumer (that died) is claimed. Handlers are idempotent per command
+id, so a replay is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from bridge.core.backoff import Backoff
+from bridge.redis.keys import COMMANDS_GROUP, Keys
+
+log = structlog.get_logger("bridge.intake")
+
+
+
+class LeaveUnacknowledged(Exception):
+    """Raised by a handler that could not finish a command: it is read again later."""
+
+
+Handler = Callable[[str, dict[str, str]], Awaitable[None]]
+
+_READ_BLOCK_MS = 1000  # also how quickly a stop request is noticed
+_BATCH = 64
+
+
+class CommandIntake:
+    def __init__(
+        self,
+        client: Redis,
+        keys: Keys,
+        consumer: str,
+        handler: Handler,
+        *,
+        claim_idle: float,
+        max_in_flight: int = 64,
+        commands_maxlen: int = 100_000,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._consumer = consumer
+        self._handler = handler
+        self._claim_idle_ms = int(claim_idle * 1000)
+        self._limit = anyio.CapacityLimiter(max_in_flight)
+        self._maxlen = commands_maxlen
+        self.reading = False
+        self._backlog_from = "0"
+
+    async def ensure_group(self) -> None:
+        try:
+            # From id 0: commands written before any daemon ever ran are still done.
+            await self._client.xgroup_create(self._keys.commands, COMMANDS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: anyio.Event) -> None:
+        """Read and dispatch commands until ``stop`` is set; return once in-flight ones are done."""
+        outage = _Outage()
+        async with anyio.create_task_group() as handlers:
+            backlog = True  # first our own unacknowledged entries, then new ones
+            last_claim = 0.0
+            while not stop.is_set():
+                try:
+                    if backlog:
+                        await self.ensure_group()
+                    entries = await self._read(backlog)
+                    if anyio.current_time() - last_claim > 10:
+                        last_claim = anyio.current_time()
+                        entries += await self._claim_abandoned()
+                        await self._client.xtrim(self._keys.commands, maxlen=self._maxlen, approximate=True)
+                    outage.over()
+                except RedisError as exc:
+                    self.reading = False
+                    await anyio.sleep(outage.failed(exc))
+                    continue
+                self.reading = True
+                if backlog and not entries:
+                    backlog = False
+                for entry_id, fields in entries:
+                    await self._limit.acquire_on_behalf_of(entry_id)
+                    handlers.start_soon(self._handle, entry_id, fields)
+                if backlog:  # keep draining the backlog from after the last entry read
+                    self._backlog_from = entries[-1][0] if entries else "0"
+            self.reading = False
+            log.info("intake.stopped", note="waiting for commands in progress")
+
+    async def _read(self, backlog: bool) -> list[tuple[str, dict[str, str]]]:
+        start = self._backlog_from if backlog else ">"
+        reply = await self._client.xreadgroup(
+            COMMANDS_GROUP, self._consumer, {self._keys.commands: start},
+            count=_BATCH, block=None if backlog else _READ_BLOCK_MS,
+        )
+        if not reply:
+            return []
+        _stream, entries = reply[0]
+        return [(eid, fields) for eid, fields in entries if fields is not None]
+
+    async def _claim_abandoned(self) -> list[tuple[str, dict[str, str]]]:
+        _next, claimed, _deleted = await self._client.xautoclaim(
+            self._keys.commands, COMMANDS_GROUP, self._consumer,
+            min_idle_time=self._claim_idle_ms, start_id="0-0", count=_BATCH,
+        )
+        if claimed:
+            log.warning("intake.claimed", count=len(claimed), note="commands of a consumer that stopped")
+        return [(eid, fields) for eid, fields in claimed if fields is not None]
+
+    async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
+        try:
+            await self._handler(entry_id, fields)
+            await self._client.xack(self._keys.commands, COMMANDS_GROUP, entry_id)
+        except (RedisError, LeaveUnacknowledged) as exc:
+            # Not acknowledged: read again at our next start or claimed by another daemon.
+            log.error("command.unfinished", entry_id=entry_id, error=str(exc))
+        except Exception:
+            # A bug must not take the daemon (and every payment in flight) down with it.
+            log.exception("command.crashed", entry_id=entry_id, note="left unacknowledged")
+        finally:
+            self._limit.release_on_behalf_of(entry_id)
+
+
+class _Outage:
+    """Logs a Redis outage once when it starts and once when it ends, not once per retry."""
+
+    def __init__(self) -> None:
+        self._backoff = Backoff(initial=0.2, factor=2.0, cap=5.0)
+        self._since: float | None = None
+
+    def failed(self, exc: Exception) -> float:
+        if self._since is None:
+            self._since = anyio.current_time()
+            log.error("redis.unreachable", error=str(exc), component="intake")
+        return self._backoff.next()
+
+    def over(self) -> None:
+        if self._since is not None:
+            log.info("redis.reachable", component="intake", outage_s=round(anyio.current_time() - self._since, 1))
+            self._since = None
+            self._backoff.reset()

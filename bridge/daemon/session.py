@@ -1,0 +1,221 @@
+"""One payment in flight: follow its upstream stream until MultiSafepay gives a final status.
+
+A session owns one task group: the stream follower (reconnecting with backoff), a poller that
+asks ``GET orders/{id}`` whenever the order has been quiet for ``poll_interval``, and the
+deadline that cancels a payment left open too long. Every observation goes through the core's
+state machine and the Redis transition; the first final ends the session.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import tzinfo
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from bridge.core.backoff import Backoff
+from bridge.core.events import ErrorCode, Source
+from bridge.core.normalize import MalformedPayload, Observation, from_order, from_stream_message
+from bridge.core.state import OrderState, Verdict, observe, utcnow
+from bridge.multisafepay.api import ApiError, MultiSafepayApi
+from bridge.multisafepay.sse import StreamError, StreamRejected, sse_messages
+from bridge.multisafepay.tokens import token_expiry
+from bridge.redis.publisher import EventStore
+from bridge.redis.sessions import SessionRecord, SessionRegistry
+
+if TYPE_CHECKING:
+    import httpx
+
+    from bridge.config import MultiSafepayConfig
+
+log = structlog.get_logger("bridge.session")
+
+#: Events of the stream the bridge acts on; others (e.g. ``session.qr``) are logged and skipped.
+ORDER_EVENT = "session.order"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """What every session shares: clients, stores and the upstream settings."""
+
+    api: MultiSafepayApi
+    http: httpx.AsyncClient
+    store: EventStore
+    registry: SessionRegistry
+    upstream: MultiSafepayConfig
+
+    @property
+    def tz(self) -> tzinfo:
+        return self.upstream.tzinfo
+
+    def backoff(self) -> Backoff:
+        u = self.upstream
+        return Backoff(u.reconnect_initial, u.reconnect_factor, u.reconnect_cap, u.reconnect_jitter)
+
+
+class PaymentSession:
+    def __init__(
+        self,
+        ctx: SessionContext,
+        record: SessionRecord,
+        api_key: str,
+        state: OrderState | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.record = record
+        self._api_key = api_key
+        self.state = state
+        self.order_id = record.order_id
+        self.log = log.bind(
+            order_id=record.order_id, terminal_id=record.terminal_id.upper(),
+            command_id=record.command_id,
+        )
+        self._last_news = time.monotonic()
+        self._done = anyio.Event()
+        self.reconnects = 0
+
+    @property
+    def final(self) -> bool:
+        return self.state is not None and self.state.final
+
+    async def run(self) -> None:
+        """Follow the order until its final event is published (or the session is cancelled)."""
+        if self.final:
+            await self.ctx.registry.remove(self.order_id)
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._follow_stream)
+            tg.start_soon(self._poll_when_quiet)
+            tg.start_soon(self._enforce_deadline)
+            await self._done.wait()
+            tg.cancel_scope.cancel()
+        await self.ctx.registry.remove(self.order_id)
+        self.log.info("session.ended", status=self.state.status if self.state else None)
+
+    # -- observations ---------------------------------------------------------------------------
+
+    async def observe(self, obs: Observation) -> None:
+        """Feed one observation to the state machine and commit it."""
+        if obs.order_id != self.order_id:
+            self.log.warning("upstream.wrong_order", got_order_id=obs.order_id, source=obs.source)
+            return
+        self._last_news = time.monotonic()
+        now = utcnow()
+        recorded = await self.ctx.store.record(
+            self.order_id,
+            lambda st: observe(st, obs, now, terminal_id=self.record.terminal_id),
+            known=self.state,
+            trust_known=self.state is not None,
+        )
+        decision = recorded.decision
+        self.state = decision.state or self.state
+        if recorded.stream_ids:
+            for event in decision.events:
+                self.log.info(
+                    "order.transition", type=event.type, status=event.status, final=event.final,
+                    source=event.source,
+                )
+        elif decision.verdict is Verdict.CONFLICT:
+            self.log.error(
+                "upstream.contradiction", status=obs.status, published=self.state and self.state.status,
+                source=obs.source,
+            )
+        else:
+            self.log.debug("upstream.ignored", verdict=decision.verdict, status=obs.status, source=obs.source)
+        if self.final:
+            self._done.set()
+
+    async def reconcile(self) -> None:
+        """Ask ``GET orders/{id}`` what the stream may have missed."""
+        as_of = utcnow()
+        try:
+            data = await self.ctx.api.get_order(self._api_key, self.order_id)
+            obs = from_order(data, Source.POLL, self.ctx.tz, as_of=as_of)
+        except ApiError as exc:
+            self.log.warning("upstream.poll_failed", error=exc.message, code=exc.code)
+            return
+        except MalformedPayload as exc:
+            self.log.warning("upstream.malformed", source="poll", error=str(exc))
+            return
+        await self.observe(obs)
+
+    # -- the three tasks ------------------------------------------------------------------------
+
+    def _stream_usable(self) -> bool:
+        r = self.record
+        if not (r.events_stream_url and r.events_token):
+            return False
+        exp = token_expiry(r.events_token)
+        return exp is None or exp > time.time() + 1
+
+    async def _follow_stream(self) -> None:
+        if not self._stream_usable():
+            self.log.info("stream.unavailable", reason="no stream URL or token; polling")
+            return
+        backoff = self.ctx.backoff()
+        upstream = self.ctx.upstream
+        while self._stream_usable():
+            try:
+                await self._read_stream(backoff, upstream)
+                reason = "stream ended without a final status"
+            except StreamRejected as exc:
+                self.log.warning("stream.rejected", error=str(exc))
+                return  # the poller carries on
+            except StreamError as exc:
+                reason = str(exc)
+            if self.final:
+                return
+            self.reconnects += 1
+            self.log.info("stream.lost", reason=reason, reconnects=self.reconnects)
+            await self.reconcile()  # never rely on Last-Event-ID
+            if self.final:
+                return
+            await anyio.sleep(backoff.next())
+        self.log.info("stream.token_expired", note="polling until final")
+
+    async def _read_stream(self, backoff: Backoff, upstream: MultiSafepayConfig) -> None:
+        r = self.record
+        assert r.events_stream_url and r.events_token
+        messages = sse_messages(
+            self.ctx.http, r.events_stream_url, r.events_token,
+            auth=upstream.events_auth, last_event_id=r.last_event_id,
+            connect_timeout=upstream.connect_timeout, idle_timeout=upstream.stream_idle_timeout,
+        )
+        async with aclosing(messages) as stream:
+            async for message in stream:
+                backoff.reset()
+                if message.id:
+                    self.record = r = r.with_changes(last_event_id=message.id)
+                if message.event != ORDER_EVENT:
+                    self.log.info("stream.skipped_event", event_name=message.event[:64])
+                    continue
+                try:
+                    obs = from_stream_message(message.data, Source.STREAM)
+                except MalformedPayload as exc:
+                    self.log.warning("upstream.malformed", source="stream", error=str(exc))
+                    continue
+                await self.observe(obs)
+                if self.final:
+                    return
+
+    async def _poll_when_quiet(self) -> None:
+        interval = self.ctx.upstream.poll_interval
+        while True:
+            await anyio.sleep(interval)
+            if time.monotonic() - self._last_news >= interval:
+                await self.reconcile()
+
+    async def _enforce_deadline(self) -> None:
+        await anyio.sleep(max(0.0, self.record.deadline - time.time()))
+        self.log.warning("payment.too_long", note="cancelling upstream; outcome confirmed by GET")
+        try:
+            await self.ctx.api.cancel_order(self._api_key, self.order_id)
+        except ApiError as exc:
+            # e.g. it completed meanwhile: GET tells; the poller keeps asking until final
+            level = "info" if exc.code is ErrorCode.UPSTREAM_REJECTED else "warning"
+            getattr(self.log, level)("payment.cancel_failed", error=exc.message)
+        await self.reconcile()

@@ -1,0 +1,100 @@
+"""A daemon in-process against the simulator and a private Redis, and a till to drive it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+
+from bridge.config import Config
+from bridge.daemon.app import Bridge
+from bridge.redis.keys import Keys
+from bridge.simulator.scenarios import BY_TERMINAL
+
+API_KEY = "test-group-key-0123456789"
+PLAIN_TERMINALS = ["0000004d", "TILL-A", "TILL-B"]
+SIM_TERMINALS = [f"{prefix}-01" for prefix in BY_TERMINAL]
+
+
+def bridge_config(redis_url: str, api_base_url: str, **overrides: Any) -> Config:
+    upstream = {
+        "api_base_url": api_base_url,
+        "connect_timeout": 2.0,
+        "request_timeout": 2.0,
+        "stream_idle_timeout": 3.0,
+        "reconnect_initial": 0.05,
+        "reconnect_cap": 0.5,
+        "poll_interval": 0.5,
+        "max_payment_age": 30.0,
+        "create_retries": 1,
+        "terminal_groups": [
+            {"name": "shop", "api_key": API_KEY, "terminals": SIM_TERMINALS + PLAIN_TERMINALS},
+        ],
+    }
+    upstream.update(overrides.pop("multisafepay", {}))
+    data = {
+        "multisafepay": upstream,
+        "redis": {"url": redis_url, "order_ttl": 3600, "command_claim_idle": 5.0},
+        "log": {"level": "debug", "format": "json"},
+    }
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    return Config.from_mapping(data)
+
+
+@asynccontextmanager
+async def running_bridge(config: Config) -> AsyncIterator[Bridge]:
+    bridge = Bridge(config)
+    async with anyio.create_task_group() as tg:
+        await tg.start(bridge.run)
+        try:
+            yield bridge
+        finally:
+            bridge.request_stop()
+
+
+class Till:
+    """Plays a till: writes commands, reads a terminal's events from the durable stream."""
+
+    def __init__(self, redis: Redis, prefix: str = "pos") -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+
+    async def send(self, command: dict[str, Any]) -> str:
+        command.setdefault("command_id", "t-" + uuid.uuid4().hex[:12])
+        await self.redis.xadd(self.keys.commands, {"command": json.dumps(command)})
+        return command["command_id"]
+
+    async def pay(self, terminal: str, amount: int, **kw: Any) -> str:
+        return await self.send({"type": "pay", "terminal_id": terminal, "amount": amount, **kw})
+
+    async def events(self, terminal: str) -> list[dict[str, Any]]:
+        entries = await self.redis.xrange(self.keys.terminal_stream(terminal))
+        return [json.loads(fields["event"]) | {"stream_id": eid} for eid, fields in entries]
+
+    async def wait_for(
+        self, terminal: str, predicate: Any, timeout: float = 15.0
+    ) -> list[dict[str, Any]]:
+        """Events of the terminal once ``predicate(events)`` holds (polling the stream)."""
+        with anyio.fail_after(timeout):
+            while True:
+                events = await self.events(terminal)
+                if predicate(events):
+                    return events
+                await anyio.sleep(0.05)
+
+    async def until_final(self, terminal: str, command_id: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+        def done(events: list[dict[str, Any]]) -> bool:
+            return any(e["final"] and e["command_id"] == command_id for e in events)
+
+        events = await self.wait_for(terminal, done, timeout)
+        return [e for e in events if e["command_id"] == command_id]
+
+
+def statuses(events: list[dict[str, Any]]) -> list[str]:
+    return [e["type"] if e["type"] != "order.status" else e["status"] for e in events]
