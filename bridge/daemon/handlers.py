@@ -54,6 +54,21 @@ class OutcomeUnknown(LeaveUnacknowledged):
     """MultiSafepay could not say whether an order exists: the command stays unacknowledged."""
 
 
+# MultiSafepay's code for an invalid or already used order id.
+_UPSTREAM_INVALID_ORDER_ID = 1006
+
+
+def _create_refusal(exc: ApiError) -> ErrorCode:
+    """The till's error code for a refused ``POST orders``."""
+    if exc.http_status == 409:
+        if exc.upstream_code == _UPSTREAM_INVALID_ORDER_ID:
+            return ErrorCode.DUPLICATE_ORDER_ID
+        return ErrorCode.TERMINAL_BUSY
+    if exc.code is ErrorCode.NOT_FOUND:  # the order is new: what was not found is the terminal
+        return ErrorCode.UNKNOWN_TERMINAL
+    return exc.code
+
+
 StartSession = Callable[[SessionRecord, OrderState | None], Awaitable[None]]
 
 
@@ -319,8 +334,7 @@ class CommandHandlers:
                         if found is not None:
                             return found
                     raise PayFailed(ErrorCode.UPSTREAM_UNAVAILABLE, f"MultiSafepay did not create the order: {exc.message}") from exc
-                code = ErrorCode.TERMINAL_BUSY if exc.http_status == 409 else exc.code
-                raise PayFailed(code, exc.message) from exc
+                raise PayFailed(_create_refusal(exc), exc.message) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _find(self, order_id: str, key: str) -> dict | None:

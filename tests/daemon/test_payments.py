@@ -48,3 +48,45 @@ async def test_every_scenario_reaches_its_final_once(
     assert await redis_client.get(till.keys.terminal_active(terminal)) is None
     final = json.loads(await redis_client.get(till.keys.order(events[0]["order_id"])))
     assert final["event_id"] == events[-1]["event_id"]
+
+
+VARIANTS = [
+    {"sse_ids": "off"},
+    {"sse_ids": "on", "keepalive": "data"},
+    {"field_spelling": "event"},
+    {"transaction_id": "number"},
+    {"events_url": "off"},
+    {"token_ttl": 1},  # the token expires mid-payment: the bridge finishes by polling
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
+@pytest.mark.parametrize("events_auth", ["bearer", "raw"])
+@pytest.mark.parametrize(
+    ("terminal", "expected"),
+    [
+        ("SIM-DROP-01", ["order.created", "initialized", "completed"]),
+        ("SIM-RETRY-01", ["order.created", "initialized", "declined", "initialized", "completed"]),
+    ],
+)
+async def test_every_uncertain_api_variant(
+    redis_server, redis_client: Redis, variant: dict, events_auth: str, terminal: str, expected: list[str]
+) -> None:
+    """Wherever MultiSafepay's behaviour is uncertain, the bridge works with each reading."""
+    from bridge.simulator.server import SimulatorServer
+    from bridge.simulator.variants import Variants
+
+    till = Till(redis_client)
+    with SimulatorServer(speed=20, variants=Variants(**variant)) as sim:
+        config = bridge_config(redis_server.url, sim.base_url, multisafepay={"events_auth": events_auth})
+        async with running_bridge(config):
+            command_id = await till.pay(terminal, 1250)
+            events = await till.until_final(terminal, command_id, timeout=25)
+    if variant.get("token_ttl") == 1:
+        # polling may merge quick steps, but never invents or repeats one
+        assert statuses(events)[0] == "order.created" and statuses(events)[-1] == "completed"
+        assert len(statuses(events)) == len(set(e["event_id"] for e in events))
+    else:
+        assert statuses(events) == expected
+    assert sum(e["final"] for e in events) == 1
+    assert all(e["transaction_id"] is None or isinstance(e["transaction_id"], str) for e in events)

@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx
 from redis.asyncio import Redis
 
 from bridge.config import Config
 from bridge.daemon.app import Bridge
 from bridge.redis.keys import Keys
 from bridge.simulator.scenarios import BY_TERMINAL
+from bridge.simulator.server import SimulatorServer
 
 API_KEY = "test-group-key-0123456789"
 PLAIN_TERMINALS = ["0000004d", "TILL-A", "TILL-B"]
@@ -94,6 +96,12 @@ class Till:
 
         events = await self.wait_for(terminal, done, timeout)
         return [e for e in events if e["command_id"] == command_id]
+
+
+async def sim_orders(sim: SimulatorServer) -> list[dict[str, Any]]:
+    """The orders the simulator holds (its admin API): what really happened upstream."""
+    async with httpx.AsyncClient() as client:
+        return (await client.get(sim.url + "_sim/orders")).json()["data"]
 
 
 def statuses(events: list[dict[str, Any]]) -> list[str]:
