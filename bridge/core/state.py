@@ -180,8 +180,8 @@ def order_failed(
 
 
 def _is_stale(state: OrderState, obs: Observation) -> bool:
-    if obs.final or state.last_transition_at is None:
-        return False
+    if obs.final or obs.status in REFUND_STATUSES or state.last_transition_at is None:
+        return False  # a final (or a refund, which implies completed) is never stale
     if obs.source not in (Source.WEBHOOK, Source.POLL):
         return False  # a live stream delivers in order
     horizon = state.last_transition_at

@@ -151,6 +151,19 @@ def test_refund_seen_before_completion_says_completed_then_refund() -> None:
     ]
 
 
+def test_refund_status_is_never_stale_it_implies_completed() -> None:
+    """Found by the property test: a late webhook made a transition, then a refund webhook
+    older than that arrival was dropped as stale, losing the payment's completion."""
+    ds = run(
+        created(),
+        (obs("declined", Source.WEBHOOK, modified=at(4)), 9),
+        (obs("partial_refunded", Source.WEBHOOK, amount_refunded=1, modified=at(8)), 9),
+    )
+    assert [(e.type, e.status) for e in ds[-1].events] == [
+        (EventType.ORDER_STATUS, "completed"), (EventType.ORDER_REFUND, "partial_refunded"),
+    ]
+
+
 def test_order_failed_is_final_and_later_upstream_news_is_a_conflict() -> None:
     d = order_failed(
         None, order_id="o", terminal_id="t1", command_id="c", amount=5, currency="EUR",
