@@ -13,13 +13,13 @@ from bridge.logs import configure_logging
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, warn=None)  # warnings are logged below, structured
     configure_logging(config.log.level, config.log.format)
     log = structlog.get_logger("bridge.daemon")
     for warning in config.warnings:
         log.warning("config.warning", message=warning)
     bridge = Bridge(config)
-    bridge.load_config = lambda: load_config(args.config)
+    bridge.load_config = lambda: load_config(args.config, warn=None)
 
     def reloaded(new: Config) -> None:
         configure_logging(new.log.level, new.log.format)
