@@ -1,0 +1,506 @@
+"""The simulator's Starlette app: REST API, SSE stream, WebSocket bus, admin API.
+
+All tasks (scenario scripts, webhook deliveries) run in one task group owned by the app's
+lifespan, so stopping the server stops them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from bridge.simulator import bus, scenarios, sse, tokens
+from bridge.simulator import errors as E
+from bridge.simulator.clock import Clock
+from bridge.simulator.errors import MspError
+from bridge.simulator.orders import Order, OrderEvent, OrderStore, validate_create
+from bridge.simulator.scenarios import Scenario
+from bridge.simulator.variants import VariantError, Variants
+from bridge.simulator.webhooks import RESEND_INTERVAL, WebhookSender
+
+log = logging.getLogger("bridge.simulator")
+
+# Set while an SSE handler abandons its response on purpose (a simulated drop), so uvicorn's
+# "returned without completing response" complaint about it is not logged as an error.
+_dropping: contextvars.ContextVar[bool] = contextvars.ContextVar("sim_dropping", default=False)
+
+
+class _DropLogFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_dropping.get() and "without completing response" in str(record.msg))
+
+
+logging.getLogger("uvicorn.error").addFilter(_DropLogFilter())
+
+Item = tuple[str, Any]  # ("event", OrderEvent) | ("drop", None)
+
+
+def ok(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse({"success": True, "data": data}, status_code=status)
+
+
+def fail(err: MspError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.http_status)
+
+
+class Simulator:
+    """State and behaviour of one simulated MultiSafepay; ``app`` is its ASGI app."""
+
+    def __init__(
+        self,
+        *,
+        speed: float = 1.0,
+        clock: Clock | None = None,
+        api_keys: list[str] | tuple[str, ...] = (),
+        webhook_url: str | None = None,
+        variants: Variants | None = None,
+        keepalive_interval: float = 15.0,
+        final_grace: float = 1.0,
+        webhook_resend_interval: float = RESEND_INTERVAL,
+    ) -> None:
+        self.clock = clock or Clock(speed)
+        self.api_keys = frozenset(api_keys)
+        self.webhook_url = webhook_url
+        self.variants = variants or Variants()
+        self.keepalive_interval = keepalive_interval  # simulated seconds between pings
+        self.final_grace = final_grace  # simulated seconds a stream stays open after the end
+        self.secret = secrets.token_bytes(32)
+        self.store = OrderStore(self.clock.local_timestamp)
+        self._feeds: dict[str, set[MemoryObjectSendStream[Item]]] = {}
+        self._scripts: dict[str, anyio.CancelScope] = {}
+        self._tg: TaskGroup | None = None
+        self.stopping: anyio.Event | None = None  # created inside the loop (lifespan)
+        self.webhooks: WebhookSender | None = None
+        self._webhook_resend_interval = webhook_resend_interval
+        self.app = self._build_app()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.stopping = anyio.Event()
+        async with httpx.AsyncClient(timeout=10.0) as client, anyio.create_task_group() as tg:
+            self._tg = tg
+            self.webhooks = WebhookSender(client, self.clock, self._webhook_resend_interval)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+                self._tg = None
+
+    def begin_shutdown(self) -> None:
+        """End open streams so the server can stop without waiting for them."""
+        if self.stopping is not None:
+            self.stopping.set()
+
+    # ---- order flow ----------------------------------------------------------------------
+    def _start(self, func: Any, *args: Any) -> None:
+        assert self._tg is not None, "simulator not running"
+        self._tg.start_soon(func, *args)
+
+    async def _play(self, order: Order) -> None:
+        with anyio.CancelScope() as scope:
+            self._scripts[order.order_id] = scope
+            try:
+                for step in scenarios.script(order.scenario):
+                    await self.clock.sleep(step.delay)
+                    if step.is_drop:
+                        self.drop(order)
+                        continue
+                    ev = self.store.transition(order, step)
+                    if ev is not None:
+                        self._announce(order, ev)
+                    if order.final:
+                        break
+            finally:
+                self._scripts.pop(order.order_id, None)
+
+    def _announce(self, order: Order, ev: OrderEvent) -> None:
+        log.info("order %s terminal %s -> %s", order.order_id, order.terminal_id, ev.status)
+        self._publish(order, ("event", ev))
+        self._notify(order)
+
+    def _notify(self, order: Order) -> None:
+        url = order.notification_url or self.webhook_url
+        if url and self.webhooks is not None:
+            self._start(self.webhooks.deliver, url, order.api_key, order.order_id, order.view())
+
+    def _publish(self, order: Order, item: Item) -> None:
+        for stream in list(self._feeds.get(order.order_id, ())):
+            try:
+                stream.send_nowait(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._feeds[order.order_id].discard(stream)
+
+    def drop(self, order: Order) -> int:
+        """Abruptly end every open stream of the order; returns how many there were."""
+        n = len(self._feeds.get(order.order_id, ()))
+        log.info("order %s: dropping %d stream(s)", order.order_id, n)
+        self._publish(order, ("drop", None))
+        return n
+
+    @contextlib.contextmanager
+    def _subscribe(self, order: Order) -> Any:
+        send, receive = anyio.create_memory_object_stream[Item](math.inf)
+        self._feeds.setdefault(order.order_id, set()).add(send)
+        try:
+            yield receive
+        finally:
+            self._feeds.get(order.order_id, set()).discard(send)
+            send.close()
+            receive.close()
+
+    def cancel_order(self, order: Order) -> None:
+        ev = self.store.cancel(order)
+        scope = self._scripts.get(order.order_id)
+        if scope is not None:
+            scope.cancel()
+        if ev is not None:
+            self._announce(order, ev)
+
+    def refund_order(self, order: Order, body: Any) -> dict[str, Any]:
+        data = self.store.refund(order, body)
+        log.info("order %s refunded %d -> %s", order.order_id, order.amount_refunded, order.status)
+        self._notify(order)
+        return data
+
+    # ---- REST ----------------------------------------------------------------------------
+    def api_key(self, request: Request) -> str:
+        key = request.headers.get("api_key") or request.headers.get("api-key")
+        if not key:
+            key = tokens.token_from_authorization(request.headers.get("authorization"))
+        if not key:
+            key = request.query_params.get("api_key")
+        key = (key or "").strip()
+        if not key or (self.api_keys and key not in self.api_keys):
+            raise MspError(401, E.INVALID_API_KEY, "Invalid API key")
+        return key
+
+    async def _hold_if_slow(self, order: Order) -> None:
+        if order.scenario is Scenario.SLOW:
+            await self.clock.sleep(scenarios.SLOW_ANSWER)
+
+    async def create_order(self, request: Request) -> Response:
+        key = self.api_key(request)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise MspError(400, E.MISSING_DATA, "Request body is not valid JSON")
+        fields = validate_create(body)
+        scenario = scenarios.choose(fields["terminal_id"], fields["amount"])
+        if scenario is Scenario.UNKNOWN_TERMINAL:
+            raise MspError(404, E.UNKNOWN_TERMINAL, f"Invalid terminal ID: {fields['terminal_id']}")
+        if scenario is Scenario.FAIL:
+            raise MspError(500, E.UNKNOWN, "Unknown error: the service is unavailable")
+        order = self.store.create(fields, key, scenario)
+        log.info("order %s created on terminal %s (scenario %s, amount %d)",
+                 order.order_id, order.terminal_id, scenario.value, order.amount)
+        self._start(self._play, order)
+        await self._hold_if_slow(order)
+        if scenario is Scenario.CREATE_TIMEOUT:
+            # The order exists; the answer is held until the client gives up.
+            with anyio.move_on_after(scenarios.CREATE_HOLD_REAL):
+                while not await request.is_disconnected():
+                    await anyio.sleep(0.05)
+        return ok(self._create_answer(order, request))
+
+    def _create_answer(self, order: Order, request: Request) -> dict[str, Any]:
+        v = self.variants
+        host = request.url.netloc  # the host the client used, so the URLs work for it
+        token = tokens.make_events_token(order.session_id, self.secret, self.clock.time(), v.token_ttl)
+        word = "events" if v.field_spelling == "events" else "event"
+        data: dict[str, Any] = {"order_id": order.order_id, "session_id": order.session_id,
+                                f"{word}_token": token}
+        if v.events_url == "on":
+            data[f"{word}_url"] = f"ws://{host}/events/"
+        data[f"{word}_stream_url"] = f"http://{host}/events/stream/"
+        return data
+
+    async def get_order(self, request: Request) -> Response:
+        order = self.store.get(request.path_params["order_id"], self.api_key(request))
+        await self._hold_if_slow(order)
+        return ok(order.view())
+
+    async def cancel(self, request: Request) -> Response:
+        order = self.store.get(request.path_params["order_id"], self.api_key(request))
+        await self._hold_if_slow(order)
+        self.cancel_order(order)
+        return ok(order.cancel_view())
+
+    async def refund(self, request: Request) -> Response:
+        order = self.store.get(request.path_params["order_id"], self.api_key(request))
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            raise MspError(400, E.MISSING_DATA, "Request body is not valid JSON")
+        await self._hold_if_slow(order)
+        return ok(self.refund_order(order, body))
+
+    async def terminals(self, request: Request) -> Response:
+        self.api_key(request)
+        items = list(scenarios.TERMINALS)
+        group = request.path_params.get("group_id")
+        if group is not None:
+            items = [t for t in items if str(t.group_id) == group]
+        try:
+            page = max(1, int(request.query_params.get("page", 1)))
+            limit = max(1, min(100, int(request.query_params.get("limit", 10))))
+        except ValueError:
+            raise MspError(400, E.MISSING_DATA, "page and limit must be integers")
+        chunk = items[(page - 1) * limit: page * limit]
+        data = [{
+            "active": True, "country": "NL", "group_id": t.group_id, "id": t.id,
+            "manufacturer_id": "SIM", "name": t.name, "provider": "CTAP",
+            "serial_number": f"SIM{n:05d}",
+        } for n, t in enumerate(chunk, (page - 1) * limit + 1)]
+        pager = {"after": None, "before": None, "limit": limit, "page": page,
+                 "page_count": max(1, math.ceil(len(items) / limit)), "total_items": len(items)}
+        return JSONResponse({"success": True, "data": data, "pager": pager})
+
+    # ---- events: SSE -----------------------------------------------------------------------
+    def order_for_token(self, token: str | None) -> Order:
+        if not token:
+            raise MspError(401, E.INVALID_API_KEY, "Missing events token")
+        try:
+            claims = tokens.decode(token, self.secret, self.clock.time())
+        except tokens.TokenError as exc:
+            raise MspError(401, E.INVALID_API_KEY, f"Invalid events token: {exc}")
+        order = self.store.by_session.get(str(claims.get("pid")))
+        if order is None:
+            raise MspError(401, E.INVALID_API_KEY, "Invalid events token: unknown session")
+        return order
+
+    async def sse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            order = self.order_for_token(
+                tokens.token_from_authorization(request.headers.get("authorization")))
+        except MspError as err:
+            await fail(err)(scope, receive, send)
+            return
+        v = self.variants
+        ids = v.sse_ids == "on"
+        backlog: list[OrderEvent] = []
+        resume_after = 0  # events up to this id are not sent (the client has them)
+        last = request.headers.get("last-event-id")
+        if ids and last is not None:
+            with contextlib.suppress(ValueError):
+                resume_after = int(last)
+                backlog = order.events_after(resume_after)
+        tx_as = v.transaction_id
+        ended = order.final  # decided together with the backlog, before any await
+
+        with self._subscribe(order) as feed:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+            ]})
+            done = anyio.Event()
+
+            async def body(chunk: bytes) -> None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+            async def watch_disconnect(tg: TaskGroup) -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            async def watch_stopping(tg: TaskGroup) -> None:
+                assert self.stopping is not None
+                await self.stopping.wait()
+                tg.cancel_scope.cancel()
+
+            dropped = False
+
+            async def pump(tg: TaskGroup) -> None:
+                nonlocal dropped
+                await body(sse.format_keepalive(v.keepalive))  # opens the stream at once
+                for ev in backlog:
+                    await body(sse.format_event(order.event_payload(ev, tx_as), ev.id if ids else None))
+                if ended:
+                    await self.clock.sleep(self.final_grace)
+                    done.set()
+                    tg.cancel_scope.cancel()
+                    return
+                while True:
+                    item: Item | None = None
+                    # Only the wait is timed: a ping is due when nothing came for a while.
+                    with anyio.move_on_after(self.clock.scaled(self.keepalive_interval)):
+                        item = await feed.receive()
+                    if item is None:
+                        await body(sse.format_keepalive(v.keepalive))
+                        continue
+                    kind, ev = item
+                    if kind == "event" and ev.id <= resume_after:
+                        continue
+                    if kind == "drop":
+                        last_ev = order.events[-1] if order.events else None
+                        if last_ev is not None:
+                            await body(sse.half_written(order.event_payload(last_ev, tx_as),
+                                                        last_ev.id if ids else None))
+                        dropped = True
+                        tg.cancel_scope.cancel()
+                        return
+                    await body(sse.format_event(order.event_payload(ev, tx_as),
+                                                ev.id if ids else None))
+                    if order.final and ev.id == order.events[-1].id:
+                        # The final status is sent; the stream closes shortly after.
+                        await self.clock.sleep(self.final_grace)
+                        done.set()
+                        tg.cancel_scope.cancel()
+                        return
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch_disconnect, tg)
+                tg.start_soon(watch_stopping, tg)
+                tg.start_soon(pump, tg)
+        if dropped:
+            # Return without finishing the response: uvicorn closes the connection mid-body,
+            # which is what a client sees when MultiSafepay's stream breaks.
+            _dropping.set(True)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # ---- events: WebSocket bus ---------------------------------------------------------------
+    async def websocket(self, ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            order = self.order_for_token(ws.query_params.get("token"))
+        except MspError as err:
+            await ws.close(code=1008, reason=err.info[:120])
+            return
+        session = bus.BusSession()
+        tx_as = self.variants.transaction_id
+        close_code = 1000
+        with self._subscribe(order) as feed:
+            async def reader(tg: TaskGroup) -> None:
+                try:
+                    while True:
+                        text = await ws.receive_text()
+                        await ws.send_json(session.handle(text))
+                except (WebSocketDisconnect, RuntimeError, KeyError):
+                    nonlocal close_code
+                    close_code = -1
+                tg.cancel_scope.cancel()
+
+            async def writer(tg: TaskGroup) -> None:
+                nonlocal close_code
+                async for kind, ev in feed:
+                    if kind == "drop":
+                        close_code = 1011  # an unclean close: the client must reconnect
+                        break
+                    if "session.order" in session.channels:
+                        await ws.send_json(bus.event("session.order", order.event_payload(ev, tx_as)))
+                    if order.final:
+                        await self.clock.sleep(self.final_grace)
+                        break
+                tg.cancel_scope.cancel()
+
+            async def watch_stopping(tg: TaskGroup) -> None:
+                assert self.stopping is not None
+                await self.stopping.wait()
+                nonlocal close_code
+                close_code = 1001
+                tg.cancel_scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader, tg)
+                tg.start_soon(writer, tg)
+                tg.start_soon(watch_stopping, tg)
+        if close_code > 0:
+            with contextlib.suppress(Exception):
+                await ws.close(code=close_code)
+
+    # ---- admin -----------------------------------------------------------------------------
+    async def admin_variants(self, request: Request) -> Response:
+        if request.method == "PUT":
+            try:
+                values = json.loads(await request.body())
+                if not isinstance(values, dict):
+                    raise VariantError("body must be a JSON object of variant: value")
+                self.variants.update(values)
+            except (ValueError, VariantError) as exc:
+                return fail(MspError(400, E.MISSING_DATA, str(exc)))
+        return ok(self.variants.as_dict())
+
+    async def admin_orders(self, request: Request) -> Response:
+        return ok([{
+            "order_id": o.order_id, "terminal_id": o.terminal_id, "amount": o.amount,
+            "scenario": o.scenario.value, "status": o.status, "session_id": o.session_id,
+            "transaction_id": o.transaction_id, "amount_refunded": o.amount_refunded,
+            "events": [e.status for e in o.events],
+            "open_streams": len(self._feeds.get(o.order_id, ())),
+        } for o in self.store.orders.values()])
+
+    async def admin_drop(self, request: Request) -> Response:
+        order = self.store.orders.get(request.path_params["order_id"])
+        if order is None:
+            return fail(MspError(404, E.INVALID_ORDER_ID, "Invalid transaction ID: order not found"))
+        return ok({"order_id": order.order_id, "dropped": self.drop(order)})
+
+    async def admin_webhooks(self, request: Request) -> Response:
+        return ok(list(self.webhooks.attempts) if self.webhooks else [])
+
+    # ---- wiring --------------------------------------------------------------------------------
+    def _build_app(self) -> Starlette:
+        def guarded(handler: Any) -> Any:
+            async def endpoint(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except MspError as err:
+                    log.info("%s %s -> %d %d %s", request.method, request.url.path,
+                             err.http_status, err.code, err.info)
+                    return fail(err)
+            return endpoint
+
+        api = "/v1/json"
+        routes = [
+            Route(f"{api}/orders", guarded(self.create_order), methods=["POST"]),
+            Route(f"{api}/orders/{{order_id}}", guarded(self.get_order), methods=["GET"]),
+            Route(f"{api}/orders/{{order_id}}/cancel", guarded(self.cancel), methods=["POST"]),
+            Route(f"{api}/orders/{{order_id}}/refunds", guarded(self.refund), methods=["POST"]),
+            Route(f"{api}/terminals", guarded(self.terminals), methods=["GET"]),
+            Route(f"{api}/terminal-groups/{{group_id}}/terminals", guarded(self.terminals),
+                  methods=["GET"]),
+            Route("/events/stream/", _AsgiEndpoint(self.sse), methods=["GET"]),
+            WebSocketRoute("/events/", self.websocket),
+            Route("/_sim/variants", self.admin_variants, methods=["GET", "PUT"]),
+            Route("/_sim/orders", self.admin_orders, methods=["GET"]),
+            Route("/_sim/orders/{order_id}/drop", self.admin_drop, methods=["POST"]),
+            Route("/_sim/webhooks", self.admin_webhooks, methods=["GET"]),
+        ]
+
+        async def not_found(request: Request, exc: Exception) -> Response:
+            code = getattr(exc, "status_code", 404)
+            return fail(MspError(code, E.UNKNOWN, getattr(exc, "detail", "Not found")))
+
+        return Starlette(routes=routes, lifespan=self.lifespan,
+                         exception_handlers={404: not_found, 405: not_found})
+
+
+class _AsgiEndpoint:
+    """Wraps a raw ASGI callable so Starlette routes to it without a request/response wrapper
+    (the SSE stream needs raw control to be able to break a response on purpose)."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.func(scope, receive, send)

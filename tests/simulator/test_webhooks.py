@@ -1,0 +1,125 @@
+"""Signed webhooks: delivered on every status change, resent until acknowledged."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from bridge.simulator import SimulatorServer
+from tests.simulator.conftest import KEY, order_body
+
+
+class Receiver:
+    """A tiny webhook endpoint: records requests; answers `OK` unless told to refuse."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.refuse: set[str] = set()  # statuses to refuse (answer 500)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                parts = urlsplit(self.path)
+                status = json.loads(raw)["status"]
+                receiver.requests.append({"path": parts.path, "query": parse_qs(parts.query),
+                                          "headers": dict(self.headers), "raw": raw,
+                                          "status": status, "at": time.monotonic()})
+                if status in receiver.refuse:
+                    self.send_response(500)
+                    body = b"not now"
+                else:
+                    self.send_response(200)
+                    body = b"OK"
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def wait(self, predicate: Any, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, self.requests
+            time.sleep(0.01)
+
+
+@pytest.fixture()
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+def verify(req: dict[str, Any], key: str) -> bool:
+    ts, sig = base64.b64decode(req["headers"]["Auth"]).decode().split(":", 1)
+    expected = hmac.new(key.encode(), ts.encode() + b":" + req["raw"], hashlib.sha512).hexdigest()
+    return ts == req["query"]["timestamp"][0] and hmac.compare_digest(sig, expected)
+
+
+def test_webhooks_on_every_change_signed(receiver: Receiver) -> None:
+    with SimulatorServer(speed=200, webhook_url=receiver.url) as sim:
+        body = order_body("SIM-RETRY-01")
+        assert httpx.post(sim.base_url + "orders", headers={"api_key": KEY}, json=body).status_code == 200
+        receiver.wait(lambda: [r["status"] for r in receiver.requests][-1:] == ["completed"])
+        assert [r["status"] for r in receiver.requests] == \
+            ["initialized", "declined", "initialized", "completed"]
+        for req in receiver.requests:
+            assert req["path"] == "/hook"
+            assert req["query"]["transactionid"] == [body["order_id"]]
+            assert req["headers"]["Content-Type"] == "application/json"
+            assert verify(req, KEY)
+        got = json.loads(receiver.requests[-1]["raw"])
+        view = httpx.get(f"{sim.base_url}orders/{body['order_id']}", headers={"api_key": KEY}).json()["data"]
+        assert got == view  # the body is the order as GET shows it
+        # a refund is a change too
+        httpx.post(f"{sim.base_url}orders/{body['order_id']}/refunds", headers={"api_key": KEY},
+                   json={"currency": "EUR", "amount": 100})
+        receiver.wait(lambda: receiver.requests[-1]["status"] == "partial_refunded")
+
+
+def test_order_notification_url_wins(receiver: Receiver) -> None:
+    with SimulatorServer(speed=200, webhook_url="http://127.0.0.1:9/never") as sim:
+        body = order_body("SIM-APPROVE-01", payment_options={"notification_url": receiver.url + "?x=1",
+                                                             "notification_method": "POST"})
+        httpx.post(sim.base_url + "orders", headers={"api_key": "order-key"}, json=body)
+        receiver.wait(lambda: len(receiver.requests) == 2)
+        assert receiver.requests[0]["query"]["x"] == ["1"]
+        assert all(verify(r, "order-key") for r in receiver.requests)
+
+
+def test_unacknowledged_webhook_is_resent_three_times(receiver: Receiver) -> None:
+    receiver.refuse = {"completed"}
+    # 15 minutes / 3000 = 0.3 s between attempts
+    with SimulatorServer(speed=3000, webhook_url=receiver.url) as sim:
+        body = order_body("SIM-APPROVE-01")
+        httpx.post(sim.base_url + "orders", headers={"api_key": KEY}, json=body)
+        receiver.wait(lambda: sum(r["status"] == "completed" for r in receiver.requests) == 4)
+        time.sleep(0.5)
+        done = [r for r in receiver.requests if r["status"] == "completed"]
+        assert len(done) == 4  # the first send and 3 resends, no more
+        gaps = [b["at"] - a["at"] for a, b in zip(done, done[1:])]
+        assert all(0.25 <= g < 1.5 for g in gaps), gaps
+        assert len({r["query"]["timestamp"][0] for r in done}) >= 2  # new timestamp each time
+        assert all(verify(r, KEY) for r in done)
+        assert sum(r["status"] == "initialized" for r in receiver.requests) == 1  # acknowledged once
+        attempts = httpx.get(sim.url + "_sim/webhooks").json()["data"]
+        assert [a["attempt"] for a in attempts if a["status"] == "completed"] == [1, 2, 3, 4]
