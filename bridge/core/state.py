@@ -52,8 +52,11 @@ class OrderState:
     amount: int | None = None
     currency: str | None = None
     amount_refunded: int = 0
-    #: When the last transition was received (unix seconds, UTC): the staleness horizon.
+    #: When the last upstream transition was received (unix seconds, our clock).
     last_transition_at: float | None = None
+    #: Upstream's ``modified`` time of the last transition, when it came with one (a webhook
+    #: or poll; MultiSafepay's clock, whole seconds). None after a stream transition.
+    last_modified: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -140,8 +143,7 @@ def order_created(
         session_id=session_id,
         amount=amount,
         currency=currency,
-        last_transition_at=now.timestamp(),
-    )
+    )  # no staleness horizon yet: nothing upstream can predate the order
     return Decision(Verdict.NEW, state, (_event(state, EventType.ORDER_CREATED, Source.BRIDGE, now),))
 
 
@@ -180,12 +182,30 @@ def order_failed(
 
 
 def _is_stale(state: OrderState, obs: Observation) -> bool:
-    if obs.final or obs.status in REFUND_STATUSES or state.last_transition_at is None:
+    """A webhook or poll observation that may describe a status the order has already left.
+
+    Times are compared within one clock: a poll's send time with the bridge's receipt of the
+    last transition; upstream's ``modified`` with the last transition's ``modified`` when it
+    had one, else (a stream transition carries no time) with its receipt. Conservative: a
+    non-final status that cannot be placed after the last transition is dropped, never
+    published out of order.
+    """
+    if obs.final or obs.status in REFUND_STATUSES:
         return False  # a final (or a refund, which implies completed) is never stale
     if obs.source not in (Source.WEBHOOK, Source.POLL):
         return False  # a live stream delivers in order
-    horizon = state.last_transition_at
-    return any(t is not None and t.timestamp() < horizon for t in (obs.modified, obs.as_of))
+    received = state.last_transition_at
+    if obs.as_of is not None and received is not None and obs.as_of.timestamp() < received:
+        return True
+    if obs.modified is not None:
+        horizon = state.last_modified if state.last_modified is not None else received
+        return horizon is not None and obs.modified.timestamp() < horizon
+    return False
+
+
+def _upstream_time(obs: Observation) -> float | None:
+    timed = obs.source in (Source.WEBHOOK, Source.POLL) and obs.modified is not None
+    return obs.modified.timestamp() if timed and obs.modified is not None else None
 
 
 def _status_details(state: OrderState, obs: Observation) -> dict[str, Any]:
@@ -207,6 +227,7 @@ def _status_transition(
         session_id=obs.session_id or state.session_id,
         transaction_id=obs.transaction_id or state.transaction_id,
         last_transition_at=now.timestamp(),
+        last_modified=_upstream_time(obs),
     )
     event = _event(
         new,

@@ -98,6 +98,31 @@ def test_stale_webhook_after_newer_stream_transition_is_dropped() -> None:
     assert ds[-1].verdict is Verdict.STALE
 
 
+def test_webhook_only_flow_within_one_second_is_published_whole() -> None:
+    """MultiSafepay's times have whole seconds: statuses of one second are not stale to each
+    other, and nothing upstream predates the order's creation."""
+    hook = Source.WEBHOOK
+    ds = run(
+        created(10.7),
+        (obs("initialized", hook, modified=at(10)), 11.0),
+        (obs("declined", hook, modified=at(10)), 11.1),
+        (obs("initialized", hook, modified=at(10)), 11.2),
+        (obs("completed", hook, modified=at(11)), 11.9),
+    )
+    assert [d.verdict for d in ds] == [Verdict.NEW] * 4
+
+
+def test_older_webhook_than_the_last_webhook_transition_is_stale() -> None:
+    hook = Source.WEBHOOK
+    ds = run(
+        created(),
+        (obs("initialized", hook, modified=at(12)), 20),
+        (obs("declined", hook, modified=at(14)), 21),
+        (obs("initialized", hook, modified=at(12)), 22),  # a resend of the first
+    )
+    assert ds[-1].verdict is Verdict.STALE
+
+
 def test_poll_sent_before_the_last_transition_is_stale() -> None:
     ds = run(
         created(),
