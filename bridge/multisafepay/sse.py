@@ -1,25 +1,30 @@
-"""One order's server-sent event stream (``events_stream_url``), read with httpx + httpx-sse.
+"""One order's server-sent event stream (``events_stream_url``), read with httpx.
 
 This only reads a stream; what a message means is the core's business and reconnecting is the
-session's. A silent connection is detected by httpx's read timeout: keep-alive comments are
-bytes, so only a stream with no traffic at all for ``idle_timeout`` is declared dead.
+session's. The bytes go through the project's bounded decoder (``sse_decoder``): httpx-sse's
+keeps an unfinished line without limit. Two ways a connection is declared dead: no bytes at all
+for ``idle_timeout`` (httpx's read timeout; keep-alive comments are bytes), or bytes that never
+complete a line for ``idle_timeout`` (a slow drip).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
 import httpx
-from httpx_sse import SSEError, aconnect_sse
 
-#: Longest message the bridge reads; a longer one is garbage (a real one is ~200 bytes).
+from bridge.multisafepay.sse_decoder import SSEDecoder, SSEProtocolError
+
+#: Longest line and message the bridge reads; a real message is ~200 bytes.
+MAX_LINE_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
 class StreamError(Exception):
-    """The stream could not be read (refused, wrong content type, closed, silent, too long)."""
+    """The stream could not be read (refused, wrong content type, closed, silent, garbage)."""
 
 
 class StreamRejected(StreamError):
@@ -53,26 +58,39 @@ async def sse_messages(
     Raises :class:`StreamError` for anything that ends the stream other than its own end. Use
     with ``contextlib.aclosing`` so the connection closes when the caller stops early.
     """
-    headers = {"Authorization": auth_header(token, auth)}
+    headers = {
+        "Authorization": auth_header(token, auth),
+        "Accept": "text/event-stream",
+        "Cache-Control": "no-store",
+    }
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
     timeout = httpx.Timeout(connect=connect_timeout, read=idle_timeout, write=10.0, pool=10.0)
+    decoder = SSEDecoder(max_line=MAX_LINE_BYTES, max_event=MAX_MESSAGE_BYTES)
     try:
-        async with aconnect_sse(http, "GET", url, headers=headers, timeout=timeout) as source:
-            status = source.response.status_code
+        async with http.stream("GET", url, headers=headers, timeout=timeout) as response:
+            status = response.status_code
             if status in (401, 403):
                 raise StreamRejected(f"stream refused the events token (HTTP {status})")
             if status != 200:
                 raise StreamError(f"stream answered HTTP {status}")
-            async for sse in source.aiter_sse():
-                if len(sse.data) > MAX_MESSAGE_BYTES:
-                    raise StreamError(f"message of {len(sse.data)} bytes: not a MultiSafepay event")
-                if sse.event == "message" and sse.data.strip() in ("ping", ""):
-                    continue
-                yield StreamMessage(event=sse.event, data=sse.data, id=sse.id or None)
-    except SSEError as exc:
-        raise StreamError(str(exc)) from exc
+            content_type = response.headers.get("content-type", "").partition(";")[0].strip()
+            if content_type != "text/event-stream":
+                raise StreamError(f"stream answered {content_type or 'no content type'}, not text/event-stream")
+            lines, alive_at = 0, time.monotonic()
+            async for chunk in response.aiter_raw():
+                for message in decoder.feed(chunk):
+                    if message.event == "message" and message.data.strip() in ("ping", ""):
+                        continue
+                    yield StreamMessage(event=message.event, data=message.data, id=message.id)
+                if decoder.lines != lines:
+                    lines, alive_at = decoder.lines, time.monotonic()
+                elif time.monotonic() - alive_at > idle_timeout:
+                    raise StreamError(f"no complete line for {idle_timeout:g} s (a slow drip)")
+            decoder.close()
+    except SSEProtocolError as exc:
+        raise StreamError(f"garbage on the stream: {exc}") from exc
     except httpx.ReadTimeout as exc:
         raise StreamError(f"stream silent for {idle_timeout:g} s") from exc
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise StreamError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc

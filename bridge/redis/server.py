@@ -33,8 +33,13 @@ def _ping(host: str, port: int) -> bool:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", *, persistent: bool = False
+    ) -> None:
         self.host = host
+        #: Keep data across restarts (append-only file, fsync always), as production must:
+        #: a Redis that forgets on restart forgets published events and payments in flight.
+        self.persistent = persistent
         self.port = port or free_port(host)
         self._dir = Path(tempfile.mkdtemp(prefix="pos-bridge-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
@@ -60,7 +65,8 @@ class RedisServer:
                 "--port", str(self.port),
                 "--bind", self.host,
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.persistent else "no",
+                "--appendfsync", "always",
                 "--dir", str(self._dir),
                 "--daemonize", "no",
                 "--maxclients", "20000",
