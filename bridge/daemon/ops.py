@@ -1,0 +1,238 @@
+"""Running as a service: health, readiness, metrics and systemd notifications.
+
+``Operations`` lives in the daemon's task group beside the sessions:
+
+- a **Redis probe** (``PING`` every second, and the commands queue's depth): readiness, the
+  ``pos_bridge_redis_outage`` gauge and systemd's ``STATUS=`` line all follow it;
+- the **HTTP endpoints** on ``[http].listen`` (when ``[http].enabled``), a Starlette app served
+  by uvicorn inside the task group (uvicorn's signal handling off: the daemon owns signals):
+  ``/healthz`` 200 while the event loop answers; ``/readyz`` 200 when Redis is reachable and
+  commands are being read, else 503 with the reason in JSON; ``/metrics`` in Prometheus' text
+  format (``bridge.metrics``);
+- **systemd notifications** (``bridge.daemon.notify``): ``READY=1`` once the daemon runs
+  (config loaded, listeners bound; not waiting for Redis, whose outage it survives),
+  ``STATUS=`` when it changes, ``WATCHDOG=1`` from the event loop, ``STOPPING=1`` on shutdown.
+
+``MeteredEventStore`` counts every published event at the one place all of them pass.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from redis.exceptions import RedisError, ResponseError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bridge import metrics
+from bridge.daemon import asgi
+from bridge.daemon.notify import Notifier
+from bridge.errors import UserError
+from bridge.redis.keys import COMMANDS_GROUP
+from bridge.redis.publisher import EventStore, Recorded
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from anyio.abc import TaskGroup
+    from redis.asyncio import Redis
+
+    from bridge.core.events import Event
+    from bridge.daemon.app import Bridge
+
+log = structlog.get_logger("bridge.ops")
+
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 2.0
+#: STATUS= is sent when it changes (looked at this often), and again at least every STATUS_REFRESH.
+STATUS_CHECK = 0.25
+STATUS_REFRESH = 30.0
+
+
+class MeteredEventStore(EventStore):
+    """The event store, counting what it publishes (``pos_bridge_events_published_total``)
+    and the delay since upstream receipt (``pos_bridge_publish_delay_seconds``)."""
+
+    async def record(self, *args: Any, **kwargs: Any) -> Recorded:
+        recorded = await super().record(*args, **kwargs)
+        metrics.count_published(recorded.published)
+        return recorded
+
+    async def announce(self, event: Event, *args: Any, **kwargs: Any) -> str | None:
+        stream_id = await super().announce(event, *args, **kwargs)
+        if stream_id:
+            metrics.count_published((event,))
+        return stream_id
+
+
+class RedisProbe:
+    """Is Redis reachable? A ``PING`` every ``interval`` seconds, bounded by ``timeout``."""
+
+    def __init__(self, redis: Redis, commands_key: str, *, interval: float = PROBE_INTERVAL,
+                 timeout: float = PROBE_TIMEOUT) -> None:
+        self._redis = redis
+        self._commands_key = commands_key
+        self.interval = interval
+        self.timeout = timeout
+        self.ok: bool | None = None  # None: not probed yet
+        self.error: str | None = None
+        self.changed_at = time.time()
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self.interval)
+            await self.check()
+
+    async def check(self) -> bool:
+        try:
+            with anyio.fail_after(self.timeout):
+                await self._redis.ping()
+            ok, error = True, None
+        except TimeoutError:
+            ok, error = False, f"no answer to PING within {self.timeout:g} s"
+        except (RedisError, OSError) as exc:
+            ok, error = False, str(exc) or type(exc).__name__
+        if ok != self.ok:
+            self.changed_at = time.time()
+        self.ok, self.error = ok, error
+        metrics.REDIS_OUTAGE.set(0 if ok else 1)
+        if ok:
+            await self._queue_depth()
+        return ok
+
+    async def _queue_depth(self) -> None:
+        try:
+            with anyio.move_on_after(self.timeout):
+                groups = await self._redis.xinfo_groups(self._commands_key)
+                group = next((g for g in groups if g.get("name") == COMMANDS_GROUP), None)
+                lag = group.get("lag") if group else 0
+                if lag is not None:  # None: Redis cannot tell (after XDEL); keep the last value
+                    metrics.COMMAND_QUEUE_DEPTH.set(int(lag))
+                metrics.COMMANDS_PENDING.set(int(group.get("pending") or 0) if group else 0)
+        except ResponseError:  # no commands stream yet
+            metrics.COMMAND_QUEUE_DEPTH.set(0)
+            metrics.COMMANDS_PENDING.set(0)
+        except (RedisError, OSError):
+            pass  # the next PING says what is wrong
+
+
+class Operations:
+    """Health, readiness, metrics and systemd notifications of one running ``Bridge``."""
+
+    def __init__(self, bridge: Bridge, redis: Redis, *, environ: Mapping[str, str] | None = None,
+                 probe_interval: float = PROBE_INTERVAL) -> None:
+        self.bridge = bridge
+        self.probe = RedisProbe(redis, bridge.keys.commands, interval=probe_interval)
+        self.notifier = Notifier.from_environ(environ)
+        self.started_at = time.time()
+        self.port: int | None = None  # the HTTP port, once bound
+
+    # -- state ------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): ready when Redis is reachable and commands are being read."""
+        health = self.bridge.health()
+        if health["stopping"]:
+            return False, "stopping"
+        if self.probe.ok is None:
+            return False, "starting: Redis not checked yet"
+        if not self.probe.ok:
+            return False, f"redis unreachable: {self.probe.error}"
+        if not health["reading"]:
+            return False, "not reading commands (starting, or retrying after a Redis error)"
+        return True, "ok"
+
+    def status_line(self) -> str:
+        health = self.bridge.health()
+        sessions = health["sessions"]
+        count = f"{sessions} session{'' if sessions == 1 else 's'} active"
+        if health["stopping"]:
+            return f"stopping: {count}"
+        if self.probe.ok is None:
+            redis = "Redis not checked yet"
+        elif self.probe.ok:
+            redis = "Redis reachable"
+        else:
+            redis = f"Redis unreachable since {time.strftime('%H:%M:%S', time.localtime(self.probe.changed_at))}"
+        reading = ", reading commands" if health["reading"] and self.probe.ok else ""
+        return f"{redis}{reading}, {count}"
+
+    def refresh_gauges(self) -> None:
+        metrics.SESSIONS_ACTIVE.set(self.bridge.health()["sessions"])
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, tg: TaskGroup, stop: anyio.Event) -> None:
+        """Bind ``[http].listen`` (a busy port is a clear error now, before READY) and start
+        the probe, the watchdog, the STATUS updates and the HTTP server in ``tg``, until
+        ``stop`` is set. Redis is probed once first (not waited for: its outage is survived)."""
+        await self.probe.check()  # one PING (bounded by its timeout), so READY's STATUS is right
+        http = self.bridge.config.http
+        if http.enabled:
+            try:
+                sock = asgi.bind(http.host, http.port)
+            except OSError as exc:
+                raise UserError(f"http: cannot listen on {http.listen}: {exc.strerror or exc}") from exc
+            self.port = sock.getsockname()[1]
+            tg.start_soon(asgi.serve, self.app(), sock, stop)
+            log.info("http.listening", listen=f"{http.host}:{self.port}",
+                     paths=["/healthz", "/readyz", "/metrics"])
+        tg.start_soon(self._background, stop)
+
+    def ready(self) -> None:
+        """The daemon runs: tell systemd (``READY=1``)."""
+        self.notifier.ready(self.status_line())
+        if self.notifier.enabled:
+            log.info("systemd.ready", watchdog_s=self.notifier.watchdog_interval)
+
+    async def _background(self, stop: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.probe.run)
+            tg.start_soon(self.notifier.run_watchdog)
+            tg.start_soon(self._report_status)
+            tg.start_soon(self._report_stopping)
+            await stop.wait()
+            tg.cancel_scope.cancel()
+        self.notifier.close()
+
+    async def _report_status(self) -> None:
+        last_forced = time.monotonic()
+        while True:
+            await anyio.sleep(STATUS_CHECK)
+            self.refresh_gauges()
+            force = time.monotonic() - last_forced >= STATUS_REFRESH
+            if force:
+                last_forced = time.monotonic()
+            self.notifier.status(self.status_line(), force=force)
+
+    async def _report_stopping(self) -> None:
+        await self.bridge.wait_stop_requested()
+        self.notifier.stopping(self.status_line())
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def app(self) -> Starlette:
+        async def healthz(_request: Request) -> Response:
+            # Answered from the event loop: if it answers, the loop is alive.
+            return JSONResponse({"status": "alive", "uptime_s": round(time.time() - self.started_at, 1)})
+
+        async def readyz(_request: Request) -> Response:
+            ready, reason = self.readiness()
+            body: dict[str, Any] = {"ready": ready, "reason": reason,
+                                    "redis": self.probe.ok, "sessions": self.bridge.health()["sessions"]}
+            return JSONResponse(body, status_code=200 if ready else 503)
+
+        async def metrics_(_request: Request) -> Response:
+            self.refresh_gauges()
+            return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+
+        return Starlette(routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_, methods=["GET"]),
+        ])

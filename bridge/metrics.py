@@ -1,0 +1,152 @@
+"""The daemon's Prometheus metrics, served on ``[http].listen`` at ``/metrics``.
+
+They live in a registry of their own (``REGISTRY``), not prometheus-client's global default,
+so importing a library that registers metrics cannot change what is scraped, and nothing here
+depends on process-wide state beyond this module. Every name starts with ``pos_bridge_``; the
+README lists them. Label values come from small fixed sets (event types, statuses, sources,
+command types, results, error kinds): never order ids, terminal ids or other unbounded values.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from bridge.core.events import Event
+
+__all__ = [
+    "COMMANDS",
+    "COMMAND_QUEUE_DEPTH",
+    "COMMANDS_PENDING",
+    "CONTENT_TYPE",
+    "EVENTS_PUBLISHED",
+    "PUBLISH_DELAY",
+    "REDIS_OUTAGE",
+    "REDIS_WAITING",
+    "REGISTRY",
+    "SESSIONS_ACTIVE",
+    "UPSTREAM_ERRORS",
+    "UPSTREAM_RECONNECTS",
+    "WEBHOOKS",
+    "command_type",
+    "count_published",
+    "render",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+EVENTS_PUBLISHED = Counter(
+    "pos_bridge_events_published_total",
+    "Events published to tills (durable stream + channel), by source, type and status "
+    "(for order.failed and command.failed: the error code)",
+    ["source", "type", "status"],
+    registry=REGISTRY,
+)
+
+#: From the moment an upstream observation was received (an event's ``received_at``) to the
+#: moment its transition was committed and published in Redis. Sub-millisecond to seconds.
+PUBLISH_DELAY = Histogram(
+    "pos_bridge_publish_delay_seconds",
+    "Delay from receiving an upstream observation (stream, webhook, poll) to publishing its event",
+    ["source"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+
+SESSIONS_ACTIVE = Gauge(
+    "pos_bridge_sessions_active",
+    "Payments this daemon is following now",
+    registry=REGISTRY,
+)
+
+COMMANDS = Counter(
+    "pos_bridge_commands_total",
+    "Till commands taken from the commands stream, by type (pay, cancel, refund, watch; "
+    "invalid when unreadable) and result (handled: acknowledged; unfinished: left for a "
+    "retry; crashed: a bug, left unacknowledged)",
+    ["type", "result"],
+    registry=REGISTRY,
+)
+
+COMMAND_QUEUE_DEPTH = Gauge(
+    "pos_bridge_command_queue_depth",
+    "Commands in the commands stream not yet read by any daemon of the consumer group",
+    registry=REGISTRY,
+)
+
+COMMANDS_PENDING = Gauge(
+    "pos_bridge_commands_pending",
+    "Commands read by a daemon of the consumer group but not yet acknowledged",
+    registry=REGISTRY,
+)
+
+UPSTREAM_RECONNECTS = Counter(
+    "pos_bridge_upstream_reconnects_total",
+    "Order event streams reopened after they were lost, by transport (sse, websocket)",
+    ["transport"],
+    registry=REGISTRY,
+)
+
+UPSTREAM_ERRORS = Counter(
+    "pos_bridge_upstream_errors_total",
+    "Failures talking to MultiSafepay, by kind (stream_rejected, poll_failed, malformed, "
+    "create_retry, lookup_failed)",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+WEBHOOKS = Counter(
+    "pos_bridge_webhooks_total",
+    "Webhook notifications received, by result (accepted, rejected, malformed, ...)",
+    ["result"],
+    registry=REGISTRY,
+)
+
+REDIS_OUTAGE = Gauge(
+    "pos_bridge_redis_outage",
+    "1 while Redis is unreachable (the readiness probe's last PING failed), else 0",
+    registry=REGISTRY,
+)
+
+REDIS_WAITING = Gauge(
+    "pos_bridge_redis_waiting",
+    "Upstream news held in memory, waiting for Redis to come back (one per waiting session)",
+    registry=REGISTRY,
+)
+
+_UPSTREAM_SOURCES = frozenset({"stream", "websocket", "webhook", "poll"})
+
+
+def count_published(events: Iterable[Event], now: float | None = None) -> None:
+    """Count events that were just published, and their delay since upstream receipt."""
+    for event in events:
+        source = str(event.source)
+        status = event.status or (str(event.error.code) if event.error is not None else "")
+        EVENTS_PUBLISHED.labels(source, str(event.type), status).inc()
+        if source in _UPSTREAM_SOURCES:
+            delay = (time.time() if now is None else now) - event.received_at.timestamp()
+            PUBLISH_DELAY.labels(source).observe(max(0.0, delay))
+
+
+_COMMAND_TYPES = frozenset({"pay", "cancel", "refund", "watch"})
+
+
+def command_type(fields: Mapping[str, str]) -> str:
+    """The ``type`` of a commands-stream entry, for a label (``invalid`` when unreadable)."""
+    try:
+        kind = json.loads(fields.get("command") or "")["type"]
+    except (ValueError, TypeError, KeyError):
+        return "invalid"
+    return kind if kind in _COMMAND_TYPES else "invalid"
+
+
+def render() -> bytes:
+    """The registry in Prometheus' text format."""
+    return generate_latest(REGISTRY)
