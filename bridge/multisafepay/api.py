@@ -191,3 +191,16 @@ class MultiSafepayApi:
         body = {"currency": currency, "amount": amount, "description": description or "refund"}
         data = await self._call("POST", f"orders/{order_id}/refunds", api_key, json=body)
         return data if isinstance(data, dict) else {}
+
+    async def list_terminals(self, api_key: str, group_id: int | None = None) -> list[dict[str, Any]]:
+        """Every terminal the key sees (of one terminal group, if given), across pages."""
+        path = f"terminal-groups/{group_id}/terminals" if group_id else "terminals"
+        terminals: list[dict[str, Any]] = []
+        limit = 100
+        for page in range(1, 1000):
+            data = await self._call("GET", path, api_key, params={"page": page, "limit": limit})
+            items = [t for t in data if isinstance(t, dict)] if isinstance(data, list) else []
+            terminals.extend(items)
+            if len(items) < limit:
+                break
+        return terminals

@@ -26,10 +26,12 @@ pytestmark = pytest.mark.anyio
         ("SIM-DROP-01", ["order.created", "initialized", "completed"]),
     ],
 )
+@pytest.mark.parametrize("transport", ["sse", "websocket"])
 async def test_every_scenario_reaches_its_final_once(
-    redis_server, redis_client: Redis, simulator, terminal: str, expected: list[str]
+    redis_server, redis_client: Redis, simulator, terminal: str, expected: list[str], transport: str
 ) -> None:
-    config = bridge_config(redis_server.url, simulator.base_url)
+    """The same event sequence whichever transport follows the payment."""
+    config = bridge_config(redis_server.url, simulator.base_url, multisafepay={"transport": transport})
     till = Till(redis_client)
     async with redis_client.pubsub() as pubsub:
         await pubsub.subscribe(till.keys.terminal_channel(terminal))
@@ -41,6 +43,9 @@ async def test_every_scenario_reaches_its_final_once(
         while (m := await pubsub.get_message(timeout=0.2)) is not None:
             live.append(json.loads(m["data"]))
     assert statuses(events) == expected
+    followed_by = "stream" if transport == "sse" else "websocket"
+    assert followed_by in {e["source"] for e in events}
+    assert {e["source"] for e in events[1:]} <= {followed_by, "poll"}
     assert [e["final"] for e in events] == [False] * (len(expected) - 1) + [True]
     assert all(e["terminal_id"] == terminal.upper() for e in events)
     # what a subscribed till saw live is the same, each with its stream id

@@ -43,6 +43,7 @@ def bridge_config(redis_url: str, api_base_url: str, **overrides: Any) -> Config
         "multisafepay": upstream,
         "redis": {"url": redis_url, "order_ttl": 3600, "command_claim_idle": 5.0},
         "log": {"level": "debug", "format": "json"},
+        "http": {"listen": "127.0.0.1:0"},  # /healthz, /metrics on a free port (bridge.ops.port)
     }
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
