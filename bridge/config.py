@@ -48,6 +48,7 @@ __all__ = [
     "MIN_ORDER_TTL",
     "Config",
     "ConfigError",
+    "DaemonConfig",
     "HttpConfig",
     "LogConfig",
     "MultiSafepayConfig",
@@ -671,6 +672,28 @@ class HttpConfig(_ListenMixin, _Model):
     _listen = field_validator("listen")(_check_listen)
 
 
+class DaemonConfig(_Model):
+    shutdown_grace: float = 10.0
+    lease_ttl: float = 15.0
+    max_in_flight: int = 64
+
+    _pos = field_validator("shutdown_grace", "lease_ttl")(_positive("seconds"))
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _check_lease(cls, v: float) -> float:
+        if v < 1.0:
+            raise ValueError("must be at least 1 s (it is renewed every third of it)")
+        return v
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _check_in_flight(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
 class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -691,6 +714,7 @@ class Config(_Model):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     _warnings: list[str] = PrivateAttr(default_factory=list)

@@ -1,8 +1,9 @@
 """The daemon: one task group for its lifetime, holding the command intake and the sessions.
 
 Shutdown is designed: SIGTERM (or SIGINT) stops reading commands, waits for the commands in
-progress, gives the payments in flight ``SHUTDOWN_GRACE`` seconds to reach their final event,
-then stops their sessions; they stay in the Redis registry and the next start resumes them.
+progress, gives the payments in flight ``[daemon].shutdown_grace`` seconds to reach their final
+event, then stops their sessions and releases their leases: they stay in the Redis registry and
+another daemon (or the next start) takes them over at once.
 SIGHUP reloads what can be reloaded (log level, terminal groups and keys).
 """
 
@@ -17,71 +18,26 @@ import anyio
 import httpx
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
+from redis.asyncio import Redis
 
+from bridge import metrics
 from bridge.config import Config
-from bridge.core.state import OrderState
+from bridge.daemon import asgi, ops
 from bridge.daemon.handlers import CommandHandlers
 from bridge.daemon.intake import CommandIntake
-from bridge.daemon.session import PaymentSession, SessionContext
+from bridge.daemon.session import SessionContext
+from bridge.daemon.sessions import Sessions
+from bridge.daemon.terminals import TerminalDirectory
+from bridge.daemon.webhooks import WebhookReceiver
+from bridge.errors import UserError
 from bridge.multisafepay.api import MultiSafepayApi
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
-from bridge.redis.publisher import EventStore
-from bridge.redis.sessions import SessionRecord, SessionRegistry
+from bridge.redis.leases import Leases
+from bridge.redis.outage import RedisWaiters
+from bridge.redis.sessions import SessionRegistry
 
 log = structlog.get_logger("bridge.daemon")
-
-SHUTDOWN_GRACE = 10.0
-
-
-class Sessions:
-    """The payments this daemon follows, each a task in the sessions' task group."""
-
-    def __init__(self, tg: TaskGroup, ctx: SessionContext, key_for: Callable[[str], str | None]) -> None:
-        self._tg = tg
-        self._ctx = ctx
-        self._key_for = key_for
-        self.running: dict[str, PaymentSession] = {}
-        self._idle = anyio.Event()
-        self._idle.set()
-
-    def __contains__(self, order_id: str) -> bool:
-        return order_id in self.running
-
-    async def start(self, record: SessionRecord, state: OrderState | None) -> None:
-        if record.order_id in self.running:
-            return
-        key = self._key_for(record.group)
-        if key is None:
-            log.error("session.no_key", order_id=record.order_id, group=record.group,
-                      note="terminal group no longer configured; session left in the registry")
-            return
-        session = PaymentSession(self._ctx, record, key, state)
-        self.running[record.order_id] = session
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        self._tg.start_soon(self._run, session, name=f"session {record.order_id}")
-
-    async def _run(self, session: PaymentSession) -> None:
-        try:
-            await session.run()
-        finally:
-            self.running.pop(session.order_id, None)
-            if not self.running:
-                self._idle.set()
-
-    async def resume_all(self) -> int:
-        records = await self._ctx.registry.all()
-        for record in records:
-            state = await self._ctx.store.load(record.order_id)
-            if not record.created:
-                # The daemon died between storing the intent and learning the create's result;
-                # the unacknowledged pay command is replayed and finds out.
-                continue
-            await self.start(record, state)
-        return len(self.running)
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
 
 
 class Bridge:
@@ -93,10 +49,26 @@ class Bridge:
         self.sessions: Sessions | None = None
         self.handlers: CommandHandlers | None = None
         self.on_reload: Callable[[Config], None] | None = None
+        self.directory = TerminalDirectory(config)
+        self._servers_stop = anyio.Event()
+        self._api: MultiSafepayApi | None = None
         self.load_config: Callable[[], Config] | None = None
+        self.ops: ops.Operations | None = None  # health, metrics, systemd (ops.py)
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    # -- for ops.py (health, readiness, systemd STATUS/STOPPING) --------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "reading": bool(self.intake is not None and self.intake.reading),
+            "sessions": len(self.sessions.running) if self.sessions is not None else 0,
+            "stopping": self._stop.is_set(),
+        }
+
+    async def wait_stop_requested(self) -> None:
+        await self._stop.wait()
 
     def _key_for(self, group_name: str) -> str | None:
         for group in self.config.multisafepay.terminal_groups:
@@ -115,7 +87,7 @@ class Bridge:
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
                 headers={"User-Agent": "pos-bridge/0.1"},
             ))
-            store = EventStore(redis, self.keys, stream_maxlen=cfg.redis.stream_maxlen,
+            store = ops.MeteredEventStore(redis, self.keys, stream_maxlen=cfg.redis.stream_maxlen,
                                order_ttl=cfg.redis.order_ttl)
             ctx = SessionContext(
                 api=MultiSafepayApi(http, upstream.api_base_url, api_key_in=upstream.api_key_in,
@@ -123,40 +95,76 @@ class Bridge:
                 http=http, store=store,
                 registry=SessionRegistry(redis, self.keys, ttl=cfg.redis.order_ttl),
                 upstream=upstream,
+                leases=Leases(redis, self.keys, cfg.daemon.lease_ttl, cfg.redis.effective_consumer_name),
+                redis_waiters=RedisWaiters(metrics.REDIS_WAITING.set),
             )
+            self._api = ctx.api
             async with anyio.create_task_group() as root:
                 root.start_soon(self._watch_signals, root)
-                async with anyio.create_task_group() as sessions_tg:
-                    self.sessions = sessions = Sessions(sessions_tg, ctx, self._key_for)
-                    self.handlers = handlers = CommandHandlers(
-                        cfg, redis, ctx, sessions.start, sessions.__contains__
-                    )
-                    self.intake = CommandIntake(
-                        redis, self.keys, cfg.redis.effective_consumer_name, handlers.handle,
-                        claim_idle=cfg.redis.command_claim_idle,
-                        commands_maxlen=cfg.redis.commands_maxlen,
-                    )
-                    resumed = await self._resume(sessions)
-                    log.info("daemon.started", resumed_sessions=resumed, redis=cfg.redis.masked_url,
-                             api=upstream.api_base_url, consumer=cfg.redis.effective_consumer_name)
-                    task_status.started()
-                    await self.intake.run(self._stop)
-                    with anyio.move_on_after(SHUTDOWN_GRACE):
-                        if sessions.running:
-                            log.info("daemon.draining", sessions=len(sessions.running), grace_s=SHUTDOWN_GRACE)
-                        await sessions.wait_idle()
-                    if sessions.running:
-                        log.info("daemon.handing_over", sessions=len(sessions.running),
-                                 note="left in the registry; resumed at next start")
-                    sessions_tg.cancel_scope.cancel()
+                root.start_soon(self.directory.discover, ctx.api)
+                # Listeners outlive the sessions: webhooks help in-flight payments finish.
+                async with anyio.create_task_group() as servers:
+                    async with anyio.create_task_group() as sessions_tg:
+                        self.sessions = sessions = Sessions(sessions_tg, ctx, self._key_for)
+                        await self._serve(servers, redis, ctx, sessions, task_status)
+                        sessions_tg.cancel_scope.cancel()
+                    self._servers_stop.set()
                 root.cancel_scope.cancel()
         log.info("daemon.stopped")
+
+    async def _serve(
+        self, servers: TaskGroup, redis: Redis, ctx: SessionContext, sessions: Sessions,
+        task_status: TaskStatus[Any],
+    ) -> None:
+        """Take commands until asked to stop, then let the sessions drain or hand them over."""
+        cfg = self.config
+        self.handlers = handlers = CommandHandlers(
+            cfg, redis, ctx, sessions.start, sessions.__contains__, self.directory
+        )
+        if cfg.webhook.enabled:
+            await self._start_webhooks(servers, ctx, sessions)
+        self.ops = ops.Operations(self, redis)
+        await self.ops.start(servers, self._servers_stop)
+        self.intake = CommandIntake(
+            redis, self.keys, cfg.redis.effective_consumer_name, handlers.handle,
+            claim_idle=cfg.redis.command_claim_idle, commands_maxlen=cfg.redis.commands_maxlen,
+            max_in_flight=cfg.daemon.max_in_flight,
+        )
+        resumed = await self._resume(sessions)
+        sessions.watch_orphans(cfg.daemon.lease_ttl / 3, until=self._stop)
+        log.info("daemon.started", resumed_sessions=resumed, redis=cfg.redis.masked_url,
+                 api=cfg.multisafepay.api_base_url, consumer=cfg.redis.effective_consumer_name)
+        task_status.started()
+        self.ops.ready()
+        await self.intake.run(self._stop)
+        grace = cfg.daemon.shutdown_grace
+        with anyio.move_on_after(grace):
+            if sessions.running:
+                log.info("daemon.draining", sessions=len(sessions.running), grace_s=grace)
+            await sessions.wait_idle()
+        if sessions.running:
+            log.info("daemon.handing_over", sessions=len(sessions.running),
+                     note="leases released: another daemon, or the next start, continues them")
+
+    async def _start_webhooks(self, tg: TaskGroup, ctx: SessionContext, sessions: Sessions) -> None:
+        hook = self.config.webhook
+        try:
+            sock = asgi.bind(hook.host, hook.port)
+        except OSError as exc:
+            raise UserError(f"webhook: cannot listen on {hook.listen}: {exc.strerror or exc}") from exc
+        receiver = WebhookReceiver(
+            lambda: self.config, ctx, sessions.nudge,
+            count=lambda result: metrics.WEBHOOKS.labels(result).inc(),
+        )
+        tg.start_soon(asgi.serve, receiver.app(), sock, self._servers_stop)
+        log.info("webhook.listening", listen=hook.listen,
+                 paths=[hook.route(g.name) for g in self.config.multisafepay.terminal_groups])
 
     async def _resume(self, sessions: Sessions) -> int:
         from redis.exceptions import RedisError
 
         try:
-            return await sessions.resume_all()
+            return await sessions.adopt_orphans()
         except RedisError as exc:
             log.error("daemon.resume_failed", error=str(exc), note="sessions resumed when Redis is back")
             return 0
@@ -165,7 +173,7 @@ class Bridge:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    self._reload()
+                    await self._reload()
                     continue
                 if self._stop.is_set():
                     log.warning("daemon.forced_stop", signal=signal.Signals(signum).name)
@@ -174,7 +182,7 @@ class Bridge:
                 log.info("daemon.stopping", signal=signal.Signals(signum).name)
                 self._stop.set()
 
-    def _reload(self) -> None:
+    async def _reload(self) -> None:
         if self.load_config is None:
             log.info("daemon.reload_skipped", reason="no config file to reload")
             return
@@ -186,6 +194,9 @@ class Bridge:
         self.config = new
         if self.handlers is not None:
             self.handlers.config = new
+        self.directory.config = new
+        if self._api is not None:
+            await self.directory.discover(self._api)
         if self.on_reload is not None:
             self.on_reload(new)
         log.info("daemon.reloaded", groups=[g.name for g in new.multisafepay.terminal_groups])

@@ -16,6 +16,7 @@ import anyio
 import structlog
 from redis.asyncio import Redis
 
+from bridge import metrics
 from bridge.core.commands import (
     CancelCommand,
     InvalidCommand,
@@ -30,12 +31,14 @@ from bridge.core.events import ErrorCode, Event, EventError, EventType, Source, 
 from bridge.core.normalize import MalformedPayload, canonical_terminal_id, from_order
 from bridge.core.state import Decision, OrderState, Verdict, observe, order_created, order_failed, utcnow
 from bridge.daemon.intake import LeaveUnacknowledged
+from bridge.daemon.sessions import record_found_order
 from bridge.multisafepay.api import ApiError, CreatedOrder
 from bridge.redis.sessions import SessionRecord
 
 if TYPE_CHECKING:
     from bridge.config import Config, TerminalGroup
     from bridge.daemon.session import SessionContext
+    from bridge.daemon.terminals import TerminalDirectory
 
 log = structlog.get_logger("bridge.commands")
 
@@ -69,7 +72,14 @@ def _create_refusal(exc: ApiError) -> ErrorCode:
     return exc.code
 
 
-StartSession = Callable[[SessionRecord, OrderState | None], Awaitable[None]]
+def _refund_refusal(exc: ApiError) -> ErrorCode:
+    """The till's error code for a refused or failed refund (or its ``GET``)."""
+    if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.UNAUTHORIZED, ErrorCode.UPSTREAM_UNAVAILABLE):
+        return exc.code
+    return ErrorCode.NOT_REFUNDABLE
+
+
+StartSession = Callable[[SessionRecord, OrderState | None, str | None], Awaitable[bool]]
 
 
 class CommandHandlers:
@@ -80,8 +90,10 @@ class CommandHandlers:
         ctx: SessionContext,
         start_session: StartSession,
         running: Callable[[str], bool],
+        directory: TerminalDirectory,
     ) -> None:
         self.config = config
+        self.directory = directory
         self.redis = redis
         self.ctx = ctx
         self.keys = ctx.store.keys
@@ -111,7 +123,8 @@ class CommandHandlers:
             )
             return
         bound = log.bind(command_id=command_id, terminal_id=command.terminal, type=command.type)
-        bound.info("command.received", order_id=getattr(command, "order_id", None))
+        bound.info("command.received", order_id=getattr(command, "order_id", None)
+                   or (derive_order_id(command_id) if isinstance(command, PayCommand) else None))
         if not await self._claim_command_id(command, command_id):
             return
         if isinstance(command, PayCommand):
@@ -210,13 +223,8 @@ class CommandHandlers:
     # -- pay ------------------------------------------------------------------------------------
 
     def _route(self, terminal_id: str) -> tuple[TerminalGroup, str] | None:
-        """The terminal's group, and its ID as configured (what MultiSafepay is sent)."""
-        group = self.config.group_for_terminal(terminal_id)
-        if group is None:
-            return None
-        wanted = canonical_terminal_id(terminal_id)
-        configured = next((t for t in group.terminals if t.upper() == wanted), terminal_id)
-        return group, configured
+        """The terminal's group, and its ID as MultiSafepay knows it."""
+        return self.directory.route(terminal_id)
 
     async def pay(self, command: PayCommand, command_id: str) -> None:
         order_id = command.order_id or derive_order_id(command_id)
@@ -226,7 +234,7 @@ class CommandHandlers:
                 if not state.final and not self._running(order_id):
                     record = await self.ctx.registry.load(order_id)
                     if record is not None:
-                        await self._start_session(record, state)
+                        await self._start_session(record, state, None)
                 return
             await self._command_failed(command.terminal, command_id, order_id, ErrorCode.DUPLICATE_ORDER_ID,
                                        f"order id {order_id} is already used by another payment")
@@ -242,6 +250,9 @@ class CommandHandlers:
             await self._pay_failed(command, command_id, order_id, ErrorCode.TERMINAL_BUSY,
                                    f"terminal {command.terminal} is busy with order {busy_with}")
             return
+        fence = await self.ctx.leases.acquire(order_id)
+        if fence is None:  # another daemon holds this very order (the same command, replayed)
+            raise LeaveUnacknowledged(f"order {order_id} is being handled by another daemon")
         now = time.time()
         record = SessionRecord(
             order_id=order_id, terminal_id=upstream_terminal, group=group.name, command_id=command_id,
@@ -253,38 +264,33 @@ class CommandHandlers:
         except PayFailed as exc:
             await self.ctx.registry.remove(order_id)
             await self._pay_failed(command, command_id, order_id, exc.code, exc.message)
+            await self.ctx.leases.release(order_id, fence)
             return
         except OutcomeUnknown as exc:
             log.error("order.unknown", order_id=order_id, command_id=command_id, error=str(exc),
                       note="left unacknowledged; retried later")
+            await self.ctx.leases.release(order_id, fence)  # whoever adopts it asks GET again
             raise
+        # The payment exists upstream: from here nothing may be lost to a Redis outage.
+        waiters = self.ctx.redis_waiters
         if isinstance(outcome, CreatedOrder):
             record = record.with_changes(
                 created=True, session_id=outcome.session_id, events_token=outcome.events_token,
                 events_stream_url=outcome.events_stream_url, events_url=outcome.events_url,
             )
-            session_id = outcome.session_id
         else:  # found by GET after an uncertain create: no token, so the session polls
             record = record.with_changes(created=True, session_id=outcome.get("session_id"))
-            session_id = record.session_id
-        await self.ctx.registry.save(record)
-        created = await self.ctx.store.record(order_id, lambda st: order_created(
+        await waiters.call(lambda: self.ctx.registry.save(record), what="a created order")
+        created = await waiters.call(lambda: self.ctx.store.record(order_id, lambda st: order_created(
             order_id=order_id, terminal_id=command.terminal_id, command_id=command_id,
-            amount=command.amount, currency=command.currency, session_id=session_id, now=utcnow(),
-        ) if st is None else Decision(Verdict.DUPLICATE, st))
+            amount=command.amount, currency=command.currency, session_id=record.session_id, now=utcnow(),
+        ) if st is None else Decision(Verdict.DUPLICATE, st), fence=fence), what="a created order")
         state = created.decision.state
         log.info("order.created", order_id=order_id, command_id=command_id, terminal_id=command.terminal,
                  amount=command.amount, group=group.name)
         if not isinstance(outcome, CreatedOrder):
-            try:
-                obs = from_order(outcome, Source.POLL, self.ctx.tz)
-            except MalformedPayload as exc:
-                log.warning("upstream.malformed", source="poll", error=str(exc))
-            else:
-                recorded = await self.ctx.store.record(
-                    order_id, lambda st: observe(st, obs, utcnow(), terminal_id=command.terminal_id))
-                state = recorded.decision.state or state
-        await self._start_session(record, state)
+            state = await record_found_order(self.ctx, record, outcome) or state
+        await self._start_session(record, state, fence)
         pending = await self.redis.getdel(self.keys.pending_cancel(order_id))
         if pending:
             log.info("cancel.applied_late", order_id=order_id, command_id=pending)
@@ -326,6 +332,7 @@ class CommandHandlers:
                     uncertain = uncertain or exc.maybe_done
                     log.warning("order.create_retry", order_id=order_id, attempt=attempt + 1,
                                 error=exc.message, uncertain=uncertain)
+                    metrics.UPSTREAM_ERRORS.labels("create_retry").inc()
                     if attempt + 1 < attempts:
                         await anyio.sleep(backoff.next())
                         continue
@@ -347,6 +354,7 @@ class CommandHandlers:
                 if exc.code is ErrorCode.NOT_FOUND:
                     return None
                 log.warning("order.lookup_failed", order_id=order_id, error=exc.message)
+                metrics.UPSTREAM_ERRORS.labels("lookup_failed").inc()
                 await anyio.sleep(backoff.next())
         raise OutcomeUnknown(f"could not learn from MultiSafepay whether order {order_id} exists")
 
@@ -395,6 +403,10 @@ class CommandHandlers:
         await self.ctx.store.record(order_id, lambda st: observe(st, obs, utcnow(), terminal_id=terminal))
 
     async def refund(self, command: RefundCommand, command_id: str) -> None:
+        """Refund (part of) a completed order. Upstream's own numbers (``GET``) decide what
+        remains, and a replayed command (at-least-once delivery) never refunds twice: before
+        the ``POST`` the amount already refunded is stored under the command's id; a replay
+        that finds upstream's amount grew since only confirms what happened."""
         order_id = command.order_id
         state = await self.ctx.store.load(order_id)
         route = self._route(state.terminal_id if state else command.terminal_id)
@@ -407,24 +419,47 @@ class CommandHandlers:
                                        f"order {order_id} is {state.status or 'failed'}, not completed")
             return
         key = route[0].key.get_secret_value()
-        amount = command.amount
-        currency = state.currency if state and state.currency else "EUR"
-        if amount is None:  # the whole remaining amount
-            if state is None or state.amount is None:
-                await self._command_failed(command.terminal, command_id, order_id, ErrorCode.INVALID_COMMAND,
-                                           "refund of an order the bridge does not know needs an amount")
-                return
-            amount = state.amount - state.amount_refunded
+        terminal = state.terminal_id if state else command.terminal_id
+        try:
+            order = await self.ctx.api.get_order(key, order_id)
+        except ApiError as exc:
+            await self._command_failed(command.terminal, command_id, order_id, _refund_refusal(exc), exc.message)
+            return
+        charged, refunded = order.get("amount"), order.get("amount_refunded") or 0
+        upstream_status = str(order.get("status") or "").lower()
+        if upstream_status not in ("completed", "partial_refunded", "refunded") or not isinstance(charged, int) \
+                or not isinstance(refunded, int):
+            await self._command_failed(command.terminal, command_id, order_id, ErrorCode.NOT_REFUNDABLE,
+                                       f"order {order_id} is {upstream_status or 'unknown'}, not completed")
+            return
+        marker = self.keys.command_record(command_id) + ":refund"
+        before = await self.redis.set(marker, refunded, nx=True, ex=int(self._ttl), get=True)
+        if before is not None and refunded > int(before):
+            log.info("refund.replay", order_id=order_id, command_id=command_id,
+                     note="already refunded; confirming only")
+            await self._confirm(order_id, key, terminal)
+            return
+        remaining = charged - refunded
+        amount = command.amount if command.amount is not None else remaining
+        if remaining <= 0 or amount > remaining:
+            await self._command_failed(command.terminal, command_id, order_id, ErrorCode.NOT_REFUNDABLE,
+                                       f"order {order_id}: {remaining} cents remain to refund, not {amount}"
+                                       if remaining > 0 else f"order {order_id} is already fully refunded")
+            return
+        currency = str(order.get("currency") or (state.currency if state else None) or "EUR")
         try:
             await self.ctx.api.refund_order(key, order_id, amount=amount, currency=currency,
                                             description=command.description)
         except ApiError as exc:
-            code = exc.code if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.UNAUTHORIZED,
-                                             ErrorCode.UPSTREAM_UNAVAILABLE) else ErrorCode.NOT_REFUNDABLE
-            await self._command_failed(command.terminal, command_id, order_id, code, exc.message)
+            if exc.maybe_done:  # it may have happened: GET tells, and publishes it if so
+                await self._confirm(order_id, key, terminal)
+                after = await self.ctx.store.load(order_id)
+                if after is not None and after.amount_refunded > refunded:
+                    return
+            await self._command_failed(command.terminal, command_id, order_id, _refund_refusal(exc), exc.message)
             return
         log.info("order.refund_requested", order_id=order_id, command_id=command_id, amount=amount)
-        await self._confirm(order_id, key, command.terminal_id)
+        await self._confirm(order_id, key, terminal)
 
     async def watch(self, command: WatchCommand, command_id: str) -> None:
         from urllib.parse import urlsplit
@@ -453,4 +488,4 @@ class CommandHandlers:
         )
         await self.ctx.registry.save(record)
         log.info("order.watch", order_id=order_id, command_id=command_id, terminal_id=command.terminal)
-        await self._start_session(record, state)
+        await self._start_session(record, state, None)

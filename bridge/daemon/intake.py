@@ -15,6 +15,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from bridge import metrics
 from bridge.core.backoff import Backoff
 from bridge.redis.keys import COMMANDS_GROUP, Keys
 
@@ -80,6 +81,8 @@ class CommandIntake:
                     outage.over()
                 except RedisError as exc:
                     self.reading = False
+                    if "NOGROUP" in str(exc):  # Redis came back empty (no persistence): recreate the group
+                        backlog = True
                     await anyio.sleep(outage.failed(exc))
                     continue
                 self.reading = True
@@ -117,12 +120,15 @@ class CommandIntake:
         try:
             await self._handler(entry_id, fields)
             await self._client.xack(self._keys.commands, COMMANDS_GROUP, entry_id)
+            metrics.COMMANDS.labels(metrics.command_type(fields), "handled").inc()
         except (RedisError, LeaveUnacknowledged) as exc:
             # Not acknowledged: read again at our next start or claimed by another daemon.
             log.error("command.unfinished", entry_id=entry_id, error=str(exc))
+            metrics.COMMANDS.labels(metrics.command_type(fields), "unfinished").inc()
         except Exception:
             # A bug must not take the daemon (and every payment in flight) down with it.
             log.exception("command.crashed", entry_id=entry_id, note="left unacknowledged")
+            metrics.COMMANDS.labels(metrics.command_type(fields), "crashed").inc()
         finally:
             self._limit.release_on_behalf_of(entry_id)
 

@@ -9,6 +9,7 @@ import structlog
 
 from bridge.config import Config, load_config
 from bridge.daemon.app import Bridge
+from bridge.errors import UserError
 from bridge.logs import configure_logging
 
 
@@ -25,5 +26,23 @@ def run_command(args: argparse.Namespace) -> int:
         configure_logging(new.log.level, new.log.format)
 
     bridge.on_reload = reloaded
-    anyio.run(bridge.run)
+    try:
+        anyio.run(bridge.run)
+    except BaseExceptionGroup as group:
+        # e.g. a listen port already taken, raised inside the daemon's task groups
+        err = _user_error(group)
+        if err is None:
+            raise
+        raise err from None
     return 0
+
+
+def _user_error(exc: BaseException) -> UserError | None:
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _user_error(inner)
+            if found is not None:
+                return found
+    return None

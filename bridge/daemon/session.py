@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import time
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import tzinfo
 from typing import TYPE_CHECKING
 
 import anyio
 import structlog
+from redis.exceptions import RedisError
 
+from bridge import metrics
 from bridge.core.backoff import Backoff
 from bridge.core.events import ErrorCode, Source
 from bridge.core.normalize import MalformedPayload, Observation, from_order, from_stream_message
 from bridge.core.state import OrderState, Verdict, observe, utcnow
 from bridge.multisafepay.api import ApiError, MultiSafepayApi
+from bridge.multisafepay.bus import BusProtocol
 from bridge.multisafepay.sse import StreamError, StreamRejected, sse_messages
+from bridge.multisafepay.websocket import bus_messages
 from bridge.multisafepay.tokens import token_expiry
-from bridge.redis.publisher import EventStore
+from bridge.redis.leases import Leases
+from bridge.redis.outage import RedisWaiters
+from bridge.redis.publisher import EventStore, LeaseLost
 from bridge.redis.sessions import SessionRecord, SessionRegistry
 
 if TYPE_CHECKING:
@@ -47,6 +53,8 @@ class SessionContext:
     store: EventStore
     registry: SessionRegistry
     upstream: MultiSafepayConfig
+    leases: Leases
+    redis_waiters: RedisWaiters
 
     @property
     def tz(self) -> tzinfo:
@@ -64,8 +72,12 @@ class PaymentSession:
         record: SessionRecord,
         api_key: str,
         state: OrderState | None = None,
+        *,
+        fence: str,
     ) -> None:
         self.ctx = ctx
+        #: The token of this daemon's lease on the order; every commit carries it.
+        self.fence = fence
         self.record = record
         self._api_key = api_key
         self.state = state
@@ -76,6 +88,9 @@ class PaymentSession:
         )
         self._last_news = time.monotonic()
         self._done = anyio.Event()
+        self._nudged = anyio.Event()
+        self._bus = BusProtocol()  # kept across reconnects: it re-subscribes its channels
+        self._commit_lock = anyio.Lock()
         self.reconnects = 0
 
     @property
@@ -83,18 +98,48 @@ class PaymentSession:
         return self.state is not None and self.state.final
 
     async def run(self) -> None:
-        """Follow the order until its final event is published (or the session is cancelled)."""
-        if self.final:
-            await self.ctx.registry.remove(self.order_id)
+        """Follow the order until its final event is published.
+
+        Ends early, leaving the order to whoever holds its lease, when the lease is lost; when
+        cancelled (the daemon stops) it releases the lease so another daemon continues at once,
+        and the registry keeps the session for whoever resumes it.
+        """
+        try:
+            if not self.final:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._follow_stream)
+                    tg.start_soon(self._poll_when_quiet)
+                    tg.start_soon(self._enforce_deadline)
+                    tg.start_soon(self._follow_nudges)
+                    tg.start_soon(self._keep_lease)
+                    await self._done.wait()
+                    tg.cancel_scope.cancel()
+        except LeaseLost:
+            self.log.warning("session.lease_lost", note="another daemon follows this payment")
             return
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._follow_stream)
-            tg.start_soon(self._poll_when_quiet)
-            tg.start_soon(self._enforce_deadline)
-            await self._done.wait()
-            tg.cancel_scope.cancel()
-        await self.ctx.registry.remove(self.order_id)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._release_quietly()
+        await self.ctx.redis_waiters.call(lambda: self.ctx.registry.remove(self.order_id),
+                                          what="session end")
         self.log.info("session.ended", status=self.state.status if self.state else None)
+
+    async def _release_quietly(self) -> None:
+        try:
+            await self.ctx.leases.release(self.order_id, self.fence)
+        except RedisError as exc:  # it lapses by itself within its TTL
+            self.log.info("session.lease_not_released", error=str(exc))
+
+    async def _keep_lease(self) -> None:
+        interval = self.ctx.leases.ttl_ms / 3000
+        while True:
+            await anyio.sleep(interval)
+            try:
+                held = await self.ctx.leases.renew(self.order_id, self.fence)
+            except RedisError:
+                continue  # nobody can take it over while Redis is away either
+            if not held:
+                raise LeaseLost(f"order {self.order_id}: lease lapsed")
 
     # -- observations ---------------------------------------------------------------------------
 
@@ -105,12 +150,19 @@ class PaymentSession:
             return
         self._last_news = time.monotonic()
         now = utcnow()
-        recorded = await self.ctx.store.record(
-            self.order_id,
-            lambda st: observe(st, obs, now, terminal_id=self.record.terminal_id),
-            known=self.state,
-            trust_known=self.state is not None,
-        )
+        async with self._commit_lock:  # one observation at a time, in the order they came
+            waits_before = self.ctx.redis_waiters.waiting
+            recorded = await self.ctx.redis_waiters.call(
+                lambda: self.ctx.store.record(
+                    self.order_id,
+                    lambda st: observe(st, obs, now, terminal_id=self.record.terminal_id),
+                    known=self.state,
+                    trust_known=self.state is not None,
+                    fence=self.fence,
+                ),
+                what="an upstream transition",
+            )
+            waited = bool(waits_before or self.ctx.redis_waiters.waiting)
         decision = recorded.decision
         self.state = decision.state or self.state
         if recorded.stream_ids:
@@ -128,6 +180,26 @@ class PaymentSession:
             self.log.debug("upstream.ignored", verdict=decision.verdict, status=obs.status, source=obs.source)
         if self.final:
             self._done.set()
+        elif waited and obs.source is not Source.POLL:
+            await self.reconcile()  # Redis was away: what else happened meanwhile?
+
+    async def _with_details(self, obs: Observation) -> Observation:
+        """A stream message has no card details: take them from ``GET`` for the final event,
+        when ``GET`` already agrees on the status. Best effort, bounded in time."""
+        with anyio.move_on_after(self.ctx.upstream.connect_timeout):
+            try:
+                data = await self.ctx.api.get_order(self._api_key, self.order_id)
+                polled = from_order(data, Source.POLL, self.ctx.tz)
+            except (ApiError, MalformedPayload) as exc:
+                self.log.info("order.details_unavailable", error=str(exc))
+                return obs
+            if polled.status == obs.status:
+                return replace(
+                    obs, details=polled.details, amount=polled.amount, currency=polled.currency,
+                    terminal_id=polled.terminal_id,
+                    transaction_id=obs.transaction_id or polled.transaction_id,
+                )
+        return obs
 
     async def reconcile(self) -> None:
         """Ask ``GET orders/{id}`` what the stream may have missed."""
@@ -137,17 +209,48 @@ class PaymentSession:
             obs = from_order(data, Source.POLL, self.ctx.tz, as_of=as_of)
         except ApiError as exc:
             self.log.warning("upstream.poll_failed", error=exc.message, code=exc.code)
+            metrics.UPSTREAM_ERRORS.labels("poll_failed").inc()
             return
         except MalformedPayload as exc:
             self.log.warning("upstream.malformed", source="poll", error=str(exc))
+            metrics.UPSTREAM_ERRORS.labels("malformed").inc()
             return
         await self.observe(obs)
 
-    # -- the three tasks ------------------------------------------------------------------------
+    def nudge(self) -> None:
+        """Another channel (a webhook, another daemon) moved the order on: re-read its state."""
+        self._nudged.set()
+
+    # -- the tasks ------------------------------------------------------------------------------
+
+    async def _follow_nudges(self) -> None:
+        while True:
+            await self._nudged.wait()
+            self._nudged = anyio.Event()
+            self._last_news = time.monotonic()
+            state = await self.ctx.redis_waiters.call(
+                lambda: self.ctx.store.load(self.order_id), what="an order's state")
+            if state is not None and (self.state is None or state.seq > self.state.seq):
+                self.state = state
+            if self.final:
+                self.log.info("session.final_elsewhere", status=self.state.status if self.state else None)
+                self._done.set()
+
+    def _transport(self) -> Source | None:
+        """Which stream to follow: config ``transport``; ``auto`` prefers SSE when offered."""
+        r = self.record
+        sse = Source.STREAM if r.events_stream_url else None
+        bus = Source.WEBSOCKET if r.events_url else None
+        mode = self.ctx.upstream.transport
+        if mode == "sse":
+            return sse
+        if mode == "websocket":
+            return bus
+        return sse or bus
 
     def _stream_usable(self) -> bool:
         r = self.record
-        if not (r.events_stream_url and r.events_token):
+        if self._transport() is None or not r.events_token:
             return False
         exp = token_expiry(r.events_token)
         return exp is None or exp > time.time() + 1
@@ -164,12 +267,14 @@ class PaymentSession:
                 reason = "stream ended without a final status"
             except StreamRejected as exc:
                 self.log.warning("stream.rejected", error=str(exc))
+                metrics.UPSTREAM_ERRORS.labels("stream_rejected").inc()
                 return  # the poller carries on
             except StreamError as exc:
                 reason = str(exc)
             if self.final:
                 return
             self.reconnects += 1
+            metrics.UPSTREAM_RECONNECTS.labels(str(self._transport() or "none")).inc()
             self.log.info("stream.lost", reason=reason, reconnects=self.reconnects)
             await self.reconcile()  # never rely on Last-Event-ID
             if self.final:
@@ -179,12 +284,21 @@ class PaymentSession:
 
     async def _read_stream(self, backoff: Backoff, upstream: MultiSafepayConfig) -> None:
         r = self.record
-        assert r.events_stream_url and r.events_token
-        messages = sse_messages(
-            self.ctx.http, r.events_stream_url, r.events_token,
-            auth=upstream.events_auth, last_event_id=r.last_event_id,
-            connect_timeout=upstream.connect_timeout, idle_timeout=upstream.stream_idle_timeout,
-        )
+        source = self._transport()
+        assert source is not None and r.events_token
+        if source is Source.WEBSOCKET:
+            assert r.events_url
+            messages = bus_messages(
+                r.events_url, r.events_token, connect_timeout=upstream.connect_timeout,
+                idle_timeout=upstream.stream_idle_timeout, protocol=self._bus,
+            )
+        else:
+            assert r.events_stream_url
+            messages = sse_messages(
+                self.ctx.http, r.events_stream_url, r.events_token,
+                auth=upstream.events_auth, last_event_id=r.last_event_id,
+                connect_timeout=upstream.connect_timeout, idle_timeout=upstream.stream_idle_timeout,
+            )
         async with aclosing(messages) as stream:
             async for message in stream:
                 backoff.reset()
@@ -194,10 +308,13 @@ class PaymentSession:
                     self.log.info("stream.skipped_event", event_name=message.event[:64])
                     continue
                 try:
-                    obs = from_stream_message(message.data, Source.STREAM)
+                    obs = from_stream_message(message.data, source)
                 except MalformedPayload as exc:
                     self.log.warning("upstream.malformed", source="stream", error=str(exc))
+                    metrics.UPSTREAM_ERRORS.labels("malformed").inc()
                     continue
+                if obs.final and self.ctx.upstream.enrich_final:
+                    obs = await self._with_details(obs)
                 await self.observe(obs)
                 if self.final:
                     return

@@ -49,6 +49,13 @@ class Keys:
     def pending_cancel(self, order_id: str) -> str:
         return f"{self.prefix}:cancel:{order_id}"
 
+    def lease(self, order_id: str) -> str:
+        return f"{self.prefix}:lease:{order_id}"
+
+    @property
+    def fence_counter(self) -> str:
+        return f"{self.prefix}:fence"
+
     def session(self, order_id: str) -> str:
         return f"{self.prefix}:session:{order_id}"
 

@@ -8,11 +8,14 @@ racing on one order therefore publish each transition once, with one ``event_id`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
+import anyio
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from bridge.core.events import Event, EventType
 from bridge.core.state import Decision, OrderState
@@ -27,6 +30,10 @@ def _lua(name: str) -> str:
 
 TRANSITION_LUA = _lua("transition.lua")
 ANNOUNCE_LUA = _lua("announce.lua")
+
+
+class LeaseLost(RuntimeError):
+    """The session's lease on the order is gone (another daemon follows it): stop publishing."""
 
 
 class CommitRaceError(RuntimeError):
@@ -53,6 +60,99 @@ def _active_action(before: OrderState | None, decision: Decision) -> str:
     return ""
 
 
+class _Pending:
+    """One transition call waiting in :class:`_TransitionBatcher`'s queue."""
+
+    __slots__ = ("keys", "args", "done", "lead", "result", "error")
+
+    def __init__(self, keys: list[str], args: list[Any]) -> None:
+        self.keys = keys
+        self.args = args
+        self.done = anyio.Event()
+        self.lead = False  # woken to send the next batch, not with a result
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class _TransitionBatcher:
+    """Sends the transition calls of many orders as one pipeline on one connection.
+
+    Every session awaits its own commit before it commits again, so one order never has two
+    calls in a batch that depend on each other (and if two channels race on one order, the
+    compare-and-set decides, exactly as with separate calls). No background task: the first
+    caller to find nothing in flight sends the queue; calls arriving meanwhile wait for the
+    next batch, sent by the first of them. Under load this turns N round trips (and N socket
+    writes and reads, and up to N pooled connections) into one.
+    """
+
+    def __init__(self, client: Redis, script: Any) -> None:
+        self._client = client
+        self._script = script
+        self._queue: list[_Pending] = []
+        self._busy = False
+
+    async def call(self, keys: list[str], args: list[Any]) -> Any:
+        me = _Pending(keys, args)
+        self._queue.append(me)
+        if self._busy:
+            try:
+                await me.done.wait()
+            except BaseException:
+                if me.lead:  # cancelled just as our turn came: send the batch anyway
+                    await self._send_batch()
+                elif me in self._queue:  # not sent yet: it never will be
+                    self._queue.remove(me)
+                raise
+            if not me.lead:
+                return me.value()
+        await self._send_batch()
+        return me.value()
+
+    async def _send_batch(self) -> None:
+        self._busy = True
+        batch, self._queue = self._queue, []
+        try:
+            with anyio.CancelScope(shield=True):  # others wait on this batch
+                await self._send(batch)
+        finally:
+            for p in batch:
+                p.done.set()
+            if self._queue:
+                nxt = self._queue[0]
+                nxt.lead = True
+                nxt.done.set()
+            else:
+                self._busy = False
+
+    async def _send(self, batch: Sequence[_Pending], retry: bool = True) -> None:
+        sha = self._script.sha
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for p in batch:
+                    pipe.evalsha(sha, len(p.keys), *p.keys, *p.args)
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            for p in batch:
+                p.error = exc
+            return
+        missing = [p for p, r in zip(batch, results) if isinstance(r, NoScriptError)]
+        for p, r in zip(batch, results):
+            if isinstance(r, Exception):
+                p.error = r
+            else:
+                p.result = r
+        if missing and retry:  # Redis restarted (or SCRIPT FLUSH): load it, send those again
+            await self._client.script_load(self._script.script)
+            for p in missing:
+                p.error = None
+            await self._send(missing, retry=False)
+
+
 class EventStore:
     """Order states, durable terminal streams, order keys and channels in one Redis."""
 
@@ -65,29 +165,32 @@ class EventStore:
         self._ttl_ms = str(int(order_ttl * 1000))
         self._transition = client.register_script(TRANSITION_LUA)
         self._announce = client.register_script(ANNOUNCE_LUA)
+        self._batcher = _TransitionBatcher(client, self._transition)
 
     async def load(self, order_id: str) -> OrderState | None:
         raw = await self._client.hget(self.keys.order_state(order_id), "state")
         return OrderState.from_json(raw) if raw else None
 
     async def commit(
-        self, before: OrderState | None, decision: Decision
+        self, before: OrderState | None, decision: Decision, fence: str = ""
     ) -> tuple[bool, tuple[str, ...], OrderState | None]:
-        """Commit ``decision`` if the stored state is still ``before``.
+        """Commit ``decision`` if the stored state is still ``before`` (and, with ``fence``,
+        only while the order's lease holds that token: else :class:`LeaseLost`).
 
         Returns (applied, stream ids, the stored state when not applied).
         """
         state = decision.state
         assert state is not None and decision.events, "only a publishing decision is committed"
         keys = self.keys
-        result = await self._transition(
-            keys=[
+        result = await self._batcher.call(
+            [
                 keys.order_state(state.order_id),
                 keys.terminal_stream(state.terminal_id),
                 keys.order(state.order_id),
                 keys.terminal_active(state.terminal_id),
+                keys.lease(state.order_id),
             ],
-            args=[
+            [
                 before.seq if before else 0,
                 state.seq,
                 state.to_json(),
@@ -96,9 +199,12 @@ class EventStore:
                 keys.terminal_channel(state.terminal_id),
                 _active_action(before, decision),
                 state.order_id,
+                fence,
                 *(event.to_json() for event in decision.events),
             ],
         )
+        if int(result[0]) == -1:
+            raise LeaseLost(f"order {state.order_id}: lease token {fence} no longer holds")
         if int(result[0]) == 1:
             return True, tuple(_text(r) for r in result[1:]), None
         stored = _text(result[2])
@@ -111,6 +217,7 @@ class EventStore:
         known: OrderState | None = None,
         *,
         trust_known: bool = False,
+        fence: str = "",
     ) -> Recorded:
         """Decide from the stored state of ``order_id`` and commit, deciding again on a race.
 
@@ -122,7 +229,7 @@ class EventStore:
             decision = decide(state)
             if not decision.publishes:
                 return Recorded(decision)
-            applied, ids, stored = await self.commit(state, decision)
+            applied, ids, stored = await self.commit(state, decision, fence)
             if applied:
                 return Recorded(decision, ids)
             state = stored

@@ -59,12 +59,9 @@ class SessionRegistry:
             pipe.srem(self._keys.sessions_index, order_id)
             await pipe.execute()
 
-    async def all(self) -> list[SessionRecord]:
-        records = []
-        for order_id in sorted(await self._client.smembers(self._keys.sessions_index)):
-            record = await self.load(order_id)
-            if record is None:  # expired: nothing left to resume
-                await self._client.srem(self._keys.sessions_index, order_id)
-            else:
-                records.append(record)
-        return records
+    async def order_ids(self) -> list[str]:
+        return sorted(await self._client.smembers(self._keys.sessions_index))
+
+    async def forget(self, order_id: str) -> None:
+        """Drop an index entry whose record expired."""
+        await self._client.srem(self._keys.sessions_index, order_id)

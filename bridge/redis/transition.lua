@@ -6,20 +6,28 @@
 -- the order key holds the latest event. Events arrive as JSON objects built by the daemon; the
 -- stream id is spliced in before the closing brace rather than decoded and re-encoded.
 --
+-- A session's commits are also fenced: they carry the token of the order's lease, and a
+-- daemon whose lease was taken over (it stalled, its lease expired) can no longer publish.
+--
 -- KEYS[1] order state (hash: seq, state)   KEYS[2] terminal stream
 -- KEYS[3] order key                         KEYS[4] terminal active key
+-- KEYS[5] the order's lease key
 -- ARGV[1] expected seq   ARGV[2] new seq   ARGV[3] new state JSON   ARGV[4] ttl ms
 -- ARGV[5] stream maxlen  ARGV[6] channel   ARGV[7] active action: "set", "clear" or ""
--- ARGV[8] order id       ARGV[9..] events (JSON)
+-- ARGV[8] order id       ARGV[9] fencing token ("" for a commit outside a session)
+-- ARGV[10..] events (JSON)
 -- Returns {1, stream ids...} when applied, {0, current seq, current state JSON} when the
--- stored state moved on (the caller decides again from it).
+-- stored state moved on (the caller decides again from it), {-1} when fenced out.
+if ARGV[9] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[9] then
+  return {-1}
+end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 if seq ~= tonumber(ARGV[1]) then
   return {0, seq, redis.call('HGET', KEYS[1], 'state') or ''}
 end
 local result = {1}
 local last
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[i])
   last = string.sub(ARGV[i], 1, -2) .. ',"stream_id":"' .. id .. '"}'
   redis.call('PUBLISH', ARGV[6], last)

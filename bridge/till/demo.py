@@ -76,6 +76,7 @@ def demo_config(redis_url: str, api_base_url: str, prefix: str) -> Config:
             }],
         },
         "redis": {"url": redis_url, "prefix": prefix},
+        "http": {"listen": "127.0.0.1:0"},  # never collide with an installed service's port
     })
 
 

@@ -1,0 +1,321 @@
+"""Payments under fire: real daemon processes, a real (persistent) redis-server and the simulator,
+while faults are injected; then every terminal's durable stream is audited.
+
+Scenarios (``KINDS``): ``kill`` (SIGKILL the daemon mid-payments, start it again), ``redis``
+(stop Redis, start it again), ``drop`` (drop the simulator's streams, again and again),
+``takeover`` (two daemons; SIGKILL one). The audit counts, per payment: a final event lost,
+duplicates (an ``event_id`` twice, a status repeated back to back, a second final), and a
+final that contradicts what the simulator says happened.
+
+Used by the fault tests (a few payments per scenario) and by ``pos-bridge bench --faults``
+(many, over several rounds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from bridge.core.commands import derive_order_id
+from bridge.redis.client import connect
+from bridge.redis.keys import Keys
+from bridge.redis.server import RedisServer
+from bridge.simulator.server import SimulatorServer
+
+KINDS = ("kill", "redis", "drop", "takeover")
+API_KEY = "fault-suite-key-0123456789"
+# cents -> the simulator's scenario by amount (see README): approve, soft decline then approve,
+# retry after decline, customer cancels, stream dropped, soft decline then cancel
+AMOUNTS = (1250, 2002, 1507, 804, 906, 703)
+
+
+@dataclass
+class Audit:
+    payments: int = 0
+    finals_lost: int = 0
+    duplicates: int = 0
+    wrong_finals: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, other: Audit) -> None:
+        self.payments += other.payments
+        self.finals_lost += other.finals_lost
+        self.duplicates += other.duplicates
+        self.wrong_finals += other.wrong_finals
+        self.problems += other.problems
+
+    @property
+    def clean(self) -> bool:
+        return not (self.finals_lost or self.duplicates or self.wrong_finals)
+
+
+@dataclass
+class FaultReport:
+    scenario: str
+    rounds: int = 0
+    faults_injected: int = 0
+    seconds: float = 0.0
+    audit: Audit = field(default_factory=Audit)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["audit"]["problems"] = data["audit"]["problems"][:20]
+        return data
+
+
+class DaemonProcess:
+    """``pos-bridge run`` as a child process (``python -m bridge.cli``), logging to a file."""
+
+    def __init__(self, name: str, config: Path, log: Path) -> None:
+        self.name = name
+        self._config = config
+        self._log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self._log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "run", "--config", str(self._config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class Rig:
+    """redis-server (persistent), the simulator and daemon processes, in a temporary directory."""
+
+    def __init__(self, *, speed: float = 2.0, terminals: int = 12) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="pos-bridge-faults-"))
+        self.redis = RedisServer(persistent=True)
+        self.sim = SimulatorServer(speed=speed, api_keys=[API_KEY])
+        self.terminals = [f"F{i:03d}" for i in range(terminals)]
+        self.keys = Keys("pos")
+        self.daemons: dict[str, DaemonProcess] = {}
+
+    def __enter__(self) -> Rig:
+        self.redis.start()
+        self.sim.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for daemon in self.daemons.values():
+            daemon.kill()
+        self.sim.stop()
+        self.redis.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def daemon(self, name: str) -> DaemonProcess:
+        if name not in self.daemons:
+            config = self.dir / f"{name}.toml"
+            config.write_text(self._config(name))
+            self.daemons[name] = DaemonProcess(name, config, self.dir / f"{name}.log")
+        return self.daemons[name]
+
+    def _config(self, name: str) -> str:
+        terminals = ", ".join(f'"{t}"' for t in self.terminals)
+        return f"""
+[multisafepay]
+api_base_url = "{self.sim.base_url}"
+request_timeout = 2.0
+connect_timeout = 2.0
+stream_idle_timeout = 3.0
+reconnect_initial = 0.05
+reconnect_cap = 0.5
+poll_interval = 0.5
+max_payment_age = 120.0
+create_retries = 2
+
+[[multisafepay.terminal_groups]]
+name = "faults"
+api_key = "{API_KEY}"
+terminals = [{terminals}]
+
+[redis]
+url = "{self.redis.url}"
+order_ttl = 3600
+command_claim_idle = 3.0
+consumer_name = "{name}"
+
+[daemon]
+lease_ttl = 2.0
+shutdown_grace = 2.0
+
+[http]
+listen = "127.0.0.1:0"
+
+[log]
+level = "info"
+format = "json"
+"""
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("*.log")))
+
+    async def pay_all(self, round_no: int) -> list[tuple[str, str]]:
+        """One payment on every terminal; returns (terminal, order_id) pairs."""
+        client = connect(self.redis.url)
+        orders = []
+        try:
+            for i, terminal in enumerate(self.terminals):
+                command_id = f"r{round_no}-{terminal}-{uuid.uuid4().hex[:6]}"
+                command = {"type": "pay", "command_id": command_id, "terminal_id": terminal,
+                           "amount": AMOUNTS[(i + round_no) % len(AMOUNTS)]}
+                await client.xadd(self.keys.commands, {"command": json.dumps(command)})
+                orders.append((terminal, derive_order_id(command_id)))
+        finally:
+            await client.aclose()
+        return orders
+
+    async def open_orders(self) -> list[str]:
+        async with httpx.AsyncClient() as http:
+            data = (await http.get(self.sim.url + "_sim/orders")).json()["data"]
+        return [o["order_id"] for o in data if o["status"] not in ("completed", "cancelled")]
+
+    async def drop_streams(self) -> int:
+        dropped = 0
+        async with httpx.AsyncClient() as http:
+            for order_id in await self.open_orders():
+                await http.post(f"{self.sim.url}_sim/orders/{order_id}/drop")
+                dropped += 1
+        return dropped
+
+    async def truth(self) -> dict[str, str]:
+        async with httpx.AsyncClient() as http:
+            data = (await http.get(self.sim.url + "_sim/orders")).json()["data"]
+        return {o["order_id"]: o["status"] for o in data}
+
+    async def events(self) -> dict[str, list[dict[str, Any]]]:
+        """Every order's events, read from the terminals' durable streams."""
+        client = connect(self.redis.url)
+        by_order: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        try:
+            for terminal in self.terminals:
+                for _id, fields in await client.xrange(self.keys.terminal_stream(terminal)):
+                    event = json.loads(fields["event"])
+                    by_order[event.get("order_id") or ""].append(event)
+        finally:
+            await client.aclose()
+        return by_order
+
+    async def wait_finals(self, orders: list[tuple[str, str]], timeout: float) -> None:
+        wanted = {o for _, o in orders}
+        with anyio.move_on_after(timeout):
+            while True:
+                events = await self.events()
+                if all(any(e["final"] for e in events.get(o, ())) for o in wanted):
+                    return
+                await anyio.sleep(0.2)
+
+    async def audit(self, orders: list[tuple[str, str]]) -> Audit:
+        events, truth = await self.events(), await self.truth()
+        audit = Audit(payments=len(orders))
+        for terminal, order_id in orders:
+            mine = events.get(order_id, [])
+            finals = [e for e in mine if e["final"]]
+            if not finals:
+                audit.finals_lost += 1
+                audit.problems.append(f"{terminal} {order_id}: no final event ({[e['status'] for e in mine]})")
+            ids = [e["event_id"] for e in mine]
+            statuses = [e["status"] for e in mine if e["type"] == "order.status"]
+            repeats = sum(a == b for a, b in zip(statuses, statuses[1:], strict=False))
+            dup = (len(ids) - len(set(ids))) + repeats + max(0, len(finals) - 1)
+            if dup:
+                audit.duplicates += dup
+                audit.problems.append(f"{terminal} {order_id}: duplicates in {[e['status'] for e in mine]}")
+            if finals and finals[0]["type"] == "order.status" and truth.get(order_id) != finals[0]["status"]:
+                audit.wrong_finals += 1
+                audit.problems.append(f"{terminal} {order_id}: final {finals[0]['status']}, "
+                                      f"upstream says {truth.get(order_id)}")
+        return audit
+
+
+async def _wait_idle_terminals(rig: Rig, timeout: float = 60.0) -> None:
+    """Between rounds: every simulated payment over, so the next pay finds its terminal free."""
+    with anyio.move_on_after(timeout):
+        while await rig.open_orders():
+            await anyio.sleep(0.2)
+
+
+async def run_scenario(kind: str, *, rounds: int = 1, terminals: int = 12, speed: float = 2.0,
+                       progress: Any = None) -> FaultReport:
+    """Run ``rounds`` rounds of one payment per terminal while injecting ``kind`` faults."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown fault scenario {kind!r}; one of {', '.join(KINDS)}")
+    report = FaultReport(scenario=kind)
+    started = time.monotonic()
+    with Rig(speed=speed, terminals=terminals) as rig:
+        names = ["d1", "d2"] if kind == "takeover" else ["d1"]
+        for name in names:
+            rig.daemon(name).start()
+        for round_no in range(rounds):
+            orders = await rig.pay_all(round_no)
+            await anyio.sleep(0.8)  # payments under way
+            report.faults_injected += await _inject(rig, kind)
+            await rig.wait_finals(orders, timeout=90)
+            report.audit.add(await rig.audit(orders))
+            report.rounds += 1
+            if progress is not None:
+                progress(report)
+            if kind == "takeover":  # bring the killed one back for the next round
+                rig.daemon("d1").start()
+            await _wait_idle_terminals(rig)
+        for daemon in rig.daemons.values():
+            daemon.stop()
+        if not report.audit.clean:
+            report.audit.problems.append("daemon logs: " + str(rig.dir))
+            report.audit.problems += [line for line in rig.logs().splitlines()
+                                      if '"level":"error"' in line][:10]
+    report.seconds = round(time.monotonic() - started, 1)
+    return report
+
+
+async def _inject(rig: Rig, kind: str) -> int:
+    if kind == "kill":
+        rig.daemon("d1").kill()
+        await anyio.sleep(0.5)
+        rig.daemon("d1").start()
+        return 1
+    if kind == "redis":
+        await anyio.to_thread.run_sync(rig.redis.stop)
+        await anyio.sleep(2.0)
+        await anyio.to_thread.run_sync(rig.redis.start)
+        return 1
+    if kind == "drop":
+        injected = 0
+        for _ in range(6):
+            injected += await rig.drop_streams()
+            await anyio.sleep(0.4)
+        return injected
+    rig.daemon("d1").kill()  # takeover: d2 carries on with d1's payments and commands
+    return 1

@@ -1,0 +1,196 @@
+"""The payments this daemon follows, and the ones nobody follows any more.
+
+Every payment in flight is in the Redis registry and has at most one owner, the daemon holding
+its lease. A session starts only with the lease. Every few seconds each daemon looks for
+registered payments whose lease has lapsed (their daemon died, or stopped and handed them over)
+and takes them over: that is crash recovery, takeover between daemons, and resumption after a
+restart, in one mechanism.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from redis.exceptions import RedisError
+
+from bridge.core.events import ErrorCode, Source
+from bridge.core.normalize import MalformedPayload, from_order
+from bridge.core.state import Decision, OrderState, Verdict, observe, order_created, utcnow
+from bridge.daemon.session import PaymentSession, SessionContext
+from bridge.multisafepay.api import ApiError
+from bridge.redis.sessions import SessionRecord
+
+log = structlog.get_logger("bridge.sessions")
+
+#: After a session crashed (a bug), its payment is left alone this long before it is retried.
+CRASH_PAUSE = 60.0
+
+
+async def record_found_order(
+    ctx: SessionContext, record: SessionRecord, data: dict[str, Any]
+) -> OrderState | None:
+    """An order whose create answer never came, found by ``GET``: publish ``order.created``
+    (if not yet), then what ``GET`` says of it. Returns the order's state."""
+    amount = data.get("amount") if isinstance(data.get("amount"), int) else None
+    currency = data.get("currency") if isinstance(data.get("currency"), str) else None
+    session_id = data.get("session_id") if isinstance(data.get("session_id"), str) else None
+
+    def created(state: OrderState | None) -> Decision:
+        if state is not None:
+            return Decision(Verdict.DUPLICATE, state)
+        return order_created(
+            order_id=record.order_id, terminal_id=record.terminal_id, command_id=record.command_id,
+            amount=amount or 0, currency=currency or "EUR", session_id=session_id, now=utcnow(),
+        )
+
+    recorded = await ctx.redis_waiters.call(
+        lambda: ctx.store.record(record.order_id, created), what="an order created upstream")
+    state = recorded.decision.state
+    try:
+        obs = from_order(data, Source.POLL, ctx.tz)
+    except MalformedPayload as exc:
+        log.warning("upstream.malformed", source="poll", order_id=record.order_id, error=str(exc))
+        return state
+    recorded = await ctx.redis_waiters.call(
+        lambda: ctx.store.record(
+            record.order_id, lambda st: observe(st, obs, utcnow(), terminal_id=record.terminal_id)),
+        what="an order created upstream")
+    return recorded.decision.state or state
+
+
+class Sessions:
+    def __init__(self, tg: TaskGroup, ctx: SessionContext, key_for: Callable[[str], str | None]) -> None:
+        self._tg = tg
+        self._ctx = ctx
+        self._key_for = key_for
+        self.running: dict[str, PaymentSession] = {}
+        self._crashed: dict[str, float] = {}
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def __contains__(self, order_id: str) -> bool:
+        return order_id in self.running
+
+    async def start(
+        self, record: SessionRecord, state: OrderState | None, fence: str | None = None
+    ) -> bool:
+        """Follow ``record``'s payment; with ``fence`` the lease is already ours, else it is
+        taken here. False when another daemon holds it (it follows the payment)."""
+        if record.order_id in self.running:
+            return True
+        key = self._key_for(record.group)
+        if key is None:
+            log.error("session.no_key", order_id=record.order_id, group=record.group,
+                      note="terminal group no longer configured; session left in the registry")
+            return False
+        if fence is None:
+            fence = await self._ctx.leases.acquire(record.order_id)
+            if fence is None:
+                return False
+        session = PaymentSession(self._ctx, record, key, state, fence=fence)
+        self.running[record.order_id] = session
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._tg.start_soon(self._run, session, name=f"session {record.order_id}")
+        return True
+
+    async def _run(self, session: PaymentSession) -> None:
+        try:
+            await session.run()
+        except Exception:
+            # A bug must not take every other payment down: the registry keeps this one, and
+            # it is taken over again (here or elsewhere) once its lease lapses.
+            log.exception("session.crashed", order_id=session.order_id)
+            self._crashed[session.order_id] = time.monotonic()
+        finally:
+            self.running.pop(session.order_id, None)
+            if not self.running:
+                self._idle.set()
+
+    def nudge(self, order_id: str) -> None:
+        session = self.running.get(order_id)
+        if session is not None:
+            session.nudge()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # -- takeover -------------------------------------------------------------------------------
+
+    async def adopt_orphans(self) -> int:
+        """Take over every registered payment that no daemon holds. Returns how many."""
+        ctx = self._ctx
+        adopted = 0
+        now = time.monotonic()
+        self._crashed = {k: t for k, t in self._crashed.items() if now - t < CRASH_PAUSE}
+        for order_id in await ctx.registry.order_ids():
+            if order_id in self.running or order_id in self._crashed:
+                continue
+            if await ctx.leases.holder(order_id) is not None:
+                continue
+            fence = await ctx.leases.acquire(order_id)
+            if fence is None:
+                continue
+            if await self._adopt(order_id, fence):
+                adopted += 1
+            else:
+                await ctx.leases.release(order_id, fence)
+        return adopted
+
+    async def _adopt(self, order_id: str, fence: str) -> bool:
+        ctx = self._ctx
+        record = await ctx.registry.load(order_id)
+        if record is None:
+            await ctx.registry.forget(order_id)
+            return False
+        state = await ctx.store.load(order_id)
+        if not record.created and state is None:
+            # Its daemon died between storing the intent and learning the create's answer.
+            found = await self._find(record)
+            if found is None:
+                return False
+            state = await record_found_order(ctx, record, found)
+            record = record.with_changes(created=True)
+            await ctx.registry.save(record)
+        log.info("session.adopted", order_id=order_id, terminal_id=record.terminal_id.upper(),
+                 command_id=record.command_id)
+        return await self.start(record, state, fence)
+
+    async def _find(self, record: SessionRecord) -> dict[str, Any] | None:
+        key = self._key_for(record.group)
+        if key is None:
+            return None
+        try:
+            return await self._ctx.api.get_order(key, record.order_id)
+        except ApiError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                # Never created: the pay command, unacknowledged, is replayed and creates it.
+                log.info("session.intent_dropped", order_id=record.order_id,
+                         note="no order upstream; the pay command is replayed")
+                await self._ctx.registry.remove(record.order_id)
+            else:
+                log.warning("session.adopt_deferred", order_id=record.order_id, error=exc.message)
+            return None
+
+    def watch_orphans(self, interval: float, *, until: anyio.Event) -> None:
+        """Look for payments nobody follows every ``interval`` seconds, until the daemon
+        stops (a stopping daemon hands payments over; it does not take more)."""
+        self._tg.start_soon(self._watch_orphans, interval, until, name="orphan watch")
+
+    async def _watch_orphans(self, interval: float, until: anyio.Event) -> None:
+        with anyio.move_on_after(interval):
+            await until.wait()
+        while not until.is_set():
+            try:
+                adopted = await self.adopt_orphans()
+                if adopted:
+                    log.info("sessions.taken_over", count=adopted)
+            except RedisError as exc:
+                log.debug("sessions.scan_skipped", error=str(exc))
+            with anyio.move_on_after(interval):
+                await until.wait()

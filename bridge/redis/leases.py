@@ -1,0 +1,55 @@
+"""Who follows which payment: an owner lease per order, timed by Redis, fenced by a token.
+
+A lease is ``SET {p}:lease:{order} TOKEN NX PX ttl``: Redis's clock decides when it lapses, not
+a daemon's. The token comes from a counter (``INCR``), so every grant is distinct; the owner
+renews only while the key still holds its token, and every commit of its session carries the
+token (``transition.lua`` refuses a stale one). A daemon that stalled past its lease therefore
+cannot publish once another has taken the order over.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from bridge.redis.keys import Keys
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Leases:
+    def __init__(self, client: Redis, keys: Keys, ttl: float, owner: str) -> None:
+        self._client = client
+        self._keys = keys
+        self.ttl_ms = int(ttl * 1000)
+        self._owner = owner
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    async def acquire(self, order_id: str) -> str | None:
+        """A new token if the order had no owner, else None."""
+        token = f"{await self._client.incr(self._keys.fence_counter)}:{self._owner}"
+        taken = await self._client.set(self._keys.lease(order_id), token, nx=True, px=self.ttl_ms)
+        return token if taken else None
+
+    async def renew(self, order_id: str, token: str) -> bool:
+        """Extend the lease; False if it is no longer ours."""
+        return bool(await self._renew(keys=[self._keys.lease(order_id)], args=[token, self.ttl_ms]))
+
+    async def release(self, order_id: str, token: str) -> None:
+        """Give the order up at once (a clean stop), so another daemon can continue it."""
+        await self._release(keys=[self._keys.lease(order_id)], args=[token])
+
+    async def holder(self, order_id: str) -> str | None:
+        return await self._client.get(self._keys.lease(order_id))

@@ -1,0 +1,65 @@
+"""Waiting out a Redis outage without losing anything, and saying so once.
+
+Work that must reach Redis (an upstream transition, an order just created upstream) is not
+dropped when Redis is unreachable: the caller waits here, retrying with backoff, holding its
+one item in memory. A session that waits stops reading its upstream stream, so the bound is
+one observation per payment in flight (backpressure through TCP), and the session reconciles
+by ``GET`` afterwards. The outage is logged when the first waiter meets it and when the last
+one gets through, not once per retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+import structlog
+from redis.exceptions import RedisError
+
+from bridge.core.backoff import Backoff
+
+log = structlog.get_logger("bridge.redis")
+
+T = TypeVar("T")
+
+
+class RedisWaiters:
+    """How many tasks are waiting for Redis to come back (the metric's queue depth)."""
+
+    def __init__(self, on_change: Callable[[int], None] = lambda n: None) -> None:
+        self.waiting = 0
+        self._since: float | None = None
+        self._on_change = on_change
+
+    async def call(self, op: Callable[[], Awaitable[T]], *, what: str) -> T:
+        """``await op()`` until it gets through (every other error is the caller's)."""
+        backoff: Backoff | None = None
+        while True:
+            try:
+                result = await op()
+            except RedisError as exc:
+                if backoff is None:
+                    backoff = Backoff(initial=0.1, factor=2.0, cap=2.0)
+                    self._enter(exc, what)
+                await anyio.sleep(backoff.next())
+                continue
+            if backoff is not None:
+                self._leave()
+            return result
+
+    def _enter(self, exc: RedisError, what: str) -> None:
+        self.waiting += 1
+        if self._since is None:
+            self._since = anyio.current_time()
+            log.error("redis.unreachable", error=str(exc), waiting_for=what,
+                      note="holding upstream news in memory until Redis is back")
+        self._on_change(self.waiting)
+
+    def _leave(self) -> None:
+        self.waiting -= 1
+        self._on_change(self.waiting)
+        if self.waiting == 0 and self._since is not None:
+            log.info("redis.reachable", outage_s=round(anyio.current_time() - self._since, 1),
+                     note="held news written in order")
+            self._since = None

@@ -1,0 +1,21 @@
+"""Nothing lost: payments while the daemon is SIGKILLed, Redis restarts, streams drop and a
+daemon of two dies. Real processes, a real (persistent) redis-server, the simulator; the audit
+reads every terminal's durable stream. The longer run of the same is
+``pos-bridge bench --faults`` (see README, Operations)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.bench.faults import KINDS, run_scenario
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_every_payment_ends_once_whatever_fails(kind: str) -> None:
+    report = await run_scenario(kind, rounds=1, terminals=8)
+    audit = report.audit
+    assert report.faults_injected >= 1
+    assert audit.payments == 8
+    assert audit.clean, "\n".join(audit.problems)

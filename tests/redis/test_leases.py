@@ -1,0 +1,56 @@
+"""Owner leases against a real Redis: exclusive, renewable only by the owner, fencing commits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from bridge.core.events import Source
+from bridge.core.normalize import Observation
+from bridge.core.state import observe, order_created
+from bridge.redis.keys import Keys
+from bridge.redis.leases import Leases
+from bridge.redis.publisher import EventStore, LeaseLost
+
+pytestmark = pytest.mark.anyio
+KEYS = Keys("pos")
+
+
+async def test_one_owner_at_a_time_and_only_the_owner_renews(redis_client: Redis) -> None:
+    a, b = Leases(redis_client, KEYS, 0.3, "a"), Leases(redis_client, KEYS, 0.3, "b")
+    token = await a.acquire("o1")
+    assert token is not None and token.endswith(":a")
+    assert await b.acquire("o1") is None
+    assert await a.renew("o1", token)
+    assert not await b.renew("o1", "1:b")
+    await anyio.sleep(0.4)  # lapsed: Redis's clock decides
+    token_b = await b.acquire("o1")
+    assert token_b is not None and token_b != token
+    assert not await a.renew("o1", token)  # the old owner cannot extend the new owner's lease
+    await a.release("o1", token)  # nor release it
+    assert await b.holder("o1") == token_b
+    await b.release("o1", token_b)
+    assert await b.holder("o1") is None
+
+
+async def test_commits_are_fenced_by_the_lease(redis_client: Redis) -> None:
+    store = EventStore(redis_client, KEYS, stream_maxlen=100, order_ttl=600)
+    leases_a, leases_b = Leases(redis_client, KEYS, 10, "a"), Leases(redis_client, KEYS, 10, "b")
+    now = datetime.now(UTC)
+    token_a = await leases_a.acquire("o1")
+    assert token_a
+    await store.record("o1", lambda st: order_created(
+        order_id="o1", terminal_id="T", command_id="c", amount=1, currency="EUR",
+        session_id=None, now=now), fence=token_a)
+    await redis_client.delete(KEYS.lease("o1"))  # a lapses (say it stalled) ...
+    token_b = await leases_b.acquire("o1")  # ... and b takes the order over
+    assert token_b
+    obs = Observation(source=Source.STREAM, order_id="o1", status="initialized")
+    with pytest.raises(LeaseLost):
+        await store.record("o1", lambda st: observe(st, obs, now), fence=token_a)
+    done = await store.record("o1", lambda st: observe(st, obs, now), fence=token_b)
+    assert done.stream_ids
+    assert await redis_client.xlen(KEYS.terminal_stream("T")) == 2
