@@ -112,3 +112,23 @@ async def test_three_channels_publish_each_transition_once(redis_server, redis_c
     for events in results:
         assert len({e["event_id"] for e in events}) == len(events)
         assert sum(e["final"] for e in events) == 1
+
+
+async def test_webhook_answered_503_while_redis_is_down(redis_server, redis_client: Redis, simulator) -> None:
+    """Not safely handled means not acknowledged: MultiSafepay sends it again later."""
+    import anyio
+
+    port = free_port()
+    till = Till(redis_client)
+    now = str(int(time.time()))
+    raw = json.dumps(BODY).encode()
+    async with running_bridge(webhook_config(redis_server.url, simulator.base_url, port)):
+        await anyio.to_thread.run_sync(redis_server.stop)
+        try:
+            down = await anyio.to_thread.run_sync(lambda: post(port, raw, auth_header(API_KEY, now, raw), now))
+        finally:
+            await anyio.to_thread.run_sync(redis_server.start)
+        up = await anyio.to_thread.run_sync(lambda: post(port, raw, auth_header(API_KEY, now, raw), now))
+        events = await till.events("TILL-A")
+    assert (down.status_code, up.status_code) == (503, 200)
+    assert [e["status"] for e in events] == ["initialized"]
