@@ -130,17 +130,20 @@ def _decode(raw: str | bytes | dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _status_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """What every shape says alike: the order, its status words and its ids."""
+    return {
+        "order_id": _order_id(payload),
+        "status": _status(payload.get("status")),
+        "financial_status": _optional_status(payload.get("financial_status")),
+        "transaction_id": _text(payload.get("transaction_id")),
+        "session_id": _text(payload.get("session_id")),
+    }
+
+
 def from_stream_message(raw: str | bytes | dict[str, Any], source: Source) -> Observation:
     """A ``session.order`` message from the SSE stream or the message bus."""
-    payload = _decode(raw)
-    return Observation(
-        source=source,
-        order_id=_order_id(payload),
-        status=_status(payload.get("status")),
-        financial_status=_optional_status(payload.get("financial_status")),
-        transaction_id=_text(payload.get("transaction_id")),
-        session_id=_text(payload.get("session_id")),
-    )
+    return Observation(source=source, **_status_fields(_decode(raw)))
 
 
 # payment_details field -> details key, for the till's receipt and screen.
@@ -177,11 +180,7 @@ def from_order(
     terminal = _text(payment.get("terminal_id"))
     return Observation(
         source=source,
-        order_id=_order_id(payload),
-        status=_status(payload.get("status")),
-        financial_status=_optional_status(payload.get("financial_status")),
-        transaction_id=_text(payload.get("transaction_id")),
-        session_id=_text(payload.get("session_id")),
+        **_status_fields(payload),
         terminal_id=canonical_terminal_id(terminal) if terminal else None,
         amount=_cents(payload.get("amount"), "amount"),
         currency=_text(payload.get("currency")),

@@ -16,25 +16,15 @@ from typing import Any
 import anyio
 import uvicorn
 
+from bridge.sockets import bind
+
+__all__ = ["bind", "serve"]
+
 
 class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # the daemon handles signals itself
         yield
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
 
 
 async def serve(app: Any, sock: socket.socket, stop: anyio.Event) -> None:

@@ -226,6 +226,16 @@ class CommandHandlers:
         """The terminal's group, and its ID as MultiSafepay knows it."""
         return self.directory.route(terminal_id)
 
+    async def _route_or_fail(
+        self, terminal_id: str, answer_to: str, command_id: str, order_id: str
+    ) -> tuple[TerminalGroup, str] | None:
+        """``_route``, or a ``command.failed`` (``unknown_terminal``) to ``answer_to``."""
+        route = self._route(terminal_id)
+        if route is None:
+            await self._command_failed(answer_to, command_id, order_id, ErrorCode.UNKNOWN_TERMINAL,
+                                       f"terminal {canonical_terminal_id(terminal_id)} is in no configured terminal group")
+        return route
+
     async def pay(self, command: PayCommand, command_id: str) -> None:
         order_id = command.order_id or derive_order_id(command_id)
         state = await self.ctx.store.load(order_id)
@@ -373,10 +383,8 @@ class CommandHandlers:
             await self._command_failed(command.terminal, command_id, order_id, ErrorCode.NOT_CANCELLABLE,
                                        f"order {order_id} is already {state.status or 'failed'}")
             return
-        route = self._route(state.terminal_id)
+        route = await self._route_or_fail(state.terminal_id, command.terminal, command_id, order_id)
         if route is None:
-            await self._command_failed(command.terminal, command_id, order_id, ErrorCode.UNKNOWN_TERMINAL,
-                                       f"terminal {state.terminal_id} is in no configured terminal group")
             return
         await self._cancel_upstream(command.terminal, command_id, order_id, route[0])
 
@@ -409,10 +417,9 @@ class CommandHandlers:
         that finds upstream's amount grew since only confirms what happened."""
         order_id = command.order_id
         state = await self.ctx.store.load(order_id)
-        route = self._route(state.terminal_id if state else command.terminal_id)
+        terminal_id = state.terminal_id if state else command.terminal_id
+        route = await self._route_or_fail(terminal_id, command.terminal, command_id, order_id)
         if route is None:
-            await self._command_failed(command.terminal, command_id, order_id, ErrorCode.UNKNOWN_TERMINAL,
-                                       f"terminal {command.terminal} is in no configured terminal group")
             return
         if state is not None and state.status != "completed":
             await self._command_failed(command.terminal, command_id, order_id, ErrorCode.NOT_REFUNDABLE,
@@ -471,10 +478,8 @@ class CommandHandlers:
                 await self._command_failed(command.terminal, command_id, order_id, ErrorCode.INVALID_COMMAND,
                                            f"events host {urlsplit(url).hostname} is not in events_hosts")
                 return
-        route = self._route(command.terminal_id)
+        route = await self._route_or_fail(command.terminal_id, command.terminal, command_id, order_id)
         if route is None:
-            await self._command_failed(command.terminal, command_id, order_id, ErrorCode.UNKNOWN_TERMINAL,
-                                       f"terminal {command.terminal} is in no configured terminal group")
             return
         state = await self.ctx.store.load(order_id)
         if self._running(order_id) or (state is not None and state.final):

@@ -15,12 +15,9 @@ from pathlib import Path
 from types import TracebackType
 
 from bridge.errors import UserError
+from bridge.sockets import free_port
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["RedisServer", "free_port"]
 
 
 def _ping(host: str, port: int) -> bool:

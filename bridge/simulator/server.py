@@ -11,6 +11,7 @@ from typing import Any
 
 import uvicorn
 
+from bridge import sockets
 from bridge.simulator.app import Simulator
 
 
@@ -28,15 +29,7 @@ class _Server(uvicorn.Server):
 
 def bind(host: str, port: int) -> socket.socket:
     """Bind the listening socket ourselves: a busy port is a clear error, and port 0 is known."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.listen(128)
+    sock = sockets.bind(host, port, backlog=128)
     sock.set_inheritable(True)
     return sock
 
