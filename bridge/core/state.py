@@ -275,11 +275,12 @@ def observe(
     now: datetime,
     *,
     terminal_id: str | None = None,
+    command_id: str | None = None,
 ) -> Decision:
     """Decide what an observation means for the order. ``now`` must be timezone-aware.
 
     ``terminal_id`` names the terminal for an order seen for the first time whose payload does
-    not (a stream message never does).
+    not (a stream message never does); ``command_id`` (a ``watch``) is echoed in its events.
     """
     if current is None:
         terminal = obs.terminal_id or (terminal_id and canonical_terminal_id(terminal_id))
@@ -288,6 +289,7 @@ def observe(
         current = OrderState(
             order_id=obs.order_id,
             terminal_id=terminal,
+            command_id=command_id,
             amount=obs.amount,
             currency=obs.currency,
         )

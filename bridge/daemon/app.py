@@ -39,6 +39,8 @@ from bridge.redis.sessions import SessionRegistry
 
 log = structlog.get_logger("bridge.daemon")
 
+REDISCOVER_EVERY = 300.0
+
 
 class Bridge:
     def __init__(self, config: Config) -> None:
@@ -101,7 +103,7 @@ class Bridge:
             self._api = ctx.api
             async with anyio.create_task_group() as root:
                 root.start_soon(self._watch_signals, root)
-                root.start_soon(self.directory.discover, ctx.api)
+                root.start_soon(self._rediscover, ctx.api)
                 # Listeners outlive the sessions: webhooks help in-flight payments finish.
                 async with anyio.create_task_group() as servers:
                     async with anyio.create_task_group() as sessions_tg:
@@ -130,6 +132,8 @@ class Bridge:
             claim_idle=cfg.redis.command_claim_idle, commands_maxlen=cfg.redis.commands_maxlen,
             max_in_flight=cfg.daemon.max_in_flight,
         )
+        with anyio.move_on_after(cfg.multisafepay.request_timeout):
+            await self.directory.discover(ctx.api)  # before commands: they may name its terminals
         resumed = await self._resume(sessions)
         sessions.watch_orphans(cfg.daemon.lease_ttl / 3, until=self._stop)
         log.info("daemon.started", resumed_sessions=resumed, redis=cfg.redis.masked_url,
@@ -145,6 +149,15 @@ class Bridge:
         if sessions.running:
             log.info("daemon.handing_over", sessions=len(sessions.running),
                      note="leases released: another daemon, or the next start, continues them")
+
+    async def _rediscover(self, api: MultiSafepayApi) -> None:
+        """Discovery again every few minutes: terminals come and go, and a failed listing is
+        retried without waiting for a SIGHUP."""
+        if not any(g.discover for g in self.config.multisafepay.terminal_groups):
+            return
+        while True:
+            await anyio.sleep(REDISCOVER_EVERY)
+            await self.directory.discover(api)
 
     async def _start_webhooks(self, tg: TaskGroup, ctx: SessionContext, sessions: Sessions) -> None:
         hook = self.config.webhook

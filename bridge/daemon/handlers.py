@@ -128,13 +128,19 @@ class CommandHandlers:
         if not await self._claim_command_id(command, command_id):
             return
         if isinstance(command, PayCommand):
-            await self.pay(command, command_id)
-        elif isinstance(command, CancelCommand):
+            await self.pay(command, command_id)  # replays are told apart by the order's state
+            return
+        done = self.keys.command_record(command_id) + ":done"
+        if await self.redis.exists(done):
+            bound.info("command.replay", note="already done")
+            return
+        if isinstance(command, CancelCommand):
             await self.cancel(command, command_id)
         elif isinstance(command, RefundCommand):
             await self.refund(command, command_id)
         else:
             await self.watch(command, command_id)
+        await self.redis.set(done, "1", ex=int(self._ttl))
 
     async def _claim_command_id(self, command: object, command_id: str) -> bool:
         """Record the command's fingerprint; False if its id was used for another command."""
@@ -487,7 +493,7 @@ class CommandHandlers:
         now = time.time()
         record = SessionRecord(
             order_id=order_id, terminal_id=route[1], group=route[0].name, command_id=command_id,
-            created_at=now, deadline=now + upstream.max_payment_age, created=True,
+            created_at=now, deadline=now + upstream.max_payment_age, created=True, cancel_when_late=False,
             events_token=command.events_token.get_secret_value(),
             events_stream_url=command.events_stream_url, events_url=command.events_url,
         )

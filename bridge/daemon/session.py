@@ -155,7 +155,8 @@ class PaymentSession:
             recorded = await self.ctx.redis_waiters.call(
                 lambda: self.ctx.store.record(
                     self.order_id,
-                    lambda st: observe(st, obs, now, terminal_id=self.record.terminal_id),
+                    lambda st: observe(st, obs, now, terminal_id=self.record.terminal_id,
+                                       command_id=self.record.command_id),
                     known=self.state,
                     trust_known=self.state is not None,
                     fence=self.fence,
@@ -327,6 +328,8 @@ class PaymentSession:
                 await self.reconcile()
 
     async def _enforce_deadline(self) -> None:
+        if not self.record.cancel_when_late:
+            return  # a watched order is the till's: the bridge only follows it
         await anyio.sleep(max(0.0, self.record.deadline - time.time()))
         self.log.warning("payment.too_long", note="cancelling upstream; outcome confirmed by GET")
         try:

@@ -28,6 +28,8 @@ class SessionRecord:
     events_stream_url: str | None = None
     events_url: str | None = None
     last_event_id: str | None = None
+    #: False for a ``watch``: the till created the order, the bridge only follows it.
+    cancel_when_late: bool = True
 
     def __repr__(self) -> str:  # the token must not reach a log line through a repr
         return f"SessionRecord(order_id={self.order_id!r}, terminal_id={self.terminal_id!r})"

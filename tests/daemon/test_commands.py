@@ -134,3 +134,18 @@ async def test_create_that_timed_out_after_the_order_was_made(redis_server, redi
     assert statuses(events)[-1] == "completed"
     assert [e["source"] for e in events[1:]] == ["poll"] * (len(events) - 1)
     assert len(await sim_orders(simulator)) == 1
+
+
+async def test_replayed_cancel_after_it_worked_says_nothing_more(redis_server, redis_client: Redis, simulator) -> None:
+    till = Till(redis_client)
+    cancel = {"type": "cancel", "terminal_id": "SIM-TIMEOUT-01", "order_id": "to-cancel", "command_id": "cx-1"}
+    async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
+        paid = await till.pay("SIM-TIMEOUT-01", 100, order_id="to-cancel")
+        await till.wait_for("SIM-TIMEOUT-01", lambda ev: any(e["status"] == "initialized" for e in ev))
+        await till.send(dict(cancel))
+        await till.until_final("SIM-TIMEOUT-01", paid)
+        await till.send(dict(cancel))  # delivered again (at least once)
+        await anyio.sleep(1.0)
+        events = await till.events("SIM-TIMEOUT-01")
+    assert statuses(events) == ["order.created", "initialized", "cancelled"]
+    assert (await redis_client.xpending(till.keys.commands, "pos-bridge"))["pending"] == 0
