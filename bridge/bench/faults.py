@@ -319,3 +319,32 @@ async def _inject(rig: Rig, kind: str) -> int:
         return injected
     rig.daemon("d1").kill()  # takeover: d2 carries on with d1's payments and commands
     return 1
+
+
+def run_all(kinds: tuple[str, ...], rounds: int, terminals: int, *, out: Any = sys.stderr) -> list[FaultReport]:
+    """Every scenario in turn, a progress line per round; the reports, for a table or JSON."""
+    def progress(report: FaultReport) -> None:
+        a = report.audit
+        print(f"faults: {report.scenario} round {report.rounds}/{rounds}: {a.payments} payments, "
+              f"{report.faults_injected} faults, lost {a.finals_lost}, duplicates {a.duplicates}, "
+              f"wrong {a.wrong_finals}", file=out, flush=True)
+
+    return [anyio.run(lambda k=kind: run_scenario(k, rounds=rounds, terminals=terminals,
+                                                   progress=progress)) for kind in kinds]
+
+
+def table(reports: list[FaultReport]) -> str:
+    rows = [f"{'scenario':<10} {'rounds':>6} {'payments':>8} {'faults':>7} {'finals lost':>11} "
+            f"{'duplicates':>10} {'wrong final':>11} {'seconds':>8}"]
+    for r in reports:
+        a = r.audit
+        rows.append(f"{r.scenario:<10} {r.rounds:>6} {a.payments:>8} {r.faults_injected:>7} "
+                    f"{a.finals_lost:>11} {a.duplicates:>10} {a.wrong_finals:>11} {r.seconds:>8}")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m bridge.bench.faults [ROUNDS] [TERMINALS]
+    reports = run_all(KINDS, int(sys.argv[1]) if len(sys.argv) > 1 else 3,
+                      int(sys.argv[2]) if len(sys.argv) > 2 else 12)
+    print(table(reports))
+    sys.exit(0 if all(r.audit.clean for r in reports) else 1)

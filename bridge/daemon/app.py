@@ -135,6 +135,7 @@ class Bridge:
         with anyio.move_on_after(cfg.multisafepay.request_timeout):
             await self.directory.discover(ctx.api)  # before commands: they may name its terminals
         resumed = await self._resume(sessions)
+        sessions.keep_leases(cfg.daemon.lease_ttl / 3)
         sessions.watch_orphans(cfg.daemon.lease_ttl / 3, until=self._stop)
         log.info("daemon.started", resumed_sessions=resumed, redis=cfg.redis.masked_url,
                  api=cfg.multisafepay.api_base_url, consumer=cfg.redis.effective_consumer_name)

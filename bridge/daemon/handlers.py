@@ -130,17 +130,22 @@ class CommandHandlers:
         if isinstance(command, PayCommand):
             await self.pay(command, command_id)  # replays are told apart by the order's state
             return
-        done = self.keys.command_record(command_id) + ":done"
-        if await self.redis.exists(done):
-            bound.info("command.replay", note="already done")
-            return
+        # A cancel, refund or watch is done once: "running" while a daemon handles it (expires,
+        # so a daemon that died mid-way does not block the replay), then "done".
+        progress = self.keys.command_record(command_id) + ":done"
+        running_for = int(2 * self.config.multisafepay.request_timeout + 10)
+        if not await self.redis.set(progress, "running", nx=True, ex=running_for):
+            if await self.redis.get(progress) == "done":
+                bound.info("command.replay", note="already done")
+                return
+            raise LeaveUnacknowledged(f"command {command_id} is being handled already")
         if isinstance(command, CancelCommand):
             await self.cancel(command, command_id)
         elif isinstance(command, RefundCommand):
             await self.refund(command, command_id)
         else:
             await self.watch(command, command_id)
-        await self.redis.set(done, "1", ex=int(self._ttl))
+        await self.redis.set(progress, "done", ex=int(self._ttl))
 
     async def _claim_command_id(self, command: object, command_id: str) -> bool:
         """Record the command's fingerprint; False if its id was used for another command."""

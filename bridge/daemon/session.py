@@ -91,6 +91,7 @@ class PaymentSession:
         self._nudged = anyio.Event()
         self._bus = BusProtocol()  # kept across reconnects: it re-subscribes its channels
         self._commit_lock = anyio.Lock()
+        self._lease_lost = False
         self.reconnects = 0
 
     @property
@@ -111,15 +112,16 @@ class PaymentSession:
                     tg.start_soon(self._poll_when_quiet)
                     tg.start_soon(self._enforce_deadline)
                     tg.start_soon(self._follow_nudges)
-                    tg.start_soon(self._keep_lease)
                     await self._done.wait()
                     tg.cancel_scope.cancel()
-        except LeaseLost:
-            self.log.warning("session.lease_lost", note="another daemon follows this payment")
-            return
+        except* LeaseLost:  # a commit was refused: the lease is someone else's now
+            self._lease_lost = True
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await self._release_quietly()
+        if self._lease_lost:
+            self.log.warning("session.lease_lost", note="another daemon follows this payment")
+            return
         await self.ctx.redis_waiters.call(lambda: self.ctx.registry.remove(self.order_id),
                                           what="session end")
         self.log.info("session.ended", status=self.state.status if self.state else None)
@@ -130,16 +132,11 @@ class PaymentSession:
         except RedisError as exc:  # it lapses by itself within its TTL
             self.log.info("session.lease_not_released", error=str(exc))
 
-    async def _keep_lease(self) -> None:
-        interval = self.ctx.leases.ttl_ms / 3000
-        while True:
-            await anyio.sleep(interval)
-            try:
-                held = await self.ctx.leases.renew(self.order_id, self.fence)
-            except RedisError:
-                continue  # nobody can take it over while Redis is away either
-            if not held:
-                raise LeaseLost(f"order {self.order_id}: lease lapsed")
+    def lease_lost(self) -> None:
+        """The daemon's lease renewal found the lease gone (it lapsed while this daemon was
+        stalled or cut off from Redis, and another daemon took the payment): stop."""
+        self._lease_lost = True
+        self._done.set()
 
     # -- observations ---------------------------------------------------------------------------
 

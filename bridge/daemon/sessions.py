@@ -177,6 +177,26 @@ class Sessions:
                 log.warning("session.adopt_deferred", order_id=record.order_id, error=exc.message)
             return None
 
+    def keep_leases(self, interval: float) -> None:
+        """Renew the leases of every payment this daemon follows, all at once, every
+        ``interval`` seconds (a third of their TTL), for the daemon's life."""
+        self._tg.start_soon(self._keep_leases, interval, name="lease renewal")
+
+    async def _keep_leases(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            held = {order_id: session.fence for order_id, session in self.running.items()}
+            if not held:
+                continue
+            try:
+                lost = await self._ctx.leases.renew_all(held)
+            except RedisError:
+                continue  # nobody can take a payment over while Redis is away either
+            for order_id in lost:
+                session = self.running.get(order_id)
+                if session is not None and session.fence == held[order_id]:
+                    session.lease_lost()
+
     def watch_orphans(self, interval: float, *, until: anyio.Event) -> None:
         """Look for payments nobody follows every ``interval`` seconds, until the daemon
         stops (a stopping daemon hands payments over; it does not take more)."""

@@ -26,16 +26,27 @@ class TerminalDirectory:
         #: canonical terminal id -> (group name, the id as MultiSafepay listed it)
         self._discovered: dict[str, tuple[str, str]] = {}
 
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        # one lookup per pay, however many terminals a shop has
+        self._config = config
+        self._groups = {g.name: g for g in config.multisafepay.terminal_groups}
+        self._configured = {
+            canonical_terminal_id(t): (g.name, t)
+            for g in config.multisafepay.terminal_groups for t in g.terminals
+        }
+
     def route(self, terminal_id: str) -> tuple[TerminalGroup, str] | None:
         """The terminal's group and its ID as MultiSafepay knows it, or None."""
         wanted = canonical_terminal_id(terminal_id)
-        group = self.config.group_for_terminal(wanted)
-        if group is not None:
-            return group, next((t for t in group.terminals if t.upper() == wanted), terminal_id)
-        found = self._discovered.get(wanted)
+        found = self._configured.get(wanted) or self._discovered.get(wanted)
         if found is None:
             return None
-        group = next((g for g in self.config.multisafepay.terminal_groups if g.name == found[0]), None)
+        group = self._groups.get(found[0])
         return (group, found[1]) if group is not None else None
 
     async def discover(self, api: MultiSafepayApi) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -11,14 +11,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 def connect(url: str, *, max_connections: int = 64, socket_timeout: float | None = 10.0) -> Redis:
     """A client that reconnects a dropped pooled connection instead of failing the first call
-    after a Redis restart. Longer outages are the caller's to handle (and to log once)."""
-    return Redis.from_url(
+    after a Redis restart. Longer outages are the caller's to handle (and to log once).
+
+    The pool blocks: under a burst, a caller waits (up to ``socket_timeout``) for one of the
+    ``max_connections`` connections instead of failing with "too many connections".
+    """
+    pool = BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         max_connections=max_connections,
+        timeout=socket_timeout,
         socket_connect_timeout=5.0,
         socket_timeout=socket_timeout,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both

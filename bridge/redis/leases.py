@@ -20,6 +20,18 @@ end
 return 0
 """
 
+_RENEW_MANY = """
+local lost = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -35,6 +47,7 @@ class Leases:
         self.ttl_ms = int(ttl * 1000)
         self._owner = owner
         self._renew = client.register_script(_RENEW)
+        self._renew_many = client.register_script(_RENEW_MANY)
         self._release = client.register_script(_RELEASE)
 
     async def acquire(self, order_id: str) -> str | None:
@@ -46,6 +59,20 @@ class Leases:
     async def renew(self, order_id: str, token: str) -> bool:
         """Extend the lease; False if it is no longer ours."""
         return bool(await self._renew(keys=[self._keys.lease(order_id)], args=[token, self.ttl_ms]))
+
+    async def renew_all(self, held: dict[str, str], batch: int = 500) -> set[str]:
+        """Extend every lease in ``held`` (order id -> token) in a few round trips, however many
+        payments the daemon follows. Returns the orders whose lease is no longer ours."""
+        lost: set[str] = set()
+        items = list(held.items())
+        for start in range(0, len(items), batch):
+            chunk = items[start:start + batch]
+            indexes = await self._renew_many(
+                keys=[self._keys.lease(order_id) for order_id, _ in chunk],
+                args=[self.ttl_ms, *(token for _, token in chunk)],
+            )
+            lost.update(chunk[int(i) - 1][0] for i in indexes)
+        return lost
 
     async def release(self, order_id: str, token: str) -> None:
         """Give the order up at once (a clean stop), so another daemon can continue it."""

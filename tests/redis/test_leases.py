@@ -54,3 +54,15 @@ async def test_commits_are_fenced_by_the_lease(redis_client: Redis) -> None:
     done = await store.record("o1", lambda st: observe(st, obs, now), fence=token_b)
     assert done.stream_ids
     assert await redis_client.xlen(KEYS.terminal_stream("T")) == 2
+
+
+async def test_renewing_all_leases_at_once_reports_the_lost(redis_client: Redis) -> None:
+    leases = Leases(redis_client, KEYS, 5.0, "a")
+    held = {f"o{i}": await leases.acquire(f"o{i}") for i in range(1200)}
+    await redis_client.delete(KEYS.lease("o7"), KEYS.lease("o1100"))  # lapsed...
+    await redis_client.set(KEYS.lease("o1100"), "999:b")  # ... and one taken over
+    lost = await leases.renew_all(held)  # type: ignore[arg-type]
+    assert lost == {"o7", "o1100"}
+    await redis_client.pexpire(KEYS.lease("o0"), 50)
+    assert await leases.renew_all(held) == {"o7", "o1100"}  # type: ignore[arg-type]
+    assert await redis_client.pttl(KEYS.lease("o0")) > 4000  # renewed to the full TTL
