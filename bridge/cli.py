@@ -125,9 +125,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of commands and events")
 
-    p = sub.add_parser("bench", help="the performance harness")
-    p.add_argument("--quick", action="store_true", help="a preset that ends within a minute")
+    p = sub.add_parser(
+        "bench", help="the performance harness",
+        description=(
+            "Private redis-server, simulator, daemon and tills, each in its own process: opens "
+            "N payments (N upstream streams held by the daemon), drives M status changes per "
+            "second across them, and measures the time from the simulator's send to the tills' "
+            "receipt against a baseline (the same transitions applied straight into Redis). "
+            "Exit 0 when every event sent was received, 1 otherwise."
+        ),
+    )
+    p.add_argument("--transport", choices=["sse", "websocket"], default="sse",
+                   help="upstream stream transport (default: sse)")
+    p.add_argument("--streams", "-n", type=int, metavar="N",
+                   help="concurrent payments, each an open upstream stream (default: 1000)")
+    p.add_argument("--rate", "-m", type=float, metavar="M",
+                   help="status changes per second across the streams (default: 1000)")
+    p.add_argument("--duration", type=float, metavar="S",
+                   help="seconds of driving (default: 30)")
+    p.add_argument("--baseline-duration", type=float, metavar="S",
+                   help="seconds of the baseline (default: the duration, at most 30)")
+    p.add_argument("--quick", action="store_true",
+                   help="a preset that ends within a minute: 200 streams, 200/s, 10 s")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="the daemon's log level (default: info, as in production)")
+    p.add_argument("--no-enrich", action="store_true",
+                   help="run the daemon with enrich_final = false (no GET before a final event)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="record the daemon with py-spy during the drive (.svg, .json, .txt)")
+    p.add_argument("--keep", action="store_true", help="keep the logs and data of the run")
+    p.add_argument("--daemon-gc", choices=["default", "freeze"], default="default",
+                   help="freeze: gc.freeze() the daemon's start-up heap (an experiment)")
+    # (--faults: reserved for the fault-injection options, owned elsewhere)
     return parser
 
 

@@ -26,7 +26,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from bridge.simulator import bus, scenarios, sse, tokens
+from bridge.simulator import bench, bus, scenarios, sse, tokens
 from bridge.simulator import errors as E
 from bridge.simulator.clock import Clock
 from bridge.simulator.errors import MspError
@@ -89,6 +89,7 @@ class Simulator:
         self.stopping: anyio.Event | None = None  # created inside the loop (lifespan)
         self.webhooks: WebhookSender | None = None
         self._webhook_resend_interval = webhook_resend_interval
+        self.bench = bench.BenchDriver(self)  # SIM-BENCH payments, driven by the admin API
         self.app = self._build_app()
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -156,15 +157,24 @@ class Simulator:
         return n
 
     @contextlib.contextmanager
-    def _subscribe(self, order: Order) -> Any:
+    def _subscribe(self, order: Order, transport: str = "sse") -> Any:
         send, receive = anyio.create_memory_object_stream[Item](math.inf)
         self._feeds.setdefault(order.order_id, set()).add(send)
+        self.bench.stream_opened(transport)
         try:
             yield receive
         finally:
-            self._feeds.get(order.order_id, set()).discard(send)
+            self.bench.stream_closed(transport)
+            feeds = self._feeds.get(order.order_id, set())
+            feeds.discard(send)
+            if not feeds:
+                self._feeds.pop(order.order_id, None)
             send.close()
             receive.close()
+
+    def _sending(self, order: Order, ev: OrderEvent) -> None:
+        if order.order_id in self.bench.sent_at:
+            self.bench.record_send(order, ev)
 
     def cancel_order(self, order: Order) -> None:
         ev = self.store.cancel(order)
@@ -211,7 +221,10 @@ class Simulator:
         order = self.store.create(fields, key, scenario)
         log.info("order %s created on terminal %s (scenario %s, amount %d)",
                  order.order_id, order.terminal_id, scenario.value, order.amount)
-        self._start(self._play, order)
+        if bench.is_driven(order.terminal_id):
+            self.bench.created(order)  # no script: the admin API drives it
+        else:
+            self._start(self._play, order)
         await self._hold_if_slow(order)
         if scenario is Scenario.CREATE_TIMEOUT:
             # The order exists; the answer is held until the client gives up.
@@ -333,6 +346,7 @@ class Simulator:
                 nonlocal dropped
                 await body(sse.format_keepalive(v.keepalive))  # opens the stream at once
                 for ev in backlog:
+                    self._sending(order, ev)
                     await body(sse.format_event(order.event_payload(ev, tx_as), ev.id if ids else None))
                 if ended:
                     await self.clock.sleep(self.final_grace)
@@ -358,6 +372,7 @@ class Simulator:
                         dropped = True
                         tg.cancel_scope.cancel()
                         return
+                    self._sending(order, ev)
                     await body(sse.format_event(order.event_payload(ev, tx_as),
                                                 ev.id if ids else None))
                     if order.final and ev.id == order.events[-1].id:
@@ -389,7 +404,7 @@ class Simulator:
         session = bus.BusSession()
         tx_as = self.variants.transaction_id
         close_code = 1000
-        with self._subscribe(order) as feed:
+        with self._subscribe(order, "websocket") as feed:
             async def reader(tg: TaskGroup) -> None:
                 try:
                     while True:
@@ -407,6 +422,7 @@ class Simulator:
                         close_code = 1011  # an unclean close: the client must reconnect
                         break
                     if "session.order" in session.channels:
+                        self._sending(order, ev)
                         await ws.send_json(bus.event("session.order", order.event_payload(ev, tx_as)))
                     if order.final:
                         await self.clock.sleep(self.final_grace)
@@ -485,6 +501,9 @@ class Simulator:
             Route("/_sim/orders", self.admin_orders, methods=["GET"]),
             Route("/_sim/orders/{order_id}/drop", self.admin_drop, methods=["POST"]),
             Route("/_sim/webhooks", self.admin_webhooks, methods=["GET"]),
+            Route("/_sim/bench/drive", self.bench.drive, methods=["POST"]),
+            Route("/_sim/bench/status", self.bench.status, methods=["GET"]),
+            Route("/_sim/bench/sent", self.bench.sent_times, methods=["GET"]),
         ]
 
         async def not_found(request: Request, exc: Exception) -> Response:

@@ -1,0 +1,160 @@
+"""Load driving for ``pos-bridge bench``: payments that stay open and change status on demand.
+
+A payment on a terminal whose ID starts with ``SIM-BENCH`` (``SIM-BENCH-00042``) runs no script:
+it stays open, its streams stay open, and its status changes only when the admin API says so.
+
+- ``POST /_sim/bench/drive`` ``{"rate": M, "duration": D}``: from now on, ``M`` status changes
+  per second, round robin over the open bench orders that have a stream, for ``D`` seconds.
+  Each change differs from the order's last status (``initialized``, ``declined``,
+  ``initialized``, ...), as a faithful stream never repeats one. ``{"rate": M, "finish": true}``
+  instead gives every open bench order its final ``completed``, ``M`` per second.
+- ``GET /_sim/bench/status``: whether it is driving, how many changes were made and sent, and
+  the streams open now (by transport) and at most.
+- ``GET /_sim/bench/sent``: ``{order_id: [t1, t2, ...]}``, the ``time.monotonic()`` at which
+  the n-th event of the order was written to its (first) stream. On Linux that clock is
+  system-wide, so another process on the machine can subtract its own readings from it.
+
+Nothing is added to MultiSafepay's payloads: a reader joins on (order id, n).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+if TYPE_CHECKING:
+    from bridge.simulator.app import Simulator
+    from bridge.simulator.orders import Order, OrderEvent
+
+#: Terminal ID prefix of driven payments (upper case, then ``-`` and anything).
+PREFIX = "SIM-BENCH"
+
+
+def is_driven(terminal_id: str) -> bool:
+    tid = terminal_id.upper()
+    return tid == PREFIX or tid.startswith(PREFIX + "-")
+
+
+def next_status(order: Order) -> str:
+    last = order.events[-1].status if order.events else None
+    return "declined" if last == "initialized" else "initialized"
+
+
+async def pace(rate: float, count: int | None, duration: float | None, step: Any) -> int:
+    """Call ``step(i)`` ``rate`` times per second (for ``count`` calls or ``duration`` seconds),
+    on schedule: a late loop catches up at once rather than drifting. Returns the calls made.
+    ``step`` returns False when there is nothing left to do."""
+    start = time.monotonic()
+    done = 0
+    while True:
+        elapsed = time.monotonic() - start
+        if duration is not None and elapsed >= duration:
+            break
+        due = int(elapsed * rate) + 1
+        if count is not None:
+            due = min(due, count)
+        while done < due:
+            if step(done) is False:
+                return done
+            done += 1
+        if count is not None and done >= count:
+            break
+        await anyio.sleep(max(0.0, done / rate - (time.monotonic() - start)))
+    return done
+
+
+class BenchDriver:
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.orders: dict[str, Order] = {}  # open driven orders
+        self.sent_at: dict[str, list[float]] = {}
+        self.changes = 0
+        self.sent = 0
+        self.driving = False
+        self.streams = {"sse": 0, "websocket": 0}
+        self.peak_streams = 0
+
+    # -- hooks called by the simulator -----------------------------------------------------
+    def created(self, order: Order) -> None:
+        self.orders[order.order_id] = order
+        self.sent_at[order.order_id] = []
+
+    def stream_opened(self, transport: str) -> None:
+        self.streams[transport] += 1
+        self.peak_streams = max(self.peak_streams, sum(self.streams.values()))
+
+    def stream_closed(self, transport: str) -> None:
+        self.streams[transport] -= 1
+
+    def record_send(self, order: Order, ev: OrderEvent) -> None:
+        """The event ``ev`` is about to be written to one of the order's streams."""
+        times = self.sent_at.get(order.order_id)
+        if times is not None and len(times) == ev.id - 1:  # first stream to send it
+            times.append(time.monotonic())
+            self.sent += 1
+
+    # -- driving ----------------------------------------------------------------------------
+    def _streamed(self) -> list[Order]:
+        feeds = self.sim._feeds
+        return [o for o in self.orders.values() if not o.final and feeds.get(o.order_id)]
+
+    def _change(self, order: Order, status: str) -> None:
+        ev = self.sim.store.transition(order, status)
+        if ev is not None:
+            self.changes += 1
+            self.sim._publish(order, ("event", ev))
+        if order.final:
+            self.orders.pop(order.order_id, None)
+
+    async def _drive(self, rate: float, duration: float) -> None:
+        orders = self._streamed()
+        try:
+            if orders:
+                await pace(rate, None, duration,
+                           lambda i: self._change(orders[i % len(orders)],
+                                                  next_status(orders[i % len(orders)])))
+        finally:
+            self.driving = False
+
+    async def _finish(self, rate: float) -> None:
+        orders = [o for o in self.orders.values() if not o.final]
+        try:
+            await pace(rate, len(orders), None, lambda i: self._change(orders[i], "completed"))
+        finally:
+            self.driving = False
+
+    # -- admin API ------------------------------------------------------------------------
+    async def drive(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+            rate = float(body["rate"])
+            finish = bool(body.get("finish", False))
+            duration = float(body.get("duration", 0.0))
+            if rate <= 0 or (not finish and duration <= 0):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"success": False, "error": "body: {rate > 0, duration > 0} "
+                                 "or {rate > 0, finish: true}"}, status_code=400)
+        if self.driving:
+            return JSONResponse({"success": False, "error": "already driving"}, status_code=409)
+        self.driving = True
+        orders = len(self._streamed())
+        if finish:
+            self.sim._start(self._finish, rate)
+        else:
+            self.sim._start(self._drive, rate, duration)
+        return JSONResponse({"success": True, "data": {"orders": orders}})
+
+    async def status(self, request: Request) -> Response:
+        return JSONResponse({"success": True, "data": {
+            "driving": self.driving, "changes": self.changes, "sent": self.sent,
+            "open_orders": len(self.orders), "streams": dict(self.streams),
+            "peak_streams": self.peak_streams,
+        }})
+
+    async def sent_times(self, request: Request) -> Response:
+        return JSONResponse({"success": True, "data": self.sent_at})

@@ -1,0 +1,54 @@
+"""``pos-bridge bench`` runs end to end and its numbers agree with each other.
+
+No timing is asserted: only that every event sent was received and the report is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bridge.simulator.bench import is_driven, next_status
+
+
+def test_driven_terminals_and_status_alternation() -> None:
+    assert is_driven("SIM-BENCH-00042") and is_driven("sim-bench")
+    assert not is_driven("SIM-BENCHX-1") and not is_driven("SIM-APPROVE-01")
+
+    class _Order:
+        def __init__(self) -> None:
+            self.events: list = []
+
+    o = _Order()
+    assert next_status(o) == "initialized"  # type: ignore[arg-type]
+    o.events = [type("E", (), {"status": "initialized"})()]
+    assert next_status(o) == "declined"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("transport", ["sse", "websocket"])
+def test_bench_runs_and_reports_consistent_numbers(transport: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "bench", "--transport", transport,
+         "--streams", "4", "--rate", "20", "--duration", "1.5", "--baseline-duration", "1",
+         "--json"],
+        check=False, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    res = json.loads(proc.stdout)
+    assert res["ok"] is True and res["errors"] == []
+    assert res["events_sent"] == res["events_received"] > 0
+    assert res["events_lost"] == 0
+    assert res["streams_held"] == res["streams_requested"] == 4
+    assert res["streams_by_transport"] == {transport: 4}
+    assert res["events_sent"] == res["drive_events"] + res["final_events"] + res["baseline_events"]
+    assert res["final_events"] == 4
+    for name in ("bridge", "baseline", "added", "final (bridge)"):
+        assert {"p50", "p90", "p99", "max"} <= set(res["latency_ms"][name])
+    assert {"p50", "p99"} <= set(res["ratio"])
+    for key in ("daemon_rss_before_mb", "daemon_rss_streams_mb", "daemon_kb_per_stream",
+                "daemon_cpu_s_per_1000_events", "drive_events_per_s", "implied_payments_per_s"):
+        assert isinstance(res[key], (int, float)), key
+    assert set(res["cpu_while_driven"]) == {"daemon", "simulator", "redis", "tills"}
