@@ -157,7 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the logs and data of the run")
     p.add_argument("--daemon-gc", choices=["default", "freeze"], default="default",
                    help="freeze: gc.freeze() the daemon's start-up heap (an experiment)")
-    # (--faults: reserved for the fault-injection options, owned elsewhere)
+    p.add_argument("--faults", action="store_true",
+                   help="instead: payments on real processes while faults are injected (kill -9, "
+                        "Redis restart, stream drops, takeover); audits every final")
+    p.add_argument("--scenario", action="append", choices=["kill", "redis", "drop", "takeover"],
+                   help="with --faults: only these scenarios (repeatable; default: all)")
+    p.add_argument("--rounds", type=int, default=3, metavar="R",
+                   help="with --faults: rounds per scenario, one payment per terminal (default: 3)")
+    p.add_argument("--terminals", type=int, default=12, metavar="T",
+                   help="with --faults: terminals, so payments per round (default: 12)")
     return parser
 
 

@@ -658,6 +658,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    if getattr(args, "faults", False):
+        return faults_command(args)
     s = settings_from_args(args)
     progress = Progress()
     bench = Bench(s, progress)
@@ -672,3 +674,22 @@ def bench_command(args: argparse.Namespace) -> int:
         print(table(res))
     return 0 if res.ok else 1
 
+
+
+def faults_command(args: argparse.Namespace) -> int:
+    """``bench --faults``: the fault suite's scenarios, longer; exit 0 only if nothing was lost,
+    duplicated or contradicted."""
+    from bridge.bench import faults
+
+    if args.rounds < 1 or args.terminals < 1:
+        raise UserError("bench --faults: --rounds and --terminals must be at least 1")
+    kinds = tuple(args.scenario or faults.KINDS)
+    reports = faults.run_all(kinds, args.rounds, args.terminals)
+    if getattr(args, "json", False):
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        print(faults.table(reports))
+        for r in reports:
+            for problem in r.audit.problems[:10]:
+                print(f"  {r.scenario}: {problem}")
+    return 0 if all(r.audit.clean for r in reports) else 1
