@@ -63,7 +63,7 @@ def _active_action(before: OrderState | None, decision: Decision) -> str:
 class _Pending:
     """One transition call waiting in :class:`_TransitionBatcher`'s queue."""
 
-    __slots__ = ("keys", "args", "done", "lead", "result", "error")
+    __slots__ = ("args", "done", "error", "keys", "lead", "result")
 
     def __init__(self, keys: list[str], args: list[Any]) -> None:
         self.keys = keys
@@ -136,7 +136,7 @@ class _TransitionBatcher:
                 for p in batch:
                     pipe.evalsha(sha, len(p.keys), *p.keys, *p.args)
                 results = await pipe.execute(raise_on_error=False)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - each caller gets it, as from its own call
             for p in batch:
                 p.error = exc
             return
