@@ -30,6 +30,7 @@ from typing import Any
 import anyio
 import httpx
 
+from bridge.bench.procs import stop_process
 from bridge.core.commands import derive_order_id
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
@@ -100,16 +101,7 @@ class DaemonProcess:
             self.proc.wait()
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return None if self.proc is None else stop_process(self.proc, timeout)
 
 
 class Rig:

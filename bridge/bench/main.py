@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import redis
 
-from bridge.bench.procs import connections_to, cpu_seconds, raise_nofile, rss_bytes
+from bridge.bench.procs import connections_to, cpu_seconds, raise_nofile, rss_bytes, stop_process
 from bridge.errors import UserError
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer
@@ -211,13 +211,7 @@ class Child:
         return " ".join(text.split())
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()

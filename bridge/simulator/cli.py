@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 
 from bridge.errors import UserError
 from bridge.simulator.app import Simulator
-from bridge.simulator.server import bind, make_server
+from bridge.simulator.server import bind, serve_foreground
 from bridge.simulator.variants import VariantError, Variants
 
 
@@ -35,17 +33,8 @@ def simulate_command(args: argparse.Namespace) -> int:
                         stream=sys.stderr)
     simulator = Simulator(speed=args.speed, api_keys=keys, webhook_url=args.webhook_url,
                           variants=variants)
-    server = make_server(simulator, log_level="info", access_log=True)
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = sock.getsockname()[1]
     print(f"MultiSafepay simulator: http://{host}:{port}/v1/json/", flush=True)
-    # uvicorn handles SIGINT/SIGTERM itself (stops serving, serve() returns), then re-raises
-    # the signal to the previous handler: make that one harmless so the exit code is 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        asyncio.run(server.serve(sockets=[sock]))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close()
+    serve_foreground(simulator, sock, log_level="info", access_log=True)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import signal
 import socket
 import threading
 from typing import Any
@@ -114,3 +115,22 @@ class SimulatorServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+
+
+def serve_foreground(simulator: Simulator, sock: socket.socket, *, log_level: str,
+                     access_log: bool, backlog: int | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (``pos-bridge simulate``, the benchmark's simulator process).
+
+    uvicorn handles both signals itself (stops serving, ``serve()`` returns), then re-raises the
+    signal to the previous handler: that one is made harmless so the exit code is 0.
+    """
+    server = make_server(simulator, log_level=log_level, access_log=access_log)
+    if backlog is not None:
+        server.config.backlog = backlog
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
