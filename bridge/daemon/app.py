@@ -40,6 +40,8 @@ from bridge.redis.sessions import SessionRegistry
 log = structlog.get_logger("bridge.daemon")
 
 REDISCOVER_EVERY = 300.0
+#: Connection pools for event streams (see SessionContext.stream_clients).
+STREAM_POOLS = 32
 
 
 class Bridge:
@@ -94,7 +96,14 @@ class Bridge:
             ctx = SessionContext(
                 api=MultiSafepayApi(http, upstream.api_base_url, api_key_in=upstream.api_key_in,
                                     request_timeout=upstream.request_timeout),
-                http=http, store=store,
+                stream_clients=tuple([
+                    await stack.enter_async_context(httpx.AsyncClient(
+                        timeout=httpx.Timeout(upstream.request_timeout, connect=upstream.connect_timeout),
+                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+                        headers={"User-Agent": "pos-bridge/0.1"},
+                    )) for _ in range(STREAM_POOLS)
+                ]),
+                store=store,
                 registry=SessionRegistry(redis, self.keys, ttl=cfg.redis.order_ttl),
                 upstream=upstream,
                 leases=Leases(redis, self.keys, cfg.daemon.lease_ttl, cfg.redis.effective_consumer_name),

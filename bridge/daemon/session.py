@@ -9,6 +9,7 @@ state machine and the Redis transition; the first final ends the session.
 from __future__ import annotations
 
 import time
+import zlib
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import tzinfo
@@ -49,7 +50,10 @@ class SessionContext:
     """What every session shares: clients, stores and the upstream settings."""
 
     api: MultiSafepayApi
-    http: httpx.AsyncClient
+    #: Clients for event streams, each with its own connection pool: httpcore scans its whole
+    #: pool on every request, so one pool holding thousands of open streams makes every new
+    #: stream (and every REST call) slower. A payment's stream always uses the same shard.
+    stream_clients: tuple[httpx.AsyncClient, ...]
     store: EventStore
     registry: SessionRegistry
     upstream: MultiSafepayConfig
@@ -59,6 +63,9 @@ class SessionContext:
     @property
     def tz(self) -> tzinfo:
         return self.upstream.tzinfo
+
+    def stream_client(self, order_id: str) -> httpx.AsyncClient:
+        return self.stream_clients[zlib.crc32(order_id.encode()) % len(self.stream_clients)]
 
     def backoff(self) -> Backoff:
         u = self.upstream
@@ -293,7 +300,7 @@ class PaymentSession:
         else:
             assert r.events_stream_url
             messages = sse_messages(
-                self.ctx.http, r.events_stream_url, r.events_token,
+                self.ctx.stream_client(self.order_id), r.events_stream_url, r.events_token,
                 auth=upstream.events_auth, last_event_id=r.last_event_id,
                 connect_timeout=upstream.connect_timeout, idle_timeout=upstream.stream_idle_timeout,
             )
