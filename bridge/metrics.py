@@ -117,7 +117,8 @@ REDIS_OUTAGE = Gauge(
 
 REDIS_WAITING = Gauge(
     "pos_bridge_redis_waiting",
-    "Upstream news held in memory, waiting for Redis to come back (one per waiting session)",
+    "Tasks waiting for Redis to come back: each session holding upstream news, and the "
+    "command intake",
     registry=REGISTRY,
 )
 

@@ -139,7 +139,7 @@ class Bridge:
         self.intake = CommandIntake(
             redis, self.keys, cfg.redis.effective_consumer_name, handlers.handle,
             claim_idle=cfg.redis.command_claim_idle, commands_maxlen=cfg.redis.commands_maxlen,
-            max_in_flight=cfg.daemon.max_in_flight,
+            max_in_flight=cfg.daemon.max_in_flight, waiters=ctx.redis_waiters,
         )
         with anyio.move_on_after(cfg.multisafepay.request_timeout):
             await self.directory.discover(ctx.api)  # before commands: they may name its terminals

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError, ResponseError
 from bridge import metrics
 from bridge.core.backoff import Backoff
 from bridge.redis.keys import COMMANDS_GROUP, Keys
+from bridge.redis.outage import RedisWaiters
 
 log = structlog.get_logger("bridge.intake")
 
@@ -42,9 +43,11 @@ class CommandIntake:
         handler: Handler,
         *,
         claim_idle: float,
+        waiters: RedisWaiters,
         max_in_flight: int = 64,
         commands_maxlen: int = 100_000,
     ) -> None:
+        self._waiters = waiters
         self._client = client
         self._keys = keys
         self._consumer = consumer
@@ -65,7 +68,8 @@ class CommandIntake:
 
     async def run(self, stop: anyio.Event) -> None:
         """Read and dispatch commands until ``stop`` is set; return once in-flight ones are done."""
-        outage = _Outage()
+        backoff = Backoff(initial=0.2, factor=2.0, cap=5.0)
+        waiting = False  # in the shared outage count (logged once for the whole daemon)
         async with anyio.create_task_group() as handlers:
             backlog = True  # first our own unacknowledged entries, then new ones
             last_claim = 0.0
@@ -78,12 +82,18 @@ class CommandIntake:
                         last_claim = anyio.current_time()
                         entries += await self._claim_abandoned()
                         await self._client.xtrim(self._keys.commands, maxlen=self._maxlen, approximate=True)
-                    outage.over()
+                    if waiting:
+                        waiting = False
+                        self._waiters.leave()
+                        backoff.reset()
                 except RedisError as exc:
                     self.reading = False
                     if "NOGROUP" in str(exc):  # Redis came back empty (no persistence): recreate the group
                         backlog = True
-                    await anyio.sleep(outage.failed(exc))
+                    if not waiting:
+                        waiting = True
+                        self._waiters.enter(exc, "commands")
+                    await anyio.sleep(backoff.next())
                     continue
                 self.reading = True
                 if backlog and not entries:
@@ -131,23 +141,3 @@ class CommandIntake:
             metrics.COMMANDS.labels(metrics.command_type(fields), "crashed").inc()
         finally:
             self._limit.release_on_behalf_of(entry_id)
-
-
-class _Outage:
-    """Logs a Redis outage once when it starts and once when it ends, not once per retry."""
-
-    def __init__(self) -> None:
-        self._backoff = Backoff(initial=0.2, factor=2.0, cap=5.0)
-        self._since: float | None = None
-
-    def failed(self, exc: Exception) -> float:
-        if self._since is None:
-            self._since = anyio.current_time()
-            log.error("redis.unreachable", error=str(exc), component="intake")
-        return self._backoff.next()
-
-    def over(self) -> None:
-        if self._since is not None:
-            log.info("redis.reachable", component="intake", outage_s=round(anyio.current_time() - self._since, 1))
-            self._since = None
-            self._backoff.reset()

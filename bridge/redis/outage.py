@@ -25,7 +25,10 @@ T = TypeVar("T")
 
 
 class RedisWaiters:
-    """How many tasks are waiting for Redis to come back (the metric's queue depth)."""
+    """How many tasks are waiting for Redis to come back (the metric's queue depth).
+
+    One per daemon, shared by the sessions and the command intake, so an outage is logged
+    once when it starts and once when it ends, however many tasks meet it."""
 
     def __init__(self, on_change: Callable[[int], None] = lambda n: None) -> None:
         self.waiting = 0
@@ -41,14 +44,15 @@ class RedisWaiters:
             except RedisError as exc:
                 if backoff is None:
                     backoff = Backoff(initial=0.1, factor=2.0, cap=2.0)
-                    self._enter(exc, what)
+                    self.enter(exc, what)
                 await anyio.sleep(backoff.next())
                 continue
             if backoff is not None:
-                self._leave()
+                self.leave()
             return result
 
-    def _enter(self, exc: RedisError, what: str) -> None:
+    def enter(self, exc: RedisError, what: str) -> None:
+        """A task starts waiting for Redis (it retries on its own): the first logs the outage."""
         self.waiting += 1
         if self._since is None:
             self._since = anyio.current_time()
@@ -56,7 +60,8 @@ class RedisWaiters:
                       note="holding upstream news in memory until Redis is back")
         self._on_change(self.waiting)
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
+        """A task that ``enter``-ed got through: the last logs the outage's end."""
         self.waiting -= 1
         self._on_change(self.waiting)
         if self.waiting == 0 and self._since is not None:
