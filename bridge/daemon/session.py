@@ -99,6 +99,7 @@ class PaymentSession:
         self._bus = BusProtocol()  # kept across reconnects: it re-subscribes its channels
         self._commit_lock = anyio.Lock()
         self._lease_lost = False
+        self._opened = False
         self.reconnects = 0
 
     @property
@@ -296,6 +297,7 @@ class PaymentSession:
             messages = bus_messages(
                 r.events_url, r.events_token, connect_timeout=upstream.connect_timeout,
                 idle_timeout=upstream.stream_idle_timeout, protocol=self._bus,
+                on_open=self._first_open,
             )
         else:
             assert r.events_stream_url
@@ -303,6 +305,7 @@ class PaymentSession:
                 self.ctx.stream_client(self.order_id), r.events_stream_url, r.events_token,
                 auth=upstream.events_auth, last_event_id=r.last_event_id,
                 connect_timeout=upstream.connect_timeout, idle_timeout=upstream.stream_idle_timeout,
+                on_open=self._first_open,
             )
         async with aclosing(messages) as stream:
             async for message in stream:
@@ -323,6 +326,14 @@ class PaymentSession:
                 await self.observe(obs)
                 if self.final:
                     return
+
+    async def _first_open(self) -> None:
+        """A stream tells only what happens after it opens (no replay without Last-Event-ID):
+        once the first one is open, ``GET`` says what happened before. Later reconnects do
+        the same already, after the loss."""
+        if not self._opened:
+            self._opened = True
+            await self.reconcile()
 
     async def _poll_when_quiet(self) -> None:
         interval = self.ctx.upstream.poll_interval

@@ -10,7 +10,7 @@ complete a line for ``idle_timeout`` (a slow drip).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,8 +52,11 @@ async def sse_messages(
     last_event_id: str | None = None,
     connect_timeout: float = 10.0,
     idle_timeout: float = 45.0,
+    on_open: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[StreamMessage]:
     """Yield the stream's messages until it ends. Keep-alives (``data: ping``) are skipped.
+
+    ``on_open`` is awaited once the stream is accepted, before its first message is read.
 
     Raises :class:`StreamError` for anything that ends the stream other than its own end. Use
     with ``contextlib.aclosing`` so the connection closes when the caller stops early.
@@ -77,6 +80,8 @@ async def sse_messages(
             content_type = response.headers.get("content-type", "").partition(";")[0].strip()
             if content_type != "text/event-stream":
                 raise StreamError(f"stream answered {content_type or 'no content type'}, not text/event-stream")
+            if on_open is not None:
+                await on_open()
             lines, alive_at = 0, time.monotonic()
             async for chunk in response.aiter_raw():
                 for message in decoder.feed(chunk):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from urllib.parse import quote, urlsplit
 
@@ -94,6 +94,7 @@ async def bus_messages(
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
     clock: Callable[[], float] = anyio.current_time,
     protocol: BusProtocol | None = None,
+    on_open: Callable[[], Awaitable[None]] | None = None,
     max_size: int = MAX_MESSAGE_BYTES,
 ) -> AsyncIterator[StreamMessage]:
     """Subscribe ``channel`` on the bus at ``url`` and yield its events until the bus closes.
@@ -147,7 +148,7 @@ async def bus_messages(
 
     try:
         async with aclosing(
-            _follow(ws, proto, channel, connect_timeout, idle_timeout, clock)
+            _follow(ws, proto, channel, connect_timeout, idle_timeout, clock, on_open)
         ) as messages:
             async for message in messages:
                 yield message
@@ -167,6 +168,7 @@ async def _follow(
     connect_timeout: float,
     idle_timeout: float,
     clock: Callable[[], float],
+    on_open: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[StreamMessage]:
     now = clock()
     # A new connection: whatever the protocol held (after a reconnect) is subscribed again.
@@ -217,6 +219,9 @@ async def _follow(
                     subscribed = True
                     doing = "reading"
                     log.debug("bus.subscribed", channel=channel)
+                    if on_open is not None:
+                        await on_open()
+                        quiet_since = clock()
             elif isinstance(result, Refused):
                 if result.request.id == ours:
                     raise StreamRejected(

@@ -82,7 +82,7 @@ async def test_every_uncertain_api_variant(
     from bridge.simulator.variants import Variants
 
     till = Till(redis_client)
-    with SimulatorServer(speed=20, variants=Variants(**variant)) as sim:
+    with SimulatorServer(speed=10, variants=Variants(**variant)) as sim:
         config = bridge_config(redis_server.url, sim.base_url, multisafepay={"events_auth": events_auth})
         async with running_bridge(config):
             command_id = await till.pay(terminal, 1250)
