@@ -91,9 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="play an uncertain API detail one way (see README: simulator variants)",
     )
 
-    p = sub.add_parser(
-        "demo", help="simulator + private Redis + daemon, one payment per scenario"
-    )
+    p = sub.add_parser("demo", help="simulator + private Redis + daemon, one payment per scenario")
     _add_redis(p, default_url=None)
     p.add_argument("--speed", type=float, default=20.0, help="simulator speed (default: 20)")
 
@@ -126,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the JSON Schema of commands and events")
 
     p = sub.add_parser(
-        "bench", help="the performance harness",
+        "bench",
+        help="the performance harness",
         description=(
             "Private redis-server, simulator, daemon and tills, each in its own process: opens "
             "N payments (N upstream streams held by the daemon), drives M status changes per "
@@ -135,37 +134,88 @@ def build_parser() -> argparse.ArgumentParser:
             "Exit 0 when every event sent was received, 1 otherwise."
         ),
     )
-    p.add_argument("--transport", choices=["sse", "websocket"], default="sse",
-                   help="upstream stream transport (default: sse)")
-    p.add_argument("--streams", "-n", type=int, metavar="N",
-                   help="concurrent payments, each an open upstream stream (default: 1000)")
-    p.add_argument("--rate", "-m", type=float, metavar="M",
-                   help="status changes per second across the streams (default: 1000)")
-    p.add_argument("--duration", type=float, metavar="S",
-                   help="seconds of driving (default: 30)")
-    p.add_argument("--baseline-duration", type=float, metavar="S",
-                   help="seconds of the baseline (default: the duration, at most 30)")
-    p.add_argument("--quick", action="store_true",
-                   help="a preset that ends within a minute: 200 streams, 200/s, 10 s")
+    p.add_argument(
+        "--transport",
+        choices=["sse", "websocket"],
+        default="sse",
+        help="upstream stream transport (default: sse)",
+    )
+    p.add_argument(
+        "--streams",
+        "-n",
+        type=int,
+        metavar="N",
+        help="concurrent payments, each an open upstream stream (default: 1000)",
+    )
+    p.add_argument(
+        "--rate",
+        "-m",
+        type=float,
+        metavar="M",
+        help="status changes per second across the streams (default: 1000)",
+    )
+    p.add_argument("--duration", type=float, metavar="S", help="seconds of driving (default: 30)")
+    p.add_argument(
+        "--baseline-duration",
+        type=float,
+        metavar="S",
+        help="seconds of the baseline (default: the duration, at most 30)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a preset that ends within a minute: 200 streams, 200/s, 10 s",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
-                   help="the daemon's log level (default: info, as in production)")
-    p.add_argument("--no-enrich", action="store_true",
-                   help="run the daemon with enrich_final = false (no GET before a final event)")
-    p.add_argument("--profile", metavar="FILE",
-                   help="record the daemon with py-spy during the drive (.svg, .json, .txt)")
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="the daemon's log level (default: info, as in production)",
+    )
+    p.add_argument(
+        "--no-enrich",
+        action="store_true",
+        help="run the daemon with enrich_final = false (no GET before a final event)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="record the daemon with py-spy during the drive (.svg, .json, .txt)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the logs and data of the run")
-    p.add_argument("--daemon-gc", choices=["default", "freeze"], default="default",
-                   help="freeze: gc.freeze() the daemon's start-up heap (an experiment)")
-    p.add_argument("--faults", action="store_true",
-                   help="instead: payments on real processes while faults are injected (kill -9, "
-                        "Redis restart, stream drops, takeover); audits every final")
-    p.add_argument("--scenario", action="append", choices=["kill", "redis", "drop", "takeover"],
-                   help="with --faults: only these scenarios (repeatable; default: all)")
-    p.add_argument("--rounds", type=int, default=3, metavar="R",
-                   help="with --faults: rounds per scenario, one payment per terminal (default: 3)")
-    p.add_argument("--terminals", type=int, default=12, metavar="T",
-                   help="with --faults: terminals, so payments per round (default: 12)")
+    p.add_argument(
+        "--daemon-gc",
+        choices=["default", "freeze"],
+        default="default",
+        help="freeze: gc.freeze() the daemon's start-up heap (an experiment)",
+    )
+    p.add_argument(
+        "--faults",
+        action="store_true",
+        help="instead: payments on real processes while faults are injected (kill -9, "
+        "Redis restart, stream drops, takeover); audits every final",
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        choices=["kill", "redis", "drop", "takeover"],
+        help="with --faults: only these scenarios (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        metavar="R",
+        help="with --faults: rounds per scenario, one payment per terminal (default: 3)",
+    )
+    p.add_argument(
+        "--terminals",
+        type=int,
+        default=12,
+        metavar="T",
+        help="with --faults: terminals, so payments per round (default: 12)",
+    )
     return parser
 
 

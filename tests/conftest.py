@@ -8,7 +8,6 @@ import pytest
 from redis.asyncio import Redis
 
 from bridge.redis.client import connect
-
 from bridge.redis.server import RedisServer
 
 

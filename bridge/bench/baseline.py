@@ -41,9 +41,20 @@ async def run(url: str, prefix: str, orders: int, rate: float, duration: float) 
     try:
         now = utcnow()
         for i, oid in enumerate(ids):
-            rec = await store.record(oid, lambda st, oid=oid, i=i: order_created(
-                order_id=oid, terminal_id=f"BASE-{i:05d}", command_id=oid, amount=100,
-                currency="EUR", session_id=None, now=now), known=None, trust_known=True)
+            rec = await store.record(
+                oid,
+                lambda st, oid=oid, i=i: order_created(
+                    order_id=oid,
+                    terminal_id=f"BASE-{i:05d}",
+                    command_id=oid,
+                    amount=100,
+                    currency="EUR",
+                    session_id=None,
+                    now=now,
+                ),
+                known=None,
+                trust_known=True,
+            )
             assert rec.decision.state is not None
             states[oid] = rec.decision.state
 
@@ -55,15 +66,17 @@ async def run(url: str, prefix: str, orders: int, rate: float, duration: float) 
                 times.append(time.monotonic())
                 obs = Observation(source=Source.STREAM, order_id=oid, status=status)
                 rec = await store.record(
-                    oid, lambda st: observe(st, obs, utcnow(), terminal_id=state.terminal_id),
-                    known=state, trust_known=True)
+                    oid,
+                    lambda st: observe(st, obs, utcnow(), terminal_id=state.terminal_id),
+                    known=state,
+                    trust_known=True,
+                )
                 if not rec.stream_ids:
                     times.pop()  # nothing published (cannot happen: statuses alternate)
                 states[oid] = rec.decision.state or state
 
         async with anyio.create_task_group() as tg:
-            await pace(rate, None, duration,
-                       lambda i: tg.start_soon(change, ids[i % len(ids)]))
+            await pace(rate, None, duration, lambda i: tg.start_soon(change, ids[i % len(ids)]))
     finally:
         await client.aclose()
     return sent

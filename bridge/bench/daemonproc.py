@@ -28,10 +28,17 @@ def _watch_gc() -> None:
             return
         took = time.perf_counter() - started[0]
         if took >= PAUSE_REPORT_S:
-            sys.stderr.write(json.dumps({
-                "event": "bench.gc_pause", "generation": info.get("generation"),
-                "ms": round(took * 1000, 2), "collected": info.get("collected"),
-            }) + "\n")
+            sys.stderr.write(
+                json.dumps(
+                    {
+                        "event": "bench.gc_pause",
+                        "generation": info.get("generation"),
+                        "ms": round(took * 1000, 2),
+                        "collected": info.get("collected"),
+                    }
+                )
+                + "\n"
+            )
 
     gc.callbacks.append(callback)
 
@@ -47,6 +54,7 @@ def main() -> None:
 
     if mode == "freeze":
         import bridge.daemon.main  # noqa: F401 - the daemon's whole import graph
+
         gc.collect()
         gc.freeze()
     _watch_gc()

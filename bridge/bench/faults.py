@@ -91,7 +91,9 @@ class DaemonProcess:
         with open(self._log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bridge.cli", "run", "--config", str(self._config)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
@@ -181,8 +183,12 @@ format = "json"
         try:
             for i, terminal in enumerate(self.terminals):
                 command_id = f"r{round_no}-{terminal}-{uuid.uuid4().hex[:6]}"
-                command = {"type": "pay", "command_id": command_id, "terminal_id": terminal,
-                           "amount": AMOUNTS[(i + round_no) % len(AMOUNTS)]}
+                command = {
+                    "type": "pay",
+                    "command_id": command_id,
+                    "terminal_id": terminal,
+                    "amount": AMOUNTS[(i + round_no) % len(AMOUNTS)],
+                }
                 await client.xadd(self.keys.commands, {"command": json.dumps(command)})
                 orders.append((terminal, derive_order_id(command_id)))
         finally:
@@ -237,18 +243,28 @@ format = "json"
             finals = [e for e in mine if e["final"]]
             if not finals:
                 audit.finals_lost += 1
-                audit.problems.append(f"{terminal} {order_id}: no final event ({[e['status'] for e in mine]})")
+                audit.problems.append(
+                    f"{terminal} {order_id}: no final event ({[e['status'] for e in mine]})"
+                )
             ids = [e["event_id"] for e in mine]
             statuses = [e["status"] for e in mine if e["type"] == "order.status"]
             repeats = sum(a == b for a, b in zip(statuses, statuses[1:], strict=False))
             dup = (len(ids) - len(set(ids))) + repeats + max(0, len(finals) - 1)
             if dup:
                 audit.duplicates += dup
-                audit.problems.append(f"{terminal} {order_id}: duplicates in {[e['status'] for e in mine]}")
-            if finals and finals[0]["type"] == "order.status" and truth.get(order_id) != finals[0]["status"]:
+                audit.problems.append(
+                    f"{terminal} {order_id}: duplicates in {[e['status'] for e in mine]}"
+                )
+            if (
+                finals
+                and finals[0]["type"] == "order.status"
+                and truth.get(order_id) != finals[0]["status"]
+            ):
                 audit.wrong_finals += 1
-                audit.problems.append(f"{terminal} {order_id}: final {finals[0]['status']}, "
-                                      f"upstream says {truth.get(order_id)}")
+                audit.problems.append(
+                    f"{terminal} {order_id}: final {finals[0]['status']}, "
+                    f"upstream says {truth.get(order_id)}"
+                )
         return audit
 
 
@@ -259,8 +275,9 @@ async def _wait_idle_terminals(rig: Rig, timeout: float = 60.0) -> None:
             await anyio.sleep(0.2)
 
 
-async def run_scenario(kind: str, *, rounds: int = 1, terminals: int = 12, speed: float = 2.0,
-                       progress: Any = None) -> FaultReport:
+async def run_scenario(
+    kind: str, *, rounds: int = 1, terminals: int = 12, speed: float = 2.0, progress: Any = None
+) -> FaultReport:
     """Run ``rounds`` rounds of one payment per terminal while injecting ``kind`` faults."""
     if kind not in KINDS:
         raise ValueError(f"unknown fault scenario {kind!r}; one of {', '.join(KINDS)}")
@@ -286,8 +303,9 @@ async def run_scenario(kind: str, *, rounds: int = 1, terminals: int = 12, speed
             daemon.stop()
         if not report.audit.clean:
             report.audit.problems.append("daemon logs: " + str(rig.dir))
-            report.audit.problems += [line for line in rig.logs().splitlines()
-                                      if '"level":"error"' in line][:10]
+            report.audit.problems += [
+                line for line in rig.logs().splitlines() if '"level":"error"' in line
+            ][:10]
     report.seconds = round(time.monotonic() - started, 1)
     return report
 
@@ -313,30 +331,48 @@ async def _inject(rig: Rig, kind: str) -> int:
     return 1
 
 
-def run_all(kinds: tuple[str, ...], rounds: int, terminals: int, *, out: Any = sys.stderr) -> list[FaultReport]:
+def run_all(
+    kinds: tuple[str, ...], rounds: int, terminals: int, *, out: Any = sys.stderr
+) -> list[FaultReport]:
     """Every scenario in turn, a progress line per round; the reports, for a table or JSON."""
+
     def progress(report: FaultReport) -> None:
         a = report.audit
-        print(f"faults: {report.scenario} round {report.rounds}/{rounds}: {a.payments} payments, "
-              f"{report.faults_injected} faults, lost {a.finals_lost}, duplicates {a.duplicates}, "
-              f"wrong {a.wrong_finals}", file=out, flush=True)
+        print(
+            f"faults: {report.scenario} round {report.rounds}/{rounds}: {a.payments} payments, "
+            f"{report.faults_injected} faults, lost {a.finals_lost}, duplicates {a.duplicates}, "
+            f"wrong {a.wrong_finals}",
+            file=out,
+            flush=True,
+        )
 
-    return [anyio.run(lambda k=kind: run_scenario(k, rounds=rounds, terminals=terminals,
-                                                   progress=progress)) for kind in kinds]
+    return [
+        anyio.run(
+            lambda k=kind: run_scenario(k, rounds=rounds, terminals=terminals, progress=progress)
+        )
+        for kind in kinds
+    ]
 
 
 def table(reports: list[FaultReport]) -> str:
-    rows = [f"{'scenario':<10} {'rounds':>6} {'payments':>8} {'faults':>7} {'finals lost':>11} "
-            f"{'duplicates':>10} {'wrong final':>11} {'seconds':>8}"]
+    rows = [
+        f"{'scenario':<10} {'rounds':>6} {'payments':>8} {'faults':>7} {'finals lost':>11} "
+        f"{'duplicates':>10} {'wrong final':>11} {'seconds':>8}"
+    ]
     for r in reports:
         a = r.audit
-        rows.append(f"{r.scenario:<10} {r.rounds:>6} {a.payments:>8} {r.faults_injected:>7} "
-                    f"{a.finals_lost:>11} {a.duplicates:>10} {a.wrong_finals:>11} {r.seconds:>8}")
+        rows.append(
+            f"{r.scenario:<10} {r.rounds:>6} {a.payments:>8} {r.faults_injected:>7} "
+            f"{a.finals_lost:>11} {a.duplicates:>10} {a.wrong_finals:>11} {r.seconds:>8}"
+        )
     return "\n".join(rows)
 
 
 if __name__ == "__main__":  # python -m bridge.bench.faults [ROUNDS] [TERMINALS]
-    reports = run_all(KINDS, int(sys.argv[1]) if len(sys.argv) > 1 else 3,
-                      int(sys.argv[2]) if len(sys.argv) > 2 else 12)
+    reports = run_all(
+        KINDS,
+        int(sys.argv[1]) if len(sys.argv) > 1 else 3,
+        int(sys.argv[2]) if len(sys.argv) > 2 else 12,
+    )
     print(table(reports))
     sys.exit(0 if all(r.audit.clean for r in reports) else 1)

@@ -108,6 +108,7 @@ class Result:
 
 # -- small helpers ------------------------------------------------------------------------------
 
+
 class Progress:
     """One line on stderr: rewritten in place on a terminal, else printed every few seconds."""
 
@@ -146,8 +147,14 @@ def percentiles(values: list[float]) -> dict[str, float]:
     def q(p: float) -> float:
         return v[min(len(v) - 1, max(0, math.ceil(p * len(v)) - 1))]
 
-    return {"n": len(v), "p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "max": v[-1],
-            "mean": sum(v) / len(v)}
+    return {
+        "n": len(v),
+        "p50": q(0.50),
+        "p90": q(0.90),
+        "p99": q(0.99),
+        "max": v[-1],
+        "mean": sum(v) / len(v),
+    }
 
 
 def _wait_for(pred: Any, timeout: float, what: str, tick: float = 0.1, on_tick: Any = None) -> None:
@@ -172,8 +179,12 @@ class Child:
         self.log_path = logdir / f"{name}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed below, kept by the child
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=log,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, text=True, bufsize=1,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
         )
         log.close()
 
@@ -252,6 +263,7 @@ format = "json"
 
 # -- the run ------------------------------------------------------------------------------------
 
+
 class Bench:
     def __init__(self, s: Settings, progress: Progress) -> None:
         self.s = s
@@ -277,8 +289,12 @@ class Bench:
             self.r = redis.Redis.from_url(rs.url, decode_responses=True)
             stack.callback(self.r.close)
 
-            self.tills = Child("tills", [self.py, "-m", "bridge.bench.tills", "--redis-url",
-                                         rs.url, "--prefix", PREFIX], self.tmp, stdin=True)
+            self.tills = Child(
+                "tills",
+                [self.py, "-m", "bridge.bench.tills", "--redis-url", rs.url, "--prefix", PREFIX],
+                self.tmp,
+                stdin=True,
+            )
             stack.callback(self.tills.stop)
             if self.tills.readline(15) != "ready":
                 raise BenchError("tills did not subscribe")
@@ -294,12 +310,28 @@ class Bench:
 
             cfg = self.tmp / "config.toml"
             cfg.write_text(daemon_config(rs.url, base_url, self.s))
-            self.daemon = Child("daemon", [self.py, "-m", "bridge.bench.daemonproc", "--gc",
-                                           self.s.gc, "--", "run", "--config", str(cfg)],
-                                self.tmp)
+            self.daemon = Child(
+                "daemon",
+                [
+                    self.py,
+                    "-m",
+                    "bridge.bench.daemonproc",
+                    "--gc",
+                    self.s.gc,
+                    "--",
+                    "run",
+                    "--config",
+                    str(cfg),
+                ],
+                self.tmp,
+            )
             stack.callback(self.daemon.stop)
-            _wait_for(lambda: self._daemon_log_has('"daemon.started"'), 60, "the daemon to start",
-                      on_tick=self._check_alive)
+            _wait_for(
+                lambda: self._daemon_log_has('"daemon.started"'),
+                60,
+                "the daemon to start",
+                on_tick=self._check_alive,
+            )
             time.sleep(0.5)
             self.result.daemon_rss_before_mb = rss_bytes(self.daemon.pid) / 2**20
 
@@ -350,9 +382,15 @@ class Bench:
         t0 = time.monotonic()
         pipe = self.r.pipeline(transaction=False)
         for i in range(n):
-            command = {"type": "pay", "command_id": f"bench-c-{i:05d}", "terminal_id":
-                       TERMINAL.format(i), "amount": 100, "currency": "EUR",
-                       "order_id": ORDER.format(i), "description": "bench"}
+            command = {
+                "type": "pay",
+                "command_id": f"bench-c-{i:05d}",
+                "terminal_id": TERMINAL.format(i),
+                "amount": 100,
+                "currency": "EUR",
+                "order_id": ORDER.format(i),
+                "description": "bench",
+            }
             pipe.xadd(keys.commands, {"command": json.dumps(command)})
             if len(pipe) >= 1000:
                 pipe.execute()
@@ -365,8 +403,9 @@ class Bench:
             held = sum(st["streams"].values())
             created = self._received("bench", "order.created")
             now = time.monotonic()
-            self.progress(f"opening streams: {held}/{n} held, {created} orders created "
-                          f"({now - t0:.0f} s)")
+            self.progress(
+                f"opening streams: {held}/{n} held, {created} orders created ({now - t0:.0f} s)"
+            )
             if held != seen["held"]:
                 seen.update(held=held, at=now)
             elif now - seen["at"] > OPEN_STALL:
@@ -377,8 +416,10 @@ class Bench:
         res = self.result
         res.open_seconds = time.monotonic() - t0
         res.payments_opened_per_s = n / res.open_seconds
-        self.progress.done(f"opened {n} payments and their streams in {res.open_seconds:.1f} s "
-                           f"({res.payments_opened_per_s:.0f} payments/s)")
+        self.progress.done(
+            f"opened {n} payments and their streams in {res.open_seconds:.1f} s "
+            f"({res.payments_opened_per_s:.0f} payments/s)"
+        )
         time.sleep(1.0)  # let the last sessions settle before measuring memory
         res.daemon_rss_streams_mb = rss_bytes(self.daemon.pid) / 2**20
         res.daemon_rss_peak_mb = res.daemon_rss_streams_mb
@@ -387,17 +428,24 @@ class Bench:
         res.streams_by_transport = {k: v for k, v in st["streams"].items() if v}
         res.streams_held = sum(st["streams"].values())
         res.daemon_connections_to_upstream = connections_to(self.daemon.pid, self.sim_port)
-        res.daemon_kb_per_stream = ((res.daemon_rss_streams_mb - res.daemon_rss_before_mb)
-                                    * 1024 / max(1, res.streams_held))
+        res.daemon_kb_per_stream = (
+            (res.daemon_rss_streams_mb - res.daemon_rss_before_mb) * 1024 / max(1, res.streams_held)
+        )
         if self.s.transport not in res.streams_by_transport:
-            res.notes.append(f"asked for {self.s.transport} but the daemon opened "
-                             f"{', '.join(res.streams_by_transport) or 'no'} streams")
+            res.notes.append(
+                f"asked for {self.s.transport} but the daemon opened "
+                f"{', '.join(res.streams_by_transport) or 'no'} streams"
+            )
 
     def _drive(self) -> None:
         s, res = self.s, self.result
         profiler = self._start_profiler()
-        pids = {"daemon": self.daemon.pid, "simulator": self.sim.pid, "redis": self.redis_pid,
-                "tills": self.tills.pid}
+        pids = {
+            "daemon": self.daemon.pid,
+            "simulator": self.sim.pid,
+            "redis": self.redis_pid,
+            "tills": self.tills.pid,
+        }
         cpus0 = {k: cpu_seconds(p) for k, p in pids.items()}
         cpu0 = cpus0["daemon"]
         r = self.http.post("_sim/bench/drive", json={"rate": s.rate, "duration": s.duration})
@@ -414,32 +462,55 @@ class Bench:
                 last_sample = el
                 self._sample_daemon()
                 res.streams_held = max(res.streams_held, sum(st["streams"].values()))
-            self.progress(f"bridge: {el:4.0f}/{s.duration:.0f} s  sent {st['sent']}  "
-                          f"received {got}  ({st['sent'] / max(el, 1e-9):.0f}/s)  "
-                          f"streams {sum(st['streams'].values())}")
+            self.progress(
+                f"bridge: {el:4.0f}/{s.duration:.0f} s  sent {st['sent']}  "
+                f"received {got}  ({st['sent'] / max(el, 1e-9):.0f}/s)  "
+                f"streams {sum(st['streams'].values())}"
+            )
             self._check_alive()
             if not st["driving"]:
                 break
         sent = st["sent"]
         _wait_for(lambda: self._received("bench") >= sent, 30, "the last bridge events")
-        res.daemon_cpu_s_per_1000_events = (cpu_seconds(self.daemon.pid) - cpu0) * 1000 / max(1, sent)
+        res.daemon_cpu_s_per_1000_events = (
+            (cpu_seconds(self.daemon.pid) - cpu0) * 1000 / max(1, sent)
+        )
         el = max(1e-9, time.monotonic() - t0)
         res.daemon_cpu_utilisation = (cpu_seconds(self.daemon.pid) - cpu0) / el
-        res.cpu_while_driven = {k: round((cpu_seconds(p) - cpus0[k]) / el, 3)
-                                for k, p in pids.items()}
+        res.cpu_while_driven = {
+            k: round((cpu_seconds(p) - cpus0[k]) / el, 3) for k, p in pids.items()
+        }
         self._stop_profiler(profiler)
         self._sample_daemon()
         res.daemon_connections_to_upstream = max(
-            res.daemon_connections_to_upstream, connections_to(self.daemon.pid, self.sim_port))
+            res.daemon_connections_to_upstream, connections_to(self.daemon.pid, self.sim_port)
+        )
         self.progress.done(f"bridge: sent {sent}, received {self._received('bench')}")
 
     def _baseline(self) -> None:
         s = self.s
         out = self.tmp / "baseline.json"
-        base = Child("baseline", [self.py, "-m", "bridge.bench.baseline", "--redis-url",
-                                  self.redis_url, "--prefix", PREFIX, "--orders", str(s.streams),
-                                  "--rate", str(s.rate), "--duration", str(s.baseline_duration),
-                                  "--out", str(out)], self.tmp)
+        base = Child(
+            "baseline",
+            [
+                self.py,
+                "-m",
+                "bridge.bench.baseline",
+                "--redis-url",
+                self.redis_url,
+                "--prefix",
+                PREFIX,
+                "--orders",
+                str(s.streams),
+                "--rate",
+                str(s.rate),
+                "--duration",
+                str(s.baseline_duration),
+                "--out",
+                str(out),
+            ],
+            self.tmp,
+        )
         t0 = time.monotonic()
         try:
             while base.alive():
@@ -464,15 +535,23 @@ class Bench:
 
         def finished() -> bool:
             st = self._sim_status()
-            self.progress(f"finish: {st['sent']} sent, {self._received('bench')} received, "
-                          f"{sum(st['streams'].values())} streams open")
+            self.progress(
+                f"finish: {st['sent']} sent, {self._received('bench')} received, "
+                f"{sum(st['streams'].values())} streams open"
+            )
             return not st["driving"] and self._received("bench") >= st["sent"]
 
-        _wait_for(finished, 60 + 3 * s.streams / s.rate, "the final events", tick=0.5,
-                  on_tick=self._check_alive)
+        _wait_for(
+            finished,
+            60 + 3 * s.streams / s.rate,
+            "the final events",
+            tick=0.5,
+            on_tick=self._check_alive,
+        )
         try:
-            _wait_for(lambda: sum(self._sim_status()["streams"].values()) == 0, 30,
-                      "the streams to close")
+            _wait_for(
+                lambda: sum(self._sim_status()["streams"].values()) == 0, 30, "the streams to close"
+            )
         except BenchError as exc:
             self.result.notes.append(str(exc))
         self.progress.done(f"finish: every payment completed ({time.monotonic() - t0:.1f} s)")
@@ -507,7 +586,8 @@ class Bench:
                         send_times.append(t_send)
                         recv_times.append(t_recv)
         sent_total = sum(len(v) for v in sim_sent.values()) + sum(
-            len(v) for v in self.baseline_sent.values())
+            len(v) for v in self.baseline_sent.values()
+        )
         recv_total = sum(len(v) for v in received.values())
         res.events_sent, res.events_received, res.events_lost = sent_total, recv_total, lost
         res.drive_events = len(bridge_lat)
@@ -521,19 +601,30 @@ class Bench:
         base_window = [t for v in self.baseline_sent.values() for t in v]
         if base_window:
             res.baseline_events_per_s = len(base_window) / max(
-                1e-9, max(base_window) - min(base_window) + 1 / self.s.rate)
+                1e-9, max(base_window) - min(base_window) + 1 / self.s.rate
+            )
         bridge, base = percentiles(bridge_lat), percentiles(base_lat)
-        res.latency_ms = {"bridge": bridge, "baseline": base,
-                          "added": {k: bridge[k] - base[k] for k in ("p50", "p90", "p99", "max")
-                                    if k in bridge and k in base},
-                          "final (bridge)": percentiles(final_lat)}
-        res.ratio = {k: bridge[k] / base[k] for k in ("p50", "p90", "p99", "max")
-                     if k in bridge and k in base and base[k] > 0}
+        res.latency_ms = {
+            "bridge": bridge,
+            "baseline": base,
+            "added": {
+                k: bridge[k] - base[k]
+                for k in ("p50", "p90", "p99", "max")
+                if k in bridge and k in base
+            },
+            "final (bridge)": percentiles(final_lat),
+        }
+        res.ratio = {
+            k: bridge[k] / base[k]
+            for k in ("p50", "p90", "p99", "max")
+            if k in bridge and k in base and base[k] > 0
+        }
         if lost:
             res.errors.append(f"{lost} events sent and never received")
         if unexpected:
-            res.errors.append(f"{unexpected} events received that were never sent "
-                              f"(republished or duplicated)")
+            res.errors.append(
+                f"{unexpected} events received that were never sent (republished or duplicated)"
+            )
         if res.streams_held < self.s.streams:
             res.errors.append(f"only {res.streams_held} of {self.s.streams} streams held")
         for err in ("Traceback", '"level": "error"', '"level":"error"'):
@@ -547,8 +638,11 @@ class Bench:
                     pauses.append(json.loads(line)["ms"])
         except (OSError, ValueError):
             pass
-        res.daemon_gc_pauses = {"count": len(pauses), "max_ms": max(pauses, default=0.0),
-                                "total_ms": round(sum(pauses), 1)}
+        res.daemon_gc_pauses = {
+            "count": len(pauses),
+            "max_ms": max(pauses, default=0.0),
+            "total_ms": round(sum(pauses), 1),
+        }
         res.ok = not res.errors
 
     # -- profiling (optional) ---------------------------------------------------------------
@@ -559,11 +653,28 @@ class Bench:
         if not os.path.exists(spy):
             self.result.notes.append("--profile: py-spy not found (pip install py-spy)")
             return None
-        fmt = "speedscope" if self.s.profile.endswith(".json") else (
-            "raw" if self.s.profile.endswith(".txt") else "flamegraph")
-        return subprocess.Popen([spy, "record", "--pid", str(self.daemon.pid), "--output",
-                                 self.s.profile, "--format", fmt, "--rate", "250", "--nonblocking"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        fmt = (
+            "speedscope"
+            if self.s.profile.endswith(".json")
+            else ("raw" if self.s.profile.endswith(".txt") else "flamegraph")
+        )
+        return subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(self.daemon.pid),
+                "--output",
+                self.s.profile,
+                "--format",
+                fmt,
+                "--rate",
+                "250",
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def _stop_profiler(self, proc: subprocess.Popen[bytes] | None) -> None:
         if proc is not None:
@@ -577,45 +688,66 @@ class Bench:
 
 # -- output -------------------------------------------------------------------------------------
 
+
 def table(res: Result) -> str:
     s = res.settings
     lat = res.latency_ms
     lines = [
-        (f"pos-bridge bench: {s['transport']}, {s['streams']} streams, {s['rate']:g} events/s "
-         f"for {s['duration']:g} s (baseline {s['baseline_duration']:g} s)"),
+        (
+            f"pos-bridge bench: {s['transport']}, {s['streams']} streams, {s['rate']:g} events/s "
+            f"for {s['duration']:g} s (baseline {s['baseline_duration']:g} s)"
+        ),
         "",
-        (f"  streams held           {res.streams_held} of {res.streams_requested}"
-         f"  ({', '.join(f'{k} {v}' for k, v in res.streams_by_transport.items())}; "
-         f"daemon TCP connections upstream {res.daemon_connections_to_upstream})"),
+        (
+            f"  streams held           {res.streams_held} of {res.streams_requested}"
+            f"  ({', '.join(f'{k} {v}' for k, v in res.streams_by_transport.items())}; "
+            f"daemon TCP connections upstream {res.daemon_connections_to_upstream})"
+        ),
         f"  payments opened        {res.payments_opened_per_s:.0f}/s  ({res.open_seconds:.1f} s)",
-        (f"  events sent/received   {res.events_sent} / {res.events_received}  "
-         f"(lost {res.events_lost}; bridge {res.drive_events} + finals {res.final_events}, "
-         f"baseline {res.baseline_events})"),
-        (f"  events/s achieved      {res.drive_events_per_s:.0f}  (target {res.target_rate:g}; "
-         f"baseline {res.baseline_events_per_s:.0f}) = {res.implied_payments_per_s:.0f} payments/s "
-         f"at {EVENTS_PER_PAYMENT} events each"),
+        (
+            f"  events sent/received   {res.events_sent} / {res.events_received}  "
+            f"(lost {res.events_lost}; bridge {res.drive_events} + finals {res.final_events}, "
+            f"baseline {res.baseline_events})"
+        ),
+        (
+            f"  events/s achieved      {res.drive_events_per_s:.0f}  (target {res.target_rate:g}; "
+            f"baseline {res.baseline_events_per_s:.0f}) = {res.implied_payments_per_s:.0f} payments/s "
+            f"at {EVENTS_PER_PAYMENT} events each"
+        ),
         "",
         "  latency ms             p50      p90      p99      max",
     ]
     for name in ("bridge", "baseline", "added", "final (bridge)"):
         row = lat.get(name, {})
         if "p50" in row:
-            lines.append(f"  {name:<20}" + "".join(f"{row[k]:>9.2f}" for k in
-                                                    ("p50", "p90", "p99", "max")))
+            lines.append(
+                f"  {name:<20}" + "".join(f"{row[k]:>9.2f}" for k in ("p50", "p90", "p99", "max"))
+            )
     if res.ratio:
-        lines.append(f"  {'ratio bridge/base':<20}" + "".join(
-            f"{res.ratio.get(k, float('nan')):>9.2f}" for k in ("p50", "p90", "p99", "max")))
+        lines.append(
+            f"  {'ratio bridge/base':<20}"
+            + "".join(
+                f"{res.ratio.get(k, float('nan')):>9.2f}" for k in ("p50", "p90", "p99", "max")
+            )
+        )
     lines += [
         "",
-        (f"  daemon RSS             {res.daemon_rss_before_mb:.1f} MB idle, "
-         f"{res.daemon_rss_streams_mb:.1f} MB with the streams, peak {res.daemon_rss_peak_mb:.1f} MB"
-         f"  -> {res.daemon_kb_per_stream:.1f} KB per stream"),
-        (f"  daemon CPU             {res.daemon_cpu_s_per_1000_events:.3f} s per 1000 events "
-         f"({res.daemon_cpu_utilisation * 100:.0f}% of a core while driven)"),
-        "  CPU while driven       " + ", ".join(
-            f"{k} {v * 100:.0f}%" for k, v in res.cpu_while_driven.items()) + " of a core",
-        (f"  daemon GC pauses       {res.daemon_gc_pauses.get('count', 0):.0f} of 5 ms or more, "
-         f"longest {res.daemon_gc_pauses.get('max_ms', 0):.0f} ms (gc: {s['gc']})"),
+        (
+            f"  daemon RSS             {res.daemon_rss_before_mb:.1f} MB idle, "
+            f"{res.daemon_rss_streams_mb:.1f} MB with the streams, peak {res.daemon_rss_peak_mb:.1f} MB"
+            f"  -> {res.daemon_kb_per_stream:.1f} KB per stream"
+        ),
+        (
+            f"  daemon CPU             {res.daemon_cpu_s_per_1000_events:.3f} s per 1000 events "
+            f"({res.daemon_cpu_utilisation * 100:.0f}% of a core while driven)"
+        ),
+        "  CPU while driven       "
+        + ", ".join(f"{k} {v * 100:.0f}%" for k, v in res.cpu_while_driven.items())
+        + " of a core",
+        (
+            f"  daemon GC pauses       {res.daemon_gc_pauses.get('count', 0):.0f} of 5 ms or more, "
+            f"longest {res.daemon_gc_pauses.get('max_ms', 0):.0f} ms (gc: {s['gc']})"
+        ),
         f"  wall time              {res.wall_seconds:.0f} s",
     ]
     for note in res.notes:
@@ -634,7 +766,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     base = getattr(args, "baseline_duration", None)
     s = Settings(
         transport=getattr(args, "transport", None) or "sse",
-        streams=int(streams), rate=float(rate), duration=float(duration),
+        streams=int(streams),
+        rate=float(rate),
+        duration=float(duration),
         baseline_duration=float(base) if base is not None else min(float(duration), 30.0),
         log_level=getattr(args, "log_level", None) or "info",
         enrich_final=not getattr(args, "no_enrich", False),
@@ -667,7 +801,6 @@ def bench_command(args: argparse.Namespace) -> int:
     else:
         print(table(res))
     return 0 if res.ok else 1
-
 
 
 def faults_command(args: argparse.Namespace) -> int:

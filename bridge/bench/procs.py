@@ -35,7 +35,7 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time used so far (``/proc/PID/stat`` fields 14 and 15)."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 

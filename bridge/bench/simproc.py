@@ -32,5 +32,6 @@ def main() -> None:
     print(f"http://{args.host}:{sock.getsockname()[1]}/v1/json/", flush=True)
     serve_foreground(Simulator(), sock, log_level="warning", access_log=False, backlog=BACKLOG)
 
+
 if __name__ == "__main__":
     main()

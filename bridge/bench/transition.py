@@ -46,19 +46,35 @@ async def measure(url: str, events: int) -> dict[str, float]:
         for i in range(orders):
             oid = f"o{i}"
             t = time.perf_counter()
-            rec = await store.record(oid, lambda st, oid=oid: order_created(
-                order_id=oid, terminal_id=f"T{i % 50}", command_id=oid, amount=100,
-                currency="EUR", session_id=None, now=now), known=None, trust_known=True)
+            rec = await store.record(
+                oid,
+                lambda st, oid=oid: order_created(
+                    order_id=oid,
+                    terminal_id=f"T{i % 50}",
+                    command_id=oid,
+                    amount=100,
+                    currency="EUR",
+                    session_id=None,
+                    now=now,
+                ),
+                known=None,
+                trust_known=True,
+            )
             state = rec.decision.state
             for status in FLOW:
                 obs = Observation(source=Source.STREAM, order_id=oid, status=status)
-                rec = await store.record(oid, lambda st, obs=obs: observe(st, obs, now),
-                                         known=state, trust_known=True)
+                rec = await store.record(
+                    oid, lambda st, obs=obs: observe(st, obs, now), known=state, trust_known=True
+                )
                 state = rec.decision.state
             samples.append((time.perf_counter() - t) / (len(FLOW) + 1))
         transition = statistics.fmean(samples)
-        return {"events": orders * (len(FLOW) + 1), "ping_us": ping * 1e6,
-                "transition_us": transition * 1e6, "ratio": transition / ping}
+        return {
+            "events": orders * (len(FLOW) + 1),
+            "ping_us": ping * 1e6,
+            "transition_us": transition * 1e6,
+            "ratio": transition / ping,
+        }
     finally:
         await client.aclose()
 
@@ -69,9 +85,11 @@ def main() -> None:
     args = parser.parse_args()
     with RedisServer() as server:
         r = anyio.run(measure, server.url, args.events)
-    print(f"events {r['events']:.0f}: PING round trip {r['ping_us']:.1f} us; "
-          f"decide + Lua transition {r['transition_us']:.1f} us/event "
-          f"({r['ratio']:.2f}x the round trip)")
+    print(
+        f"events {r['events']:.0f}: PING round trip {r['ping_us']:.1f} us; "
+        f"decide + Lua transition {r['transition_us']:.1f} us/event "
+        f"({r['ratio']:.2f}x the round trip)"
+    )
 
 
 if __name__ == "__main__":

@@ -130,7 +130,9 @@ def parse_command(raw: str | bytes) -> PayCommand | CancelCommand | RefundComman
     try:
         return _COMMAND_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        raise InvalidCommand(f"invalid {data.get('type') or 'command'}: {_describe(exc)}", data) from exc
+        raise InvalidCommand(
+            f"invalid {data.get('type') or 'command'}: {_describe(exc)}", data
+        ) from exc
 
 
 def command_fingerprint(command: _Command) -> str:

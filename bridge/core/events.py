@@ -104,4 +104,6 @@ _EVENT_NAMESPACE = uuid.UUID("6f1c2d0e-8a4b-4d7e-9b3a-5c0f1e2d3a4b")
 
 def make_event_id(*parts: object) -> str:
     """A deterministic id: the same transition gets the same id on every daemon and channel."""
-    return str(uuid.uuid5(_EVENT_NAMESPACE, "\x1f".join("" if p is None else str(p) for p in parts)))
+    return str(
+        uuid.uuid5(_EVENT_NAMESPACE, "\x1f".join("" if p is None else str(p) for p in parts))
+    )

@@ -102,9 +102,7 @@ def _event(
     error: EventError | None = None,
 ) -> Event:
     return Event(
-        event_id=make_event_id(
-            state.order_id, state.seq, type_, status, state.amount_refunded
-        ),
+        event_id=make_event_id(state.order_id, state.seq, type_, status, state.amount_refunded),
         type=type_,
         terminal_id=state.terminal_id,
         order_id=state.order_id,
@@ -144,7 +142,9 @@ def order_created(
         amount=amount,
         currency=currency,
     )  # no staleness horizon yet: nothing upstream can predate the order
-    return Decision(Verdict.NEW, state, (_event(state, EventType.ORDER_CREATED, Source.BRIDGE, now),))
+    return Decision(
+        Verdict.NEW, state, (_event(state, EventType.ORDER_CREATED, Source.BRIDGE, now),)
+    )
 
 
 def order_failed(

@@ -86,27 +86,50 @@ class Bridge:
         async with AsyncExitStack() as stack:
             redis = connect(cfg.redis.url)
             stack.push_async_callback(redis.aclose)
-            http = await stack.enter_async_context(httpx.AsyncClient(
-                timeout=httpx.Timeout(upstream.request_timeout, connect=upstream.connect_timeout),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-                headers={"User-Agent": "pos-bridge/0.1"},
-            ))
-            store = ops.MeteredEventStore(redis, self.keys, stream_maxlen=cfg.redis.stream_maxlen,
-                               order_ttl=cfg.redis.order_ttl)
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    timeout=httpx.Timeout(
+                        upstream.request_timeout, connect=upstream.connect_timeout
+                    ),
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+                    headers={"User-Agent": "pos-bridge/0.1"},
+                )
+            )
+            store = ops.MeteredEventStore(
+                redis,
+                self.keys,
+                stream_maxlen=cfg.redis.stream_maxlen,
+                order_ttl=cfg.redis.order_ttl,
+            )
             ctx = SessionContext(
-                api=MultiSafepayApi(http, upstream.api_base_url, api_key_in=upstream.api_key_in,
-                                    request_timeout=upstream.request_timeout),
-                stream_clients=tuple([
-                    await stack.enter_async_context(httpx.AsyncClient(
-                        timeout=httpx.Timeout(upstream.request_timeout, connect=upstream.connect_timeout),
-                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
-                        headers={"User-Agent": "pos-bridge/0.1"},
-                    )) for _ in range(STREAM_POOLS)
-                ]),
+                api=MultiSafepayApi(
+                    http,
+                    upstream.api_base_url,
+                    api_key_in=upstream.api_key_in,
+                    request_timeout=upstream.request_timeout,
+                ),
+                stream_clients=tuple(
+                    [
+                        await stack.enter_async_context(
+                            httpx.AsyncClient(
+                                timeout=httpx.Timeout(
+                                    upstream.request_timeout, connect=upstream.connect_timeout
+                                ),
+                                limits=httpx.Limits(
+                                    max_connections=None, max_keepalive_connections=0
+                                ),
+                                headers={"User-Agent": "pos-bridge/0.1"},
+                            )
+                        )
+                        for _ in range(STREAM_POOLS)
+                    ]
+                ),
                 store=store,
                 registry=SessionRegistry(redis, self.keys, ttl=cfg.redis.order_ttl),
                 upstream=upstream,
-                leases=Leases(redis, self.keys, cfg.daemon.lease_ttl, cfg.redis.effective_consumer_name),
+                leases=Leases(
+                    redis, self.keys, cfg.daemon.lease_ttl, cfg.redis.effective_consumer_name
+                ),
                 redis_waiters=RedisWaiters(metrics.REDIS_WAITING.set),
             )
             self._api = ctx.api
@@ -124,7 +147,11 @@ class Bridge:
         log.info("daemon.stopped")
 
     async def _serve(
-        self, servers: TaskGroup, redis: Redis, ctx: SessionContext, sessions: Sessions,
+        self,
+        servers: TaskGroup,
+        redis: Redis,
+        ctx: SessionContext,
+        sessions: Sessions,
         task_status: TaskStatus[Any],
     ) -> None:
         """Take commands until asked to stop, then let the sessions drain or hand them over."""
@@ -137,17 +164,27 @@ class Bridge:
         self.ops = ops.Operations(self, redis)
         await self.ops.start(servers, self._servers_stop)
         self.intake = CommandIntake(
-            redis, self.keys, cfg.redis.effective_consumer_name, handlers.handle,
-            claim_idle=cfg.redis.command_claim_idle, commands_maxlen=cfg.redis.commands_maxlen,
-            max_in_flight=cfg.daemon.max_in_flight, waiters=ctx.redis_waiters,
+            redis,
+            self.keys,
+            cfg.redis.effective_consumer_name,
+            handlers.handle,
+            claim_idle=cfg.redis.command_claim_idle,
+            commands_maxlen=cfg.redis.commands_maxlen,
+            max_in_flight=cfg.daemon.max_in_flight,
+            waiters=ctx.redis_waiters,
         )
         with anyio.move_on_after(cfg.multisafepay.request_timeout):
             await self.directory.discover(ctx.api)  # before commands: they may name its terminals
         resumed = await self._resume(sessions)
         sessions.keep_leases(cfg.daemon.lease_ttl / 3)
         sessions.watch_orphans(cfg.daemon.lease_ttl / 3, until=self._stop)
-        log.info("daemon.started", resumed_sessions=resumed, redis=cfg.redis.masked_url,
-                 api=cfg.multisafepay.api_base_url, consumer=cfg.redis.effective_consumer_name)
+        log.info(
+            "daemon.started",
+            resumed_sessions=resumed,
+            redis=cfg.redis.masked_url,
+            api=cfg.multisafepay.api_base_url,
+            consumer=cfg.redis.effective_consumer_name,
+        )
         task_status.started()
         self.ops.ready()
         await self.intake.run(self._stop)
@@ -157,8 +194,11 @@ class Bridge:
                 log.info("daemon.draining", sessions=len(sessions.running), grace_s=grace)
             await sessions.wait_idle()
         if sessions.running:
-            log.info("daemon.handing_over", sessions=len(sessions.running),
-                     note="leases released: another daemon, or the next start, continues them")
+            log.info(
+                "daemon.handing_over",
+                sessions=len(sessions.running),
+                note="leases released: another daemon, or the next start, continues them",
+            )
 
     async def _rediscover(self, api: MultiSafepayApi) -> None:
         """Discovery again every few minutes: terminals come and go, and a failed listing is
@@ -174,14 +214,21 @@ class Bridge:
         try:
             sock = asgi.bind(hook.host, hook.port)
         except OSError as exc:
-            raise UserError(f"webhook: cannot listen on {hook.listen}: {exc.strerror or exc}") from exc
+            raise UserError(
+                f"webhook: cannot listen on {hook.listen}: {exc.strerror or exc}"
+            ) from exc
         receiver = WebhookReceiver(
-            lambda: self.config, ctx, sessions.nudge,
+            lambda: self.config,
+            ctx,
+            sessions.nudge,
             count=lambda result: metrics.WEBHOOKS.labels(result).inc(),
         )
         tg.start_soon(asgi.serve, receiver.app(), sock, self._servers_stop)
-        log.info("webhook.listening", listen=hook.listen,
-                 paths=[hook.route(g.name) for g in self.config.multisafepay.terminal_groups])
+        log.info(
+            "webhook.listening",
+            listen=hook.listen,
+            paths=[hook.route(g.name) for g in self.config.multisafepay.terminal_groups],
+        )
 
     async def _resume(self, sessions: Sessions) -> int:
         from redis.exceptions import RedisError
@@ -189,7 +236,9 @@ class Bridge:
         try:
             return await sessions.adopt_orphans()
         except RedisError as exc:
-            log.error("daemon.resume_failed", error=str(exc), note="sessions resumed when Redis is back")
+            log.error(
+                "daemon.resume_failed", error=str(exc), note="sessions resumed when Redis is back"
+            )
             return 0
 
     async def _watch_signals(self, root: TaskGroup) -> None:

@@ -31,7 +31,11 @@ async def serve(app: Any, sock: socket.socket, stop: anyio.Event) -> None:
     """Serve ``app`` on the bound ``sock`` until ``stop`` is set, then shut down gracefully
     (in-flight requests get ``timeout_graceful_shutdown`` seconds)."""
     config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="off", server_header=False,
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
         timeout_graceful_shutdown=2,
     )
     server = _QuietServer(config)

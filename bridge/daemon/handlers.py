@@ -29,7 +29,15 @@ from bridge.core.commands import (
 )
 from bridge.core.events import ErrorCode, Event, EventError, EventType, Source, make_event_id
 from bridge.core.normalize import MalformedPayload, canonical_terminal_id, from_order
-from bridge.core.state import Decision, OrderState, Verdict, observe, order_created, order_failed, utcnow
+from bridge.core.state import (
+    Decision,
+    OrderState,
+    Verdict,
+    observe,
+    order_created,
+    order_failed,
+    utcnow,
+)
 from bridge.daemon.intake import LeaveUnacknowledged
 from bridge.daemon.sessions import record_found_order
 from bridge.multisafepay.api import ApiError, CreatedOrder
@@ -117,14 +125,19 @@ class CommandHandlers:
         age = time.time() - int(entry_id.split("-")[0]) / 1000
         if age > COMMAND_MAX_AGE and isinstance(command, PayCommand):
             await self._pay_failed(
-                command, command_id, command.order_id or derive_order_id(command_id),
+                command,
+                command_id,
+                command.order_id or derive_order_id(command_id),
                 ErrorCode.INVALID_COMMAND,
                 f"command waited {age:.0f} s in the queue (more than {COMMAND_MAX_AGE:.0f} s): not started",
             )
             return
         bound = log.bind(command_id=command_id, terminal_id=command.terminal, type=command.type)
-        bound.info("command.received", order_id=getattr(command, "order_id", None)
-                   or (derive_order_id(command_id) if isinstance(command, PayCommand) else None))
+        bound.info(
+            "command.received",
+            order_id=getattr(command, "order_id", None)
+            or (derive_order_id(command_id) if isinstance(command, PayCommand) else None),
+        )
         if not await self._claim_command_id(command, command_id):
             return
         if isinstance(command, PayCommand):
@@ -156,7 +169,9 @@ class CommandHandlers:
         if previous is None or previous == fingerprint:
             return True
         await self._command_failed(
-            command.terminal, command_id, getattr(command, "order_id", None),  # type: ignore[attr-defined]
+            command.terminal,
+            command_id,
+            getattr(command, "order_id", None),  # type: ignore[attr-defined]
             ErrorCode.INVALID_COMMAND,
             f"command_id {command_id} was already used for a different command",
             once=f"{command_id}:{fingerprint[:16]}",
@@ -172,23 +187,38 @@ class CommandHandlers:
             return
         if exc.command_type == "pay":
             order_id = exc.order_id or derive_order_id(command_id)
-            await self._fail_order(exc.terminal_id, command_id, order_id, None, None,
-                                   ErrorCode.INVALID_COMMAND, exc.message)
+            await self._fail_order(
+                exc.terminal_id,
+                command_id,
+                order_id,
+                None,
+                None,
+                ErrorCode.INVALID_COMMAND,
+                exc.message,
+            )
         else:
-            await self._command_failed(exc.terminal_id, command_id, exc.order_id,
-                                       ErrorCode.INVALID_COMMAND, exc.message)
+            await self._command_failed(
+                exc.terminal_id, command_id, exc.order_id, ErrorCode.INVALID_COMMAND, exc.message
+            )
 
     async def _dead_letter(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
         log.error("command.dead", entry_id=entry_id, reason=reason)
         await self.redis.xadd(
             self.keys.commands_dead,
             {**{k: v[:4096] for k, v in fields.items()}, "entry_id": entry_id, "error": reason},
-            maxlen=10_000, approximate=True,
+            maxlen=10_000,
+            approximate=True,
         )
 
     async def _command_failed(
-        self, terminal: str, command_id: str, order_id: str | None, code: ErrorCode, message: str,
-        *, once: str | None = None,
+        self,
+        terminal: str,
+        command_id: str,
+        order_id: str | None,
+        code: ErrorCode,
+        message: str,
+        *,
+        once: str | None = None,
     ) -> None:
         event = Event(
             event_id=make_event_id(command_id, EventType.COMMAND_FAILED, code),
@@ -202,34 +232,74 @@ class CommandHandlers:
         )
         marker = self.keys.command_record(once or command_id) + ":failed"
         await self.ctx.store.announce(event, marker)
-        log.warning("command.failed", command_id=command_id, terminal_id=event.terminal_id,
-                    order_id=order_id, code=code, message=message)
+        log.warning(
+            "command.failed",
+            command_id=command_id,
+            terminal_id=event.terminal_id,
+            order_id=order_id,
+            code=code,
+            message=message,
+        )
 
     async def _fail_order(
-        self, terminal: str, command_id: str, order_id: str, amount: int | None,
-        currency: str | None, code: ErrorCode, message: str,
+        self,
+        terminal: str,
+        command_id: str,
+        order_id: str,
+        amount: int | None,
+        currency: str | None,
+        code: ErrorCode,
+        message: str,
     ) -> None:
         """``order.failed`` for a pay that never became a payment, unless the order id belongs
         to another command's order: that one must not be touched (``command.failed``)."""
+
         def decide(state: OrderState | None) -> Decision:
             if state is not None and state.command_id != command_id:
                 return Decision(Verdict.CONFLICT, state)
-            return order_failed(state, order_id=order_id, terminal_id=terminal, command_id=command_id,
-                                amount=amount, currency=currency, code=code, message=message, now=utcnow())
+            return order_failed(
+                state,
+                order_id=order_id,
+                terminal_id=terminal,
+                command_id=command_id,
+                amount=amount,
+                currency=currency,
+                code=code,
+                message=message,
+                now=utcnow(),
+            )
 
         recorded = await self.ctx.store.record(order_id, decide)
         if recorded.decision.verdict is Verdict.CONFLICT:
-            await self._command_failed(terminal, command_id, order_id, ErrorCode.DUPLICATE_ORDER_ID,
-                                       f"order id {order_id} belongs to another payment")
+            await self._command_failed(
+                terminal,
+                command_id,
+                order_id,
+                ErrorCode.DUPLICATE_ORDER_ID,
+                f"order id {order_id} belongs to another payment",
+            )
             return
-        log.warning("order.failed", command_id=command_id, terminal_id=canonical_terminal_id(terminal),
-                    order_id=order_id, code=code, message=message)
+        log.warning(
+            "order.failed",
+            command_id=command_id,
+            terminal_id=canonical_terminal_id(terminal),
+            order_id=order_id,
+            code=code,
+            message=message,
+        )
 
     async def _pay_failed(
         self, command: PayCommand, command_id: str, order_id: str, code: ErrorCode, message: str
     ) -> None:
-        await self._fail_order(command.terminal_id, command_id, order_id, command.amount,
-                               command.currency, code, message)
+        await self._fail_order(
+            command.terminal_id,
+            command_id,
+            order_id,
+            command.amount,
+            command.currency,
+            code,
+            message,
+        )
 
     # -- pay ------------------------------------------------------------------------------------
 
@@ -243,8 +313,13 @@ class CommandHandlers:
         """``_route``, or a ``command.failed`` (``unknown_terminal``) to ``answer_to``."""
         route = self._route(terminal_id)
         if route is None:
-            await self._command_failed(answer_to, command_id, order_id, ErrorCode.UNKNOWN_TERMINAL,
-                                       f"terminal {canonical_terminal_id(terminal_id)} is in no configured terminal group")
+            await self._command_failed(
+                answer_to,
+                command_id,
+                order_id,
+                ErrorCode.UNKNOWN_TERMINAL,
+                f"terminal {canonical_terminal_id(terminal_id)} is in no configured terminal group",
+            )
         return route
 
     async def pay(self, command: PayCommand, command_id: str) -> None:
@@ -257,27 +332,46 @@ class CommandHandlers:
                     if record is not None:
                         await self._start_session(record, state, None)
                 return
-            await self._command_failed(command.terminal, command_id, order_id, ErrorCode.DUPLICATE_ORDER_ID,
-                                       f"order id {order_id} is already used by another payment")
+            await self._command_failed(
+                command.terminal,
+                command_id,
+                order_id,
+                ErrorCode.DUPLICATE_ORDER_ID,
+                f"order id {order_id} is already used by another payment",
+            )
             return
         route = self._route(command.terminal_id)
         if route is None:
-            await self._pay_failed(command, command_id, order_id, ErrorCode.UNKNOWN_TERMINAL,
-                                   f"terminal {command.terminal} is in no configured terminal group")
+            await self._pay_failed(
+                command,
+                command_id,
+                order_id,
+                ErrorCode.UNKNOWN_TERMINAL,
+                f"terminal {command.terminal} is in no configured terminal group",
+            )
             return
         group, upstream_terminal = route
         busy_with = await self._busy_with(command.terminal, order_id)
         if busy_with:
-            await self._pay_failed(command, command_id, order_id, ErrorCode.TERMINAL_BUSY,
-                                   f"terminal {command.terminal} is busy with order {busy_with}")
+            await self._pay_failed(
+                command,
+                command_id,
+                order_id,
+                ErrorCode.TERMINAL_BUSY,
+                f"terminal {command.terminal} is busy with order {busy_with}",
+            )
             return
         fence = await self.ctx.leases.acquire(order_id)
         if fence is None:  # another daemon holds this very order (the same command, replayed)
             raise LeaveUnacknowledged(f"order {order_id} is being handled by another daemon")
         now = time.time()
         record = SessionRecord(
-            order_id=order_id, terminal_id=upstream_terminal, group=group.name, command_id=command_id,
-            created_at=now, deadline=now + self.config.multisafepay.max_payment_age,
+            order_id=order_id,
+            terminal_id=upstream_terminal,
+            group=group.name,
+            command_id=command_id,
+            created_at=now,
+            deadline=now + self.config.multisafepay.max_payment_age,
         )
         await self.ctx.registry.save(record)  # the intent, before anything happens upstream
         try:
@@ -288,27 +382,57 @@ class CommandHandlers:
             await self.ctx.leases.release(order_id, fence)
             return
         except OutcomeUnknown as exc:
-            log.error("order.unknown", order_id=order_id, command_id=command_id, error=str(exc),
-                      note="left unacknowledged; retried later")
+            log.error(
+                "order.unknown",
+                order_id=order_id,
+                command_id=command_id,
+                error=str(exc),
+                note="left unacknowledged; retried later",
+            )
             await self.ctx.leases.release(order_id, fence)  # whoever adopts it asks GET again
             raise
         # The payment exists upstream: from here nothing may be lost to a Redis outage.
         waiters = self.ctx.redis_waiters
         if isinstance(outcome, CreatedOrder):
             record = record.with_changes(
-                created=True, session_id=outcome.session_id, events_token=outcome.events_token,
-                events_stream_url=outcome.events_stream_url, events_url=outcome.events_url,
+                created=True,
+                session_id=outcome.session_id,
+                events_token=outcome.events_token,
+                events_stream_url=outcome.events_stream_url,
+                events_url=outcome.events_url,
             )
         else:  # found by GET after an uncertain create: no token, so the session polls
             record = record.with_changes(created=True, session_id=outcome.get("session_id"))
         await waiters.call(lambda: self.ctx.registry.save(record), what="a created order")
-        created = await waiters.call(lambda: self.ctx.store.record(order_id, lambda st: order_created(
-            order_id=order_id, terminal_id=command.terminal_id, command_id=command_id,
-            amount=command.amount, currency=command.currency, session_id=record.session_id, now=utcnow(),
-        ) if st is None else Decision(Verdict.DUPLICATE, st), fence=fence), what="a created order")
+        created = await waiters.call(
+            lambda: self.ctx.store.record(
+                order_id,
+                lambda st: (
+                    order_created(
+                        order_id=order_id,
+                        terminal_id=command.terminal_id,
+                        command_id=command_id,
+                        amount=command.amount,
+                        currency=command.currency,
+                        session_id=record.session_id,
+                        now=utcnow(),
+                    )
+                    if st is None
+                    else Decision(Verdict.DUPLICATE, st)
+                ),
+                fence=fence,
+            ),
+            what="a created order",
+        )
         state = created.decision.state
-        log.info("order.created", order_id=order_id, command_id=command_id, terminal_id=command.terminal,
-                 amount=command.amount, group=group.name)
+        log.info(
+            "order.created",
+            order_id=order_id,
+            command_id=command_id,
+            terminal_id=command.terminal,
+            amount=command.amount,
+            group=group.name,
+        )
         if not isinstance(outcome, CreatedOrder):
             state = await record_found_order(self.ctx, record, outcome) or state
         await self._start_session(record, state, fence)
@@ -339,20 +463,35 @@ class CommandHandlers:
                     return found
             try:
                 return await api.create_order(
-                    key, order_id=order_id, terminal_id=terminal, amount=command.amount,
-                    currency=command.currency, description=command.description,
+                    key,
+                    order_id=order_id,
+                    terminal_id=terminal,
+                    amount=command.amount,
+                    currency=command.currency,
+                    description=command.description,
                     notification_url=self.config.webhook.notification_url(group.name),
                 )
             except ApiError as exc:
-                if exc.http_status == 409 or (uncertain and exc.http_status is not None and exc.http_status < 500):
+                if exc.http_status == 409 or (
+                    uncertain and exc.http_status is not None and exc.http_status < 500
+                ):
                     # refused as busy or duplicate: if our earlier attempt made it, GET finds it
                     found = await self._find(order_id, key)
                     if found is not None:
                         return found
-                if exc.maybe_done or exc.http_status == 429 or exc.code is ErrorCode.UPSTREAM_UNAVAILABLE:
+                if (
+                    exc.maybe_done
+                    or exc.http_status == 429
+                    or exc.code is ErrorCode.UPSTREAM_UNAVAILABLE
+                ):
                     uncertain = uncertain or exc.maybe_done
-                    log.warning("order.create_retry", order_id=order_id, attempt=attempt + 1,
-                                error=exc.message, uncertain=uncertain)
+                    log.warning(
+                        "order.create_retry",
+                        order_id=order_id,
+                        attempt=attempt + 1,
+                        error=exc.message,
+                        uncertain=uncertain,
+                    )
                     metrics.UPSTREAM_ERRORS.labels("create_retry").inc()
                     if attempt + 1 < attempts:
                         await anyio.sleep(backoff.next())
@@ -361,7 +500,10 @@ class CommandHandlers:
                         found = await self._find(order_id, key)
                         if found is not None:
                             return found
-                    raise PayFailed(ErrorCode.UPSTREAM_UNAVAILABLE, f"MultiSafepay did not create the order: {exc.message}") from exc
+                    raise PayFailed(
+                        ErrorCode.UPSTREAM_UNAVAILABLE,
+                        f"MultiSafepay did not create the order: {exc.message}",
+                    ) from exc
                 raise PayFailed(_create_refusal(exc), exc.message) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -386,26 +528,40 @@ class CommandHandlers:
         state = await self.ctx.store.load(order_id)
         if state is None:
             # The pay may still be on its way (commands are handled concurrently): remember.
-            await self.redis.set(self.keys.pending_cancel(order_id), command_id,
-                                 ex=int(self.config.multisafepay.max_payment_age))
+            await self.redis.set(
+                self.keys.pending_cancel(order_id),
+                command_id,
+                ex=int(self.config.multisafepay.max_payment_age),
+            )
             log.info("cancel.remembered", order_id=order_id, command_id=command_id)
             return
         if state.final:
-            await self._command_failed(command.terminal, command_id, order_id, ErrorCode.NOT_CANCELLABLE,
-                                       f"order {order_id} is already {state.status or 'failed'}")
+            await self._command_failed(
+                command.terminal,
+                command_id,
+                order_id,
+                ErrorCode.NOT_CANCELLABLE,
+                f"order {order_id} is already {state.status or 'failed'}",
+            )
             return
         route = await self._route_or_fail(state.terminal_id, command.terminal, command_id, order_id)
         if route is None:
             return
         await self._cancel_upstream(command.terminal, command_id, order_id, route[0])
 
-    async def _cancel_upstream(self, terminal: str, command_id: str, order_id: str, group: TerminalGroup) -> None:
+    async def _cancel_upstream(
+        self, terminal: str, command_id: str, order_id: str, group: TerminalGroup
+    ) -> None:
         key = group.key.get_secret_value()
         try:
             await self.ctx.api.cancel_order(key, order_id)
         except ApiError as exc:
-            code = exc.code if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.UNAUTHORIZED,
-                                             ErrorCode.UPSTREAM_UNAVAILABLE) else ErrorCode.NOT_CANCELLABLE
+            code = (
+                exc.code
+                if exc.code
+                in (ErrorCode.NOT_FOUND, ErrorCode.UNAUTHORIZED, ErrorCode.UPSTREAM_UNAVAILABLE)
+                else ErrorCode.NOT_CANCELLABLE
+            )
             await self._command_failed(terminal, command_id, order_id, code, exc.message)
             return
         log.info("order.cancel_requested", order_id=order_id, command_id=command_id)
@@ -415,11 +571,15 @@ class CommandHandlers:
         """Publish what ``GET`` says now (the outcome of a cancel or refund, confirmed)."""
         as_of = utcnow()
         try:
-            obs = from_order(await self.ctx.api.get_order(key, order_id), Source.POLL, self.ctx.tz, as_of=as_of)
+            obs = from_order(
+                await self.ctx.api.get_order(key, order_id), Source.POLL, self.ctx.tz, as_of=as_of
+            )
         except (ApiError, MalformedPayload) as exc:
             log.warning("order.confirm_failed", order_id=order_id, error=str(exc))
             return
-        await self.ctx.store.record(order_id, lambda st: observe(st, obs, utcnow(), terminal_id=terminal))
+        await self.ctx.store.record(
+            order_id, lambda st: observe(st, obs, utcnow(), terminal_id=terminal)
+        )
 
     async def refund(self, command: RefundCommand, command_id: str) -> None:
         """Refund (part of) a completed order. Upstream's own numbers (``GET``) decide what
@@ -433,48 +593,76 @@ class CommandHandlers:
         if route is None:
             return
         if state is not None and state.status != "completed":
-            await self._command_failed(command.terminal, command_id, order_id, ErrorCode.NOT_REFUNDABLE,
-                                       f"order {order_id} is {state.status or 'failed'}, not completed")
+            await self._command_failed(
+                command.terminal,
+                command_id,
+                order_id,
+                ErrorCode.NOT_REFUNDABLE,
+                f"order {order_id} is {state.status or 'failed'}, not completed",
+            )
             return
         key = route[0].key.get_secret_value()
         terminal = state.terminal_id if state else command.terminal_id
         try:
             order = await self.ctx.api.get_order(key, order_id)
         except ApiError as exc:
-            await self._command_failed(command.terminal, command_id, order_id, _refund_refusal(exc), exc.message)
+            await self._command_failed(
+                command.terminal, command_id, order_id, _refund_refusal(exc), exc.message
+            )
             return
         charged, refunded = order.get("amount"), order.get("amount_refunded") or 0
         upstream_status = str(order.get("status") or "").lower()
-        if upstream_status not in ("completed", "partial_refunded", "refunded") or not isinstance(charged, int) \
-                or not isinstance(refunded, int):
-            await self._command_failed(command.terminal, command_id, order_id, ErrorCode.NOT_REFUNDABLE,
-                                       f"order {order_id} is {upstream_status or 'unknown'}, not completed")
+        if (
+            upstream_status not in ("completed", "partial_refunded", "refunded")
+            or not isinstance(charged, int)
+            or not isinstance(refunded, int)
+        ):
+            await self._command_failed(
+                command.terminal,
+                command_id,
+                order_id,
+                ErrorCode.NOT_REFUNDABLE,
+                f"order {order_id} is {upstream_status or 'unknown'}, not completed",
+            )
             return
         marker = self.keys.command_record(command_id) + ":refund"
         before = await self.redis.set(marker, refunded, nx=True, ex=int(self._ttl), get=True)
         if before is not None and refunded > int(before):
-            log.info("refund.replay", order_id=order_id, command_id=command_id,
-                     note="already refunded; confirming only")
+            log.info(
+                "refund.replay",
+                order_id=order_id,
+                command_id=command_id,
+                note="already refunded; confirming only",
+            )
             await self._confirm(order_id, key, terminal)
             return
         remaining = charged - refunded
         amount = command.amount if command.amount is not None else remaining
         if remaining <= 0 or amount > remaining:
-            await self._command_failed(command.terminal, command_id, order_id, ErrorCode.NOT_REFUNDABLE,
-                                       f"order {order_id}: {remaining} cents remain to refund, not {amount}"
-                                       if remaining > 0 else f"order {order_id} is already fully refunded")
+            await self._command_failed(
+                command.terminal,
+                command_id,
+                order_id,
+                ErrorCode.NOT_REFUNDABLE,
+                f"order {order_id}: {remaining} cents remain to refund, not {amount}"
+                if remaining > 0
+                else f"order {order_id} is already fully refunded",
+            )
             return
         currency = str(order.get("currency") or (state.currency if state else None) or "EUR")
         try:
-            await self.ctx.api.refund_order(key, order_id, amount=amount, currency=currency,
-                                            description=command.description)
+            await self.ctx.api.refund_order(
+                key, order_id, amount=amount, currency=currency, description=command.description
+            )
         except ApiError as exc:
             if exc.maybe_done:  # it may have happened: GET tells, and publishes it if so
                 await self._confirm(order_id, key, terminal)
                 after = await self.ctx.store.load(order_id)
                 if after is not None and after.amount_refunded > refunded:
                     return
-            await self._command_failed(command.terminal, command_id, order_id, _refund_refusal(exc), exc.message)
+            await self._command_failed(
+                command.terminal, command_id, order_id, _refund_refusal(exc), exc.message
+            )
             return
         log.info("order.refund_requested", order_id=order_id, command_id=command_id, amount=amount)
         await self._confirm(order_id, key, terminal)
@@ -486,10 +674,17 @@ class CommandHandlers:
         upstream = self.config.multisafepay
         for url in (command.events_stream_url, command.events_url):
             if url and not upstream.allows_events_host(urlsplit(url).hostname):
-                await self._command_failed(command.terminal, command_id, order_id, ErrorCode.INVALID_COMMAND,
-                                           f"events host {urlsplit(url).hostname} is not in events_hosts")
+                await self._command_failed(
+                    command.terminal,
+                    command_id,
+                    order_id,
+                    ErrorCode.INVALID_COMMAND,
+                    f"events host {urlsplit(url).hostname} is not in events_hosts",
+                )
                 return
-        route = await self._route_or_fail(command.terminal_id, command.terminal, command_id, order_id)
+        route = await self._route_or_fail(
+            command.terminal_id, command.terminal, command_id, order_id
+        )
         if route is None:
             return
         state = await self.ctx.store.load(order_id)
@@ -497,11 +692,20 @@ class CommandHandlers:
             return  # already followed, or already over
         now = time.time()
         record = SessionRecord(
-            order_id=order_id, terminal_id=route[1], group=route[0].name, command_id=command_id,
-            created_at=now, deadline=now + upstream.max_payment_age, created=True, cancel_when_late=False,
+            order_id=order_id,
+            terminal_id=route[1],
+            group=route[0].name,
+            command_id=command_id,
+            created_at=now,
+            deadline=now + upstream.max_payment_age,
+            created=True,
+            cancel_when_late=False,
             events_token=command.events_token.get_secret_value(),
-            events_stream_url=command.events_stream_url, events_url=command.events_url,
+            events_stream_url=command.events_stream_url,
+            events_url=command.events_url,
         )
         await self.ctx.registry.save(record)
-        log.info("order.watch", order_id=order_id, command_id=command_id, terminal_id=command.terminal)
+        log.info(
+            "order.watch", order_id=order_id, command_id=command_id, terminal_id=command.terminal
+        )
         await self._start_session(record, state, None)

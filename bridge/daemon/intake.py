@@ -23,7 +23,6 @@ from bridge.redis.outage import RedisWaiters
 log = structlog.get_logger("bridge.intake")
 
 
-
 class LeaveUnacknowledged(Exception):
     """Raised by a handler that could not finish a command: it is read again later."""
 
@@ -61,7 +60,9 @@ class CommandIntake:
     async def ensure_group(self) -> None:
         try:
             # From id 0: commands written before any daemon ever ran are still done.
-            await self._client.xgroup_create(self._keys.commands, COMMANDS_GROUP, id="0", mkstream=True)
+            await self._client.xgroup_create(
+                self._keys.commands, COMMANDS_GROUP, id="0", mkstream=True
+            )
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -81,14 +82,18 @@ class CommandIntake:
                     if anyio.current_time() - last_claim > 10:
                         last_claim = anyio.current_time()
                         entries += await self._claim_abandoned()
-                        await self._client.xtrim(self._keys.commands, maxlen=self._maxlen, approximate=True)
+                        await self._client.xtrim(
+                            self._keys.commands, maxlen=self._maxlen, approximate=True
+                        )
                     if waiting:
                         waiting = False
                         self._waiters.leave()
                         backoff.reset()
                 except RedisError as exc:
                     self.reading = False
-                    if "NOGROUP" in str(exc):  # Redis came back empty (no persistence): recreate the group
+                    if "NOGROUP" in str(
+                        exc
+                    ):  # Redis came back empty (no persistence): recreate the group
                         backlog = True
                     if not waiting:
                         waiting = True
@@ -109,8 +114,11 @@ class CommandIntake:
     async def _read(self, backlog: bool) -> list[tuple[str, dict[str, str]]]:
         start = self._backlog_from if backlog else ">"
         reply = await self._client.xreadgroup(
-            COMMANDS_GROUP, self._consumer, {self._keys.commands: start},
-            count=_BATCH, block=None if backlog else _READ_BLOCK_MS,
+            COMMANDS_GROUP,
+            self._consumer,
+            {self._keys.commands: start},
+            count=_BATCH,
+            block=None if backlog else _READ_BLOCK_MS,
         )
         if not reply:
             return []
@@ -119,11 +127,17 @@ class CommandIntake:
 
     async def _claim_abandoned(self) -> list[tuple[str, dict[str, str]]]:
         _next, claimed, _deleted = await self._client.xautoclaim(
-            self._keys.commands, COMMANDS_GROUP, self._consumer,
-            min_idle_time=self._claim_idle_ms, start_id="0-0", count=_BATCH,
+            self._keys.commands,
+            COMMANDS_GROUP,
+            self._consumer,
+            min_idle_time=self._claim_idle_ms,
+            start_id="0-0",
+            count=_BATCH,
         )
         if claimed:
-            log.warning("intake.claimed", count=len(claimed), note="commands of a consumer that stopped")
+            log.warning(
+                "intake.claimed", count=len(claimed), note="commands of a consumer that stopped"
+            )
         return [(eid, fields) for eid, fields in claimed if fields is not None]
 
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:

@@ -13,7 +13,6 @@ from bridge.daemon.app import Bridge
 from bridge.errors import UserError
 from bridge.logs import configure_logging
 
-
 #: Garbage collector thresholds for a daemon holding thousands of sessions: with the defaults
 #: (700, 10, 10) full collections of the sessions' heap ran every ~2 s and took 80-440 ms at
 #: 1,000 streams and 1,000 events/s, the whole latency tail; with these, p99 of the added

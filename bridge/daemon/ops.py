@@ -73,8 +73,14 @@ class MeteredEventStore(EventStore):
 class RedisProbe:
     """Is Redis reachable? A ``PING`` every ``interval`` seconds, bounded by ``timeout``."""
 
-    def __init__(self, redis: Redis, commands_key: str, *, interval: float = PROBE_INTERVAL,
-                 timeout: float = PROBE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        commands_key: str,
+        *,
+        interval: float = PROBE_INTERVAL,
+        timeout: float = PROBE_TIMEOUT,
+    ) -> None:
         self._redis = redis
         self._commands_key = commands_key
         self.interval = interval
@@ -124,8 +130,14 @@ class RedisProbe:
 class Operations:
     """Health, readiness, metrics and systemd notifications of one running ``Bridge``."""
 
-    def __init__(self, bridge: Bridge, redis: Redis, *, environ: Mapping[str, str] | None = None,
-                 probe_interval: float = PROBE_INTERVAL) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        redis: Redis,
+        *,
+        environ: Mapping[str, str] | None = None,
+        probe_interval: float = PROBE_INTERVAL,
+    ) -> None:
         self.bridge = bridge
         self.probe = RedisProbe(redis, bridge.keys.commands, interval=probe_interval)
         self.notifier = Notifier.from_environ(environ)
@@ -177,11 +189,16 @@ class Operations:
             try:
                 sock = asgi.bind(http.host, http.port)
             except OSError as exc:
-                raise UserError(f"http: cannot listen on {http.listen}: {exc.strerror or exc}") from exc
+                raise UserError(
+                    f"http: cannot listen on {http.listen}: {exc.strerror or exc}"
+                ) from exc
             self.port = sock.getsockname()[1]
             tg.start_soon(asgi.serve, self.app(), sock, stop)
-            log.info("http.listening", listen=f"{http.host}:{self.port}",
-                     paths=["/healthz", "/readyz", "/metrics"])
+            log.info(
+                "http.listening",
+                listen=f"{http.host}:{self.port}",
+                paths=["/healthz", "/readyz", "/metrics"],
+            )
         tg.start_soon(self._background, stop)
 
     def ready(self) -> None:
@@ -219,20 +236,28 @@ class Operations:
     def app(self) -> Starlette:
         async def healthz(_request: Request) -> Response:
             # Answered from the event loop: if it answers, the loop is alive.
-            return JSONResponse({"status": "alive", "uptime_s": round(time.time() - self.started_at, 1)})
+            return JSONResponse(
+                {"status": "alive", "uptime_s": round(time.time() - self.started_at, 1)}
+            )
 
         async def readyz(_request: Request) -> Response:
             ready, reason = self.readiness()
-            body: dict[str, Any] = {"ready": ready, "reason": reason,
-                                    "redis": self.probe.ok, "sessions": self.bridge.health()["sessions"]}
+            body: dict[str, Any] = {
+                "ready": ready,
+                "reason": reason,
+                "redis": self.probe.ok,
+                "sessions": self.bridge.health()["sessions"],
+            }
             return JSONResponse(body, status_code=200 if ready else 503)
 
         async def metrics_(_request: Request) -> Response:
             self.refresh_gauges()
             return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
-        return Starlette(routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics_, methods=["GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/healthz", healthz, methods=["GET"]),
+                Route("/readyz", readyz, methods=["GET"]),
+                Route("/metrics", metrics_, methods=["GET"]),
+            ]
+        )

@@ -27,8 +27,8 @@ from bridge.core.state import OrderState, Verdict, observe, utcnow
 from bridge.multisafepay.api import ApiError, MultiSafepayApi
 from bridge.multisafepay.bus import BusProtocol
 from bridge.multisafepay.sse import StreamError, StreamRejected, sse_messages
-from bridge.multisafepay.websocket import bus_messages
 from bridge.multisafepay.tokens import token_expiry
+from bridge.multisafepay.websocket import bus_messages
 from bridge.redis.leases import Leases
 from bridge.redis.outage import RedisWaiters
 from bridge.redis.publisher import EventStore, LeaseLost
@@ -90,7 +90,8 @@ class PaymentSession:
         self.state = state
         self.order_id = record.order_id
         self.log = log.bind(
-            order_id=record.order_id, terminal_id=record.terminal_id.upper(),
+            order_id=record.order_id,
+            terminal_id=record.terminal_id.upper(),
             command_id=record.command_id,
         )
         self._last_news = time.monotonic()
@@ -130,8 +131,9 @@ class PaymentSession:
         if self._lease_lost:
             self.log.warning("session.lease_lost", note="another daemon follows this payment")
             return
-        await self.ctx.redis_waiters.call(lambda: self.ctx.registry.remove(self.order_id),
-                                          what="session end")
+        await self.ctx.redis_waiters.call(
+            lambda: self.ctx.registry.remove(self.order_id), what="session end"
+        )
         self.log.info("session.ended", status=self.state.status if self.state else None)
 
     async def _release_quietly(self) -> None:
@@ -160,8 +162,13 @@ class PaymentSession:
             recorded = await self.ctx.redis_waiters.call(
                 lambda: self.ctx.store.record(
                     self.order_id,
-                    lambda st: observe(st, obs, now, terminal_id=self.record.terminal_id,
-                                       command_id=self.record.command_id),
+                    lambda st: observe(
+                        st,
+                        obs,
+                        now,
+                        terminal_id=self.record.terminal_id,
+                        command_id=self.record.command_id,
+                    ),
                     known=self.state,
                     trust_known=self.state is not None,
                     fence=self.fence,
@@ -174,16 +181,23 @@ class PaymentSession:
         if recorded.stream_ids:
             for event in decision.events:
                 self.log.info(
-                    "order.transition", type=event.type, status=event.status, final=event.final,
+                    "order.transition",
+                    type=event.type,
+                    status=event.status,
+                    final=event.final,
                     source=event.source,
                 )
         elif decision.verdict is Verdict.CONFLICT:
             self.log.error(
-                "upstream.contradiction", status=obs.status, published=self.state and self.state.status,
+                "upstream.contradiction",
+                status=obs.status,
+                published=self.state and self.state.status,
                 source=obs.source,
             )
         else:
-            self.log.debug("upstream.ignored", verdict=decision.verdict, status=obs.status, source=obs.source)
+            self.log.debug(
+                "upstream.ignored", verdict=decision.verdict, status=obs.status, source=obs.source
+            )
         if self.final:
             self._done.set()
         elif waited and obs.source is not Source.POLL:
@@ -201,7 +215,10 @@ class PaymentSession:
                 return obs
             if polled.status == obs.status:
                 return replace(
-                    obs, details=polled.details, amount=polled.amount, currency=polled.currency,
+                    obs,
+                    details=polled.details,
+                    amount=polled.amount,
+                    currency=polled.currency,
                     terminal_id=polled.terminal_id,
                     transaction_id=obs.transaction_id or polled.transaction_id,
                 )
@@ -235,11 +252,14 @@ class PaymentSession:
             self._nudged = anyio.Event()
             self._last_news = time.monotonic()
             state = await self.ctx.redis_waiters.call(
-                lambda: self.ctx.store.load(self.order_id), what="an order's state")
+                lambda: self.ctx.store.load(self.order_id), what="an order's state"
+            )
             if state is not None and (self.state is None or state.seq > self.state.seq):
                 self.state = state
             if self.final:
-                self.log.info("session.final_elsewhere", status=self.state.status if self.state else None)
+                self.log.info(
+                    "session.final_elsewhere", status=self.state.status if self.state else None
+                )
                 self._done.set()
 
     def _transport(self) -> Source | None:
@@ -295,16 +315,23 @@ class PaymentSession:
         if source is Source.WEBSOCKET:
             assert r.events_url
             messages = bus_messages(
-                r.events_url, r.events_token, connect_timeout=upstream.connect_timeout,
-                idle_timeout=upstream.stream_idle_timeout, protocol=self._bus,
+                r.events_url,
+                r.events_token,
+                connect_timeout=upstream.connect_timeout,
+                idle_timeout=upstream.stream_idle_timeout,
+                protocol=self._bus,
                 on_open=self._first_open,
             )
         else:
             assert r.events_stream_url
             messages = sse_messages(
-                self.ctx.stream_client(self.order_id), r.events_stream_url, r.events_token,
-                auth=upstream.events_auth, last_event_id=r.last_event_id,
-                connect_timeout=upstream.connect_timeout, idle_timeout=upstream.stream_idle_timeout,
+                self.ctx.stream_client(self.order_id),
+                r.events_stream_url,
+                r.events_token,
+                auth=upstream.events_auth,
+                last_event_id=r.last_event_id,
+                connect_timeout=upstream.connect_timeout,
+                idle_timeout=upstream.stream_idle_timeout,
                 on_open=self._first_open,
             )
         async with aclosing(messages) as stream:

@@ -44,12 +44,18 @@ async def record_found_order(
         if state is not None:
             return Decision(Verdict.DUPLICATE, state)
         return order_created(
-            order_id=record.order_id, terminal_id=record.terminal_id, command_id=record.command_id,
-            amount=amount or 0, currency=currency or "EUR", session_id=session_id, now=utcnow(),
+            order_id=record.order_id,
+            terminal_id=record.terminal_id,
+            command_id=record.command_id,
+            amount=amount or 0,
+            currency=currency or "EUR",
+            session_id=session_id,
+            now=utcnow(),
         )
 
     recorded = await ctx.redis_waiters.call(
-        lambda: ctx.store.record(record.order_id, created), what="an order created upstream")
+        lambda: ctx.store.record(record.order_id, created), what="an order created upstream"
+    )
     state = recorded.decision.state
     try:
         obs = from_order(data, Source.POLL, ctx.tz)
@@ -58,13 +64,17 @@ async def record_found_order(
         return state
     recorded = await ctx.redis_waiters.call(
         lambda: ctx.store.record(
-            record.order_id, lambda st: observe(st, obs, utcnow(), terminal_id=record.terminal_id)),
-        what="an order created upstream")
+            record.order_id, lambda st: observe(st, obs, utcnow(), terminal_id=record.terminal_id)
+        ),
+        what="an order created upstream",
+    )
     return recorded.decision.state or state
 
 
 class Sessions:
-    def __init__(self, tg: TaskGroup, ctx: SessionContext, key_for: Callable[[str], str | None]) -> None:
+    def __init__(
+        self, tg: TaskGroup, ctx: SessionContext, key_for: Callable[[str], str | None]
+    ) -> None:
         self._tg = tg
         self._ctx = ctx
         self._key_for = key_for
@@ -85,8 +95,12 @@ class Sessions:
             return True
         key = self._key_for(record.group)
         if key is None:
-            log.error("session.no_key", order_id=record.order_id, group=record.group,
-                      note="terminal group no longer configured; session left in the registry")
+            log.error(
+                "session.no_key",
+                order_id=record.order_id,
+                group=record.group,
+                note="terminal group no longer configured; session left in the registry",
+            )
             return False
         if fence is None:
             fence = await self._ctx.leases.acquire(record.order_id)
@@ -157,8 +171,12 @@ class Sessions:
             state = await record_found_order(ctx, record, found)
             record = record.with_changes(created=True)
             await ctx.registry.save(record)
-        log.info("session.adopted", order_id=order_id, terminal_id=record.terminal_id.upper(),
-                 command_id=record.command_id)
+        log.info(
+            "session.adopted",
+            order_id=order_id,
+            terminal_id=record.terminal_id.upper(),
+            command_id=record.command_id,
+        )
         return await self.start(record, state, fence)
 
     async def _find(self, record: SessionRecord) -> dict[str, Any] | None:
@@ -170,8 +188,11 @@ class Sessions:
         except ApiError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 # Never created: the pay command, unacknowledged, is replayed and creates it.
-                log.info("session.intent_dropped", order_id=record.order_id,
-                         note="no order upstream; the pay command is replayed")
+                log.info(
+                    "session.intent_dropped",
+                    order_id=record.order_id,
+                    note="no order upstream; the pay command is replayed",
+                )
                 await self._ctx.registry.remove(record.order_id)
             else:
                 log.warning("session.adopt_deferred", order_id=record.order_id, error=exc.message)

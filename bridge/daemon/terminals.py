@@ -37,7 +37,8 @@ class TerminalDirectory:
         self._groups = {g.name: g for g in config.multisafepay.terminal_groups}
         self._configured = {
             canonical_terminal_id(t): (g.name, t)
-            for g in config.multisafepay.terminal_groups for t in g.terminals
+            for g in config.multisafepay.terminal_groups
+            for t in g.terminals
         }
 
     def route(self, terminal_id: str) -> tuple[TerminalGroup, str] | None:

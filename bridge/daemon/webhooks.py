@@ -76,12 +76,16 @@ class WebhookReceiver:
 
     def app(self) -> Starlette:
         path = self._config().webhook.path.rstrip("/")
-        return Starlette(routes=[
-            Route(f"{path}/{{group}}", self.receive, methods=["POST", "GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route(f"{path}/{{group}}", self.receive, methods=["POST", "GET"]),
+            ]
+        )
 
     def _group(self, name: str) -> TerminalGroup | None:
-        return next((g for g in self._config().multisafepay.terminal_groups if g.name == name), None)
+        return next(
+            (g for g in self._config().multisafepay.terminal_groups if g.name == name), None
+        )
 
     def _answer(self, result: str, http_status: int, text: str, **fields: object) -> Response:
         self._count(result)
@@ -106,30 +110,44 @@ class WebhookReceiver:
             return self._answer("disconnected", 400, "bad request", group=group.name)
         try:
             verify_webhook(
-                raw, request.headers.get("auth"), group.key.get_secret_value(),
-                now=time.time(), max_age=cfg.webhook.max_age,
+                raw,
+                request.headers.get("auth"),
+                group.key.get_secret_value(),
+                now=time.time(),
+                max_age=cfg.webhook.max_age,
                 query_timestamp=request.query_params.get("timestamp"),
             )
         except WebhookRejected as exc:
-            return self._answer("rejected", 401, "unauthorized", group=group.name, reason=exc.reason)
+            return self._answer(
+                "rejected", 401, "unauthorized", group=group.name, reason=exc.reason
+            )
         try:
             obs = from_order(raw, Source.WEBHOOK, cfg.multisafepay.tzinfo)
         except MalformedPayload as exc:
             return self._answer("malformed", 400, "bad request", group=group.name, error=str(exc))
         if order_id and order_id != obs.order_id:
-            return self._answer("malformed", 400, "bad request", group=group.name,
-                                error="transactionid does not match the body's order_id")
+            return self._answer(
+                "malformed",
+                400,
+                "bad request",
+                group=group.name,
+                error="transactionid does not match the body's order_id",
+            )
         return await self._record(group, obs)
 
     async def _fetch_and_record(self, group: TerminalGroup, order_id: str | None) -> Response:
         if not order_id:
-            return self._answer("malformed", 400, "bad request", group=group.name, error="no transactionid")
+            return self._answer(
+                "malformed", 400, "bad request", group=group.name, error="no transactionid"
+            )
         try:
             data = await self._ctx.api.get_order(group.key.get_secret_value(), order_id)
             obs = from_order(data, Source.WEBHOOK, self._ctx.tz, as_of=utcnow())
         except ApiError as exc:
             status = 404 if exc.http_status == 404 else 503
-            return self._answer("fetch_failed", status, "not handled", order_id=order_id, error=exc.message)
+            return self._answer(
+                "fetch_failed", status, "not handled", order_id=order_id, error=exc.message
+            )
         except MalformedPayload as exc:
             return self._answer("malformed", 400, "bad request", order_id=order_id, error=str(exc))
         return await self._record(group, obs)
@@ -170,20 +188,44 @@ class WebhookReceiver:
                 state = await store.load(obs.order_id)
                 record = None if state else await self._ctx.registry.load(obs.order_id)
                 terminal = state.terminal_id if state else (record.terminal_id if record else None)
-            if terminal is not None and group.terminals and terminal.upper() not in group.terminal_ids:
-                log.warning("webhook.foreign_terminal", group=group.name, terminal_id=terminal,
-                            order_id=obs.order_id, note="published on its terminal's channel anyway")
+            if (
+                terminal is not None
+                and group.terminals
+                and terminal.upper() not in group.terminal_ids
+            ):
+                log.warning(
+                    "webhook.foreign_terminal",
+                    group=group.name,
+                    terminal_id=terminal,
+                    order_id=obs.order_id,
+                    note="published on its terminal's channel anyway",
+                )
             now = utcnow()
             recorded = await store.record(
-                obs.order_id, lambda st: observe(st, obs, now, terminal_id=terminal))
+                obs.order_id, lambda st: observe(st, obs, now, terminal_id=terminal)
+            )
         except RedisError as exc:
             # not safely handled: MultiSafepay resends (3 times, 15 minutes apart)
-            return self._answer("redis_unavailable", 503, "try again", order_id=obs.order_id, error=str(exc))
+            return self._answer(
+                "redis_unavailable", 503, "try again", order_id=obs.order_id, error=str(exc)
+            )
         verdict = recorded.decision.verdict
         if verdict is Verdict.UNROUTABLE:
-            return self._answer("unroutable", 200, ACK, order_id=obs.order_id,
-                                note="no terminal known for this order; nothing published")
+            return self._answer(
+                "unroutable",
+                200,
+                ACK,
+                order_id=obs.order_id,
+                note="no terminal known for this order; nothing published",
+            )
         if recorded.stream_ids:
             self._on_recorded(obs.order_id)
-        return self._answer("accepted", 200, ACK, order_id=obs.order_id, order_status=obs.status,
-                            verdict=verdict.value, terminal_id=terminal)
+        return self._answer(
+            "accepted",
+            200,
+            ACK,
+            order_id=obs.order_id,
+            order_status=obs.status,
+            verdict=verdict.value,
+            terminal_id=terminal,
+        )

@@ -91,7 +91,11 @@ class MultiSafepayApi:
             params["api_key"] = api_key
         try:
             response = await self._http.request(
-                method, self._base + path, json=json, params=params or None, headers=headers,
+                method,
+                self._base + path,
+                json=json,
+                params=params or None,
+                headers=headers,
                 timeout=self._timeout,
             )
         except httpx.TimeoutException as exc:
@@ -192,7 +196,9 @@ class MultiSafepayApi:
         data = await self._call("POST", f"orders/{order_id}/refunds", api_key, json=body)
         return data if isinstance(data, dict) else {}
 
-    async def list_terminals(self, api_key: str, group_id: int | None = None) -> list[dict[str, Any]]:
+    async def list_terminals(
+        self, api_key: str, group_id: int | None = None
+    ) -> list[dict[str, Any]]:
         """Every terminal the key sees (of one terminal group, if given), across pages."""
         path = f"terminal-groups/{group_id}/terminals" if group_id else "terminals"
         terminals: list[dict[str, Any]] = []

@@ -274,7 +274,9 @@ class BusProtocol:
             return Malformed("event payload is not an object", _excerpt(text))
         return BusEvent(channel, payload, subscribed=channel in self.subscriptions)
 
-    def _reply(self, kind: Literal["ack", "error"], frame: dict[str, Any], text: str) -> ParseResult:
+    def _reply(
+        self, kind: Literal["ack", "error"], frame: dict[str, Any], text: str
+    ) -> ParseResult:
         reply_id = frame.get("replyId")
         message = _message_of(frame) if kind == "error" else None
         if reply_id is not None and not isinstance(reply_id, str):
@@ -291,8 +293,11 @@ class BusProtocol:
         assert message is not None
         # A refused subscription: the server will not send this channel, so stop wanting it (a
         # reconnect would only be refused again). A later subscribe() asks anew.
-        if (request.type == "subscribe" and request.channel is not None
-                and not self._other_pending_subscribe(request.channel)):
+        if (
+            request.type == "subscribe"
+            and request.channel is not None
+            and not self._other_pending_subscribe(request.channel)
+        ):
             self.subscriptions.pop(request.channel, None)
             self.confirmed.discard(request.channel)
         return Refused(request, message)
@@ -309,4 +314,3 @@ class BusProtocol:
 def _check_channel(channel: str) -> None:
     if not isinstance(channel, str) or not channel:
         raise ValueError("a channel is a non-empty string")
-

@@ -79,7 +79,9 @@ async def sse_messages(
                 raise StreamError(f"stream answered HTTP {status}")
             content_type = response.headers.get("content-type", "").partition(";")[0].strip()
             if content_type != "text/event-stream":
-                raise StreamError(f"stream answered {content_type or 'no content type'}, not text/event-stream")
+                raise StreamError(
+                    f"stream answered {content_type or 'no content type'}, not text/event-stream"
+                )
             if on_open is not None:
                 await on_open()
             lines, alive_at = 0, time.monotonic()

@@ -82,9 +82,9 @@ class SSEDecoder:
                 break
             end = min(ends)
             line = bytes(buf[start:end])
-            if buf[end:end + 1] == b"\r":
+            if buf[end : end + 1] == b"\r":
                 if end + 1 < len(buf):
-                    start = end + 2 if buf[end + 1:end + 2] == b"\n" else end + 1
+                    start = end + 2 if buf[end + 1 : end + 2] == b"\n" else end + 1
                 else:
                     start = end + 1
                     self._skip_lf = True

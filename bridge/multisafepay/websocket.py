@@ -76,7 +76,9 @@ def _closed_error(exc: ConnectionClosed, doing: str) -> StreamError:
     if frame is None:
         return StreamError(f"message bus connection lost while {doing} (no close frame)")
     reason = "".join(c for c in frame.reason[:120] if c.isprintable())
-    text = f"message bus closed while {doing}: code {frame.code}" + (f" ({reason})" if reason else "")
+    text = f"message bus closed while {doing}: code {frame.code}" + (
+        f" ({reason})" if reason else ""
+    )
     if exc.rcvd is not None and exc.rcvd.code in REJECTING_CLOSE_CODES:
         return StreamRejected(text)
     if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG and exc.rcvd is None:
@@ -143,8 +145,9 @@ async def bus_messages(
     except TimeoutError:
         raise StreamError(f"message bus did not open within {connect_timeout:g} s") from None
     except OSError as exc:
-        raise StreamError(f"message bus unreachable: {str(exc)[:200] or type(exc).__name__}") \
-            from None
+        raise StreamError(
+            f"message bus unreachable: {str(exc)[:200] or type(exc).__name__}"
+        ) from None
 
     try:
         async with aclosing(
@@ -156,8 +159,7 @@ async def bus_messages(
         # A normal close (1000) whichever way the generator is left: the caller's early exit,
         # a cancellation or an error of ours is no server fault (``async with ws`` would say
         # 1011). Shielded but bounded, so a cancelled session still closes its socket cleanly.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT), \
-                suppress(OSError):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT), suppress(OSError):
             await ws.close()
 
 
@@ -175,8 +177,9 @@ async def _follow(
     frames = proto.resubscribe_frames(now=now)
     if channel not in proto.subscriptions:
         frames.append(proto.subscribe(channel, now=now))
-    ours = next(r.id for r in proto.pending.values()
-                if r.type == "subscribe" and r.channel == channel)
+    ours = next(
+        r.id for r in proto.pending.values() if r.type == "subscribe" and r.channel == channel
+    )
     subscribed = False
     subscribe_deadline = now + connect_timeout
     # Since when the server has been silent while we listened. Time the caller spends on a
@@ -189,8 +192,9 @@ async def _follow(
         while True:
             now = clock()
             if not subscribed and now >= subscribe_deadline:
-                raise StreamError(f"message bus did not acknowledge the subscription within "
-                                  f"{connect_timeout:g} s")
+                raise StreamError(
+                    f"message bus did not acknowledge the subscription within {connect_timeout:g} s"
+                )
             if now - quiet_since >= idle_timeout:
                 raise StreamError(f"message bus silent for {idle_timeout:g} s")
             if proto.heartbeat_due(now):
@@ -212,8 +216,11 @@ async def _follow(
                     yield StreamMessage(event=channel, data=json.dumps(result.payload), id=None)
                     quiet_since = max(quiet_since, clock())
                 else:
-                    log.info("bus.skipped_event", channel=result.channel[:64],
-                             subscribed=result.subscribed)
+                    log.info(
+                        "bus.skipped_event",
+                        channel=result.channel[:64],
+                        subscribed=result.subscribed,
+                    )
             elif isinstance(result, Acked):
                 if result.request.id == ours:
                     subscribed = True
@@ -225,12 +232,21 @@ async def _follow(
             elif isinstance(result, Refused):
                 if result.request.id == ours:
                     raise StreamRejected(
-                        f"message bus refused the subscription to {channel}: {result.message}")
-                log.warning("bus.refused", request=result.request.type,
-                            channel=result.request.channel, error=result.message)
+                        f"message bus refused the subscription to {channel}: {result.message}"
+                    )
+                log.warning(
+                    "bus.refused",
+                    request=result.request.type,
+                    channel=result.request.channel,
+                    error=result.message,
+                )
             elif isinstance(result, Unmatched):
-                log.warning("bus.unmatched_reply", kind=result.kind, duplicate=result.duplicate,
-                            error=result.message)
+                log.warning(
+                    "bus.unmatched_reply",
+                    kind=result.kind,
+                    duplicate=result.duplicate,
+                    error=result.message,
+                )
             elif isinstance(result, Malformed):
                 log.warning("bus.malformed_frame", reason=result.reason, excerpt=result.excerpt)
     except ConnectionClosedOK as exc:
@@ -243,8 +259,9 @@ async def _follow(
         raise _closed_error(exc, doing) from None
     except OSError as exc:
         proto.connection_lost()
-        raise StreamError(f"message bus connection failed: {str(exc)[:200] or type(exc).__name__}") \
-            from None
+        raise StreamError(
+            f"message bus connection failed: {str(exc)[:200] or type(exc).__name__}"
+        ) from None
     except BaseException:
         proto.connection_lost()
         raise

@@ -66,7 +66,7 @@ class Leases:
         lost: set[str] = set()
         items = list(held.items())
         for start in range(0, len(items), batch):
-            chunk = items[start:start + batch]
+            chunk = items[start : start + batch]
             indexes = await self._renew_many(
                 keys=[self._keys.lease(order_id) for order_id, _ in chunk],
                 args=[self.ttl_ms, *(token for _, token in chunk)],

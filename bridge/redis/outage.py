@@ -56,8 +56,12 @@ class RedisWaiters:
         self.waiting += 1
         if self._since is None:
             self._since = anyio.current_time()
-            log.error("redis.unreachable", error=str(exc), waiting_for=what,
-                      note="holding upstream news in memory until Redis is back")
+            log.error(
+                "redis.unreachable",
+                error=str(exc),
+                waiting_for=what,
+                note="holding upstream news in memory until Redis is back",
+            )
         self._on_change(self.waiting)
 
     def leave(self) -> None:
@@ -65,6 +69,9 @@ class RedisWaiters:
         self.waiting -= 1
         self._on_change(self.waiting)
         if self.waiting == 0 and self._since is not None:
-            log.info("redis.reachable", outage_s=round(anyio.current_time() - self._since, 1),
-                     note="held news written in order")
+            log.info(
+                "redis.reachable",
+                outage_s=round(anyio.current_time() - self._since, 1),
+                note="held news written in order",
+            )
             self._since = None

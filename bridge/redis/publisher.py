@@ -156,9 +156,7 @@ class _TransitionBatcher:
 class EventStore:
     """Order states, durable terminal streams, order keys and channels in one Redis."""
 
-    def __init__(
-        self, client: Redis, keys: Keys, *, stream_maxlen: int, order_ttl: float
-    ) -> None:
+    def __init__(self, client: Redis, keys: Keys, *, stream_maxlen: int, order_ttl: float) -> None:
         self._client = client
         self.keys = keys
         self._stream_maxlen = str(stream_maxlen)
@@ -233,7 +231,9 @@ class EventStore:
             if applied:
                 return Recorded(decision, ids)
             state = stored
-        raise CommitRaceError(f"order {order_id}: state changed {_MAX_RACES} times while committing")
+        raise CommitRaceError(
+            f"order {order_id}: state changed {_MAX_RACES} times while committing"
+        )
 
     async def announce(self, event: Event, once_key: str) -> str | None:
         """Publish an event that changes no order (``command.failed``), at most once per key."""
@@ -252,4 +252,3 @@ class EventStore:
 
 def _text(value: bytes | str | int) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-

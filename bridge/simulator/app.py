@@ -219,8 +219,13 @@ class Simulator:
         if scenario is Scenario.FAIL:
             raise MspError(500, E.UNKNOWN, "Unknown error: the service is unavailable")
         order = self.store.create(fields, key, scenario)
-        log.info("order %s created on terminal %s (scenario %s, amount %d)",
-                 order.order_id, order.terminal_id, scenario.value, order.amount)
+        log.info(
+            "order %s created on terminal %s (scenario %s, amount %d)",
+            order.order_id,
+            order.terminal_id,
+            scenario.value,
+            order.amount,
+        )
         if bench.is_driven(order.terminal_id):
             self.bench.created(order)  # no script: the admin API drives it
         else:
@@ -236,10 +241,15 @@ class Simulator:
     def _create_answer(self, order: Order, request: Request) -> dict[str, Any]:
         v = self.variants
         host = request.url.netloc  # the host the client used, so the URLs work for it
-        token = tokens.make_events_token(order.session_id, self.secret, self.clock.time(), v.token_ttl)
+        token = tokens.make_events_token(
+            order.session_id, self.secret, self.clock.time(), v.token_ttl
+        )
         word = "events" if v.field_spelling == "events" else "event"
-        data: dict[str, Any] = {"order_id": order.order_id, "session_id": order.session_id,
-                                f"{word}_token": token}
+        data: dict[str, Any] = {
+            "order_id": order.order_id,
+            "session_id": order.session_id,
+            f"{word}_token": token,
+        }
         if v.events_url == "on":
             data[f"{word}_url"] = f"ws://{host}/events/"
         data[f"{word}_stream_url"] = f"http://{host}/events/stream/"
@@ -276,14 +286,28 @@ class Simulator:
             limit = max(1, min(100, int(request.query_params.get("limit", 10))))
         except ValueError:
             raise MspError(400, E.MISSING_DATA, "page and limit must be integers")
-        chunk = items[(page - 1) * limit: page * limit]
-        data = [{
-            "active": True, "country": "NL", "group_id": t.group_id, "id": t.id,
-            "manufacturer_id": "SIM", "name": t.name, "provider": "CTAP",
-            "serial_number": f"SIM{n:05d}",
-        } for n, t in enumerate(chunk, (page - 1) * limit + 1)]
-        pager = {"after": None, "before": None, "limit": limit, "page": page,
-                 "page_count": max(1, math.ceil(len(items) / limit)), "total_items": len(items)}
+        chunk = items[(page - 1) * limit : page * limit]
+        data = [
+            {
+                "active": True,
+                "country": "NL",
+                "group_id": t.group_id,
+                "id": t.id,
+                "manufacturer_id": "SIM",
+                "name": t.name,
+                "provider": "CTAP",
+                "serial_number": f"SIM{n:05d}",
+            }
+            for n, t in enumerate(chunk, (page - 1) * limit + 1)
+        ]
+        pager = {
+            "after": None,
+            "before": None,
+            "limit": limit,
+            "page": page,
+            "page_count": max(1, math.ceil(len(items) / limit)),
+            "total_items": len(items),
+        }
         return JSONResponse({"success": True, "data": data, "pager": pager})
 
     # ---- events: SSE -----------------------------------------------------------------------
@@ -303,7 +327,8 @@ class Simulator:
         request = Request(scope, receive)
         try:
             order = self.order_for_token(
-                tokens.token_from_authorization(request.headers.get("authorization")))
+                tokens.token_from_authorization(request.headers.get("authorization"))
+            )
         except MspError as err:
             await fail(err)(scope, receive, send)
             return
@@ -320,11 +345,17 @@ class Simulator:
         ended = order.final  # decided together with the backlog, before any await
 
         with self._subscribe(order) as feed:
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"),
-            ]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream; charset=utf-8"),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-accel-buffering", b"no"),
+                    ],
+                }
+            )
             done = anyio.Event()
 
             async def body(chunk: bytes) -> None:
@@ -347,7 +378,9 @@ class Simulator:
                 await body(sse.format_keepalive(v.keepalive))  # opens the stream at once
                 for ev in backlog:
                     self._sending(order, ev)
-                    await body(sse.format_event(order.event_payload(ev, tx_as), ev.id if ids else None))
+                    await body(
+                        sse.format_event(order.event_payload(ev, tx_as), ev.id if ids else None)
+                    )
                 if ended:
                     await self.clock.sleep(self.final_grace)
                     done.set()
@@ -367,14 +400,18 @@ class Simulator:
                     if kind == "drop":
                         last_ev = order.events[-1] if order.events else None
                         if last_ev is not None:
-                            await body(sse.half_written(order.event_payload(last_ev, tx_as),
-                                                        last_ev.id if ids else None))
+                            await body(
+                                sse.half_written(
+                                    order.event_payload(last_ev, tx_as), last_ev.id if ids else None
+                                )
+                            )
                         dropped = True
                         tg.cancel_scope.cancel()
                         return
                     self._sending(order, ev)
-                    await body(sse.format_event(order.event_payload(ev, tx_as),
-                                                ev.id if ids else None))
+                    await body(
+                        sse.format_event(order.event_payload(ev, tx_as), ev.id if ids else None)
+                    )
                     if order.final and ev.id == order.events[-1].id:
                         # The final status is sent; the stream closes shortly after.
                         await self.clock.sleep(self.final_grace)
@@ -405,6 +442,7 @@ class Simulator:
         tx_as = self.variants.transaction_id
         close_code = 1000
         with self._subscribe(order, "websocket") as feed:
+
             async def reader(tg: TaskGroup) -> None:
                 try:
                     while True:
@@ -423,7 +461,9 @@ class Simulator:
                         break
                     if "session.order" in session.channels:
                         self._sending(order, ev)
-                        await ws.send_json(bus.event("session.order", order.event_payload(ev, tx_as)))
+                        await ws.send_json(
+                            bus.event("session.order", order.event_payload(ev, tx_as))
+                        )
                     if order.final:
                         await self.clock.sleep(self.final_grace)
                         break
@@ -457,18 +497,30 @@ class Simulator:
         return ok(self.variants.as_dict())
 
     async def admin_orders(self, request: Request) -> Response:
-        return ok([{
-            "order_id": o.order_id, "terminal_id": o.terminal_id, "amount": o.amount,
-            "scenario": o.scenario.value, "status": o.status, "session_id": o.session_id,
-            "transaction_id": o.transaction_id, "amount_refunded": o.amount_refunded,
-            "events": [e.status for e in o.events],
-            "open_streams": len(self._feeds.get(o.order_id, ())),
-        } for o in self.store.orders.values()])
+        return ok(
+            [
+                {
+                    "order_id": o.order_id,
+                    "terminal_id": o.terminal_id,
+                    "amount": o.amount,
+                    "scenario": o.scenario.value,
+                    "status": o.status,
+                    "session_id": o.session_id,
+                    "transaction_id": o.transaction_id,
+                    "amount_refunded": o.amount_refunded,
+                    "events": [e.status for e in o.events],
+                    "open_streams": len(self._feeds.get(o.order_id, ())),
+                }
+                for o in self.store.orders.values()
+            ]
+        )
 
     async def admin_drop(self, request: Request) -> Response:
         order = self.store.orders.get(request.path_params["order_id"])
         if order is None:
-            return fail(MspError(404, E.INVALID_ORDER_ID, "Invalid transaction ID: order not found"))
+            return fail(
+                MspError(404, E.INVALID_ORDER_ID, "Invalid transaction ID: order not found")
+            )
         return ok({"order_id": order.order_id, "dropped": self.drop(order)})
 
     async def admin_webhooks(self, request: Request) -> Response:
@@ -481,9 +533,16 @@ class Simulator:
                 try:
                     return await handler(request)
                 except MspError as err:
-                    log.info("%s %s -> %d %d %s", request.method, request.url.path,
-                             err.http_status, err.code, err.info)
+                    log.info(
+                        "%s %s -> %d %d %s",
+                        request.method,
+                        request.url.path,
+                        err.http_status,
+                        err.code,
+                        err.info,
+                    )
                     return fail(err)
+
             return endpoint
 
         api = "/v1/json"
@@ -493,8 +552,11 @@ class Simulator:
             Route(f"{api}/orders/{{order_id}}/cancel", guarded(self.cancel), methods=["POST"]),
             Route(f"{api}/orders/{{order_id}}/refunds", guarded(self.refund), methods=["POST"]),
             Route(f"{api}/terminals", guarded(self.terminals), methods=["GET"]),
-            Route(f"{api}/terminal-groups/{{group_id}}/terminals", guarded(self.terminals),
-                  methods=["GET"]),
+            Route(
+                f"{api}/terminal-groups/{{group_id}}/terminals",
+                guarded(self.terminals),
+                methods=["GET"],
+            ),
             Route("/events/stream/", _AsgiEndpoint(self.sse), methods=["GET"]),
             WebSocketRoute("/events/", self.websocket),
             Route("/_sim/variants", self.admin_variants, methods=["GET", "PUT"]),
@@ -510,8 +572,11 @@ class Simulator:
             code = getattr(exc, "status_code", 404)
             return fail(MspError(code, E.UNKNOWN, getattr(exc, "detail", "Not found")))
 
-        return Starlette(routes=routes, lifespan=self.lifespan,
-                         exception_handlers={404: not_found, 405: not_found})
+        return Starlette(
+            routes=routes,
+            lifespan=self.lifespan,
+            exception_handlers={404: not_found, 405: not_found},
+        )
 
 
 class _AsgiEndpoint:

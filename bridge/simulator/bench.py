@@ -114,9 +114,14 @@ class BenchDriver:
         orders = self._streamed()
         try:
             if orders:
-                await pace(rate, None, duration,
-                           lambda i: self._change(orders[i % len(orders)],
-                                                  next_status(orders[i % len(orders)])))
+                await pace(
+                    rate,
+                    None,
+                    duration,
+                    lambda i: self._change(
+                        orders[i % len(orders)], next_status(orders[i % len(orders)])
+                    ),
+                )
         finally:
             self.driving = False
 
@@ -137,8 +142,13 @@ class BenchDriver:
             if rate <= 0 or (not finish and duration <= 0):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            return JSONResponse({"success": False, "error": "body: {rate > 0, duration > 0} "
-                                 "or {rate > 0, finish: true}"}, status_code=400)
+            return JSONResponse(
+                {
+                    "success": False,
+                    "error": "body: {rate > 0, duration > 0} or {rate > 0, finish: true}",
+                },
+                status_code=400,
+            )
         if self.driving:
             return JSONResponse({"success": False, "error": "already driving"}, status_code=409)
         self.driving = True
@@ -150,11 +160,19 @@ class BenchDriver:
         return JSONResponse({"success": True, "data": {"orders": orders}})
 
     async def status(self, request: Request) -> Response:
-        return JSONResponse({"success": True, "data": {
-            "driving": self.driving, "changes": self.changes, "sent": self.sent,
-            "open_orders": len(self.orders), "streams": dict(self.streams),
-            "peak_streams": self.peak_streams,
-        }})
+        return JSONResponse(
+            {
+                "success": True,
+                "data": {
+                    "driving": self.driving,
+                    "changes": self.changes,
+                    "sent": self.sent,
+                    "open_orders": len(self.orders),
+                    "streams": dict(self.streams),
+                    "peak_streams": self.peak_streams,
+                },
+            }
+        )
 
     async def sent_times(self, request: Request) -> Response:
         return JSONResponse({"success": True, "data": self.sent_at})

@@ -27,12 +27,16 @@ def simulate_command(args: argparse.Namespace) -> int:
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
-        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        raise UserError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from None
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        stream=sys.stderr)
-    simulator = Simulator(speed=args.speed, api_keys=keys, webhook_url=args.webhook_url,
-                          variants=variants)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    simulator = Simulator(
+        speed=args.speed, api_keys=keys, webhook_url=args.webhook_url, variants=variants
+    )
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = sock.getsockname()[1]
     print(f"MultiSafepay simulator: http://{host}:{port}/v1/json/", flush=True)

@@ -106,17 +106,19 @@ class Order:
         }
         methods = None
         if tried:
-            methods = [{
-                "account_holder_name": "card holder",
-                "amount": self.amount,
-                "card_expiry_date": "3112",
-                "currency": self.currency,
-                "description": self.description,
-                "external_transaction_id": str(self.transaction_id),
-                "payment_description": "Visa" if card == "VISA" else "Mastercard",
-                "status": self.financial_status,
-                "type": card,
-            }]
+            methods = [
+                {
+                    "account_holder_name": "card holder",
+                    "amount": self.amount,
+                    "card_expiry_date": "3112",
+                    "currency": self.currency,
+                    "description": self.description,
+                    "external_transaction_id": str(self.transaction_id),
+                    "payment_description": "Visa" if card == "VISA" else "Mastercard",
+                    "status": self.financial_status,
+                    "type": card,
+                }
+            ]
         related = None
         if self.refunds:
             related = [dict(r) for r in self.refunds]
@@ -128,10 +130,22 @@ class Order:
             "created": self.created,
             "currency": self.currency,
             "custom_info": {"custom_1": None, "custom_2": None, "custom_3": None},
-            "customer": {k: None for k in (
-                "address1", "address2", "city", "country", "country_name", "email",
-                "first_name", "house_number", "last_name")} | {"locale": "en_US"} | {
-                k: None for k in ("phone1", "phone2", "state", "zip_code")},
+            "customer": {
+                k: None
+                for k in (
+                    "address1",
+                    "address2",
+                    "city",
+                    "country",
+                    "country_name",
+                    "email",
+                    "first_name",
+                    "house_number",
+                    "last_name",
+                )
+            }
+            | {"locale": "en_US"}
+            | {k: None for k in ("phone1", "phone2", "state", "zip_code")},
             "description": self.description,
             "fastcheckout": "NO",
             "financial_status": self.financial_status,
@@ -181,8 +195,9 @@ def validate_create(body: Any) -> dict[str, Any]:
         raise MspError(400, E.MISSING_DATA, "Request body must be a JSON object")
     order_id = body.get("order_id")
     if not isinstance(order_id, str) or not ORDER_ID_RE.match(order_id):
-        raise MspError(400, E.INVALID_ORDER_ID,
-                       "Invalid order_id: 1-50 characters of a-z A-Z 0-9 / - _")
+        raise MspError(
+            400, E.INVALID_ORDER_ID, "Invalid order_id: 1-50 characters of a-z A-Z 0-9 / - _"
+        )
     amount = body.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise MspError(400, E.INVALID_AMOUNT, "Invalid amount: an integer number of cents > 0")
@@ -199,8 +214,11 @@ def validate_create(body: Any) -> dict[str, Any]:
     po = body.get("payment_options")
     url = po.get("notification_url") if isinstance(po, dict) else None
     return {
-        "order_id": order_id, "amount": amount, "currency": currency.upper(),
-        "description": description, "terminal_id": terminal_id.strip(),
+        "order_id": order_id,
+        "amount": amount,
+        "currency": currency.upper(),
+        "description": description,
+        "terminal_id": terminal_id.strip(),
         "notification_url": url if isinstance(url, str) and url else None,
         "var": tuple(body.get(f"var{i}") for i in (1, 2, 3)),
     }
@@ -225,22 +243,29 @@ class OrderStore:
 
     def create(self, fields: dict[str, Any], api_key: str, scenario: Scenario) -> Order:
         if fields["order_id"] in self.orders:
-            raise MspError(409, E.INVALID_ORDER_ID,
-                           "Invalid transaction ID: order_id already used")
+            raise MspError(409, E.INVALID_ORDER_ID, "Invalid transaction ID: order_id already used")
         terminal = fields["terminal_id"].upper()
         current = self.active.get(terminal)
         if current is not None and not current.payment_final:
-            raise MspError(409, E.TERMINAL_BUSY,
-                           f"Terminal busy: order {current.order_id} is in progress")
+            raise MspError(
+                409, E.TERMINAL_BUSY, f"Terminal busy: order {current.order_id} is in progress"
+            )
         now = self._now()
         tx, self._next_tx = self._next_tx, self._next_tx + 1
         order = Order(
-            order_id=fields["order_id"], api_key=api_key, terminal_id=fields["terminal_id"],
-            amount=fields["amount"], currency=fields["currency"],
-            description=fields["description"], scenario=scenario,
+            order_id=fields["order_id"],
+            api_key=api_key,
+            terminal_id=fields["terminal_id"],
+            amount=fields["amount"],
+            currency=fields["currency"],
+            description=fields["description"],
+            scenario=scenario,
             session_id="".join(secrets.choice(_ALNUM) for _ in range(38)),
-            transaction_id=tx, created=now, modified=now,
-            notification_url=fields["notification_url"], var=fields["var"],
+            transaction_id=tx,
+            created=now,
+            modified=now,
+            notification_url=fields["notification_url"],
+            var=fields["var"],
         )
         self.orders[order.order_id] = order
         self.by_session[order.session_id] = order
@@ -273,14 +298,16 @@ class OrderStore:
 
     def cancel(self, order: Order) -> OrderEvent | None:
         if order.final:
-            raise MspError(409, E.NOT_CANCELLABLE,
-                           f"Order cannot be cancelled: its status is {order.status}")
+            raise MspError(
+                409, E.NOT_CANCELLABLE, f"Order cannot be cancelled: its status is {order.status}"
+            )
         return self.transition(order, "cancelled", "api")
 
     def refund(self, order: Order, body: Any) -> dict[str, Any]:
         if order.status not in ("completed", "partial_refunded"):
-            raise MspError(409, E.NOT_REFUNDABLE,
-                           f"Order cannot be refunded: its status is {order.status}")
+            raise MspError(
+                409, E.NOT_REFUNDABLE, f"Order cannot be refunded: its status is {order.status}"
+            )
         if not isinstance(body, dict):
             raise MspError(400, E.MISSING_DATA, "Request body must be a JSON object")
         amount = body.get("amount")
@@ -291,16 +318,23 @@ class OrderStore:
             raise MspError(400, E.INVALID_CURRENCY, "Invalid currency: must be the order's")
         remaining = order.amount - order.amount_refunded
         if amount > remaining:
-            raise MspError(400, E.REFUND_TOO_HIGH,
-                           f"Refund amount exceeds the remaining {remaining}")
+            raise MspError(
+                400, E.REFUND_TOO_HIGH, f"Refund amount exceeds the remaining {remaining}"
+            )
         tx, self._next_tx = self._next_tx, self._next_tx + 1
         order.amount_refunded += amount
         order.status = "refunded" if order.amount_refunded == order.amount else "partial_refunded"
         order.financial_status = order.status
         order.modified = self._now()
-        order.refunds.append({
-            "amount": amount, "currency": order.currency, "created": order.modified,
-            "description": str(body.get("description") or ""), "status": "completed",
-            "transaction_id": tx, "type": "REFUND",
-        })
+        order.refunds.append(
+            {
+                "amount": amount,
+                "currency": order.currency,
+                "created": order.modified,
+                "description": str(body.get("description") or ""),
+                "status": "completed",
+                "transaction_id": tx,
+                "type": "REFUND",
+            }
+        )
         return {"transaction_id": order.transaction_id, "refund_id": tx}

@@ -60,7 +60,9 @@ BY_AMOUNT: dict[int, Scenario] = {
 }
 
 SLOW_ANSWER = 4.0  # simulated seconds every REST answer about a SLOW order is held
-CREATE_HOLD_REAL = 600.0  # real seconds the CREATE_TIMEOUT answer is held (not scaled: a client must time out)
+CREATE_HOLD_REAL = (
+    600.0  # real seconds the CREATE_TIMEOUT answer is held (not scaled: a client must time out)
+)
 
 
 def scenario_from_terminal(terminal_id: str) -> Scenario | None:
@@ -102,7 +104,11 @@ def script(scenario: Scenario) -> list[Step]:
     if scenario is Scenario.SOFTDECLINE_APPROVE:
         return [init, Step(AUTHORIZE, "declined", "soft"), Step(AUTHORIZE * 2, "completed")]
     if scenario is Scenario.SOFTDECLINE_CANCEL:
-        return [init, Step(AUTHORIZE, "declined", "soft"), Step(AUTHORIZE * 2, "cancelled", "customer")]
+        return [
+            init,
+            Step(AUTHORIZE, "declined", "soft"),
+            Step(AUTHORIZE * 2, "cancelled", "customer"),
+        ]
     if scenario is Scenario.CUSTOMER_CANCEL:
         return [init, Step(AUTHORIZE, "cancelled", "customer")]
     if scenario is Scenario.TIMEOUT:
@@ -126,7 +132,13 @@ class SimTerminal:
 
 TERMINAL_GROUP = 1001
 TERMINALS: tuple[SimTerminal, ...] = tuple(
-    [SimTerminal(f"{prefix}-01", f"Simulated: {s.value}", TERMINAL_GROUP)
-     for prefix, s in BY_TERMINAL.items() if s is not Scenario.UNKNOWN_TERMINAL]
-    + [SimTerminal(tid, f"Counter {n}", 1002) for n, tid in enumerate(["0000004D", "00000ABC", "00000A01"], 1)]
+    [
+        SimTerminal(f"{prefix}-01", f"Simulated: {s.value}", TERMINAL_GROUP)
+        for prefix, s in BY_TERMINAL.items()
+        if s is not Scenario.UNKNOWN_TERMINAL
+    ]
+    + [
+        SimTerminal(tid, f"Counter {n}", 1002)
+        for n, tid in enumerate(["0000004D", "00000ABC", "00000A01"], 1)
+    ]
 )

@@ -35,15 +35,21 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(simulator: Simulator, *, log_level: str = "warning",
-                access_log: bool = False) -> _Server:
+def make_server(
+    simulator: Simulator, *, log_level: str = "warning", access_log: bool = False
+) -> _Server:
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     # All logs on stderr: stdout carries only the base URL line, for scripts to read.
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
     config = uvicorn.Config(
-        simulator.app, log_level=log_level, access_log=access_log, lifespan="on",
+        simulator.app,
+        log_level=log_level,
+        access_log=access_log,
+        lifespan="on",
         log_config=log_config,
-        timeout_graceful_shutdown=2, ws="websockets-sansio", ws_ping_interval=None,
+        timeout_graceful_shutdown=2,
+        ws="websockets-sansio",
+        ws_ping_interval=None,
     )
     return _Server(config, simulator)
 
@@ -116,9 +122,14 @@ class SimulatorServer:
         self.stop()
 
 
-
-def serve_foreground(simulator: Simulator, sock: socket.socket, *, log_level: str,
-                     access_log: bool, backlog: int | None = None) -> None:
+def serve_foreground(
+    simulator: Simulator,
+    sock: socket.socket,
+    *,
+    log_level: str,
+    access_log: bool,
+    backlog: int | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM (``pos-bridge simulate``, the benchmark's simulator process).
 
     uvicorn handles both signals itself (stops serving, ``serve()`` returns), then re-raises the

@@ -12,7 +12,9 @@ def compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def format_event(payload: dict[str, Any], event_id: int | None, event: str = "session.order") -> bytes:
+def format_event(
+    payload: dict[str, Any], event_id: int | None, event: str = "session.order"
+) -> bytes:
     lines = [f"event: {event}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")

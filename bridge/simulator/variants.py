@@ -46,7 +46,9 @@ class Variants:
             return
         text = str(value).lower()
         if text not in CHOICES[name]:
-            raise VariantError(f"variant {name} must be one of {'|'.join(CHOICES[name])}, not {value!r}")
+            raise VariantError(
+                f"variant {name} must be one of {'|'.join(CHOICES[name])}, not {value!r}"
+            )
         setattr(self, name, text)
 
     def update(self, values: dict[str, Any]) -> None:

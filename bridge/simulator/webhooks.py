@@ -32,8 +32,9 @@ def acknowledged(status_code: int, text: str) -> bool:
 
 
 class WebhookSender:
-    def __init__(self, client: httpx.AsyncClient, clock: Clock,
-                 resend_interval: float = RESEND_INTERVAL) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, clock: Clock, resend_interval: float = RESEND_INTERVAL
+    ) -> None:
         self.client = client
         self.clock = clock
         self.resend_interval = resend_interval
@@ -47,22 +48,36 @@ class WebhookSender:
                 await self.clock.sleep(self.resend_interval)
             ts = str(int(self.clock.time()))  # a new timestamp on every attempt
             target = notification_url(url, order_id, ts)
-            record = {"order_id": order_id, "status": view.get("status"), "attempt": attempt + 1,
-                      "url": url, "result": None}
+            record = {
+                "order_id": order_id,
+                "status": view.get("status"),
+                "attempt": attempt + 1,
+                "url": url,
+                "result": None,
+            }
             self.attempts.append(record)
             try:
-                resp = await self.client.post(target, content=body, headers={
-                    "Content-Type": "application/json",
-                    "Auth": auth_header(api_key, ts, body),
-                    "User-Agent": "pos-bridge-simulator",
-                })
+                resp = await self.client.post(
+                    target,
+                    content=body,
+                    headers={
+                        "Content-Type": "application/json",
+                        "Auth": auth_header(api_key, ts, body),
+                        "User-Agent": "pos-bridge-simulator",
+                    },
+                )
                 ok = acknowledged(resp.status_code, resp.text)
                 record["result"] = resp.status_code
             except httpx.HTTPError as exc:
                 ok = False
                 record["result"] = type(exc).__name__
-            log.info("webhook %s status=%s attempt=%d result=%s", order_id, view.get("status"),
-                     attempt + 1, record["result"])
+            log.info(
+                "webhook %s status=%s attempt=%d result=%s",
+                order_id,
+                view.get("status"),
+                attempt + 1,
+                record["result"],
+            )
             if ok:
                 return True
         return False

@@ -44,11 +44,15 @@ class DemoPayment:
 
 PAYMENTS = [
     DemoPayment("SIM-APPROVE-01", 1250, "completed", "card approved"),
-    DemoPayment("SIM-SOFTDECLINE-APPROVE-01", 2000, "completed", "soft decline (PIN asked), then approved"),
+    DemoPayment(
+        "SIM-SOFTDECLINE-APPROVE-01", 2000, "completed", "soft decline (PIN asked), then approved"
+    ),
     DemoPayment("SIM-RETRY-01", 1500, "completed", "card declined, customer retries, approved"),
     DemoPayment("SIM-DROP-01", 999, "completed", "event stream dropped mid-payment"),
     DemoPayment("SIM-SLOW-01", 450, "completed", "MultiSafepay answers slowly"),
-    DemoPayment("SIM-CREATE-TIMEOUT-01", 3000, "completed", "create timed out after the order was made"),
+    DemoPayment(
+        "SIM-CREATE-TIMEOUT-01", 3000, "completed", "create timed out after the order was made"
+    ),
     DemoPayment("SIM-SOFTDECLINE-CANCEL-01", 800, "cancelled", "soft decline, then cancelled"),
     DemoPayment("SIM-CUSTOMER-CANCEL-01", 650, "cancelled", "customer cancels on the terminal"),
     DemoPayment("SIM-DECLINE-01", 700, "cancelled", "declined, not retried: expires"),
@@ -59,25 +63,29 @@ PAYMENTS = [
 
 
 def demo_config(redis_url: str, api_base_url: str, prefix: str) -> Config:
-    return Config.from_mapping({
-        "multisafepay": {
-            "api_base_url": api_base_url,
-            # short timeouts so the create-timeout scenario resolves within the demo
-            "request_timeout": 3.0,
-            "connect_timeout": 2.0,
-            "poll_interval": 2.0,
-            "reconnect_initial": 0.1,
-            "reconnect_cap": 2.0,
-            "create_retries": 1,
-            "terminal_groups": [{
-                "name": "demo-shop",
-                "api_key": DEMO_KEY,
-                "terminals": [p.terminal for p in PAYMENTS],
-            }],
-        },
-        "redis": {"url": redis_url, "prefix": prefix},
-        "http": {"listen": "127.0.0.1:0"},  # never collide with an installed service's port
-    })
+    return Config.from_mapping(
+        {
+            "multisafepay": {
+                "api_base_url": api_base_url,
+                # short timeouts so the create-timeout scenario resolves within the demo
+                "request_timeout": 3.0,
+                "connect_timeout": 2.0,
+                "poll_interval": 2.0,
+                "reconnect_initial": 0.1,
+                "reconnect_cap": 2.0,
+                "create_retries": 1,
+                "terminal_groups": [
+                    {
+                        "name": "demo-shop",
+                        "api_key": DEMO_KEY,
+                        "terminals": [p.terminal for p in PAYMENTS],
+                    }
+                ],
+            },
+            "redis": {"url": redis_url, "prefix": prefix},
+            "http": {"listen": "127.0.0.1:0"},  # never collide with an installed service's port
+        }
+    )
 
 
 def outcome(event: dict) -> str:
@@ -96,11 +104,25 @@ async def run_demo(config: Config, out=sys.stdout, timeout: float = 180.0) -> in
             # A till subscribes before it sends, so it cannot miss a fast answer.
             await pubsub.psubscribe(keys.terminal_channel_pattern)
             for command_id, p in by_command.items():
-                await redis.xadd(keys.commands, {"command": json.dumps({
-                    "type": "pay", "command_id": command_id, "terminal_id": p.terminal,
-                    "amount": p.amount, "currency": "EUR", "description": p.story,
-                })})
-                print(f"till -> pay {format_money(p.amount, 'EUR')} on {p.terminal}: {p.story}", file=out)
+                await redis.xadd(
+                    keys.commands,
+                    {
+                        "command": json.dumps(
+                            {
+                                "type": "pay",
+                                "command_id": command_id,
+                                "terminal_id": p.terminal,
+                                "amount": p.amount,
+                                "currency": "EUR",
+                                "description": p.story,
+                            }
+                        )
+                    },
+                )
+                print(
+                    f"till -> pay {format_money(p.amount, 'EUR')} on {p.terminal}: {p.story}",
+                    file=out,
+                )
             print(file=out)
             with anyio.move_on_after(timeout):
                 while len(finals) < len(by_command):
@@ -128,7 +150,11 @@ def report(by_command: dict[str, DemoPayment], finals: dict[str, dict], out) -> 
         ok = got == p.expect
         failures += not ok
         print(f"{p.terminal:<29} {p.expect:<10} {got:<10} {'ok' if ok else 'WRONG'}", file=out)
-    verdict = "every payment reached its expected final status" if not failures else f"{failures} payment(s) did not"
+    verdict = (
+        "every payment reached its expected final status"
+        if not failures
+        else f"{failures} payment(s) did not"
+    )
     print(f"\ndemo: {len(by_command) - failures}/{len(by_command)} ok: {verdict}", file=out)
     return 0 if not failures else 1
 
@@ -142,7 +168,9 @@ def demo_command(args: argparse.Namespace) -> int:
         if redis_url is None:
             redis_url = stack.enter_context(RedisServer()).url
         sim = stack.enter_context(SimulatorServer(speed=args.speed))
-        print(f"pos-bridge demo: simulator at {sim.base_url} (speed x{args.speed:g}), "
-              f"Redis at {redis_url}, daemon logs in {log_path}\n")
+        print(
+            f"pos-bridge demo: simulator at {sim.base_url} (speed x{args.speed:g}), "
+            f"Redis at {redis_url}, daemon logs in {log_path}\n"
+        )
         code = anyio.run(run_demo, demo_config(redis_url, sim.base_url, args.prefix))
     return code

@@ -31,10 +31,27 @@ def test_driven_terminals_and_status_alternation() -> None:
 @pytest.mark.parametrize("transport", ["sse", "websocket"])
 def test_bench_runs_and_reports_consistent_numbers(transport: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "bench", "--transport", transport,
-         "--streams", "4", "--rate", "20", "--duration", "1.5", "--baseline-duration", "1",
-         "--json"],
-        check=False, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            "bench",
+            "--transport",
+            transport,
+            "--streams",
+            "4",
+            "--rate",
+            "20",
+            "--duration",
+            "1.5",
+            "--baseline-duration",
+            "1",
+            "--json",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
     res = json.loads(proc.stdout)
@@ -48,7 +65,13 @@ def test_bench_runs_and_reports_consistent_numbers(transport: str) -> None:
     for name in ("bridge", "baseline", "added", "final (bridge)"):
         assert {"p50", "p90", "p99", "max"} <= set(res["latency_ms"][name])
     assert {"p50", "p99"} <= set(res["ratio"])
-    for key in ("daemon_rss_before_mb", "daemon_rss_streams_mb", "daemon_kb_per_stream",
-                "daemon_cpu_s_per_1000_events", "drive_events_per_s", "implied_payments_per_s"):
+    for key in (
+        "daemon_rss_before_mb",
+        "daemon_rss_streams_mb",
+        "daemon_kb_per_stream",
+        "daemon_cpu_s_per_1000_events",
+        "drive_events_per_s",
+        "implied_payments_per_s",
+    ):
         assert isinstance(res[key], (int, float)), key
     assert set(res["cpu_while_driven"]) == {"daemon", "simulator", "redis", "tills"}

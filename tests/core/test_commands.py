@@ -31,11 +31,22 @@ def pay(**kw: object) -> str:
 def test_design_examples_parse() -> None:
     cmd = parse_command(pay(currency="EUR", order_id="till7-000123", description="Till 7 sale 123"))
     assert isinstance(cmd, PayCommand) and cmd.terminal == "0000004D" and cmd.amount == 1250
-    cancel = parse_command('{"type": "cancel", "command_id": "c-8f3", "terminal_id": "0000004D", "order_id": "till7-000123"}')
+    cancel = parse_command(
+        '{"type": "cancel", "command_id": "c-8f3", "terminal_id": "0000004D", "order_id": "till7-000123"}'
+    )
     assert isinstance(cancel, CancelCommand)
-    watch = parse_command(json.dumps({
-        "type": "watch", "command_id": "c", "terminal_id": "T", "order_id": "shop-991",
-        "event_token": "secret-token", "event_url": "wss://x/events/"}))
+    watch = parse_command(
+        json.dumps(
+            {
+                "type": "watch",
+                "command_id": "c",
+                "terminal_id": "T",
+                "order_id": "shop-991",
+                "event_token": "secret-token",
+                "event_url": "wss://x/events/",
+            }
+        )
+    )
     assert isinstance(watch, WatchCommand) and watch.events_url == "wss://x/events/"
     assert "secret-token" not in repr(watch)
 

@@ -38,15 +38,21 @@ def test_sse_example_messages() -> None:
     datas = [line[6:] for line in path.read_text().splitlines() if line.startswith("data: ")]
     first, last = (from_stream_message(d, Source.STREAM) for d in datas)
     assert (first.status, first.transaction_id, first.order_id) == (
-        "initialized", "89000000", "example_order_id",
+        "initialized",
+        "89000000",
+        "example_order_id",
     )
     assert last.final and not first.final
     assert first.session_id == "d5MrwfDyPY36t8XAb2aMh5s6nH1XHOwqrOA00Ei"
 
 
 def test_transaction_id_number_or_string() -> None:
-    a = from_stream_message({"order_id": "o", "status": "initialized", "transaction_id": 89}, Source.STREAM)
-    b = from_stream_message({"order_id": "o", "status": "initialized", "transaction_id": "89"}, Source.STREAM)
+    a = from_stream_message(
+        {"order_id": "o", "status": "initialized", "transaction_id": 89}, Source.STREAM
+    )
+    b = from_stream_message(
+        {"order_id": "o", "status": "initialized", "transaction_id": "89"}, Source.STREAM
+    )
     assert a.transaction_id == b.transaction_id == "89"
 
 
@@ -58,9 +64,13 @@ def test_completed_order_vector() -> None:
     assert o.transaction_id == "123412342341234"
     assert o.amount == 1 and o.amount_refunded == 0 and o.currency == "EUR"
     assert o.details == {
-        "card": "VISA", "last4": "1234", "entry_mode": "ICC_CONTACTLESS",
-        "authorization_code": "705151", "response_code": "00",
-        "reason": "Approved", "reason_code": "1000",
+        "card": "VISA",
+        "last4": "1234",
+        "entry_mode": "ICC_CONTACTLESS",
+        "authorization_code": "705151",
+        "response_code": "00",
+        "reason": "Approved",
+        "reason_code": "1000",
     }
     # "2024-06-04T15:50:18" is Amsterdam summer time, two hours ahead of UTC; no zone given,
     # so occurred_at stays unset.
@@ -77,7 +87,9 @@ def test_webhook_body_vector_from_raw_bytes() -> None:
 def test_zoned_time_sets_occurred_at() -> None:
     t, zoned = parse_upstream_time("2026-01-02T03:04:05+01:00", AMSTERDAM)
     assert zoned and t == datetime(2026, 1, 2, 2, 4, 5, tzinfo=UTC)
-    o = from_order({"order_id": "o", "status": "completed", "modified": "2026-01-02T03:04:05Z"}, Source.POLL)
+    o = from_order(
+        {"order_id": "o", "status": "completed", "modified": "2026-01-02T03:04:05Z"}, Source.POLL
+    )
     assert o.occurred_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
@@ -125,4 +137,8 @@ def test_any_text_is_parsed_or_refused_cleanly(text: str) -> None:
 
 @given(st.from_regex(r"[A-Za-z0-9]{1,16}", fullmatch=True))
 def test_terminal_id_canonical_form_is_idempotent(tid: str) -> None:
-    assert canonical_terminal_id(canonical_terminal_id(tid)) == canonical_terminal_id(tid) == tid.upper()
+    assert (
+        canonical_terminal_id(canonical_terminal_id(tid))
+        == canonical_terminal_id(tid)
+        == tid.upper()
+    )

@@ -28,11 +28,22 @@ def test_event_schema_uses_the_wire_names() -> None:
     event = json_schemas()["event"]
     props = event["properties"]
     design_example = {
-        "schema": 1, "event_id": "e", "type": "order.status", "terminal_id": "0000004D",
-        "order_id": "till7-000123", "command_id": "c-8f2", "session_id": "s",
-        "transaction_id": "890001", "status": "completed", "financial_status": "completed",
-        "final": True, "amount": 1250, "currency": "EUR", "source": "stream",
-        "occurred_at": None, "received_at": "2026-11-24T10:15:02.123456Z",
+        "schema": 1,
+        "event_id": "e",
+        "type": "order.status",
+        "terminal_id": "0000004D",
+        "order_id": "till7-000123",
+        "command_id": "c-8f2",
+        "session_id": "s",
+        "transaction_id": "890001",
+        "status": "completed",
+        "financial_status": "completed",
+        "final": True,
+        "amount": 1250,
+        "currency": "EUR",
+        "source": "stream",
+        "occurred_at": None,
+        "received_at": "2026-11-24T10:15:02.123456Z",
         "details": {"card": "VISA", "last4": "1234"},
     }
     assert set(design_example) | {"error", "stream_id"} == set(props)
@@ -40,8 +51,13 @@ def test_event_schema_uses_the_wire_names() -> None:
     assert props["received_at"]["format"] == "date-time"
     assert set(event["required"]) >= {"event_id", "type", "terminal_id", "source", "received_at"}
     types = event["$defs"]["EventType"]["enum"]
-    assert set(types) == {"order.created", "order.status", "order.failed", "order.refund",
-                          "command.failed"}
+    assert set(types) == {
+        "order.created",
+        "order.status",
+        "order.failed",
+        "order.refund",
+        "command.failed",
+    }
     codes = event["$defs"]["ErrorCode"]["enum"]
     assert "terminal_busy" in codes and "not_refundable" in codes
 

@@ -48,8 +48,13 @@ def run(state: OrderState | None, *steps: tuple[Observation, float]) -> list[Dec
 
 def test_created_event_is_canonical_and_not_final() -> None:
     d = order_created(
-        order_id="o", terminal_id="0000004d", command_id="c", amount=1, currency="EUR",
-        session_id=None, now=T0,
+        order_id="o",
+        terminal_id="0000004d",
+        command_id="c",
+        amount=1,
+        currency="EUR",
+        session_id=None,
+        now=T0,
     )
     (event,) = d.events
     assert event.type is EventType.ORDER_CREATED
@@ -147,7 +152,10 @@ def test_nothing_non_final_after_final_and_a_second_final_is_a_conflict() -> Non
         (obs("cancelled", Source.POLL), 4),
     )
     assert [d.verdict for d in ds] == [
-        Verdict.NEW, Verdict.AFTER_FINAL, Verdict.DUPLICATE, Verdict.CONFLICT,
+        Verdict.NEW,
+        Verdict.AFTER_FINAL,
+        Verdict.DUPLICATE,
+        Verdict.CONFLICT,
     ]
 
 
@@ -162,7 +170,8 @@ def test_refunds_after_completed_one_event_per_new_amount() -> None:
     assert [d.verdict for d in ds] == [Verdict.NEW, Verdict.NEW, Verdict.DUPLICATE, Verdict.NEW]
     refunds = [e for d in ds for e in d.events if e.type is EventType.ORDER_REFUND]
     assert [(e.details["refund_amount"], e.details["amount_refunded"]) for e in refunds] == [
-        (500, 500), (750, 1250),
+        (500, 500),
+        (750, 1250),
     ]
     assert all(not e.final for e in refunds)
     assert ds[-1].state is not None and ds[-1].state.status == "completed"
@@ -185,22 +194,37 @@ def test_refund_status_is_never_stale_it_implies_completed() -> None:
         (obs("partial_refunded", Source.WEBHOOK, amount_refunded=1, modified=at(8)), 9),
     )
     assert [(e.type, e.status) for e in ds[-1].events] == [
-        (EventType.ORDER_STATUS, "completed"), (EventType.ORDER_REFUND, "partial_refunded"),
+        (EventType.ORDER_STATUS, "completed"),
+        (EventType.ORDER_REFUND, "partial_refunded"),
     ]
 
 
 def test_order_failed_is_final_and_later_upstream_news_is_a_conflict() -> None:
     d = order_failed(
-        None, order_id="o", terminal_id="t1", command_id="c", amount=5, currency="EUR",
-        code=ErrorCode.TERMINAL_BUSY, message="busy", now=T0,
+        None,
+        order_id="o",
+        terminal_id="t1",
+        command_id="c",
+        amount=5,
+        currency="EUR",
+        code=ErrorCode.TERMINAL_BUSY,
+        message="busy",
+        now=T0,
     )
     (event,) = d.events
     assert event.type is EventType.ORDER_FAILED and event.final
     assert event.error is not None and event.error.code is ErrorCode.TERMINAL_BUSY
     assert observe(d.state, obs("completed"), at(1)).verdict is Verdict.CONFLICT
     again = order_failed(
-        d.state, order_id="o", terminal_id="t1", command_id="c", amount=5, currency="EUR",
-        code=ErrorCode.TERMINAL_BUSY, message="busy", now=T0,
+        d.state,
+        order_id="o",
+        terminal_id="t1",
+        command_id="c",
+        amount=5,
+        currency="EUR",
+        code=ErrorCode.TERMINAL_BUSY,
+        message="busy",
+        now=T0,
     )
     assert again.verdict is Verdict.AFTER_FINAL and not again.events
 
@@ -232,8 +256,19 @@ def test_state_round_trips_through_json() -> None:
 
 # --- properties -------------------------------------------------------------------------------
 
-ALL_STATUSES = ["initialized", "declined", "completed", "cancelled", "void", "expired",
-                "uncleared", "reserved", "refunded", "partial_refunded", "chargedback"]
+ALL_STATUSES = [
+    "initialized",
+    "declined",
+    "completed",
+    "cancelled",
+    "void",
+    "expired",
+    "uncleared",
+    "reserved",
+    "refunded",
+    "partial_refunded",
+    "chargedback",
+]
 
 
 def check_invariants(events: list) -> None:
@@ -241,7 +276,7 @@ def check_invariants(events: list) -> None:
     finals = [e for e in events if e.final]
     assert len(finals) <= 1, "two finals"
     if finals:
-        after = events[events.index(finals[0]) + 1:]
+        after = events[events.index(finals[0]) + 1 :]
         assert all(e.type is EventType.ORDER_REFUND for e in after), "non-final after final"
     assert len({e.event_id for e in events}) == len(events), "same transition twice"
     for a, b in zip(statuses, statuses[1:], strict=False):
@@ -310,23 +345,49 @@ def deliveries(draw: st.DrawFn) -> tuple[list, list[tuple[float, Observation]]]:
     # stream: in order, some messages lost (reconnects), latency below the gap between events
     for i, (status, t, _) in enumerate(history[: final_index + 1]):
         if draw(st.booleans()):
-            out.append((t + draw(st.floats(0.001, 0.5)), Observation(
-                source=draw(st.sampled_from([Source.STREAM, Source.WEBSOCKET])),
-                order_id="till7-1", status=status)))
+            out.append(
+                (
+                    t + draw(st.floats(0.001, 0.5)),
+                    Observation(
+                        source=draw(st.sampled_from([Source.STREAM, Source.WEBSOCKET])),
+                        order_id="till7-1",
+                        status=status,
+                    ),
+                )
+            )
     # webhook: every status, delivered late and possibly resent, with MSP's second-precision time
     for status, t, refunded in history:
         for _ in range(draw(st.integers(0, 3))):
-            out.append((t + draw(st.floats(0.01, 3000.0)), Observation(
-                source=Source.WEBHOOK, order_id="till7-1", status=status,
-                amount_refunded=refunded, modified=at(math.floor(t)))))
+            out.append(
+                (
+                    t + draw(st.floats(0.01, 3000.0)),
+                    Observation(
+                        source=Source.WEBHOOK,
+                        order_id="till7-1",
+                        status=status,
+                        amount_refunded=refunded,
+                        modified=at(math.floor(t)),
+                    ),
+                )
+            )
     # poll: a snapshot of the truth at a random moment
     for p in draw(st.lists(st.floats(0.0, history[-1][1] + 100), max_size=6)):
         past = [h for h in history if h[1] <= p]
         if past:
             status, t, refunded = past[-1]
-            out.append((p + draw(st.floats(0.001, 2.0)), Observation(
-                source=Source.POLL, order_id="till7-1", status=status, amount_refunded=refunded,
-                modified=at(math.floor(t)), as_of=at(p))))
+            out.append(
+                (
+                    p + draw(st.floats(0.001, 2.0)),
+                    Observation(
+                        source=Source.POLL,
+                        order_id="till7-1",
+                        status=status,
+                        amount_refunded=refunded,
+                        modified=at(math.floor(t)),
+                        as_of=at(p),
+                    ),
+                )
+            )
     out.sort(key=lambda item: item[0])
     return history, out
 

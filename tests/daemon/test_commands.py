@@ -6,11 +6,11 @@ import json
 
 import anyio
 import pytest
+from helpers.harness import Till, bridge_config, running_bridge, sim_orders, statuses
 from redis.asyncio import Redis
 
 from bridge.core.commands import derive_order_id
 from bridge.simulator.server import SimulatorServer
-from helpers.harness import Till, bridge_config, running_bridge, sim_orders, statuses
 
 pytestmark = pytest.mark.anyio
 
@@ -19,10 +19,14 @@ def errors(events: list[dict]) -> list[tuple[str, str]]:
     return [(e["type"], e["error"]["code"]) for e in events if e.get("error")]
 
 
-async def test_invalid_commands_each_get_their_failure(redis_server, redis_client: Redis, simulator) -> None:
+async def test_invalid_commands_each_get_their_failure(
+    redis_server, redis_client: Redis, simulator
+) -> None:
     till = Till(redis_client)
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
-        await till.send({"type": "pay", "terminal_id": "TILL-A", "amount": -5, "command_id": "bad-pay"})
+        await till.send(
+            {"type": "pay", "terminal_id": "TILL-A", "amount": -5, "command_id": "bad-pay"}
+        )
         await till.send({"type": "cancel", "terminal_id": "TILL-A", "command_id": "bad-cancel"})
         await till.send({"type": "teleport", "terminal_id": "TILL-A", "command_id": "bad-type"})
         await redis_client.xadd(till.keys.commands, {"command": "{not json"})
@@ -38,15 +42,22 @@ async def test_invalid_commands_each_get_their_failure(redis_server, redis_clien
     assert by_command["bad-pay"]["error"]["code"] == "invalid_command"
     assert "amount" in by_command["bad-pay"]["error"]["message"]
     assert by_command["bad-pay"]["order_id"] == derive_order_id("bad-pay")
-    assert by_command["bad-cancel"]["type"] == "command.failed" and not by_command["bad-cancel"]["final"]
+    assert (
+        by_command["bad-cancel"]["type"] == "command.failed"
+        and not by_command["bad-cancel"]["final"]
+    )
     assert "order_id" in by_command["bad-cancel"]["error"]["message"]
     assert by_command["bad-type"]["type"] == "command.failed"
-    assert sorted(f["error"][:20] for _, f in dead) == sorted(["command is not JSON:", "entry has no 'comman"])
+    assert sorted(f["error"][:20] for _, f in dead) == sorted(
+        ["command is not JSON:", "entry has no 'comman"]
+    )
     # nothing is left unacknowledged
     assert (await redis_client.xpending(till.keys.commands, "pos-bridge"))["pending"] == 0
 
 
-async def test_replayed_command_changes_nothing(redis_server, redis_client: Redis, simulator) -> None:
+async def test_replayed_command_changes_nothing(
+    redis_server, redis_client: Redis, simulator
+) -> None:
     till = Till(redis_client)
     command = {"type": "pay", "terminal_id": "TILL-A", "amount": 1250, "command_id": "replay-1"}
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
@@ -54,7 +65,9 @@ async def test_replayed_command_changes_nothing(redis_server, redis_client: Redi
         first = await till.until_final("TILL-A", "replay-1")
         await till.send(dict(command))  # at-least-once delivery: the same command again
         await till.send(dict(command, amount=999))  # the same id for another command
-        events = await till.wait_for("TILL-A", lambda ev: any(e["type"] == "command.failed" for e in ev))
+        events = await till.wait_for(
+            "TILL-A", lambda ev: any(e["type"] == "command.failed" for e in ev)
+        )
         await anyio.sleep(0.5)
         events = await till.events("TILL-A")
     assert statuses(first) == ["order.created", "initialized", "completed"]
@@ -67,31 +80,45 @@ async def test_busy_terminal_then_cancel(redis_server, redis_client: Redis, simu
     till = Till(redis_client)
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
         first = await till.pay("SIM-TIMEOUT-01", 500, order_id="first-order")
-        await till.wait_for("SIM-TIMEOUT-01", lambda ev: any(e["status"] == "initialized" for e in ev))
+        await till.wait_for(
+            "SIM-TIMEOUT-01", lambda ev: any(e["status"] == "initialized" for e in ev)
+        )
         second = await till.pay("SIM-TIMEOUT-01", 700, order_id="second-order")
         busy = await till.until_final("SIM-TIMEOUT-01", second)
-        await till.send({"type": "cancel", "terminal_id": "SIM-TIMEOUT-01", "order_id": "first-order"})
+        await till.send(
+            {"type": "cancel", "terminal_id": "SIM-TIMEOUT-01", "order_id": "first-order"}
+        )
         cancelled = await till.until_final("SIM-TIMEOUT-01", first)
     assert errors(busy) == [("order.failed", "terminal_busy")]
     assert "first-order" in busy[0]["error"]["message"]
     assert statuses(cancelled) == ["order.created", "initialized", "cancelled"]
 
 
-async def test_cancel_of_a_final_order_and_duplicate_order_id(redis_server, redis_client: Redis, simulator) -> None:
+async def test_cancel_of_a_final_order_and_duplicate_order_id(
+    redis_server, redis_client: Redis, simulator
+) -> None:
     till = Till(redis_client)
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
         paid = await till.pay("TILL-B", 1250, order_id="once")
         await till.until_final("TILL-B", paid)
-        await till.send({"type": "cancel", "terminal_id": "TILL-B", "order_id": "once", "command_id": "late"})
+        await till.send(
+            {"type": "cancel", "terminal_id": "TILL-B", "order_id": "once", "command_id": "late"}
+        )
         await till.pay("TILL-B", 300, order_id="once", command_id="again")
         events = await till.wait_for("TILL-B", lambda ev: len(ev) >= 5)
-    assert errors(events) == [("command.failed", "not_cancellable"), ("command.failed", "duplicate_order_id")] or \
-        sorted(errors(events)) == sorted([("command.failed", "not_cancellable"), ("command.failed", "duplicate_order_id")])
+    assert errors(events) == [
+        ("command.failed", "not_cancellable"),
+        ("command.failed", "duplicate_order_id"),
+    ] or sorted(errors(events)) == sorted(
+        [("command.failed", "not_cancellable"), ("command.failed", "duplicate_order_id")]
+    )
     final = json.loads(await redis_client.get(till.keys.order("once")))
     assert final["status"] == "completed"  # the failed commands did not touch the order
 
 
-async def test_cancel_that_arrives_before_its_pay_is_applied(redis_server, redis_client: Redis, simulator) -> None:
+async def test_cancel_that_arrives_before_its_pay_is_applied(
+    redis_server, redis_client: Redis, simulator
+) -> None:
     till = Till(redis_client)
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
         await till.send({"type": "cancel", "terminal_id": "SIM-TIMEOUT-01", "order_id": "early"})
@@ -102,10 +129,15 @@ async def test_cancel_that_arrives_before_its_pay_is_applied(redis_server, redis
 
 @pytest.mark.parametrize(
     ("terminal", "code"),
-    [("NOT-CONFIGURED", "unknown_terminal"), ("SIM-UNKNOWN-01", "unknown_terminal"),
-     ("SIM-FAIL-01", "upstream_unavailable")],
+    [
+        ("NOT-CONFIGURED", "unknown_terminal"),
+        ("SIM-UNKNOWN-01", "unknown_terminal"),
+        ("SIM-FAIL-01", "upstream_unavailable"),
+    ],
 )
-async def test_pay_that_cannot_start(redis_server, redis_client: Redis, simulator, terminal: str, code: str) -> None:
+async def test_pay_that_cannot_start(
+    redis_server, redis_client: Redis, simulator, terminal: str, code: str
+) -> None:
     till = Till(redis_client)
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
         command_id = await till.pay(terminal, 1250)
@@ -124,7 +156,9 @@ async def test_wrong_api_key_is_unauthorized(redis_server, redis_client: Redis) 
     assert "test-group-key" not in json.dumps(events)  # the key never reaches an event
 
 
-async def test_create_that_timed_out_after_the_order_was_made(redis_server, redis_client: Redis, simulator) -> None:
+async def test_create_that_timed_out_after_the_order_was_made(
+    redis_server, redis_client: Redis, simulator
+) -> None:
     """The create answer never comes, but the order exists: GET finds it, one payment, real outcome."""
     till = Till(redis_client)
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
@@ -136,12 +170,21 @@ async def test_create_that_timed_out_after_the_order_was_made(redis_server, redi
     assert len(await sim_orders(simulator)) == 1
 
 
-async def test_replayed_cancel_after_it_worked_says_nothing_more(redis_server, redis_client: Redis, simulator) -> None:
+async def test_replayed_cancel_after_it_worked_says_nothing_more(
+    redis_server, redis_client: Redis, simulator
+) -> None:
     till = Till(redis_client)
-    cancel = {"type": "cancel", "terminal_id": "SIM-TIMEOUT-01", "order_id": "to-cancel", "command_id": "cx-1"}
+    cancel = {
+        "type": "cancel",
+        "terminal_id": "SIM-TIMEOUT-01",
+        "order_id": "to-cancel",
+        "command_id": "cx-1",
+    }
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
         paid = await till.pay("SIM-TIMEOUT-01", 100, order_id="to-cancel")
-        await till.wait_for("SIM-TIMEOUT-01", lambda ev: any(e["status"] == "initialized" for e in ev))
+        await till.wait_for(
+            "SIM-TIMEOUT-01", lambda ev: any(e["status"] == "initialized" for e in ev)
+        )
         await till.send(dict(cancel))
         await till.until_final("SIM-TIMEOUT-01", paid)
         await till.send(dict(cancel))  # delivered again (at least once), maybe while the first runs

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 
-import anyio
 import pytest
-from redis.asyncio import Redis
-
 from helpers.harness import Till, bridge_config, running_bridge, statuses
+from redis.asyncio import Redis
 
 pytestmark = pytest.mark.anyio
 
@@ -31,7 +29,9 @@ async def test_every_scenario_reaches_its_final_once(
     redis_server, redis_client: Redis, simulator, terminal: str, expected: list[str], transport: str
 ) -> None:
     """The same event sequence whichever transport follows the payment."""
-    config = bridge_config(redis_server.url, simulator.base_url, multisafepay={"transport": transport})
+    config = bridge_config(
+        redis_server.url, simulator.base_url, multisafepay={"transport": transport}
+    )
     till = Till(redis_client)
     async with redis_client.pubsub() as pubsub:
         await pubsub.subscribe(till.keys.terminal_channel(terminal))
@@ -49,7 +49,9 @@ async def test_every_scenario_reaches_its_final_once(
     assert [e["final"] for e in events] == [False] * (len(expected) - 1) + [True]
     assert all(e["terminal_id"] == terminal.upper() for e in events)
     # what a subscribed till saw live is the same, each with its stream id
-    assert [(e["event_id"], e["stream_id"]) for e in live] == [(e["event_id"], e["stream_id"]) for e in events]
+    assert [(e["event_id"], e["stream_id"]) for e in live] == [
+        (e["event_id"], e["stream_id"]) for e in events
+    ]
     assert await redis_client.get(till.keys.terminal_active(terminal)) is None
     final = json.loads(await redis_client.get(till.keys.order(events[0]["order_id"])))
     assert final["event_id"] == events[-1]["event_id"]
@@ -65,7 +67,9 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
+@pytest.mark.parametrize(
+    "variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items())
+)
 @pytest.mark.parametrize("events_auth", ["bearer", "raw"])
 @pytest.mark.parametrize(
     ("terminal", "expected"),
@@ -75,7 +79,12 @@ VARIANTS = [
     ],
 )
 async def test_every_uncertain_api_variant(
-    redis_server, redis_client: Redis, variant: dict, events_auth: str, terminal: str, expected: list[str]
+    redis_server,
+    redis_client: Redis,
+    variant: dict,
+    events_auth: str,
+    terminal: str,
+    expected: list[str],
 ) -> None:
     """Wherever MultiSafepay's behaviour is uncertain, the bridge works with each reading."""
     from bridge.simulator.server import SimulatorServer
@@ -83,7 +92,9 @@ async def test_every_uncertain_api_variant(
 
     till = Till(redis_client)
     with SimulatorServer(speed=10, variants=Variants(**variant)) as sim:
-        config = bridge_config(redis_server.url, sim.base_url, multisafepay={"events_auth": events_auth})
+        config = bridge_config(
+            redis_server.url, sim.base_url, multisafepay={"events_auth": events_auth}
+        )
         async with running_bridge(config):
             command_id = await till.pay(terminal, 1250)
             events = await till.until_final(terminal, command_id, timeout=25)

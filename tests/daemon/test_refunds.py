@@ -25,8 +25,11 @@ pytestmark = pytest.mark.anyio
 
 def refunds(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
     """(refund_amount, amount_refunded) of every ``order.refund``, in order."""
-    return [(e["details"]["refund_amount"], e["details"]["amount_refunded"])
-            for e in events if e["type"] == "order.refund"]
+    return [
+        (e["details"]["refund_amount"], e["details"]["amount_refunded"])
+        for e in events
+        if e["type"] == "order.refund"
+    ]
 
 
 def failures(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -37,8 +40,15 @@ def of_order(events: list[dict[str, Any]], order_id: str) -> list[dict[str, Any]
     return [e for e in events if e["order_id"] == order_id]
 
 
-async def refund(till: Till, terminal: str, order_id: str, amount: int | None = None, **kw: Any) -> str:
-    command: dict[str, Any] = {"type": "refund", "terminal_id": terminal, "order_id": order_id, **kw}
+async def refund(
+    till: Till, terminal: str, order_id: str, amount: int | None = None, **kw: Any
+) -> str:
+    command: dict[str, Any] = {
+        "type": "refund",
+        "terminal_id": terminal,
+        "order_id": order_id,
+        **kw,
+    }
     if amount is not None:
         command["amount"] = amount
     return await till.send(command)
@@ -55,14 +65,20 @@ def count(kind: str, n: int):
     return lambda events: sum(e["type"] == kind for e in events) >= n
 
 
-async def test_partial_then_the_rest_then_nothing_left(redis_server, redis_client: Redis, simulator) -> None:
+async def test_partial_then_the_rest_then_nothing_left(
+    redis_server, redis_client: Redis, simulator
+) -> None:
     till = Till(redis_client)
     terminal = "SIM-APPROVE-01"
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
         await paid(till, terminal, 1250, "refund-me")
-        await refund(till, terminal, "refund-me", 300, description="returned item", command_id="r-1")
+        await refund(
+            till, terminal, "refund-me", 300, description="returned item", command_id="r-1"
+        )
         await till.wait_for(terminal, count("order.refund", 1))
-        await refund(till, terminal, "refund-me", 2000, command_id="r-too-much")  # more than remains
+        await refund(
+            till, terminal, "refund-me", 2000, command_id="r-too-much"
+        )  # more than remains
         await till.wait_for(terminal, count("command.failed", 1))
         await refund(till, terminal, "refund-me", command_id="r-rest")  # no amount: what remains
         await till.wait_for(terminal, count("order.refund", 2))
@@ -73,16 +89,26 @@ async def test_partial_then_the_rest_then_nothing_left(redis_server, redis_clien
         events = await till.events(terminal)
     upstream = {o["order_id"]: o for o in await sim_orders(simulator)}["refund-me"]
 
-    assert statuses(events) == ["order.created", "initialized", "completed", "order.refund",
-                                "command.failed", "order.refund", "command.failed", "command.failed"]
+    assert statuses(events) == [
+        "order.created",
+        "initialized",
+        "completed",
+        "order.refund",
+        "command.failed",
+        "order.refund",
+        "command.failed",
+        "command.failed",
+    ]
     assert refunds(events) == [(300, 300), (950, 1250)]
     refund_events = [e for e in events if e["type"] == "order.refund"]
     assert [e["status"] for e in refund_events] == ["partial_refunded", "refunded"]
     assert all(e["final"] is False and e["order_id"] == "refund-me" for e in refund_events)
     assert all(e["terminal_id"] == terminal and e["amount"] == 1250 for e in refund_events)
-    assert sorted(failures(events)) == [("r-nothing-left", "not_refundable"),
-                                        ("r-one-cent-more", "not_refundable"),
-                                        ("r-too-much", "not_refundable")]
+    assert sorted(failures(events)) == [
+        ("r-nothing-left", "not_refundable"),
+        ("r-one-cent-more", "not_refundable"),
+        ("r-too-much", "not_refundable"),
+    ]
     assert all(e["final"] is False for e in events if e["type"] == "command.failed")
     assert sum(e["final"] for e in events) == 1  # the payment's completed stays the only final
     assert len({e["event_id"] for e in events}) == len(events)
@@ -93,7 +119,9 @@ async def test_partial_then_the_rest_then_nothing_left(redis_server, redis_clien
     assert latest["type"] == "order.refund" and latest["details"]["amount_refunded"] == 1250
 
 
-async def test_refund_of_an_order_that_did_not_complete(redis_server, redis_client: Redis, simulator) -> None:
+async def test_refund_of_an_order_that_did_not_complete(
+    redis_server, redis_client: Redis, simulator
+) -> None:
     till = Till(redis_client)
     terminal = "SIM-CUSTOMER-CANCEL-01"
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
@@ -102,7 +130,10 @@ async def test_refund_of_an_order_that_did_not_complete(redis_server, redis_clie
         await refund(till, terminal, "never-paid", 500, command_id="r-cancelled")
         await refund(till, terminal, "never-paid", command_id="r-cancelled-all")
         events = await till.wait_for(terminal, count("command.failed", 2))
-    assert sorted(failures(events)) == [("r-cancelled", "not_refundable"), ("r-cancelled-all", "not_refundable")]
+    assert sorted(failures(events)) == [
+        ("r-cancelled", "not_refundable"),
+        ("r-cancelled-all", "not_refundable"),
+    ]
     assert "cancelled" in events[-1]["error"]["message"]
     assert not any(e["type"] == "order.refund" for e in events)
     upstream = {o["order_id"]: o for o in await sim_orders(simulator)}["never-paid"]
@@ -111,12 +142,19 @@ async def test_refund_of_an_order_that_did_not_complete(redis_server, redis_clie
 
 def _webhook_config(redis_url: str, api_base_url: str, port: int):
     return bridge_config(
-        redis_url, api_base_url,
-        webhook={"enabled": True, "listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"},
+        redis_url,
+        api_base_url,
+        webhook={
+            "enabled": True,
+            "listen": f"127.0.0.1:{port}",
+            "public_url": f"http://127.0.0.1:{port}",
+        },
     )
 
 
-async def _acknowledged_webhooks(sim: SimulatorServer, order_id: str, n: int) -> list[dict[str, Any]]:
+async def _acknowledged_webhooks(
+    sim: SimulatorServer, order_id: str, n: int
+) -> list[dict[str, Any]]:
     """Wait until the simulator has had ``n`` notifications of the order acknowledged."""
     async with httpx.AsyncClient() as client:
         with anyio.fail_after(10):
@@ -128,7 +166,9 @@ async def _acknowledged_webhooks(sim: SimulatorServer, order_id: str, n: int) ->
                 await anyio.sleep(0.05)
 
 
-async def test_refunds_with_webhooks_and_from_the_dashboard(redis_server, redis_client: Redis) -> None:
+async def test_refunds_with_webhooks_and_from_the_dashboard(
+    redis_server, redis_client: Redis
+) -> None:
     """Each refund reaches the bridge twice (the command's GET and the webhook): published once.
     A refund made on the dashboard (straight to the API) reaches the till by webhook alone."""
     port = free_port()
@@ -143,9 +183,11 @@ async def test_refunds_with_webhooks_and_from_the_dashboard(redis_server, redis_
             await _acknowledged_webhooks(sim, "hooked-refund", 3)  # the refund's webhook too
             # the dashboard: the group's key, straight to MultiSafepay; the bridge never asked
             async with httpx.AsyncClient() as client:
-                answer = await client.post(sim.base_url + "orders/hooked-refund/refunds",
-                                           headers={"api_key": API_KEY},
-                                           json={"amount": 700, "currency": "EUR", "description": "dashboard"})
+                answer = await client.post(
+                    sim.base_url + "orders/hooked-refund/refunds",
+                    headers={"api_key": API_KEY},
+                    json={"amount": 700, "currency": "EUR", "description": "dashboard"},
+                )
             assert answer.status_code == 200, answer.text
             await till.wait_for(terminal, count("order.refund", 2))
             await refund(till, terminal, "hooked-refund", command_id="r-hook-rest")  # what remains
@@ -154,8 +196,14 @@ async def test_refunds_with_webhooks_and_from_the_dashboard(redis_server, redis_
             await anyio.sleep(0.3)  # any late duplicate would be published by now
             events = of_order(await till.events(terminal), "hooked-refund")
 
-    assert statuses(events) == ["order.created", "initialized", "completed",
-                                "order.refund", "order.refund", "order.refund"]
+    assert statuses(events) == [
+        "order.created",
+        "initialized",
+        "completed",
+        "order.refund",
+        "order.refund",
+        "order.refund",
+    ]
     assert refunds(events) == [(500, 500), (700, 1200), (800, 2000)]
     by_amount = {e["details"]["amount_refunded"]: e for e in events if e["type"] == "order.refund"}
     assert by_amount[1200]["source"] == "webhook"  # only the webhook knew of the dashboard's
@@ -163,8 +211,13 @@ async def test_refunds_with_webhooks_and_from_the_dashboard(redis_server, redis_
     assert sum(e["final"] for e in events) == 1 and events[2]["status"] == "completed"
     assert len({e["event_id"] for e in events}) == len(events)
     # every refund was notified (and acknowledged), yet each was published once
-    refunded = [a for a in attempts if a["order_id"] == "hooked-refund" and a["status"] in
-                ("partial_refunded", "refunded") and a["result"] == 200]
+    refunded = [
+        a
+        for a in attempts
+        if a["order_id"] == "hooked-refund"
+        and a["status"] in ("partial_refunded", "refunded")
+        and a["result"] == 200
+    ]
     assert len(refunded) == 3
 
 
@@ -175,11 +228,18 @@ async def test_a_replayed_refund_refunds_once(redis_server, redis_client: Redis,
     terminal = "SIM-APPROVE-01"
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
         await paid(till, terminal, 1250, "refund-once")
-        command = {"type": "refund", "terminal_id": terminal, "order_id": "refund-once", "amount": 300,
-                   "command_id": "r-replayed"}
+        command = {
+            "type": "refund",
+            "terminal_id": terminal,
+            "order_id": "refund-once",
+            "amount": 300,
+            "command_id": "r-replayed",
+        }
         await till.send(dict(command))
         await till.wait_for(terminal, count("order.refund", 1))
-        await till.send(dict(command))  # handed out again (e.g. the first daemon died before its ack)
+        await till.send(
+            dict(command)
+        )  # handed out again (e.g. the first daemon died before its ack)
         await till.send(dict(command, amount=400))  # the same id for another refund: refused
         events = await till.wait_for(terminal, count("command.failed", 1))
         await anyio.sleep(0.5)

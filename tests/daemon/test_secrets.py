@@ -9,12 +9,12 @@ import time
 
 import httpx
 import pytest
+from helpers.harness import API_KEY, Till, bridge_config, running_bridge
 from redis.asyncio import Redis
 
 from bridge.logs import configure_logging
 from bridge.redis.server import free_port
 from bridge.simulator.server import SimulatorServer
-from helpers.harness import API_KEY, Till, bridge_config, running_bridge
 
 pytestmark = pytest.mark.anyio
 
@@ -28,9 +28,14 @@ async def test_no_secret_in_logs_or_events(redis_server, redis_client: Redis) ->
     try:
         with SimulatorServer(speed=10) as sim:
             config = bridge_config(
-                redis_server.url, sim.base_url, multisafepay={"poll_interval": 0.1},
-                webhook={"enabled": True, "listen": f"127.0.0.1:{port}",
-                         "public_url": f"http://127.0.0.1:{port}"},
+                redis_server.url,
+                sim.base_url,
+                multisafepay={"poll_interval": 0.1},
+                webhook={
+                    "enabled": True,
+                    "listen": f"127.0.0.1:{port}",
+                    "public_url": f"http://127.0.0.1:{port}",
+                },
             )
             async with running_bridge(config):
                 command_id = await till.pay("SIM-SOFTDECLINE-APPROVE-01", 1250)

@@ -24,15 +24,28 @@ from bridge.simulator.server import SimulatorServer
 pytestmark = pytest.mark.anyio
 
 
-async def create_upstream(sim: SimulatorServer, order_id: str, terminal: str, amount: int = 1250,
-                          notification_url: str | None = None) -> dict[str, Any]:
+async def create_upstream(
+    sim: SimulatorServer,
+    order_id: str,
+    terminal: str,
+    amount: int = 1250,
+    notification_url: str | None = None,
+) -> dict[str, Any]:
     """What a till (or an app) does without the bridge: ``POST orders`` with the group's key."""
     body: dict[str, Any] = {
-        "type": "redirect", "order_id": order_id, "gateway": "", "currency": "EUR", "amount": amount,
-        "description": f"made outside the bridge: {order_id}", "gateway_info": {"terminal_id": terminal},
+        "type": "redirect",
+        "order_id": order_id,
+        "gateway": "",
+        "currency": "EUR",
+        "amount": amount,
+        "description": f"made outside the bridge: {order_id}",
+        "gateway_info": {"terminal_id": terminal},
     }
     if notification_url:
-        body["payment_options"] = {"notification_url": notification_url, "notification_method": "POST"}
+        body["payment_options"] = {
+            "notification_url": notification_url,
+            "notification_method": "POST",
+        }
     async with httpx.AsyncClient() as client:
         answer = await client.post(sim.base_url + "orders", headers={"api_key": API_KEY}, json=body)
     assert answer.status_code == 200, answer.text
@@ -86,14 +99,21 @@ class ConnectionRecorder:
         self.sock.close()
 
 
-async def test_order_started_elsewhere_reaches_its_terminal_by_webhook(redis_server, redis_client: Redis) -> None:
+async def test_order_started_elsewhere_reaches_its_terminal_by_webhook(
+    redis_server, redis_client: Redis
+) -> None:
     port = free_port()
     till = Till(redis_client)
     terminal = "SIM-SOFTDECLINE-APPROVE-01"
     with SimulatorServer(speed=10) as sim:
         config = bridge_config(
-            redis_server.url, sim.base_url,
-            webhook={"enabled": True, "listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"},
+            redis_server.url,
+            sim.base_url,
+            webhook={
+                "enabled": True,
+                "listen": f"127.0.0.1:{port}",
+                "public_url": f"http://127.0.0.1:{port}",
+            },
         )
         hook = config.webhook.notification_url("shop")
         assert hook == f"http://127.0.0.1:{port}/webhooks/multisafepay/shop"
@@ -133,11 +153,17 @@ async def test_watch_follows_an_order_the_till_created(
             async with running_bridge(config):
                 created = await create_upstream(sim, "till-made-1", terminal)
                 token = created["events_token"]
-                await till.send({
-                    "type": "watch", "terminal_id": terminal, "order_id": "till-made-1", "command_id": "w-1",
-                    "events_token": token, "events_stream_url": created["events_stream_url"],
-                    "events_url": created["events_url"],
-                })
+                await till.send(
+                    {
+                        "type": "watch",
+                        "terminal_id": terminal,
+                        "order_id": "till-made-1",
+                        "command_id": "w-1",
+                        "events_token": token,
+                        "events_stream_url": created["events_stream_url"],
+                        "events_url": created["events_url"],
+                    }
+                )
                 events = await till.wait_for(terminal, final_seen("till-made-1"), timeout=15)
                 await anyio.sleep(0.3)
                 events = await till.events(terminal)
@@ -158,7 +184,11 @@ async def test_watch_follows_an_order_the_till_created(
     assert len(upstream) == 1  # following did not create or touch another order
     assert [json.loads(m)["event_id"] for m in live] == [e["event_id"] for e in events]
     # the token never leaves the daemon: not in what tills read, not in a log line
-    published = json.dumps(events) + "".join(live) + (await redis_client.get(till.keys.order("till-made-1")))
+    published = (
+        json.dumps(events)
+        + "".join(live)
+        + (await redis_client.get(till.keys.order("till-made-1")))
+    )
     assert token not in published
     assert "order.watch" in captured_logs.getvalue()  # the capture did see the daemon's lines
     assert token not in captured_logs.getvalue()
@@ -173,15 +203,38 @@ async def test_watch_on_a_host_not_in_events_hosts_connects_nowhere(
     with ConnectionRecorder() as elsewhere:
         async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
             # localhost is not the API's host (127.0.0.1) and not in events_hosts
-            await till.send({"type": "watch", "terminal_id": terminal, "order_id": "evil-1", "command_id": "w-sse",
-                             "events_token": token,
-                             "events_stream_url": f"http://localhost:{elsewhere.port}/events/stream/"})
-            await till.send({"type": "watch", "terminal_id": terminal, "order_id": "evil-2", "command_id": "w-ws",
-                             "events_token": token, "events_url": f"ws://localhost:{elsewhere.port}/events/"})
+            await till.send(
+                {
+                    "type": "watch",
+                    "terminal_id": terminal,
+                    "order_id": "evil-1",
+                    "command_id": "w-sse",
+                    "events_token": token,
+                    "events_stream_url": f"http://localhost:{elsewhere.port}/events/stream/",
+                }
+            )
+            await till.send(
+                {
+                    "type": "watch",
+                    "terminal_id": terminal,
+                    "order_id": "evil-2",
+                    "command_id": "w-ws",
+                    "events_token": token,
+                    "events_url": f"ws://localhost:{elsewhere.port}/events/",
+                }
+            )
             # an allowed stream URL does not smuggle in a forbidden bus URL
-            await till.send({"type": "watch", "terminal_id": terminal, "order_id": "evil-3", "command_id": "w-both",
-                             "events_token": token, "events_stream_url": simulator.url + "events/stream/",
-                             "events_url": f"wss://attacker.example:{elsewhere.port}/"})
+            await till.send(
+                {
+                    "type": "watch",
+                    "terminal_id": terminal,
+                    "order_id": "evil-3",
+                    "command_id": "w-both",
+                    "events_token": token,
+                    "events_stream_url": simulator.url + "events/stream/",
+                    "events_url": f"wss://attacker.example:{elsewhere.port}/",
+                }
+            )
             events = await till.wait_for(terminal, lambda ev: len(ev) >= 3)
             await anyio.sleep(0.5)  # time enough to connect, had it wanted to
             events = await till.events(terminal)

@@ -91,7 +91,9 @@ class Till:
                     return events
                 await anyio.sleep(0.05)
 
-    async def until_final(self, terminal: str, command_id: str, timeout: float = 15.0) -> list[dict[str, Any]]:
+    async def until_final(
+        self, terminal: str, command_id: str, timeout: float = 15.0
+    ) -> list[dict[str, Any]]:
         def done(events: list[dict[str, Any]]) -> bool:
             return any(e["final"] and e["command_id"] == command_id for e in events)
 

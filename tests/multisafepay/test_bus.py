@@ -26,8 +26,13 @@ from bridge.multisafepay.bus import (
 from bridge.simulator import bus as simbus
 
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
-PAYLOAD = {"financial_status": "initialized", "order_id": "o-1", "session_id": "s-1",
-           "status": "initialized", "transaction_id": "890001"}
+PAYLOAD = {
+    "financial_status": "initialized",
+    "order_id": "o-1",
+    "session_id": "s-1",
+    "status": "initialized",
+    "transaction_id": "890001",
+}
 
 
 def ack(reply_id: Any) -> str:
@@ -48,7 +53,12 @@ def event(channel: Any = "session.order", payload: Any = PAYLOAD) -> str:
 def test_subscribe_frame() -> None:
     p = BusProtocol()
     frame = json.loads(p.subscribe("session.order", now=1.0))
-    assert frame == {"id": frame["id"], "type": "subscribe", "channel": "session.order", "filter": {}}
+    assert frame == {
+        "id": frame["id"],
+        "type": "subscribe",
+        "channel": "session.order",
+        "filter": {},
+    }
     assert HEX16.match(frame["id"])
     assert p.pending[frame["id"]] == Request(frame["id"], "subscribe", "session.order", {}, 1.0)
     assert p.subscriptions == {"session.order": {}}
@@ -76,8 +86,15 @@ def test_unsubscribe_and_heartbeat_frames() -> None:
 
 
 def test_ids_are_fresh_even_if_the_factory_repeats() -> None:
-    ids = iter(["aaaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "aaaaaaaaaaaaaaaa",
-                "cccccccccccccccc"])
+    ids = iter(
+        [
+            "aaaaaaaaaaaaaaaa",
+            "aaaaaaaaaaaaaaaa",
+            "bbbbbbbbbbbbbbbb",
+            "aaaaaaaaaaaaaaaa",
+            "cccccccccccccccc",
+        ]
+    )
     p = BusProtocol(new_id=lambda: next(ids))
     a = json.loads(p.heartbeat(now=0))["id"]
     b = json.loads(p.heartbeat(now=0))["id"]
@@ -100,8 +117,11 @@ def test_filter_must_be_json() -> None:
 
 def test_frames_are_what_the_simulator_understands() -> None:
     p, server = BusProtocol(), simbus.BusSession()
-    for frame in (p.subscribe("session.order", now=0), p.heartbeat(now=0),
-                  p.unsubscribe("session.order", now=0)):
+    for frame in (
+        p.subscribe("session.order", now=0),
+        p.heartbeat(now=0),
+        p.unsubscribe("session.order", now=0),
+    ):
         result = p.receive(json.dumps(server.handle(frame)), now=0)
         assert isinstance(result, Acked)
     result = p.receive(json.dumps(server.handle(p.subscribe("bogus", now=0))), now=0)
@@ -207,29 +227,34 @@ def test_bytes_frames() -> None:
 # -- malformed -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("frame,reason", [
-    ("", "not JSON"),
-    ("not json", "not JSON"),
-    ("{", "not JSON"),
-    ("[" * 100000 + "]" * 100000, "not JSON"),
-    ("1" * 5000, "not JSON"),  # over Python's int digit limit
-    ("[]", "not a JSON object but list"),
-    ('"event"', "not a JSON object but str"),
-    ("null", "not a JSON object but NoneType"),
-    ("{}", "no type"),
-    ('{"type": null}', "no type"),
-    ('{"type": "party"}', "unknown type"),
-    ('{"type": 3}', "unknown type"),
-    ('{"type": ["ack"]}', "unknown type"),
-    ('{"type": "event"}', "event without a channel"),
-    ('{"type": "event", "channel": "", "payload": {}}', "event without a channel"),
-    ('{"type": "event", "channel": 5, "payload": {}}', "event without a channel"),
-    ('{"type": "event", "channel": "session.order"}', "event payload is not an object"),
-    ('{"type": "event", "channel": "session.order", "payload": "ping"}',
-     "event payload is not an object"),
-    ('{"type": "ack", "replyId": 12}', "ack with a non-text replyId"),
-    ('{"type": "error", "replyId": {"a": 1}}', "error with a non-text replyId"),
-])
+@pytest.mark.parametrize(
+    "frame,reason",
+    [
+        ("", "not JSON"),
+        ("not json", "not JSON"),
+        ("{", "not JSON"),
+        ("[" * 100000 + "]" * 100000, "not JSON"),
+        ("1" * 5000, "not JSON"),  # over Python's int digit limit
+        ("[]", "not a JSON object but list"),
+        ('"event"', "not a JSON object but str"),
+        ("null", "not a JSON object but NoneType"),
+        ("{}", "no type"),
+        ('{"type": null}', "no type"),
+        ('{"type": "party"}', "unknown type"),
+        ('{"type": 3}', "unknown type"),
+        ('{"type": ["ack"]}', "unknown type"),
+        ('{"type": "event"}', "event without a channel"),
+        ('{"type": "event", "channel": "", "payload": {}}', "event without a channel"),
+        ('{"type": "event", "channel": 5, "payload": {}}', "event without a channel"),
+        ('{"type": "event", "channel": "session.order"}', "event payload is not an object"),
+        (
+            '{"type": "event", "channel": "session.order", "payload": "ping"}',
+            "event payload is not an object",
+        ),
+        ('{"type": "ack", "replyId": 12}', "ack with a non-text replyId"),
+        ('{"type": "error", "replyId": {"a": 1}}', "error with a non-text replyId"),
+    ],
+)
 def test_malformed(frame: str, reason: str) -> None:
     p = BusProtocol()
     p.heartbeat(now=0)
@@ -260,7 +285,9 @@ def test_resubscribe_after_reconnect() -> None:
     p.heartbeat(now=0)
     frames = [json.loads(f) for f in p.resubscribe_frames(now=10)]
     assert [(f["type"], f["channel"], f["filter"]) for f in frames] == [
-        ("subscribe", "session.order", {"x": 1}), ("subscribe", "session.qr", {})]
+        ("subscribe", "session.order", {"x": 1}),
+        ("subscribe", "session.qr", {}),
+    ]
     assert set(p.pending) == {f["id"] for f in frames}  # the old connection's requests are gone
     assert a not in {f["id"] for f in frames}
     assert p.confirmed == set()
@@ -317,19 +344,32 @@ _junk = st.one_of(
     st.text(max_size=40),
     st.binary(max_size=40),
     st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-        lambda children: st.lists(children, max_size=3)
-        | st.dictionaries(st.sampled_from(["type", "replyId", "channel", "payload", "message",
-                                           "id"]) | st.text(max_size=5), children, max_size=4),
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=8),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["type", "replyId", "channel", "payload", "message", "id"])
+                | st.text(max_size=5),
+                children,
+                max_size=4,
+            )
+        ),
         max_leaves=10,
     ).map(json.dumps),
-    st.fixed_dictionaries({
-        "type": st.sampled_from(["ack", "error", "event", "heartbeat", "subscribe", ""]),
-    }, optional={
-        "replyId": st.none() | st.text(max_size=16) | st.integers(),
-        "channel": st.none() | st.sampled_from(["session.order", "session.qr", ""]),
-        "payload": st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=5)),
-    }).map(json.dumps),
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["ack", "error", "event", "heartbeat", "subscribe", ""]),
+        },
+        optional={
+            "replyId": st.none() | st.text(max_size=16) | st.integers(),
+            "channel": st.none() | st.sampled_from(["session.order", "session.qr", ""]),
+            "payload": st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=5)),
+        },
+    ).map(json.dumps),
 )
 
 

@@ -46,7 +46,9 @@ async def server(behaviour: Behaviour) -> AsyncIterator[str]:
 async def read_all(url: str, idle: float = 0.5) -> list:
     async with httpx.AsyncClient() as http:
         got = []
-        async with aclosing(sse_messages(http, url, "tok", idle_timeout=idle, connect_timeout=1)) as stream:
+        async with aclosing(
+            sse_messages(http, url, "tok", idle_timeout=idle, connect_timeout=1)
+        ) as stream:
             async for m in stream:
                 got.append(m)
         return got

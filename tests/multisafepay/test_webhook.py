@@ -52,9 +52,14 @@ def no_secrets(exc: WebhookRejected, *secrets: str) -> None:
 
 def test_docs_vector_verifies(docs: dict[str, Any]) -> None:
     raw = docs["raw_body"].encode("utf-8")
-    got = verify_webhook(raw, docs["auth_header"], docs["api_key"],
-                         now=float(docs["timestamp"]) + 30, max_age=600,
-                         query_timestamp=docs["timestamp"])
+    got = verify_webhook(
+        raw,
+        docs["auth_header"],
+        docs["api_key"],
+        now=float(docs["timestamp"]) + 30,
+        max_age=600,
+        query_timestamp=docs["timestamp"],
+    )
     assert isinstance(got, VerifiedWebhook)
     assert got.timestamp == docs["timestamp"] and got.age == 30 and got.raw_body == raw
     assert got.json()["order_id"] == "my-order-id"
@@ -66,15 +71,27 @@ def test_docs_vector_verifies(docs: dict[str, Any]) -> None:
 def test_docs_vector_reserialized_is_rejected(docs: dict[str, Any]) -> None:
     compact = json.dumps(json.loads(docs["raw_body"]), separators=(",", ":")).encode()
     assert compact != docs["raw_body"].encode()
-    exc = reject("bad_signature", compact, docs["auth_header"], docs["api_key"],
-                 now=float(docs["timestamp"]), max_age=600)
+    exc = reject(
+        "bad_signature",
+        compact,
+        docs["auth_header"],
+        docs["api_key"],
+        now=float(docs["timestamp"]),
+        max_age=600,
+    )
     assert exc.status == 401
     no_secrets(exc, docs["api_key"], docs["signature_hex"], docs["auth_header"])
 
 
 def test_docs_vector_is_stale_today(docs: dict[str, Any]) -> None:
-    exc = reject("stale", docs["raw_body"].encode(), docs["auth_header"], docs["api_key"],
-                 now=1_800_000_000.0, max_age=600)
+    exc = reject(
+        "stale",
+        docs["raw_body"].encode(),
+        docs["auth_header"],
+        docs["api_key"],
+        now=1_800_000_000.0,
+        max_age=600,
+    )
     no_secrets(exc, docs["api_key"], docs["signature_hex"], docs["auth_header"])
 
 
@@ -146,13 +163,16 @@ def test_missing_header(header: str | None) -> None:
     assert exc.status == 401
 
 
-@pytest.mark.parametrize("header", [
-    "!!!not base64!!!",
-    "bm90IGJhc2U2NA=x=",
-    base64.b64encode(b"\xff\xfe\x00binary").decode(),
-    "QQ",  # "A"
-    "a" * 5000,
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "!!!not base64!!!",
+        "bm90IGJhc2U2NA=x=",
+        base64.b64encode(b"\xff\xfe\x00binary").decode(),
+        "QQ",  # "A"
+        "a" * 5000,
+    ],
+)
 def test_garbage_base64(header: str) -> None:
     exc = reject("malformed_auth", BODY, header, KEY, now=NOW, max_age=600)
     no_secrets(exc, header[:64])
@@ -165,16 +185,19 @@ def test_header_without_colon() -> None:
     no_secrets(exc, sig, header)
 
 
-@pytest.mark.parametrize("decoded", [
-    "notanumber:" + "0" * 128,
-    ":" + "0" * 128,
-    TS + ":",
-    TS + ":xyz",
-    TS + ":" + "0" * 127,
-    TS + ":" + "0" * 129,
-    TS + ":" + "g" * 128,
-    "-1:" + "0" * 128,
-])
+@pytest.mark.parametrize(
+    "decoded",
+    [
+        "notanumber:" + "0" * 128,
+        ":" + "0" * 128,
+        TS + ":",
+        TS + ":xyz",
+        TS + ":" + "0" * 127,
+        TS + ":" + "0" * 129,
+        TS + ":" + "g" * 128,
+        "-1:" + "0" * 128,
+    ],
+)
 def test_malformed_parts(decoded: str) -> None:
     header = base64.b64encode(decoded.encode()).decode()
     reject("malformed_auth", BODY, header, KEY, now=NOW, max_age=600)
@@ -183,8 +206,9 @@ def test_malformed_parts(decoded: str) -> None:
 def test_query_timestamp_mismatch() -> None:
     header = sign_webhook(BODY, KEY, TS)
     assert verify_webhook(BODY, header, KEY, now=NOW, max_age=600, query_timestamp=TS)
-    exc = reject("timestamp_mismatch", BODY, header, KEY, now=NOW, max_age=600,
-                 query_timestamp="1700000001")
+    exc = reject(
+        "timestamp_mismatch", BODY, header, KEY, now=NOW, max_age=600, query_timestamp="1700000001"
+    )
     assert exc.status == 400
 
 
@@ -222,11 +246,13 @@ def test_property_sign_then_verify(body: bytes, key: str, ts: int) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(body=bodies, key=keys, data=st.data())
-def test_property_any_single_byte_change_rejects(body: bytes, key: str, data: st.DataObject) -> None:
+def test_property_any_single_byte_change_rejects(
+    body: bytes, key: str, data: st.DataObject
+) -> None:
     header = sign_webhook(body, key, TS)
     index = data.draw(st.integers(0, len(body) - 1), label="index")
     new = data.draw(st.integers(0, 255).filter(lambda b: b != body[index]), label="byte")
-    tampered = body[:index] + bytes([new]) + body[index + 1:]
+    tampered = body[:index] + bytes([new]) + body[index + 1 :]
     exc = reject("bad_signature", tampered, header, key, now=NOW, max_age=600)
     no_secrets(exc, header, signature_hex(body, key, TS))
 

@@ -30,8 +30,13 @@ pytestmark = pytest.mark.anyio
 
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 TOKEN = "secret.events.token"
-PAYLOAD = {"financial_status": "initialized", "order_id": "o-1", "session_id": "s-1",
-           "status": "initialized", "transaction_id": "890001"}
+PAYLOAD = {
+    "financial_status": "initialized",
+    "order_id": "o-1",
+    "session_id": "s-1",
+    "status": "initialized",
+    "transaction_id": "890001",
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +49,26 @@ def sim() -> Iterator[SimulatorServer]:
 
 async def create_order(sim: SimulatorServer, terminal: str) -> dict[str, Any]:
     async with httpx.AsyncClient() as client:
-        r = await client.post(sim.base_url + "orders", headers={"api_key": "anything"}, json={
-            "type": "redirect", "order_id": f"o-{time.monotonic_ns()}", "gateway": "",
-            "currency": "EUR", "amount": 1250, "description": "x",
-            "gateway_info": {"terminal_id": terminal}})
+        r = await client.post(
+            sim.base_url + "orders",
+            headers={"api_key": "anything"},
+            json={
+                "type": "redirect",
+                "order_id": f"o-{time.monotonic_ns()}",
+                "gateway": "",
+                "currency": "EUR",
+                "amount": 1250,
+                "description": "x",
+                "gateway_info": {"terminal_id": terminal},
+            },
+        )
         r.raise_for_status()
         return r.json()["data"]
 
 
-async def collect(stream: AsyncIterator[StreamMessage], into: list[StreamMessage],
-                  limit: float = 10.0) -> None:
+async def collect(
+    stream: AsyncIterator[StreamMessage], into: list[StreamMessage], limit: float = 10.0
+) -> None:
     with anyio.fail_after(limit):
         async with aclosing(stream) as messages:  # type: ignore[type-var]
             async for message in messages:
@@ -67,16 +82,21 @@ def statuses(messages: list[StreamMessage]) -> list[str]:
 # -- against the simulator -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("terminal,expected", [
-    ("SIM-APPROVE-01", ["initialized", "completed"]),
-    ("SIM-RETRY-01", ["initialized", "declined", "initialized", "completed"]),
-])
-async def test_simulator_flow_until_final(sim: SimulatorServer, terminal: str,
-                                          expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    "terminal,expected",
+    [
+        ("SIM-APPROVE-01", ["initialized", "completed"]),
+        ("SIM-RETRY-01", ["initialized", "declined", "initialized", "completed"]),
+    ],
+)
+async def test_simulator_flow_until_final(
+    sim: SimulatorServer, terminal: str, expected: list[str]
+) -> None:
     d = await create_order(sim, terminal)
     got: list[StreamMessage] = []
-    await collect(bus_messages(d["events_url"], d["events_token"], connect_timeout=5,
-                               idle_timeout=5), got)
+    await collect(
+        bus_messages(d["events_url"], d["events_token"], connect_timeout=5, idle_timeout=5), got
+    )
     assert statuses(got) == expected  # and the generator ended: the bus closed normally
     for m in got:
         assert m.event == "session.order" and m.id is None
@@ -88,8 +108,9 @@ async def test_simulator_invalid_token_is_rejected(sim: SimulatorServer) -> None
     d = await create_order(sim, "SIM-APPROVE-02")
     for token in ("bad", d["events_token"][:-3] + "xyz"):
         with pytest.raises(StreamRejected) as info:
-            await collect(bus_messages(d["events_url"], token, connect_timeout=5,
-                                       idle_timeout=5), [])
+            await collect(
+                bus_messages(d["events_url"], token, connect_timeout=5, idle_timeout=5), []
+            )
         assert "1008" in str(info.value)
         assert token not in str(info.value)
 
@@ -98,8 +119,9 @@ async def test_simulator_drop_is_a_stream_error(sim: SimulatorServer) -> None:
     d = await create_order(sim, "SIM-DROP-01")  # initialized, then the streams drop
     got: list[StreamMessage] = []
     with pytest.raises(StreamError) as info:
-        await collect(bus_messages(d["events_url"], d["events_token"], connect_timeout=5,
-                                   idle_timeout=5), got)
+        await collect(
+            bus_messages(d["events_url"], d["events_token"], connect_timeout=5, idle_timeout=5), got
+        )
     assert not isinstance(info.value, StreamRejected)
     assert "1011" in str(info.value)
     assert statuses(got) == ["initialized"]
@@ -119,22 +141,34 @@ async def test_simulator_admin_drop(sim: SimulatorServer) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(drop_after_first)
         with pytest.raises(StreamError, match="1011"):
-            await collect(bus_messages(d["events_url"], d["events_token"], connect_timeout=5,
-                                       idle_timeout=5), got)
+            await collect(
+                bus_messages(d["events_url"], d["events_token"], connect_timeout=5, idle_timeout=5),
+                got,
+            )
     assert statuses(got) == ["initialized"]
     async with httpx.AsyncClient() as client:
-        await client.post(f"{sim.base_url}orders/{d['order_id']}/cancel",
-                          headers={"api_key": "anything"})
+        await client.post(
+            f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": "anything"}
+        )
 
 
 async def test_simulator_refuses_unknown_channel(sim: SimulatorServer) -> None:
     d = await create_order(sim, "SIM-TIMEOUT-02")
     with pytest.raises(StreamRejected, match="unknown channel"):
-        await collect(bus_messages(d["events_url"], d["events_token"], channel="bogus",
-                                   connect_timeout=5, idle_timeout=5), [])
+        await collect(
+            bus_messages(
+                d["events_url"],
+                d["events_token"],
+                channel="bogus",
+                connect_timeout=5,
+                idle_timeout=5,
+            ),
+            [],
+        )
     async with httpx.AsyncClient() as client:
-        await client.post(f"{sim.base_url}orders/{d['order_id']}/cancel",
-                          headers={"api_key": "anything"})
+        await client.post(
+            f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": "anything"}
+        )
 
 
 async def test_simulator_answers_pings_and_heartbeats(sim: SimulatorServer) -> None:
@@ -146,8 +180,9 @@ async def test_simulator_answers_pings_and_heartbeats(sim: SimulatorServer) -> N
             await ws.send(json.dumps({"id": "0123456789abcdef", "type": "heartbeat"}))
             assert json.loads(await ws.recv()) == {"type": "ack", "replyId": "0123456789abcdef"}
     async with httpx.AsyncClient() as client:
-        await client.post(f"{sim.base_url}orders/{d['order_id']}/cancel",
-                          headers={"api_key": "anything"})
+        await client.post(
+            f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": "anything"}
+        )
 
 
 # -- local servers -------------------------------------------------------------------------------
@@ -165,9 +200,14 @@ async def local_bus(handler: Handler, **options: Any) -> AsyncIterator[str]:
 class Recorder:
     """A bus that records the client's frames and acks subscriptions (and heartbeats if told)."""
 
-    def __init__(self, *, ack_heartbeats: bool = True, ack_subscribe: bool = True,
-                 after_ack: list[Any] | None = None, then: Callable[..., Awaitable[None]] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        *,
+        ack_heartbeats: bool = True,
+        ack_subscribe: bool = True,
+        after_ack: list[Any] | None = None,
+        then: Callable[..., Awaitable[None]] | None = None,
+    ) -> None:
         self.frames: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.connections = 0
@@ -208,6 +248,7 @@ def ev(payload: dict[str, Any] = PAYLOAD, channel: str = "session.order") -> dic
 def close_with(code: int, reason: str = "") -> Callable[[ServerConnection], Awaitable[None]]:
     async def then(ws: ServerConnection) -> None:
         await ws.close(code, reason)
+
     return then
 
 
@@ -235,8 +276,13 @@ async def test_idle_connection_is_a_stream_error() -> None:
     async with local_bus(rec) as url:
         start = anyio.current_time()
         with pytest.raises(StreamError, match="silent for 0.3 s") as info:
-            await collect(bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=0.3,
-                                       heartbeat_interval=0.2), [], limit=5)
+            await collect(
+                bus_messages(
+                    url, TOKEN, connect_timeout=2, idle_timeout=0.3, heartbeat_interval=0.2
+                ),
+                [],
+                limit=5,
+            )
         elapsed = anyio.current_time() - start
     assert not isinstance(info.value, StreamRejected)
     assert 0.25 <= elapsed < 2
@@ -261,8 +307,11 @@ async def test_heartbeat_sent_after_silence() -> None:
             await then(ws)
 
     async with local_bus(handler) as url:
-        await collect(bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=1,
-                                   heartbeat_interval=0.1), got, limit=5)
+        await collect(
+            bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=1, heartbeat_interval=0.1),
+            got,
+            limit=5,
+        )
     beats = rec.of_type("heartbeat")
     assert 3 <= len(beats) <= 7, beats
     assert all(set(b) == {"id", "type"} and HEX16.match(b["id"]) for b in beats)
@@ -280,8 +329,11 @@ async def test_no_heartbeat_while_traffic_flows() -> None:
     rec = Recorder(then=then)
     async with local_bus(rec) as url:
         got: list[StreamMessage] = []
-        await collect(bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=1,
-                                   heartbeat_interval=0.2), got, limit=5)
+        await collect(
+            bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=1, heartbeat_interval=0.2),
+            got,
+            limit=5,
+        )
     assert len(got) == 8 and rec.of_type("heartbeat") == []
 
 
@@ -304,8 +356,15 @@ async def test_slow_consumer_is_not_idle() -> None:
 async def test_error_reply_to_subscribe_is_rejected() -> None:
     async def handler(ws: ServerConnection) -> None:
         msg = json.loads(await ws.recv())
-        await ws.send(json.dumps({"type": "error", "replyId": msg["id"],
-                                  "payload": {"message": "grant mbus:session.order missing"}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "error",
+                    "replyId": msg["id"],
+                    "payload": {"message": "grant mbus:session.order missing"},
+                }
+            )
+        )
         await ws.wait_closed()
 
     async with local_bus(handler) as url:
@@ -317,8 +376,9 @@ async def test_subscribe_never_acknowledged() -> None:
     rec = Recorder(ack_subscribe=False)
     async with local_bus(rec) as url:
         with pytest.raises(StreamError, match="did not acknowledge") as info:
-            await collect(bus_messages(url, TOKEN, connect_timeout=0.3, idle_timeout=5), [],
-                          limit=3)
+            await collect(
+                bus_messages(url, TOKEN, connect_timeout=0.3, idle_timeout=5), [], limit=3
+            )
     assert not isinstance(info.value, StreamRejected)
 
 
@@ -337,13 +397,21 @@ async def test_events_before_the_ack_are_kept() -> None:
 
 
 async def test_garbage_and_other_channels_are_skipped() -> None:
-    rec = Recorder(after_ack=[
-        "not json", "[]", {"type": "party"}, {"type": "ack", "replyId": "ffffffffffffffff"},
-        {"type": "error", "replyId": None, "payload": {"message": "huh"}},
-        ev({"qr": "x"}, channel="session.qr"), {"type": "event", "channel": "session.order"},
-        b"\xff\xfe", json.dumps(ev(dict(PAYLOAD, transaction_id=890001))).encode(),
-        ev(dict(PAYLOAD, status="completed")),
-    ], then=close_with(1000))
+    rec = Recorder(
+        after_ack=[
+            "not json",
+            "[]",
+            {"type": "party"},
+            {"type": "ack", "replyId": "ffffffffffffffff"},
+            {"type": "error", "replyId": None, "payload": {"message": "huh"}},
+            ev({"qr": "x"}, channel="session.qr"),
+            {"type": "event", "channel": "session.order"},
+            b"\xff\xfe",
+            json.dumps(ev(dict(PAYLOAD, transaction_id=890001))).encode(),
+            ev(dict(PAYLOAD, status="completed")),
+        ],
+        then=close_with(1000),
+    )
     async with local_bus(rec) as url:
         got: list[StreamMessage] = []
         await collect(bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=2), got)
@@ -351,8 +419,9 @@ async def test_garbage_and_other_channels_are_skipped() -> None:
     assert json.loads(got[0].data)["transaction_id"] == 890001
 
 
-@pytest.mark.parametrize("code,rejected", [(1008, True), (4403, True), (1011, False),
-                                           (1001, False), (4000, False)])
+@pytest.mark.parametrize(
+    "code,rejected", [(1008, True), (4403, True), (1011, False), (1001, False), (4000, False)]
+)
 async def test_close_codes(code: int, rejected: bool) -> None:
     rec = Recorder(after_ack=[ev()], then=close_with(code, "bye"))
     async with local_bus(rec) as url:
@@ -385,8 +454,7 @@ async def test_abrupt_disconnect_is_a_stream_error() -> None:
     assert not isinstance(info.value, StreamRejected)
 
 
-@pytest.mark.parametrize("status,rejected", [(401, True), (403, True), (404, False),
-                                             (500, False)])
+@pytest.mark.parametrize("status,rejected", [(401, True), (403, True), (404, False), (500, False)])
 async def test_refused_handshake(status: int, rejected: bool) -> None:
     def refuse(conn: ServerConnection, request: Request) -> Response:
         return Response(status, "no", Headers([("Content-Length", "0")]), b"")
@@ -410,8 +478,12 @@ async def test_unreachable_and_not_answering() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(StreamError, match="unreachable") as info:
-        await collect(bus_messages(f"ws://127.0.0.1:{port}/events/", TOKEN, connect_timeout=2,
-                                   idle_timeout=2), [])
+        await collect(
+            bus_messages(
+                f"ws://127.0.0.1:{port}/events/", TOKEN, connect_timeout=2, idle_timeout=2
+            ),
+            [],
+        )
     assert not isinstance(info.value, StreamRejected)
 
     with socket.socket() as listener:  # accepts TCP, never answers the handshake
@@ -420,8 +492,12 @@ async def test_unreachable_and_not_answering() -> None:
         port = listener.getsockname()[1]
         start = anyio.current_time()
         with pytest.raises(StreamError, match="did not open within 0.3 s"):
-            await collect(bus_messages(f"ws://127.0.0.1:{port}/events/", TOKEN,
-                                       connect_timeout=0.3, idle_timeout=2), [])
+            await collect(
+                bus_messages(
+                    f"ws://127.0.0.1:{port}/events/", TOKEN, connect_timeout=0.3, idle_timeout=2
+                ),
+                [],
+            )
         assert anyio.current_time() - start < 2
 
 
@@ -438,8 +514,9 @@ async def test_reconnect_resubscribes_with_a_shared_protocol() -> None:
     async with local_bus(rec) as url:
         for _ in range(2):
             with pytest.raises(StreamError):
-                await collect(bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=2,
-                                           protocol=proto), [])
+                await collect(
+                    bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=2, protocol=proto), []
+                )
     subs = rec.of_type("subscribe")
     assert rec.connections == 2 and len(subs) == 2
     assert [s["channel"] for s in subs] == ["session.order", "session.order"]

@@ -42,9 +42,19 @@ async def test_commits_are_fenced_by_the_lease(redis_client: Redis) -> None:
     now = datetime.now(UTC)
     token_a = await leases_a.acquire("o1")
     assert token_a
-    await store.record("o1", lambda st: order_created(
-        order_id="o1", terminal_id="T", command_id="c", amount=1, currency="EUR",
-        session_id=None, now=now), fence=token_a)
+    await store.record(
+        "o1",
+        lambda st: order_created(
+            order_id="o1",
+            terminal_id="T",
+            command_id="c",
+            amount=1,
+            currency="EUR",
+            session_id=None,
+            now=now,
+        ),
+        fence=token_a,
+    )
     await redis_client.delete(KEYS.lease("o1"))  # a lapses (say it stalled) ...
     token_b = await leases_b.acquire("o1")  # ... and b takes the order over
     assert token_b

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 
 import anyio
+import anyio.lowlevel
 import pytest
 from redis.asyncio import Redis
 
@@ -22,7 +23,9 @@ KEYS = Keys("pos")
 
 
 def store(client: Redis, **kw: object) -> EventStore:
-    return EventStore(client, KEYS, stream_maxlen=kw.get("maxlen", 1000), order_ttl=kw.get("ttl", 3600))  # type: ignore[arg-type]
+    return EventStore(
+        client, KEYS, stream_maxlen=kw.get("maxlen", 1000), order_ttl=kw.get("ttl", 3600)
+    )  # type: ignore[arg-type]
 
 
 def now() -> datetime:
@@ -34,9 +37,18 @@ def obs(status: str, source: Source = Source.STREAM) -> Observation:
 
 
 async def create(s: EventStore) -> None:
-    recorded = await s.record("o-1", lambda _st: order_created(
-        order_id="o-1", terminal_id="0000004d", command_id="c-1", amount=1250,
-        currency="EUR", session_id="s", now=now()))
+    recorded = await s.record(
+        "o-1",
+        lambda _st: order_created(
+            order_id="o-1",
+            terminal_id="0000004d",
+            command_id="c-1",
+            amount=1250,
+            currency="EUR",
+            session_id="s",
+            now=now(),
+        ),
+    )
     assert len(recorded.stream_ids) == 1
 
 
@@ -65,7 +77,11 @@ async def test_transition_writes_stream_order_key_active_and_publishes(redis_cli
     assert [m["stream_id"] for m in messages] == [eid for eid, _ in entries]
     assert [m["event_id"] for m in messages] == [e["event_id"] for _, e in entries]
     latest = json.loads(await redis_client.get(KEYS.order("o-1")))
-    assert latest["status"] == "completed" and latest["final"] and latest["stream_id"] == entries[-1][0]
+    assert (
+        latest["status"] == "completed"
+        and latest["final"]
+        and latest["stream_id"] == entries[-1][0]
+    )
     assert await redis_client.get(KEYS.terminal_active("0000004D")) is None  # idle again
     ttl = await redis_client.pttl(KEYS.order("o-1"))
     assert 3_500_000 < ttl <= 3_600_000
@@ -86,8 +102,12 @@ async def test_stale_cached_state_is_corrected_by_the_compare_and_set(redis_clie
     stale = await s.load("o-1")
     await s.record("o-1", lambda st: observe(st, obs("initialized"), now()))
     # a second daemon still believes the order is only created, and sees the same status
-    result = await s.record("o-1", lambda st: observe(st, obs("initialized", Source.POLL), now()),
-                            known=stale, trust_known=True)
+    result = await s.record(
+        "o-1",
+        lambda st: observe(st, obs("initialized", Source.POLL), now()),
+        known=stale,
+        trust_known=True,
+    )
     assert not result.stream_ids
     assert [e["status"] for _, e in await stream_events(redis_client)] == [None, "initialized"]
 
@@ -104,9 +124,13 @@ async def test_racing_publishers_publish_each_transition_once(redis_server) -> N
         async def publisher(i: int) -> None:
             s = store(clients[i])
             for status in flow:
-                await s.record("o-1", lambda st, status=status: observe(st, Observation(
-                    source=sources[i % 4], order_id="o-1", status=status), now()))
-                await anyio.sleep(0)
+                await s.record(
+                    "o-1",
+                    lambda st, status=status: observe(
+                        st, Observation(source=sources[i % 4], order_id="o-1", status=status), now()
+                    ),
+                )
+                await anyio.lowlevel.checkpoint()
 
         # every racer walks the same true history; each step is done by whoever gets there first
         for _ in range(3):
@@ -134,9 +158,14 @@ async def test_racing_on_one_transition_has_one_winner(redis_server) -> None:
         results = []
 
         async def racer(c: Redis, source: Source) -> None:
-            results.append(await store(c).record(
-                "o-1", lambda st: observe(st, obs("completed", source), now()),
-                known=known, trust_known=True))
+            results.append(
+                await store(c).record(
+                    "o-1",
+                    lambda st: observe(st, obs("completed", source), now()),
+                    known=known,
+                    trust_known=True,
+                )
+            )
 
         async with anyio.create_task_group() as tg:
             for i, c in enumerate(clients):
@@ -152,14 +181,31 @@ async def test_racing_on_one_transition_has_one_winner(redis_server) -> None:
 
 async def test_order_failed_and_command_failed(redis_client: Redis) -> None:
     s = store(redis_client)
-    failed = await s.record("o-2", lambda st: order_failed(
-        st, order_id="o-2", terminal_id="T1", command_id="c-2", amount=5, currency="EUR",
-        code=ErrorCode.TERMINAL_BUSY, message="terminal T1 is busy", now=now()))
+    failed = await s.record(
+        "o-2",
+        lambda st: order_failed(
+            st,
+            order_id="o-2",
+            terminal_id="T1",
+            command_id="c-2",
+            amount=5,
+            currency="EUR",
+            code=ErrorCode.TERMINAL_BUSY,
+            message="terminal T1 is busy",
+            now=now(),
+        ),
+    )
     assert failed.stream_ids
     event = Event(
-        event_id=make_event_id("c-3", "command.failed"), type=EventType.COMMAND_FAILED,
-        terminal_id="T1", order_id="o-2", command_id="c-3", source=Source.BRIDGE,
-        received_at=now(), error=EventError(code=ErrorCode.DUPLICATE_ORDER_ID, message="reused"))
+        event_id=make_event_id("c-3", "command.failed"),
+        type=EventType.COMMAND_FAILED,
+        terminal_id="T1",
+        order_id="o-2",
+        command_id="c-3",
+        source=Source.BRIDGE,
+        received_at=now(),
+        error=EventError(code=ErrorCode.DUPLICATE_ORDER_ID, message="reused"),
+    )
     once = KEYS.command_record("c-3") + ":failed"
     assert await s.announce(event, once) is not None
     assert await s.announce(event, once) is None  # a replayed command says it once
@@ -173,9 +219,18 @@ async def test_stream_is_trimmed_to_about_maxlen(redis_client: Redis) -> None:
     s = store(redis_client, maxlen=10)
     for i in range(300):
         oid = f"o-{i}"
-        await s.record(oid, lambda st, oid=oid: order_created(
-            order_id=oid, terminal_id="T9", command_id=None, amount=1, currency="EUR",
-            session_id=None, now=now()))
+        await s.record(
+            oid,
+            lambda st, oid=oid: order_created(
+                order_id=oid,
+                terminal_id="T9",
+                command_id=None,
+                amount=1,
+                currency="EUR",
+                session_id=None,
+                now=now(),
+            ),
+        )
     length = await redis_client.xlen(KEYS.terminal_stream("T9"))
     assert 10 <= length < 300
 
@@ -184,5 +239,8 @@ async def test_scripts_survive_a_redis_restart(redis_server, redis_client: Redis
     s = store(redis_client)
     await create(s)
     redis_server.restart()  # Redis forgets loaded scripts (and, here, all data)
-    recorded = await s.record("o-1", lambda st: observe(st, obs("initialized", Source.POLL), now(), terminal_id="0000004D"))
+    recorded = await s.record(
+        "o-1",
+        lambda st: observe(st, obs("initialized", Source.POLL), now(), terminal_id="0000004D"),
+    )
     assert recorded.stream_ids

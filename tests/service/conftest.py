@@ -85,7 +85,9 @@ class NotifySocket:
             fields = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
             self.messages.append(fields)  # list.append is atomic
 
-    def wait_for(self, predicate: Callable[[dict[str, str]], bool], timeout: float = 20.0) -> dict[str, str]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, str]], bool], timeout: float = 20.0
+    ) -> dict[str, str]:
         """The first message (already received or arriving within ``timeout``) that matches."""
         deadline = time.monotonic() + timeout
         while True:
@@ -93,7 +95,9 @@ class NotifySocket:
                 if predicate(message):
                     return message
             if time.monotonic() > deadline:
-                raise AssertionError(f"no matching notification within {timeout} s; got {self.messages}")
+                raise AssertionError(
+                    f"no matching notification within {timeout} s; got {self.messages}"
+                )
             time.sleep(0.02)
 
     def count(self, key: str) -> int:
@@ -108,19 +112,29 @@ class NotifySocket:
 class Daemon:
     """``pos-bridge run`` as a child process, its log captured to a file."""
 
-    def __init__(self, tmp: Path, redis_url: str, api_base_url: str, *, watchdog_usec: int = 400_000) -> None:
+    def __init__(
+        self, tmp: Path, redis_url: str, api_base_url: str, *, watchdog_usec: int = 400_000
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.config = write_config(tmp / "config.toml", redis_url=redis_url, api_base_url=api_base_url,
-                                   http_port=self.port)
+        self.config = write_config(
+            tmp / "config.toml", redis_url=redis_url, api_base_url=api_base_url, http_port=self.port
+        )
         self.notify = NotifySocket()
         self.log_path = tmp / "daemon.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("POS_BRIDGE", "WATCHDOG_", "NOTIFY_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("POS_BRIDGE", "WATCHDOG_", "NOTIFY_"))
+        }
         env.update(NOTIFY_SOCKET=self.notify.name, WATCHDOG_USEC=str(watchdog_usec))
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [POS_BRIDGE, "run", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
             )
 
     def get(self, path: str) -> httpx.Response:
@@ -138,8 +152,10 @@ class Daemon:
                 last = exc
             assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}:\n{self.log()}"
             time.sleep(0.1)
-        raise AssertionError(f"GET {path} never answered {status}; last: {last!r} "
-                             f"{getattr(last, 'text', '')}\n{self.log()}")
+        raise AssertionError(
+            f"GET {path} never answered {status}; last: {last!r} "
+            f"{getattr(last, 'text', '')}\n{self.log()}"
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -155,7 +171,9 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"daemon did not stop within {timeout} s after SIGTERM:\n{self.log()}") from None
+            raise AssertionError(
+                f"daemon did not stop within {timeout} s after SIGTERM:\n{self.log()}"
+            ) from None
 
     def close(self) -> None:
         if self.proc.poll() is None:

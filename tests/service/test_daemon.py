@@ -34,10 +34,14 @@ def pay(client: redis.Redis, terminal: str, amount: int = 1250) -> str:
     return command_id
 
 
-def wait_final(client: redis.Redis, terminal: str, command_id: str, timeout: float = 20.0) -> list[dict]:
+def wait_final(
+    client: redis.Redis, terminal: str, command_id: str, timeout: float = 20.0
+) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        events = [json.loads(f["event"]) for _id, f in client.xrange(KEYS.terminal_stream(terminal))]
+        events = [
+            json.loads(f["event"]) for _id, f in client.xrange(KEYS.terminal_stream(terminal))
+        ]
         mine = [e for e in events if e["command_id"] == command_id]
         if any(e["final"] for e in mine):
             return mine
@@ -45,14 +49,18 @@ def wait_final(client: redis.Redis, terminal: str, command_id: str, timeout: flo
     raise AssertionError(f"no final event for {command_id} within {timeout} s")
 
 
-def test_notifies_systemd_and_stops_cleanly_on_sigterm(redis_server, simulator, start_daemon) -> None:
+def test_notifies_systemd_and_stops_cleanly_on_sigterm(
+    redis_server, simulator, start_daemon
+) -> None:
     daemon = start_daemon(redis_server.url, simulator.base_url, watchdog_usec=400_000)
     notify = daemon.notify
 
     ready = notify.wait_for(lambda m: m.get("READY") == "1")
     # listeners are bound before READY
     assert daemon.get("/healthz").status_code == 200
-    notify.wait_for(lambda m: "Redis reachable" in m.get("STATUS", "") and "0 sessions active" in m["STATUS"])
+    notify.wait_for(
+        lambda m: "Redis reachable" in m.get("STATUS", "") and "0 sessions active" in m["STATUS"]
+    )
     # WATCHDOG=1 every WATCHDOG_USEC/2 = 0.2 s, from the event loop
     first = notify.count("WATCHDOG")
     time.sleep(1.0)
@@ -80,8 +88,12 @@ def test_notifies_systemd_and_stops_cleanly_on_sigterm(redis_server, simulator, 
     events = [line["event"] for line in lines]
     assert "daemon.started" in events and "daemon.stopped" in events
     assert "http.listening" in events
-    assert not [line for line in lines if line.get("level") in ("warning", "error", "critical")
-                and line["event"] != "config.warning"], lines  # (the test config's inline key)
+    assert not [
+        line
+        for line in lines
+        if line.get("level") in ("warning", "error", "critical")
+        and line["event"] != "config.warning"
+    ], lines  # (the test config's inline key)
 
 
 def test_metrics_move_after_a_payment(request, redis_server, start_daemon) -> None:
@@ -101,7 +113,10 @@ def test_metrics_move_after_a_payment(request, redis_server, start_daemon) -> No
 
     command_id = pay(client, "SIM-APPROVE-01")
     events = wait_final(client, "SIM-APPROVE-01", command_id)
-    assert [e["status"] for e in events if e["type"] == "order.status"] == ["initialized", "completed"]
+    assert [e["status"] for e in events if e["type"] == "order.status"] == [
+        "initialized",
+        "completed",
+    ]
     # a STATUS= line counted the payment while it was in flight
     daemon.notify.wait_for(lambda m: "1 session active" in m.get("STATUS", ""), timeout=5)
 
@@ -116,10 +131,25 @@ def test_metrics_move_after_a_payment(request, redis_server, start_daemon) -> No
     def moved(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before.text, name, **labels)
 
-    assert moved("pos_bridge_events_published_total", source="bridge", type="order.created", status="") == 1
-    assert moved("pos_bridge_events_published_total", source="stream", type="order.status",
-                 status="completed") + moved("pos_bridge_events_published_total", source="poll",
-                                             type="order.status", status="completed") == 1
+    assert (
+        moved("pos_bridge_events_published_total", source="bridge", type="order.created", status="")
+        == 1
+    )
+    assert (
+        moved(
+            "pos_bridge_events_published_total",
+            source="stream",
+            type="order.status",
+            status="completed",
+        )
+        + moved(
+            "pos_bridge_events_published_total",
+            source="poll",
+            type="order.status",
+            status="completed",
+        )
+        == 1
+    )
     assert moved("pos_bridge_commands_total", type="pay", result="handled") == 1
     assert moved("pos_bridge_publish_delay_seconds_count", source="stream") >= 1
     assert sample(after, "pos_bridge_redis_outage") == 0
@@ -131,10 +161,14 @@ def test_metrics_move_after_a_payment(request, redis_server, start_daemon) -> No
     # each lifecycle step of the payment is one log line naming terminal, order and command
     steps = [line for line in daemon.log_lines() if line.get("command_id") == command_id]
     names = [line["event"] for line in steps]
-    assert names[:2] == ["command.received", "order.created"] and names[-1] == "session.ended", names
+    assert names[:2] == ["command.received", "order.created"] and names[-1] == "session.ended", (
+        names
+    )
     assert names.count("order.transition") == 2, names
     for line in steps:
-        assert line["terminal_id"] == "SIM-APPROVE-01" and line["order_id"] == events[0]["order_id"], line
+        assert (
+            line["terminal_id"] == "SIM-APPROVE-01" and line["order_id"] == events[0]["order_id"]
+        ), line
 
 
 def test_readyz_follows_redis(tmp_path, simulator, start_daemon) -> None:
@@ -158,7 +192,9 @@ def test_readyz_follows_redis(tmp_path, simulator, start_daemon) -> None:
         own_redis.start()
         up = daemon.wait_http("/readyz", 200, timeout=20).json()
         assert up["ready"] is True
-        daemon.notify.wait_for(lambda m: "Redis reachable, reading commands" in m.get("STATUS", ""), timeout=5)
+        daemon.notify.wait_for(
+            lambda m: "Redis reachable, reading commands" in m.get("STATUS", ""), timeout=5
+        )
         assert sample(daemon.get("/metrics").text, "pos_bridge_redis_outage") == 0
         assert daemon.terminate() == 0
 

@@ -12,7 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "pos-bridge.service"
-EXEC_START = "ExecStart=/opt/pos-bridge/venv/bin/pos-bridge run --config /etc/pos-bridge/config.toml"
+EXEC_START = (
+    "ExecStart=/opt/pos-bridge/venv/bin/pos-bridge run --config /etc/pos-bridge/config.toml"
+)
 MAX_EXPOSURE = 2.0
 
 analyze = shutil.which("systemd-analyze")
@@ -55,7 +57,11 @@ def _testable_copy(tmp_path: Path) -> Path:
     text = UNIT.read_text()
     local = Path(sys.executable).with_name("pos-bridge")
     copy = tmp_path / "pos-bridge.service"
-    copy.write_text(text.replace(EXEC_START, EXEC_START.replace("/opt/pos-bridge/venv/bin/pos-bridge", str(local))))
+    copy.write_text(
+        text.replace(
+            EXEC_START, EXEC_START.replace("/opt/pos-bridge/venv/bin/pos-bridge", str(local))
+        )
+    )
     assert copy.read_text() != text
     return copy
 
@@ -63,18 +69,28 @@ def _testable_copy(tmp_path: Path) -> Path:
 @needs_analyze
 def test_verify_is_clean(tmp_path: Path) -> None:
     unit = _testable_copy(tmp_path)
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == "" and result.stdout.strip() == "", result.stderr + result.stdout
+    assert result.stderr.strip() == "" and result.stdout.strip() == "", (
+        result.stderr + result.stdout
+    )
 
 
 @needs_analyze
 def test_security_exposure_is_ok(tmp_path: Path) -> None:
-    result = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(UNIT)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if result.returncode != 0 and "offline" in result.stderr:
         pytest.skip(f"this systemd-analyze has no --offline: {result.stderr.strip()}")
-    match = re.search(r"Overall exposure level for pos-bridge\.service: (\d+\.\d+) (\w+)", result.stdout)
+    match = re.search(
+        r"Overall exposure level for pos-bridge\.service: (\d+\.\d+) (\w+)", result.stdout
+    )
     assert match, result.stdout + result.stderr
     score = float(match.group(1))
     print(f"systemd-analyze security: {score} {match.group(2)}")

@@ -25,32 +25,53 @@ def sim() -> Iterator[SimulatorServer]:
 @pytest.fixture(autouse=False)
 def reset_variants(sim: SimulatorServer) -> Iterator[None]:
     yield
-    httpx.put(sim.url + "_sim/variants", json={
-        "sse_ids": "on", "keepalive": "comment", "field_spelling": "events",
-        "transaction_id": "string", "events_url": "on", "token_ttl": 600})
+    httpx.put(
+        sim.url + "_sim/variants",
+        json={
+            "sse_ids": "on",
+            "keepalive": "comment",
+            "field_spelling": "events",
+            "transaction_id": "string",
+            "events_url": "on",
+            "token_ttl": 600,
+        },
+    )
 
 
 def new_order_id(prefix: str = "t") -> str:
     return f"{prefix}-{next(_ids)}"
 
 
-def order_body(terminal: str, amount: int = 1250, order_id: str | None = None,
-               **extra: Any) -> dict[str, Any]:
-    body = {"type": "redirect", "order_id": order_id or new_order_id(), "gateway": "",
-            "currency": "EUR", "amount": amount, "description": "test sale",
-            "gateway_info": {"terminal_id": terminal}}
+def order_body(
+    terminal: str, amount: int = 1250, order_id: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    body = {
+        "type": "redirect",
+        "order_id": order_id or new_order_id(),
+        "gateway": "",
+        "currency": "EUR",
+        "amount": amount,
+        "description": "test sale",
+        "gateway_info": {"terminal_id": terminal},
+    }
     body.update(extra)
     return body
 
 
-def create(sim: SimulatorServer, terminal: str, amount: int = 1250, key: str = KEY,
-           **extra: Any) -> httpx.Response:
-    return httpx.post(sim.base_url + "orders", headers={"api_key": key},
-                      json=order_body(terminal, amount, **extra), timeout=10)
+def create(
+    sim: SimulatorServer, terminal: str, amount: int = 1250, key: str = KEY, **extra: Any
+) -> httpx.Response:
+    return httpx.post(
+        sim.base_url + "orders",
+        headers={"api_key": key},
+        json=order_body(terminal, amount, **extra),
+        timeout=10,
+    )
 
 
-def read_sse(url: str, authorization: str, last_event_id: str | None = None,
-             timeout: float = 10.0) -> list[dict[str, Any]]:
+def read_sse(
+    url: str, authorization: str, last_event_id: str | None = None, timeout: float = 10.0
+) -> list[dict[str, Any]]:
     """Read a whole SSE stream; each message as {"event", "id", "data"} (pings included)."""
     headers = {"Accept": "text/event-stream", "Authorization": authorization}
     if last_event_id is not None:

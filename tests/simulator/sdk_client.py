@@ -37,15 +37,25 @@ with sdk.get_event_manager().subscribe_order_events(order, last_event_id="0", ti
         status = getattr(data, "status", None)
         if event.event != "session.order" or status is None:
             continue
-        events.append({"event": event.event, "id": event.event_id, "status": status,
-                       "order_id": data.order_id})
+        events.append(
+            {
+                "event": event.event,
+                "id": event.event_id,
+                "status": status,
+                "order_id": data.order_id,
+            }
+        )
         if status in ("completed", "cancelled"):
             break
 
 fetched = sdk.get_order_manager().get(order_id).get_data()
-result = {"order_id": order.order_id, "has_token": bool(order.events_token),
-          "events": events, "get_status": fetched.status,
-          "terminal": fetched.payment_details.terminal_id if fetched.payment_details else None}
+result = {
+    "order_id": order.order_id,
+    "has_token": bool(order.events_token),
+    "events": events,
+    "get_status": fetched.status,
+    "terminal": fetched.payment_details.terminal_id if fetched.payment_details else None,
+}
 
 # The SDK's webhook validator accepts the simulator's signature (payload from argv 5 if given).
 if len(sys.argv) > 6:

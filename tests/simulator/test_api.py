@@ -14,7 +14,9 @@ from tests.simulator.conftest import KEY, create, new_order_id, order_body
 def wait_final(sim: SimulatorServer, order_id: str, key: str = KEY, timeout: float = 10) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        data = httpx.get(f"{sim.base_url}orders/{order_id}", headers={"api_key": key}).json()["data"]
+        data = httpx.get(f"{sim.base_url}orders/{order_id}", headers={"api_key": key}).json()[
+            "data"
+        ]
         if data["status"] in ("completed", "cancelled"):
             return data
         time.sleep(0.02)
@@ -34,8 +36,11 @@ def test_create_answer_shape(sim: SimulatorServer) -> None:
 
 
 def test_urls_use_the_host_the_client_used(sim: SimulatorServer) -> None:
-    r = httpx.post(f"http://localhost:{sim.port}/v1/json/orders", headers={"api_key": KEY},
-                   json=order_body("SIM-APPROVE-02"))
+    r = httpx.post(
+        f"http://localhost:{sim.port}/v1/json/orders",
+        headers={"api_key": KEY},
+        json=order_body("SIM-APPROVE-02"),
+    )
     assert r.json()["data"]["events_stream_url"].startswith(f"http://localhost:{sim.port}/")
     wait_final(sim, r.json()["data"]["order_id"])
 
@@ -52,7 +57,10 @@ def test_api_key_forms(sim: SimulatorServer, how: str) -> None:
         params["api_key"] = KEY
     r = httpx.post(sim.base_url + "orders", headers=headers, params=params, json=body)
     assert r.status_code == 200, r.text
-    assert httpx.get(f"{sim.base_url}orders/{body['order_id']}", params={"api_key": KEY}).status_code == 200
+    assert (
+        httpx.get(f"{sim.base_url}orders/{body['order_id']}", params={"api_key": KEY}).status_code
+        == 200
+    )
     wait_final(sim, body["order_id"])
 
 
@@ -60,8 +68,12 @@ def test_missing_key_is_401(sim: SimulatorServer) -> None:
     for headers in ({}, {"api_key": ""}, {"Authorization": "Bearer"}):
         r = httpx.post(sim.base_url + "orders", headers=headers, json=order_body("SIM-APPROVE-04"))
         assert r.status_code == 401
-        assert r.json() == {"success": False, "data": {}, "error_code": 1032,
-                            "error_info": "Invalid API key"}
+        assert r.json() == {
+            "success": False,
+            "data": {},
+            "error_code": 1032,
+            "error_info": "Invalid API key",
+        }
 
 
 def test_allowed_keys_only() -> None:
@@ -73,17 +85,28 @@ def test_allowed_keys_only() -> None:
 def test_other_key_sees_no_order(sim: SimulatorServer) -> None:
     d = create(sim, "SIM-APPROVE-05").json()["data"]
     for method, path in (("GET", ""), ("POST", "/cancel"), ("POST", "/refunds")):
-        r = httpx.request(method, f"{sim.base_url}orders/{d['order_id']}{path}",
-                          headers={"api_key": "someone-else"}, json={"amount": 1, "currency": "EUR"})
+        r = httpx.request(
+            method,
+            f"{sim.base_url}orders/{d['order_id']}{path}",
+            headers={"api_key": "someone-else"},
+            json={"amount": 1, "currency": "EUR"},
+        )
         assert r.status_code == 404 and r.json()["error_code"] == 1006
     wait_final(sim, d["order_id"])
 
 
-@pytest.mark.parametrize("change,code", [
-    ({"order_id": "has space"}, 1006), ({"order_id": "x" * 51}, 1006), ({"amount": 0}, 1001),
-    ({"amount": "12"}, 1001), ({"description": "d" * 201}, 1008), ({"currency": None}, 1002),
-    ({"gateway_info": {}}, 1016),
-])
+@pytest.mark.parametrize(
+    "change,code",
+    [
+        ({"order_id": "has space"}, 1006),
+        ({"order_id": "x" * 51}, 1006),
+        ({"amount": 0}, 1001),
+        ({"amount": "12"}, 1001),
+        ({"description": "d" * 201}, 1008),
+        ({"currency": None}, 1002),
+        ({"gateway_info": {}}, 1016),
+    ],
+)
 def test_validation_errors(sim: SimulatorServer, change: dict, code: int) -> None:
     body = order_body("SIM-APPROVE-06")
     body.update(change)
@@ -123,7 +146,10 @@ def test_unknown_terminal_and_failing_api(sim: SimulatorServer) -> None:
     r = httpx.post(sim.base_url + "orders", headers={"api_key": KEY}, json=body)
     assert r.status_code == 500 and r.json()["success"] is False
     # no order was made, and the terminal is free
-    assert httpx.get(f"{sim.base_url}orders/{body['order_id']}", headers={"api_key": KEY}).status_code == 404
+    assert (
+        httpx.get(f"{sim.base_url}orders/{body['order_id']}", headers={"api_key": KEY}).status_code
+        == 404
+    )
     r = create(sim, "0000FA11", amount=1209)  # amount ending 09: the API fails too
     assert r.status_code == 500
 
@@ -157,8 +183,16 @@ def test_get_completed_order_shape(sim: SimulatorServer) -> None:
     for ts in ("created", "modified", "completed"):
         assert len(data[ts]) == 19 and data[ts][10] == "T"  # no zone, like MultiSafepay
     assert data["reason"] == "Approved"
-    for k in ("costs", "related_transactions", "payment_methods", "customer", "custom_info",
-              "var1", "var2", "var3"):
+    for k in (
+        "costs",
+        "related_transactions",
+        "payment_methods",
+        "customer",
+        "custom_info",
+        "var1",
+        "var2",
+        "var3",
+    ):
         assert k in data
 
 
@@ -166,7 +200,9 @@ def test_declined_has_reason(sim: SimulatorServer) -> None:
     d = create(sim, "SIM-DECLINE-01").json()["data"]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        data = httpx.get(f"{sim.base_url}orders/{d['order_id']}", headers={"api_key": KEY}).json()["data"]
+        data = httpx.get(f"{sim.base_url}orders/{d['order_id']}", headers={"api_key": KEY}).json()[
+            "data"
+        ]
         if data["status"] == "declined":
             break
         time.sleep(0.005)
@@ -179,9 +215,17 @@ def test_cancel(sim: SimulatorServer) -> None:
     r = httpx.post(f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": KEY})
     assert r.status_code == 200
     assert r.json()["success"] is True and r.json()["data"]["status"] == "cancelled"
-    assert set(r.json()["data"]) == {"costs", "created", "custom_info", "fastcheckout",
-                                     "financial_status", "modified", "payment_details",
-                                     "payment_methods", "status"}
+    assert set(r.json()["data"]) == {
+        "costs",
+        "created",
+        "custom_info",
+        "fastcheckout",
+        "financial_status",
+        "modified",
+        "payment_details",
+        "payment_methods",
+        "status",
+    }
     r = httpx.post(f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": KEY})
     assert r.status_code == 409 and r.json()["error_code"] == 1042
     r = httpx.post(f"{sim.base_url}orders/nope-404/cancel", headers={"api_key": KEY})
@@ -206,8 +250,11 @@ def test_refunds(sim: SimulatorServer) -> None:
     assert r.status_code == 409 and r.json()["error_code"] == 1043
     # not refundable before completion
     d2 = create(sim, "SIM-TIMEOUT-03").json()["data"]
-    r = httpx.post(f"{sim.base_url}orders/{d2['order_id']}/refunds", headers=h,
-                   json={"currency": "EUR", "amount": 1})
+    r = httpx.post(
+        f"{sim.base_url}orders/{d2['order_id']}/refunds",
+        headers=h,
+        json={"currency": "EUR", "amount": 1},
+    )
     assert r.status_code == 409
     httpx.post(f"{sim.base_url}orders/{d2['order_id']}/cancel", headers=h)
 
@@ -219,16 +266,18 @@ def test_terminals_paging(sim: SimulatorServer) -> None:
     total = first["pager"]["total_items"]
     seen = []
     for page in range(1, first["pager"]["page_count"] + 1):
-        seen += httpx.get(sim.base_url + "terminals", headers=h,
-                          params={"page": page, "limit": 5}).json()["data"]
+        seen += httpx.get(
+            sim.base_url + "terminals", headers=h, params={"page": page, "limit": 5}
+        ).json()["data"]
     assert len(seen) == total and len({t["id"] for t in seen}) == total
     ids = {t["id"] for t in seen}
     assert {"SIM-APPROVE-01", "SIM-DECLINE-01", "SIM-DROP-01", "0000004D"} <= ids
     for t in seen:
         assert {"id", "provider", "name", "active", "group_id", "country"} <= set(t)
     group = seen[0]["group_id"]
-    g = httpx.get(f"{sim.base_url}terminal-groups/{group}/terminals", headers=h,
-                  params={"limit": 100}).json()
+    g = httpx.get(
+        f"{sim.base_url}terminal-groups/{group}/terminals", headers=h, params={"limit": 100}
+    ).json()
     assert g["data"] and all(t["group_id"] == group for t in g["data"])
     assert httpx.get(sim.base_url + "terminals").status_code == 401
 

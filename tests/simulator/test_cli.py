@@ -14,11 +14,17 @@ CMD = [sys.executable, "-m", "bridge.cli", "simulate"]
 
 
 def test_simulate_prints_url_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen([*CMD, "--port", "0", "--speed", "50", "--variant", "sse_ids=off"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CMD, "--port", "0", "--speed", "50", "--variant", "sse_ids=off"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline().strip()
-        assert line.startswith("MultiSafepay simulator: http://127.0.0.1:") and line.endswith("/v1/json/")
+        assert line.startswith("MultiSafepay simulator: http://127.0.0.1:") and line.endswith(
+            "/v1/json/"
+        )
         base = line.split(": ", 1)[1]
         r = httpx.get(base + "terminals", headers={"api_key": "k"}, timeout=5)
         assert r.status_code == 200

@@ -33,8 +33,12 @@ def test_events_token_roundtrip_and_shape() -> None:
     header, payload, _ = tok.split(".")
     assert json.loads(base64.urlsafe_b64decode(header + "==")) == {"alg": "HS256"}
     claims = tokens.decode(tok, secret, now=1500)
-    assert claims == {"exp": 1600, "grt": ["mbus:session.order", "mbus:session.qr"],
-                      "pid": "sess1", "sub": "pr"}
+    assert claims == {
+        "exp": 1600,
+        "grt": ["mbus:session.order", "mbus:session.qr"],
+        "pid": "sess1",
+        "sub": "pr",
+    }
     with pytest.raises(tokens.TokenError, match="expired"):
         tokens.decode(tok, secret, now=1600)
     with pytest.raises(tokens.TokenError):
@@ -51,8 +55,10 @@ def test_vector_token_has_the_same_claim_names() -> None:
     assert sorted(claims) == sorted(ours)
 
 
-@pytest.mark.parametrize("value,token", [("tok", "tok"), ("Bearer tok", "tok"),
-                                         ("bearer  tok ", "tok"), ("", None), (None, None)])
+@pytest.mark.parametrize(
+    "value,token",
+    [("tok", "tok"), ("Bearer tok", "tok"), ("bearer  tok ", "tok"), ("", None), (None, None)],
+)
 def test_token_from_authorization(value: str | None, token: str | None) -> None:
     assert tokens.token_from_authorization(value) == token
 
@@ -71,8 +77,10 @@ def test_sse_format_matches_docs_example() -> None:
 
 def test_bus_protocol() -> None:
     s = bus.BusSession()
-    assert s.handle('{"id":"a1","type":"subscribe","channel":"session.order","filter":{}}') == \
-        {"type": "ack", "replyId": "a1"}
+    assert s.handle('{"id":"a1","type":"subscribe","channel":"session.order","filter":{}}') == {
+        "type": "ack",
+        "replyId": "a1",
+    }
     assert s.channels == {"session.order"}
     assert s.handle('{"id":"a2","type":"heartbeat"}') == {"type": "ack", "replyId": "a2"}
     err = s.handle('{"id":"a3","type":"subscribe","channel":"nope"}')
@@ -82,27 +90,30 @@ def test_bus_protocol() -> None:
     assert s.channels == set()
 
 
-@pytest.mark.parametrize("terminal,amount,expected", [
-    ("SIM-APPROVE-01", 1201, Scenario.APPROVE),
-    ("sim-decline-07", 1200, Scenario.DECLINE),
-    ("SIM-SOFTDECLINE-APPROVE-01", 100, Scenario.SOFTDECLINE_APPROVE),
-    ("SIM-SOFTDECLINE-CANCEL-01", 100, Scenario.SOFTDECLINE_CANCEL),
-    ("SIM-CREATE-TIMEOUT-01", 100, Scenario.CREATE_TIMEOUT),
-    ("SIM-UNKNOWN-XYZ", 100, Scenario.UNKNOWN_TERMINAL),
-    ("0000004D", 1250, Scenario.APPROVE),
-    ("0000004D", 1201, Scenario.DECLINE),
-    ("0000004D", 1202, Scenario.SOFTDECLINE_APPROVE),
-    ("0000004D", 1203, Scenario.SOFTDECLINE_CANCEL),
-    ("0000004D", 1204, Scenario.CUSTOMER_CANCEL),
-    ("0000004D", 1205, Scenario.TIMEOUT),
-    ("0000004D", 1206, Scenario.DROP),
-    ("0000004D", 1207, Scenario.RETRY),
-    ("0000004D", 1208, Scenario.SLOW),
-    ("0000004D", 1209, Scenario.FAIL),
-    ("0000004D", 1210, Scenario.CREATE_TIMEOUT),
-    ("0000004D", 1211, Scenario.APPROVE),
-    ("SIM-APPROVEX", 1201, Scenario.DECLINE),  # not a scenario name: the amount decides
-])
+@pytest.mark.parametrize(
+    "terminal,amount,expected",
+    [
+        ("SIM-APPROVE-01", 1201, Scenario.APPROVE),
+        ("sim-decline-07", 1200, Scenario.DECLINE),
+        ("SIM-SOFTDECLINE-APPROVE-01", 100, Scenario.SOFTDECLINE_APPROVE),
+        ("SIM-SOFTDECLINE-CANCEL-01", 100, Scenario.SOFTDECLINE_CANCEL),
+        ("SIM-CREATE-TIMEOUT-01", 100, Scenario.CREATE_TIMEOUT),
+        ("SIM-UNKNOWN-XYZ", 100, Scenario.UNKNOWN_TERMINAL),
+        ("0000004D", 1250, Scenario.APPROVE),
+        ("0000004D", 1201, Scenario.DECLINE),
+        ("0000004D", 1202, Scenario.SOFTDECLINE_APPROVE),
+        ("0000004D", 1203, Scenario.SOFTDECLINE_CANCEL),
+        ("0000004D", 1204, Scenario.CUSTOMER_CANCEL),
+        ("0000004D", 1205, Scenario.TIMEOUT),
+        ("0000004D", 1206, Scenario.DROP),
+        ("0000004D", 1207, Scenario.RETRY),
+        ("0000004D", 1208, Scenario.SLOW),
+        ("0000004D", 1209, Scenario.FAIL),
+        ("0000004D", 1210, Scenario.CREATE_TIMEOUT),
+        ("0000004D", 1211, Scenario.APPROVE),
+        ("SIM-APPROVEX", 1201, Scenario.DECLINE),  # not a scenario name: the amount decides
+    ],
+)
 def test_scenario_choice(terminal: str, amount: int, expected: Scenario) -> None:
     assert scenarios.choose(terminal, amount) is expected
 
@@ -112,8 +123,12 @@ def test_scripts_never_repeat_a_status_and_end_final() -> None:
         steps = [st.status for st in scenarios.script(s) if not st.is_drop]
         assert all(a != b for a, b in zip(steps, steps[1:])), s
         assert steps[-1] in scenarios.FINAL_STATUSES, s
-    assert [st.status for st in scenarios.script(Scenario.RETRY)] == \
-        ["initialized", "declined", "initialized", "completed"]
+    assert [st.status for st in scenarios.script(Scenario.RETRY)] == [
+        "initialized",
+        "declined",
+        "initialized",
+        "completed",
+    ]
 
 
 def test_variants_parse_and_reject() -> None:
@@ -129,18 +144,31 @@ def test_variants_parse_and_reject() -> None:
 
 
 def _fields(**kw: object) -> dict:
-    body = {"order_id": "a-1", "amount": 100, "currency": "EUR", "description": "d",
-            "gateway_info": {"terminal_id": "T1"}}
+    body = {
+        "order_id": "a-1",
+        "amount": 100,
+        "currency": "EUR",
+        "description": "d",
+        "gateway_info": {"terminal_id": "T1"},
+    }
     body.update(kw)
     return body
 
 
-@pytest.mark.parametrize("kw,code", [
-    ({"order_id": "x" * 51}, 1006), ({"order_id": "bad id"}, 1006), ({"order_id": None}, 1006),
-    ({"amount": 0}, 1001), ({"amount": 1.5}, 1001), ({"amount": True}, 1001),
-    ({"currency": None}, 1002), ({"description": "d" * 201}, 1008),
-    ({"gateway_info": {}}, 1016),
-])
+@pytest.mark.parametrize(
+    "kw,code",
+    [
+        ({"order_id": "x" * 51}, 1006),
+        ({"order_id": "bad id"}, 1006),
+        ({"order_id": None}, 1006),
+        ({"amount": 0}, 1001),
+        ({"amount": 1.5}, 1001),
+        ({"amount": True}, 1001),
+        ({"currency": None}, 1002),
+        ({"description": "d" * 201}, 1008),
+        ({"gateway_info": {}}, 1016),
+    ],
+)
 def test_validate_create(kw: dict, code: int) -> None:
     with pytest.raises(MspError) as exc:
         validate_create(_fields(**kw))
@@ -152,8 +180,11 @@ def test_order_store_rules() -> None:
     f = validate_create(_fields(order_id="o/1_A-b"))
     o = store.create(f, "k", Scenario.APPROVE)
     with pytest.raises(MspError) as exc:
-        store.create(validate_create(_fields(order_id="o2", gateway_info={"terminal_id": "t1"})),
-                     "k", Scenario.APPROVE)
+        store.create(
+            validate_create(_fields(order_id="o2", gateway_info={"terminal_id": "t1"})),
+            "k",
+            Scenario.APPROVE,
+        )
     assert exc.value.code == 1041  # the same terminal, whatever the case
     with pytest.raises(MspError):
         store.create(f, "k", Scenario.APPROVE)  # duplicate order id

@@ -49,10 +49,14 @@ def test_scenario_stream(sim: SimulatorServer, terminal: str, amount: int, expec
 
 def test_token_bare_and_bearer_and_bad(sim: SimulatorServer) -> None:
     d = create(sim, "SIM-APPROVE-12").json()["data"]
-    assert statuses(read_sse(d["events_stream_url"], f"Bearer {d['events_token']}", "0")) == \
-        ["initialized", "completed"]
-    assert statuses(read_sse(d["events_stream_url"], d["events_token"], "0")) == \
-        ["initialized", "completed"]
+    assert statuses(read_sse(d["events_stream_url"], f"Bearer {d['events_token']}", "0")) == [
+        "initialized",
+        "completed",
+    ]
+    assert statuses(read_sse(d["events_stream_url"], d["events_token"], "0")) == [
+        "initialized",
+        "completed",
+    ]
     url = d["events_stream_url"]
     for auth in (None, "Bearer nonsense", d["events_token"][:-2] + "xx"):
         headers = {"Accept": "text/event-stream"} | ({"Authorization": auth} if auth else {})
@@ -102,7 +106,9 @@ def test_keepalives(reset_variants: None, sim: SimulatorServer) -> None:
 
 
 def test_variants_spelling_and_number(reset_variants: None, sim: SimulatorServer) -> None:
-    httpx.put(sim.url + "_sim/variants", json={"field_spelling": "event", "transaction_id": "number"})
+    httpx.put(
+        sim.url + "_sim/variants", json={"field_spelling": "event", "transaction_id": "number"}
+    )
     d = create(sim, "SIM-APPROVE-17").json()["data"]
     assert "event_token" in d and "event_url" in d and "events_token" not in d
     msgs = read_sse(d["event_stream_url"], d["event_token"], "0")
@@ -142,6 +148,7 @@ def test_admin_drop(sim: SimulatorServer) -> None:
             result["dropped"] = True
 
     import threading
+
     t = threading.Thread(target=reader)
     t.start()
     for _ in range(100):
@@ -164,6 +171,7 @@ def test_cancel_reaches_the_stream(sim: SimulatorServer) -> None:
         httpx.post(f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": KEY})
 
     import threading
+
     threading.Thread(target=cancel_soon).start()
     msgs = read_sse(d["events_stream_url"], d["events_token"], "0")
     assert statuses(msgs) == ["initialized", "cancelled"]
@@ -171,14 +179,35 @@ def test_cancel_reaches_the_stream(sim: SimulatorServer) -> None:
 
 async def _ws_flow(sim: SimulatorServer, terminal: str) -> tuple[list, list]:
     async with httpx.AsyncClient() as client:
-        d = (await client.post(sim.base_url + "orders", headers={"api_key": KEY}, json={
-            "type": "redirect", "order_id": f"ws-{terminal}-{time.monotonic_ns()}", "currency": "EUR",
-            "amount": 1250, "description": "ws", "gateway_info": {"terminal_id": terminal}})).json()["data"]
+        d = (
+            await client.post(
+                sim.base_url + "orders",
+                headers={"api_key": KEY},
+                json={
+                    "type": "redirect",
+                    "order_id": f"ws-{terminal}-{time.monotonic_ns()}",
+                    "currency": "EUR",
+                    "amount": 1250,
+                    "description": "ws",
+                    "gateway_info": {"terminal_id": terminal},
+                },
+            )
+        ).json()["data"]
     replies, events = [], []
     async with websockets.connect(d["events_url"] + "?token=" + d["events_token"]) as ws:
-        await ws.send(json.dumps({"id": "0123456789abcdef", "type": "subscribe",
-                                  "channel": "session.order", "filter": {}}))
-        await ws.send(json.dumps({"id": "0123456789abcde0", "type": "subscribe", "channel": "bogus"}))
+        await ws.send(
+            json.dumps(
+                {
+                    "id": "0123456789abcdef",
+                    "type": "subscribe",
+                    "channel": "session.order",
+                    "filter": {},
+                }
+            )
+        )
+        await ws.send(
+            json.dumps({"id": "0123456789abcde0", "type": "subscribe", "channel": "bogus"})
+        )
         await ws.send(json.dumps({"id": "0123456789abcde1", "type": "heartbeat"}))
         with anyio.fail_after(10):
             try:
@@ -201,8 +230,13 @@ def test_websocket_bus(sim: SimulatorServer) -> None:
     got = [e["payload"]["status"] for e in events]
     assert got[-2:] == ["declined", "completed"]
     assert all(e["channel"] == "session.order" for e in events)
-    assert list(events[-1]["payload"]) == ["financial_status", "order_id", "session_id", "status",
-                                          "transaction_id"]
+    assert list(events[-1]["payload"]) == [
+        "financial_status",
+        "order_id",
+        "session_id",
+        "status",
+        "transaction_id",
+    ]
 
 
 def test_websocket_bad_token_closes_1008(sim: SimulatorServer) -> None:
@@ -213,16 +247,27 @@ def test_websocket_bad_token_closes_1008(sim: SimulatorServer) -> None:
             except websockets.ConnectionClosed as exc:
                 return exc.rcvd.code if exc.rcvd else -1
         return -2
+
     assert anyio.run(go) == 1008
 
 
 def test_websocket_drop_is_unclean(sim: SimulatorServer) -> None:
     async def go() -> int:
         async with httpx.AsyncClient() as client:
-            d = (await client.post(sim.base_url + "orders", headers={"api_key": KEY}, json={
-                "type": "redirect", "order_id": f"wsd-{time.monotonic_ns()}", "currency": "EUR",
-                "amount": 1250, "description": "ws", "gateway_info": {"terminal_id": "SIM-TIMEOUT-22"}})
-                 ).json()["data"]
+            d = (
+                await client.post(
+                    sim.base_url + "orders",
+                    headers={"api_key": KEY},
+                    json={
+                        "type": "redirect",
+                        "order_id": f"wsd-{time.monotonic_ns()}",
+                        "currency": "EUR",
+                        "amount": 1250,
+                        "description": "ws",
+                        "gateway_info": {"terminal_id": "SIM-TIMEOUT-22"},
+                    },
+                )
+            ).json()["data"]
             async with websockets.connect(d["events_url"] + "?token=" + d["events_token"]) as ws:
                 await client.post(f"{sim.url}_sim/orders/{d['order_id']}/drop")
                 try:
@@ -231,6 +276,9 @@ def test_websocket_drop_is_unclean(sim: SimulatorServer) -> None:
                             await ws.recv()
                 except websockets.ConnectionClosed as exc:
                     code = exc.rcvd.code if exc.rcvd else -1
-            await client.post(f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": KEY})
+            await client.post(
+                f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": KEY}
+            )
             return code
+
     assert anyio.run(go) == 1011

@@ -33,9 +33,16 @@ class Receiver:
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
                 parts = urlsplit(self.path)
                 status = json.loads(raw)["status"]
-                receiver.requests.append({"path": parts.path, "query": parse_qs(parts.query),
-                                          "headers": dict(self.headers), "raw": raw,
-                                          "status": status, "at": time.monotonic()})
+                receiver.requests.append(
+                    {
+                        "path": parts.path,
+                        "query": parse_qs(parts.query),
+                        "headers": dict(self.headers),
+                        "raw": raw,
+                        "status": status,
+                        "at": time.monotonic(),
+                    }
+                )
                 if status in receiver.refuse:
                     self.send_response(500)
                     body = b"not now"
@@ -78,28 +85,45 @@ def verify(req: dict[str, Any], key: str) -> bool:
 def test_webhooks_on_every_change_signed(receiver: Receiver) -> None:
     with SimulatorServer(speed=200, webhook_url=receiver.url) as sim:
         body = order_body("SIM-RETRY-01")
-        assert httpx.post(sim.base_url + "orders", headers={"api_key": KEY}, json=body).status_code == 200
+        assert (
+            httpx.post(sim.base_url + "orders", headers={"api_key": KEY}, json=body).status_code
+            == 200
+        )
         receiver.wait(lambda: [r["status"] for r in receiver.requests][-1:] == ["completed"])
-        assert [r["status"] for r in receiver.requests] == \
-            ["initialized", "declined", "initialized", "completed"]
+        assert [r["status"] for r in receiver.requests] == [
+            "initialized",
+            "declined",
+            "initialized",
+            "completed",
+        ]
         for req in receiver.requests:
             assert req["path"] == "/hook"
             assert req["query"]["transactionid"] == [body["order_id"]]
             assert req["headers"]["Content-Type"] == "application/json"
             assert verify(req, KEY)
         got = json.loads(receiver.requests[-1]["raw"])
-        view = httpx.get(f"{sim.base_url}orders/{body['order_id']}", headers={"api_key": KEY}).json()["data"]
+        view = httpx.get(
+            f"{sim.base_url}orders/{body['order_id']}", headers={"api_key": KEY}
+        ).json()["data"]
         assert got == view  # the body is the order as GET shows it
         # a refund is a change too
-        httpx.post(f"{sim.base_url}orders/{body['order_id']}/refunds", headers={"api_key": KEY},
-                   json={"currency": "EUR", "amount": 100})
+        httpx.post(
+            f"{sim.base_url}orders/{body['order_id']}/refunds",
+            headers={"api_key": KEY},
+            json={"currency": "EUR", "amount": 100},
+        )
         receiver.wait(lambda: receiver.requests[-1]["status"] == "partial_refunded")
 
 
 def test_order_notification_url_wins(receiver: Receiver) -> None:
     with SimulatorServer(speed=200, webhook_url="http://127.0.0.1:9/never") as sim:
-        body = order_body("SIM-APPROVE-01", payment_options={"notification_url": receiver.url + "?x=1",
-                                                             "notification_method": "POST"})
+        body = order_body(
+            "SIM-APPROVE-01",
+            payment_options={
+                "notification_url": receiver.url + "?x=1",
+                "notification_method": "POST",
+            },
+        )
         httpx.post(sim.base_url + "orders", headers={"api_key": "order-key"}, json=body)
         receiver.wait(lambda: len(receiver.requests) == 2)
         assert receiver.requests[0]["query"]["x"] == ["1"]
@@ -120,6 +144,8 @@ def test_unacknowledged_webhook_is_resent_three_times(receiver: Receiver) -> Non
         assert all(0.25 <= g < 1.5 for g in gaps), gaps
         assert len({r["query"]["timestamp"][0] for r in done}) >= 2  # new timestamp each time
         assert all(verify(r, KEY) for r in done)
-        assert sum(r["status"] == "initialized" for r in receiver.requests) == 1  # acknowledged once
+        assert (
+            sum(r["status"] == "initialized" for r in receiver.requests) == 1
+        )  # acknowledged once
         attempts = httpx.get(sim.url + "_sim/webhooks").json()["data"]
         assert [a["attempt"] for a in attempts if a["status"] == "completed"] == [1, 2, 3, 4]

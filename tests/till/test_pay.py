@@ -42,7 +42,9 @@ def store(client: Redis) -> EventStore:
     return EventStore(client, KEYS, stream_maxlen=1000, order_ttl=3600)
 
 
-async def next_command(client: Redis, after: str = "0-0", timeout: float = 5.0) -> tuple[str, PayCommand]:
+async def next_command(
+    client: Redis, after: str = "0-0", timeout: float = 5.0
+) -> tuple[str, PayCommand]:
     with anyio.fail_after(timeout):
         while True:
             answer = await client.xread({KEYS.commands: after}, count=1, block=100)
@@ -53,28 +55,48 @@ async def next_command(client: Redis, after: str = "0-0", timeout: float = 5.0) 
 
 async def create(s: EventStore, cmd: PayCommand) -> str:
     order_id = cmd.order_id or derive_order_id(cmd.command_id or "")
-    await s.record(order_id, lambda _st: order_created(
-        order_id=order_id, terminal_id=cmd.terminal_id, command_id=cmd.command_id,
-        amount=cmd.amount, currency=cmd.currency, session_id="s-1", now=now()))
+    await s.record(
+        order_id,
+        lambda _st: order_created(
+            order_id=order_id,
+            terminal_id=cmd.terminal_id,
+            command_id=cmd.command_id,
+            amount=cmd.amount,
+            currency=cmd.currency,
+            session_id="s-1",
+            now=now(),
+        ),
+    )
     return order_id
 
 
 async def status(s: EventStore, order_id: str, word: str, source: Source = Source.STREAM) -> None:
-    recorded = await s.record(order_id, lambda st: observe(
-        st, Observation(source=source, order_id=order_id, status=word), now()))
+    recorded = await s.record(
+        order_id,
+        lambda st: observe(st, Observation(source=source, order_id=order_id, status=word), now()),
+    )
     assert recorded.stream_ids, f"{word} was not published"
 
 
 async def command_failed(s: EventStore, cmd: PayCommand, code: ErrorCode, message: str) -> None:
     event = Event(
-        event_id=make_event_id(cmd.command_id, "command.failed"), type=EventType.COMMAND_FAILED,
-        terminal_id=cmd.terminal, order_id=cmd.order_id, command_id=cmd.command_id,
-        source=Source.BRIDGE, received_at=now(), error=EventError(code=code, message=message))
+        event_id=make_event_id(cmd.command_id, "command.failed"),
+        type=EventType.COMMAND_FAILED,
+        terminal_id=cmd.terminal,
+        order_id=cmd.order_id,
+        command_id=cmd.command_id,
+        source=Source.BRIDGE,
+        received_at=now(),
+        error=EventError(code=code, message=message),
+    )
     assert await s.announce(event, KEYS.command_record(cmd.command_id or "") + ":failed")
 
 
-async def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str],
-                  responder: Callable[[], Awaitable[None]] | None = None) -> tuple[int, list[str], str]:
+async def run_cli(
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    responder: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[int, list[str], str]:
     """``bridge.cli.main(argv)`` in a worker thread (it runs its own event loop), with an
     optional daemon stand-in beside it. Returns (exit code, stdout lines, stderr)."""
     result: list[int] = []
@@ -100,7 +122,9 @@ def pay_argv(url: str, *extra: str) -> list[str]:
 async def test_pay_without_wait_sends_the_command_and_prints_ids(
     redis_server, redis_client: Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = await run_cli(pay_argv(redis_server.url, "--description", "Till 7 sale 1"), capsys)
+    code, out, err = await run_cli(
+        pay_argv(redis_server.url, "--description", "Till 7 sale 1"), capsys
+    )
     assert code == 0 and err == ""
     assert len(out) == 1
     printed = json.loads(out[0])  # stdout is not a terminal: JSON
@@ -114,32 +138,45 @@ async def test_pay_without_wait_sends_the_command_and_prints_ids(
     assert printed["entry_id"] == entry_id
     # what was written is exactly the documented command
     raw = json.loads((await redis_client.xrange(KEYS.commands))[0][1]["command"])
-    assert raw == {"type": "pay", "command_id": cmd.command_id, "terminal_id": TERMINAL,
-                   "amount": 1250, "currency": "EUR", "description": "Till 7 sale 1"}
+    assert raw == {
+        "type": "pay",
+        "command_id": cmd.command_id,
+        "terminal_id": TERMINAL,
+        "amount": 1250,
+        "currency": "EUR",
+        "description": "Till 7 sale 1",
+    }
 
 
 async def test_pay_with_order_id_and_lower_case_currency(
     redis_server, redis_client: Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = await run_cli(
-        pay_argv(redis_server.url, "--order-id", "till7-000123", "--currency", "usd"), capsys)
+        pay_argv(redis_server.url, "--order-id", "till7-000123", "--currency", "usd"), capsys
+    )
     assert code == 0 and json.loads(out[0])["order_id"] == "till7-000123"
     _, cmd = await next_command(redis_client)
     assert isinstance(cmd, PayCommand) and cmd.order_id == "till7-000123" and cmd.currency == "USD"
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--amount", "12.555"], "more than two decimals"),
-    (["--amount", "-3"], "not a positive number"),
-    (["--amount", "0,00"], "more than zero"),
-    (["--amount", "twelve"], "not a positive number"),
-    (["--amount", "1", "--terminal", "bad id!"], "terminal ID 'bad id!' is not valid"),
-    (["--amount", "1", "--order-id", "way too long " * 5], "order ID"),
-    (["--amount", "1", "--currency", "EURO"], "three-letter code"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--amount", "12.555"], "more than two decimals"),
+        (["--amount", "-3"], "not a positive number"),
+        (["--amount", "0,00"], "more than zero"),
+        (["--amount", "twelve"], "not a positive number"),
+        (["--amount", "1", "--terminal", "bad id!"], "terminal ID 'bad id!' is not valid"),
+        (["--amount", "1", "--order-id", "way too long " * 5], "order ID"),
+        (["--amount", "1", "--currency", "EURO"], "three-letter code"),
+    ],
+)
 async def test_pay_refuses_bad_input_with_one_line_and_exit_2(
-    redis_server, redis_client: Redis, capsys: pytest.CaptureFixture[str],
-    flags: list[str], message: str,
+    redis_server,
+    redis_client: Redis,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
 ) -> None:
     argv = ["pay", "--redis-url", redis_server.url, "--terminal", TERMINAL, "--wait", *flags]
     code, out, err = await run_cli(argv, capsys)
@@ -150,8 +187,13 @@ async def test_pay_refuses_bad_input_with_one_line_and_exit_2(
 
 def test_build_pay_uses_the_core_parser() -> None:
     body = build_pay(terminal=" 0000004d ", amount="0.01", command_id="c-1")
-    assert body == {"type": "pay", "command_id": "c-1", "terminal_id": "0000004d",
-                    "amount": 1, "currency": "EUR"}
+    assert body == {
+        "type": "pay",
+        "command_id": "c-1",
+        "terminal_id": "0000004d",
+        "amount": 1,
+        "currency": "EUR",
+    }
     assert isinstance(parse_command(json.dumps(body)), PayCommand)
 
 
@@ -159,8 +201,11 @@ async def test_unreachable_redis_is_one_line_with_the_password_masked(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
-    for argv in (pay_argv(url), pay_argv(url, "--wait"),
-                 ["cancel", "--redis-url", url, "--order-id", "o-1"]):
+    for argv in (
+        pay_argv(url),
+        pay_argv(url, "--wait"),
+        ["cancel", "--redis-url", url, "--order-id", "o-1"],
+    ):
         code, out, err = await run_cli(argv, capsys)
         assert code == 2 and out == []
         assert err.count("\n") == 1, err
@@ -179,7 +224,9 @@ async def test_wait_prints_events_and_exits_0_on_completed(
     async def daemon() -> None:
         _, cmd = await next_command(redis_client)
         # pay subscribed to the terminal's channel before it wrote the command
-        subscribers.append((await redis_client.pubsub_numsub(KEYS.terminal_channel(TERMINAL)))[0][1])
+        subscribers.append(
+            (await redis_client.pubsub_numsub(KEYS.terminal_channel(TERMINAL)))[0][1]
+        )
         s = store(redis_client)
         # answer at once, with no pause: a subscriber that came after the command would miss it
         order_id = await create(s, cmd)
@@ -189,7 +236,9 @@ async def test_wait_prints_events_and_exits_0_on_completed(
         await create(s, cmd.model_copy(update={"order_id": "other", "command_id": "x"}))
 
     started = time.monotonic()
-    code, out, err = await run_cli(pay_argv(redis_server.url, "--wait", "--timeout", "10"), capsys, daemon)
+    code, out, err = await run_cli(
+        pay_argv(redis_server.url, "--wait", "--timeout", "10"), capsys, daemon
+    )
     assert time.monotonic() - started < 5, "the fast answer came through the subscription"
     assert subscribers == [1]
     assert code == 0, err
@@ -213,10 +262,20 @@ async def test_wait_exits_1_when_the_payment_does_not_complete(
         s = store(redis_client)
         if ending == "order.failed":
             order_id = cmd.order_id or ""
-            await s.record(order_id, lambda st: order_failed(
-                st, order_id=order_id, terminal_id=cmd.terminal_id, command_id=cmd.command_id,
-                amount=cmd.amount, currency=cmd.currency, code=ErrorCode.TERMINAL_BUSY,
-                message="terminal 0000004D is busy", now=now()))
+            await s.record(
+                order_id,
+                lambda st: order_failed(
+                    st,
+                    order_id=order_id,
+                    terminal_id=cmd.terminal_id,
+                    command_id=cmd.command_id,
+                    amount=cmd.amount,
+                    currency=cmd.currency,
+                    code=ErrorCode.TERMINAL_BUSY,
+                    message="terminal 0000004D is busy",
+                    now=now(),
+                ),
+            )
         elif ending == "command.failed":
             await command_failed(s, cmd, ErrorCode.DUPLICATE_ORDER_ID, "order id o-9 is taken")
         else:
@@ -225,7 +284,8 @@ async def test_wait_exits_1_when_the_payment_does_not_complete(
             await status(s, order_id, ending)
 
     code, out, err = await run_cli(
-        pay_argv(redis_server.url, "--wait", "--order-id", "o-9", "--timeout", "10"), capsys, daemon)
+        pay_argv(redis_server.url, "--wait", "--order-id", "o-9", "--timeout", "10"), capsys, daemon
+    )
     assert code == 1, err
     last = json.loads(out[-1])
     assert last["type"] == (ending if "." in ending else "order.status")
@@ -244,12 +304,16 @@ async def test_wait_ignores_other_payments_on_the_same_terminal(
         _, cmd = await next_command(redis_client)
         assert isinstance(cmd, PayCommand)
         s = store(redis_client)
-        other = await create(s, cmd.model_copy(update={"order_id": "someone-else", "command_id": "c-x"}))
+        other = await create(
+            s, cmd.model_copy(update={"order_id": "someone-else", "command_id": "c-x"})
+        )
         await status(s, other, "completed")
         mine = await create(s, cmd)
         await status(s, mine, "cancelled")
 
-    code, out, _ = await run_cli(pay_argv(redis_server.url, "--wait", "--timeout", "10"), capsys, daemon)
+    code, out, _ = await run_cli(
+        pay_argv(redis_server.url, "--wait", "--timeout", "10"), capsys, daemon
+    )
     assert code == 1
     events = [json.loads(x) for x in out[1:]]
     assert {e["order_id"] for e in events} == {json.loads(out[0])["order_id"]}
@@ -263,7 +327,8 @@ async def test_wait_timeout_exits_3_and_says_how_to_follow(
         await create(store(redis_client), cmd)  # created, then nothing more
 
     code, out, err = await run_cli(
-        pay_argv(redis_server.url, "--wait", "--timeout", "0.5", "--prefix", "pos"), capsys, daemon)
+        pay_argv(redis_server.url, "--wait", "--timeout", "0.5", "--prefix", "pos"), capsys, daemon
+    )
     assert code == 3
     assert [json.loads(x)["type"] for x in out[1:]] == ["order.created"]
     assert err.count("\n") == 1 and "unknown" in err and "may still complete" in err
@@ -286,7 +351,9 @@ async def test_wait_catches_up_from_the_stream_after_the_subscription_drops(
         await status(s, order_id, "initialized")
         await status(s, order_id, "completed")
 
-    code, out, err = await run_cli(pay_argv(redis_server.url, "--wait", "--timeout", "10"), capsys, daemon)
+    code, out, err = await run_cli(
+        pay_argv(redis_server.url, "--wait", "--timeout", "10"), capsys, daemon
+    )
     assert code == 0, err
     events = [json.loads(x) for x in out[1:]]
     assert [e.get("status") for e in events] == [None, "initialized", "completed"]  # each once
@@ -306,7 +373,9 @@ async def test_wait_survives_a_redis_restart(
         order_id = await create(s, cmd)
         await status(s, order_id, "completed")
 
-    code, out, err = await run_cli(pay_argv(redis_server.url, "--wait", "--timeout", "10"), capsys, daemon)
+    code, out, err = await run_cli(
+        pay_argv(redis_server.url, "--wait", "--timeout", "10"), capsys, daemon
+    )
     assert code == 0, err
     assert [json.loads(x).get("status") for x in out[1:]] == [None, "completed"]
     assert "lost Redis" in err and "Traceback" not in err
@@ -319,9 +388,14 @@ async def test_catch_up_prints_what_pubsub_missed_once(redis_client: Redis) -> N
     assert isinstance(cmd, PayCommand)
     await create(s, cmd.model_copy(update={"order_id": "before", "command_id": "c-0"}))
     start = (await redis_client.xrevrange(KEYS.terminal_stream(TERMINAL), count=1))[0][0]
-    watch = PaymentWatch(keys=KEYS, terminal=TERMINAL, command_id="c-1",
-                         order_id=derive_order_id("c-1"), printer=Printer(json_lines=True, out=out),
-                         last_id=start)
+    watch = PaymentWatch(
+        keys=KEYS,
+        terminal=TERMINAL,
+        command_id="c-1",
+        order_id=derive_order_id("c-1"),
+        printer=Printer(json_lines=True, out=out),
+        last_id=start,
+    )
     # while "disconnected": the order is created and moves on; one event came by pub/sub
     order_id = await create(s, cmd)
     created = json.loads(await redis_client.get(KEYS.order(order_id)))
@@ -340,21 +414,39 @@ async def test_catch_up_prints_what_pubsub_missed_once(redis_client: Redis) -> N
     assert all(e["order_id"] == order_id for e in lines)  # "before" was not this payment's
 
 
-async def test_catch_up_reads_the_order_key_when_the_stream_was_trimmed(redis_client: Redis) -> None:
+async def test_catch_up_reads_the_order_key_when_the_stream_was_trimmed(
+    redis_client: Redis,
+) -> None:
     s = EventStore(redis_client, KEYS, stream_maxlen=1, order_ttl=3600)
     out = io.StringIO()
-    watch = PaymentWatch(keys=KEYS, terminal=TERMINAL, command_id="c-1", order_id="o-1",
-                         printer=Printer(json_lines=True, out=out), last_id="1-0")
-    cmd = parse_command(json.dumps(build_pay(terminal=TERMINAL, amount="5", command_id="c-1",
-                                             order_id="o-1")))
+    watch = PaymentWatch(
+        keys=KEYS,
+        terminal=TERMINAL,
+        command_id="c-1",
+        order_id="o-1",
+        printer=Printer(json_lines=True, out=out),
+        last_id="1-0",
+    )
+    cmd = parse_command(
+        json.dumps(build_pay(terminal=TERMINAL, amount="5", command_id="c-1", order_id="o-1"))
+    )
     assert isinstance(cmd, PayCommand)
     order_id = await create(s, cmd)
     await status(s, order_id, "completed")
     # trim hard: the final is gone from the stream, only the order key holds it
     await redis_client.xtrim(KEYS.terminal_stream(TERMINAL), maxlen=0)
-    await s.record("o-2", lambda _st: order_created(
-        order_id="o-2", terminal_id=TERMINAL, command_id="c-2", amount=1, currency="EUR",
-        session_id=None, now=now()))
+    await s.record(
+        "o-2",
+        lambda _st: order_created(
+            order_id="o-2",
+            terminal_id=TERMINAL,
+            command_id="c-2",
+            amount=1,
+            currency="EUR",
+            session_id=None,
+            now=now(),
+        ),
+    )
     await watch.catch_up(redis_client)
     assert watch.outcome == 0
     assert json.loads(out.getvalue().splitlines()[-1])["status"] == "completed"
@@ -366,12 +458,16 @@ async def test_catch_up_reads_the_order_key_when_the_stream_was_trimmed(redis_cl
 async def test_cancel_finds_the_terminal_from_the_order_key(
     redis_server, redis_client: Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cmd = parse_command(json.dumps(build_pay(terminal=TERMINAL, amount="5", command_id="c-1",
-                                             order_id="till7-000123")))
+    cmd = parse_command(
+        json.dumps(
+            build_pay(terminal=TERMINAL, amount="5", command_id="c-1", order_id="till7-000123")
+        )
+    )
     assert isinstance(cmd, PayCommand)
     await create(store(redis_client), cmd)
     code, out, err = await run_cli(
-        ["cancel", "--redis-url", redis_server.url, "--order-id", "till7-000123"], capsys)
+        ["cancel", "--redis-url", redis_server.url, "--order-id", "till7-000123"], capsys
+    )
     assert code == 0, err
     printed = json.loads(out[0])
     _, cancel = await next_command(redis_client)
@@ -383,8 +479,9 @@ async def test_cancel_finds_the_terminal_from_the_order_key(
 async def test_cancel_with_terminal_needs_no_order_key(
     redis_server, redis_client: Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, _ = await run_cli(["cancel", "--redis-url", redis_server.url, "--order-id", "o-7",
-                                "--terminal", "T1"], capsys)
+    code, _, _ = await run_cli(
+        ["cancel", "--redis-url", redis_server.url, "--order-id", "o-7", "--terminal", "T1"], capsys
+    )
     _, cancel = await next_command(redis_client)
     assert code == 0 and cancel.terminal_id == "T1" and cancel.order_id == "o-7"
 
@@ -393,7 +490,8 @@ async def test_cancel_of_an_unknown_order_fails_clearly(
     redis_server, redis_client: Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = await run_cli(
-        ["cancel", "--redis-url", redis_server.url, "--order-id", "nope"], capsys)
+        ["cancel", "--redis-url", redis_server.url, "--order-id", "nope"], capsys
+    )
     assert code == 2 and out == []
     assert err.count("\n") == 1 and "unknown order ID 'nope'" in err and "pass --terminal" in err
     assert await redis_client.xlen(KEYS.commands) == 0

@@ -42,13 +42,26 @@ class Daemon:
         self.store = EventStore(client, KEYS, stream_maxlen=1000, order_ttl=3600)
 
     async def create(self, order_id: str, terminal: str) -> None:
-        await self.store.record(order_id, lambda _st: order_created(
-            order_id=order_id, terminal_id=terminal, command_id=f"c-{order_id}", amount=1250,
-            currency="EUR", session_id=None, now=now()))
+        await self.store.record(
+            order_id,
+            lambda _st: order_created(
+                order_id=order_id,
+                terminal_id=terminal,
+                command_id=f"c-{order_id}",
+                amount=1250,
+                currency="EUR",
+                session_id=None,
+                now=now(),
+            ),
+        )
 
     async def status(self, order_id: str, word: str) -> None:
-        await self.store.record(order_id, lambda st: observe(
-            st, Observation(source=Source.STREAM, order_id=order_id, status=word), now()))
+        await self.store.record(
+            order_id,
+            lambda st: observe(
+                st, Observation(source=Source.STREAM, order_id=order_id, status=word), now()
+            ),
+        )
 
     async def ids(self, terminal: str) -> list[str]:
         return [eid for eid, _ in await self.client.xrange(KEYS.terminal_stream(terminal))]
@@ -73,8 +86,14 @@ class Lines:
 @asynccontextmanager
 async def tailing(client: Redis, **kw: object) -> AsyncIterator[tuple[Lines, Tail]]:
     lines = Lines()
-    tail = Tail(client, KEYS, Printer(json_lines=True, out=lines.out), block_ms=100,
-                rescan_interval=0.1, **kw)  # type: ignore[arg-type]
+    tail = Tail(
+        client,
+        KEYS,
+        Printer(json_lines=True, out=lines.out),
+        block_ms=100,
+        rescan_interval=0.1,
+        **kw,
+    )  # type: ignore[arg-type]
     await tail.start()
     async with anyio.create_task_group() as tg:
         tg.start_soon(tail.run, "redis://test")
@@ -122,7 +141,9 @@ async def test_without_since_only_new_events_are_printed(redis_client: Redis) ->
     assert [e["status"] for e in events] == ["completed"]
 
 
-async def test_a_terminal_without_a_stream_yet_is_followed_from_its_first_event(redis_client: Redis) -> None:
+async def test_a_terminal_without_a_stream_yet_is_followed_from_its_first_event(
+    redis_client: Redis,
+) -> None:
     d = Daemon(redis_client)
     async with tailing(redis_client, terminal="T9") as (lines, _):
         await d.create("o-9", "T9")
@@ -159,7 +180,10 @@ async def test_all_terminals_from_start_in_time_order(redis_client: Redis) -> No
     async with tailing(redis_client, from_start=True) as (lines, _):
         events = await lines.wait_for(3)
     assert [(e["order_id"], e["type"]) for e in events] == [
-        ("o-1", "order.created"), ("o-2", "order.created"), ("o-1", "order.status")]
+        ("o-1", "order.created"),
+        ("o-2", "order.created"),
+        ("o-1", "order.status"),
+    ]
 
 
 async def test_tail_resumes_after_redis_comes_back(
@@ -179,9 +203,12 @@ async def test_tail_resumes_after_redis_comes_back(
     assert "lost Redis" in err and "Redis is back" in err
 
 
-async def test_tail_cli_refuses_a_bad_since(redis_server, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_tail_cli_refuses_a_bad_since(
+    redis_server, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = await anyio.to_thread.run_sync(
-        main, ["tail", "--redis-url", redis_server.url, "--terminal", "T1", "--since", "yesterday"])
+        main, ["tail", "--redis-url", redis_server.url, "--terminal", "T1", "--since", "yesterday"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--since 'yesterday' is not a stream id" in err
 
@@ -191,7 +218,8 @@ async def test_tail_cli_reports_a_refusal_in_one_line(
 ) -> None:
     await redis_client.set(KEYS.terminal_stream("T1"), "not a stream")
     code = await anyio.to_thread.run_sync(
-        main, ["tail", "--redis-url", redis_server.url, "--terminal", "T1", "--from-start"])
+        main, ["tail", "--redis-url", redis_server.url, "--terminal", "T1", "--from-start"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "refused the request: WRONGTYPE" in err
 
@@ -204,8 +232,9 @@ async def test_tail_cli_prints_json_lines_and_stops_cleanly_on_a_signal(
     await d.create("o-1", "T1")
     exe = Path(sys.executable).with_name("pos-bridge")
     argv = [str(exe), "tail", "--redis-url", redis_server.url, "--terminal", "T1", "--from-start"]
-    proc = await anyio.to_thread.run_sync(lambda: subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    proc = await anyio.to_thread.run_sync(
+        lambda: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )
     try:
         line = await anyio.to_thread.run_sync(proc.stdout.readline)  # type: ignore[union-attr]
         assert json.loads(line)["order_id"] == "o-1"  # stdout is a pipe: JSON
@@ -226,7 +255,8 @@ async def test_tail_cli_unreachable_redis(capsys: pytest.CaptureFixture[str]) ->
     from bridge.redis.server import free_port
 
     code = await anyio.to_thread.run_sync(
-        main, ["tail", "--redis-url", f"redis://u:pw@127.0.0.1:{free_port()}/0"])
+        main, ["tail", "--redis-url", f"redis://u:pw@127.0.0.1:{free_port()}/0"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "cannot reach Redis at redis://u:***@127.0.0.1:" in err and "pw@" not in err
@@ -237,19 +267,35 @@ async def test_tail_cli_unreachable_redis(capsys: pytest.CaptureFixture[str]) ->
 
 def test_readable_lines() -> None:
     completed = {
-        "schema": 1, "event_id": "e", "type": "order.status", "terminal_id": "0000004D",
-        "order_id": "till7-000123", "command_id": "c-8f2", "status": "completed", "final": True,
-        "amount": 1250, "currency": "EUR", "source": "stream",
-        "received_at": "2026-11-24T10:15:02.123456Z", "details": {"card": "VISA", "last4": "1234"},
+        "schema": 1,
+        "event_id": "e",
+        "type": "order.status",
+        "terminal_id": "0000004D",
+        "order_id": "till7-000123",
+        "command_id": "c-8f2",
+        "status": "completed",
+        "final": True,
+        "amount": 1250,
+        "currency": "EUR",
+        "source": "stream",
+        "received_at": "2026-11-24T10:15:02.123456Z",
+        "details": {"card": "VISA", "last4": "1234"},
         "stream_id": "1764000000000-0",
     }
     line = format_event(completed, tz=UTC, today=date(2026, 11, 24))
     assert line == (
         "10:15:02.123 0000004D till7-000123 order.status   completed   FINAL EUR 12.50 "
-        "VISA ****1234 [stream] id=1764000000000-0")
+        "VISA ****1234 [stream] id=1764000000000-0"
+    )
     failed = {
-        "type": "order.failed", "terminal_id": "T1", "order_id": "o-1", "final": True,
-        "amount": 5, "currency": "EUR", "source": "bridge", "received_at": "2026-11-23T23:00:00Z",
+        "type": "order.failed",
+        "terminal_id": "T1",
+        "order_id": "o-1",
+        "final": True,
+        "amount": 5,
+        "currency": "EUR",
+        "source": "bridge",
+        "received_at": "2026-11-23T23:00:00Z",
         "error": {"code": "terminal_busy", "message": "terminal T1 is busy\nnewline"},
     }
     line = format_event(failed, tz=UTC, today=date(2026, 11, 24))
