@@ -593,3 +593,46 @@ def test_cli_missing_file(tmp_path: Path) -> None:
     res = run_cli("check-config", "--config", str(tmp_path / "absent.toml"))
     assert res.returncode == 2
     assert res.stderr.strip() == f"pos-bridge: {tmp_path / 'absent.toml'}: no such file"
+
+
+# --------------------------------------------------------------------------------------------
+# every problem at once
+
+
+def test_missing_section_does_not_hide_other_errors(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, "[redis]\nbogus = 1\nprefix = ''\n[log]\nlevel = 'loud'\n")
+    assert msg == (
+        f"{tmp_path}/config.toml: "
+        "multisafepay.terminal_groups: at least one [[multisafepay.terminal_groups]] is required; "
+        "redis.prefix: must be 1 to 32 characters of A-Z a-z 0-9 _ . -; "
+        "redis.bogus: unknown key; "
+        "log.level: Input should be 'debug', 'info', 'warning' or 'error' (got 'loud')"
+    )
+
+
+def test_environment_and_file_errors_reported_together(tmp_path: Path) -> None:
+    env = {**ENV, "POS_BRIDGE__NOPE__X": "1", "POS_BRIDGE__REDIS__STREAM_MAXLEN": "0"}
+    msg = error_of(tmp_path, MINIMAL + "[webhook]\npath = 'hooks'\n", env)
+    assert "nope (from POS_BRIDGE__NOPE__X): unknown key" in msg
+    assert "redis.stream_maxlen (from POS_BRIDGE__REDIS__STREAM_MAXLEN): must be at least 1" in msg
+    assert "webhook.path: must start with '/'" in msg
+
+
+def test_every_group_without_a_key_is_named(tmp_path: Path) -> None:
+    text = MINIMAL + MINIMAL.replace('"shop"', '"other"').replace("0000004D", "T2")
+    msg = error_of(tmp_path, text.replace("MSP_KEY", "UNSET_KEY"), environ={})
+    assert "terminal_groups[0].api_key_env: group 'shop'" in msg
+    assert "terminal_groups[1].api_key_env: group 'other'" in msg
+
+
+def test_loading_registers_no_secret_with_the_logs(tmp_path: Path) -> None:
+    from bridge import logs
+
+    logs.clear_secrets()
+    cfg = load(tmp_path, MINIMAL)
+    assert logs.redact_text(f"x {ENV['MSP_KEY']} y") == f"x {ENV['MSP_KEY']} y"
+    logs.register_secrets(cfg.secrets())  # the caller's step
+    try:
+        assert logs.redact_text(f"x {ENV['MSP_KEY']} y") == "x *** y"
+    finally:
+        logs.clear_secrets()

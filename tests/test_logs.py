@@ -244,10 +244,10 @@ def test_bound_context_and_contextvars() -> None:
     )
 
 
-def test_config_registers_its_secrets() -> None:
+def test_config_secrets_are_masked_once_registered() -> None:
     from bridge.config import Config
 
-    Config.from_mapping(
+    cfg = Config.from_mapping(
         {
             "multisafepay": {
                 "terminal_groups": [{"name": "g", "api_key_env": "K", "terminals": ["T"]}]
@@ -256,6 +256,7 @@ def test_config_registers_its_secrets() -> None:
         },
         environ={"K": API_KEY},
     )
+    logs.register_secrets(cfg.secrets())  # the daemon does this with the config it runs
     buf = capture("json")
     logs.get_logger("bridge.c").info(f"key {API_KEY} pw {REDIS_PW} alone")
     out = buf.getvalue()

@@ -20,7 +20,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from redis.asyncio import Redis
 
-from bridge import metrics
+from bridge import logs, metrics
 from bridge.config import Config
 from bridge.daemon import asgi, ops
 from bridge.daemon.handlers import CommandHandlers
@@ -47,6 +47,7 @@ STREAM_POOLS = 32
 class Bridge:
     def __init__(self, config: Config) -> None:
         self.config = config
+        logs.register_secrets(config.secrets())  # masked in every log line from here on
         self.keys = Keys(config.redis.prefix)
         self._stop = anyio.Event()
         self.intake: CommandIntake | None = None
@@ -263,6 +264,7 @@ class Bridge:
         except Exception as exc:  # a bad edit must not stop a running daemon
             log.error("daemon.reload_failed", error=str(exc), note="keeping the running config")
             return
+        logs.register_secrets(new.secrets())
         self.config = new
         if self.handlers is not None:
             self.handlers.config = new
