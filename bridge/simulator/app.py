@@ -26,12 +26,14 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from bridge.simulator import bench, bus, scenarios, sse, tokens
+from bridge.simulator import bench, bus, page, scenarios, sse, tokens
 from bridge.simulator import errors as E
+from bridge.simulator.changes import Changes
 from bridge.simulator.clock import Clock
+from bridge.simulator.customers import Customers
 from bridge.simulator.errors import MspError
 from bridge.simulator.orders import Order, OrderEvent, OrderStore, validate_create
-from bridge.simulator.scenarios import Scenario
+from bridge.simulator.scenarios import Scenario, Step
 from bridge.simulator.variants import VariantError, Variants
 from bridge.simulator.webhooks import RESEND_INTERVAL, WebhookSender
 
@@ -90,6 +92,8 @@ class Simulator:
         self.webhooks: WebhookSender | None = None
         self._webhook_resend_interval = webhook_resend_interval
         self.bench = bench.BenchDriver(self)  # SIM-BENCH payments, driven by the admin API
+        self.changes = Changes()  # what the web page waits on
+        self.customers = Customers(self)  # manual terminals, the page's customer buttons
         self.app = self._build_app()
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -98,7 +102,9 @@ class Simulator:
         self.stopping = anyio.Event()
         async with httpx.AsyncClient(timeout=10.0) as client, anyio.create_task_group() as tg:
             self._tg = tg
-            self.webhooks = WebhookSender(client, self.clock, self._webhook_resend_interval)
+            self.webhooks = WebhookSender(
+                client, self.clock, self._webhook_resend_interval, on_record=self.changes.touch
+            )
             try:
                 yield
             finally:
@@ -116,10 +122,14 @@ class Simulator:
         self._tg.start_soon(func, *args)
 
     async def _play(self, order: Order) -> None:
+        await self.play_steps(order, scenarios.script(order.scenario))
+
+    async def play_steps(self, order: Order, steps: list[Step]) -> None:
+        """Play ``steps`` on the order; an API cancel or a ``take_over`` stops them."""
         with anyio.CancelScope() as scope:
             self._scripts[order.order_id] = scope
             try:
-                for step in scenarios.script(order.scenario):
+                for step in steps:
                     await self.clock.sleep(step.delay)
                     if step.is_drop:
                         self.drop(order)
@@ -130,7 +140,16 @@ class Simulator:
                     if order.final:
                         break
             finally:
-                self._scripts.pop(order.order_id, None)
+                if self._scripts.get(order.order_id) is scope:
+                    del self._scripts[order.order_id]
+
+    def take_over(self, order: Order, func: Any, *args: Any) -> None:
+        """Stop what is being played on the order and start ``func(*args)`` instead (a person
+        at the terminal chose what happens next)."""
+        scope = self._scripts.pop(order.order_id, None)
+        if scope is not None:
+            scope.cancel()
+        self._start(func, *args)
 
     def _announce(self, order: Order, ev: OrderEvent) -> None:
         log.info("order %s terminal %s -> %s", order.order_id, order.terminal_id, ev.status)
@@ -143,6 +162,7 @@ class Simulator:
             self._start(self.webhooks.deliver, url, order.api_key, order.order_id, order.view())
 
     def _publish(self, order: Order, item: Item) -> None:
+        self.changes.touch()
         for stream in list(self._feeds.get(order.order_id, ())):
             try:
                 stream.send_nowait(item)
@@ -187,6 +207,7 @@ class Simulator:
     def refund_order(self, order: Order, body: Any) -> dict[str, Any]:
         data = self.store.refund(order, body)
         log.info("order %s refunded %d -> %s", order.order_id, order.amount_refunded, order.status)
+        self.changes.touch()
         self._notify(order)
         return data
 
@@ -213,12 +234,13 @@ class Simulator:
         except ValueError:
             raise MspError(400, E.MISSING_DATA, "Request body is not valid JSON")
         fields = validate_create(body)
-        scenario = scenarios.choose(fields["terminal_id"], fields["amount"])
+        scenario = scenarios.choose(fields["terminal_id"], fields["amount"], self.customers.manual)
         if scenario is Scenario.UNKNOWN_TERMINAL:
             raise MspError(404, E.UNKNOWN_TERMINAL, f"Invalid terminal ID: {fields['terminal_id']}")
         if scenario is Scenario.FAIL:
             raise MspError(500, E.UNKNOWN, "Unknown error: the service is unavailable")
         order = self.store.create(fields, key, scenario)
+        self.changes.touch()
         log.info(
             "order %s created on terminal %s (scenario %s, amount %d)",
             order.order_id,
@@ -566,6 +588,7 @@ class Simulator:
             Route("/_sim/bench/drive", self.bench.drive, methods=["POST"]),
             Route("/_sim/bench/status", self.bench.status, methods=["GET"]),
             Route("/_sim/bench/sent", self.bench.sent_times, methods=["GET"]),
+            *page.routes(self),  # the web page at / and its actions
         ]
 
         async def not_found(request: Request, exc: Exception) -> Response:

@@ -55,6 +55,11 @@ class Order:
         return self.status in FINAL_STATUSES or self.status in ("refunded", "partial_refunded")
 
     @property
+    def asks_for_pin(self) -> bool:
+        """Soft-declined: the terminal asks the customer for the PIN."""
+        return self.status == "declined" and self.reason_code == SOFT_DECLINE[1]
+
+    @property
     def payment_final(self) -> bool:
         """Final for the terminal: it may start another payment."""
         return self.final
@@ -180,9 +185,10 @@ class Order:
 
 
 # why -> (reason, reason_code, response_code); response codes are ISO 8583 style like MultiSafepay's
+SOFT_DECLINE = ("Soft decline: PIN required", "1009", "65")
 _REASONS = {
     "hard": ("Declined: insufficient funds", "1005", "51"),
-    "soft": ("Soft decline: PIN required", "1009", "65"),
+    "soft": SOFT_DECLINE,
     "customer": ("Cancelled by customer", "", None),
     "expired": ("Expired: no activity", "", None),
     "api": ("Cancelled via API", "", None),

@@ -7,6 +7,7 @@ Scripts are plain data: a list of steps, each "after DELAY simulated seconds, be
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass
 
 TAP = 1.5  # seconds for the terminal to wake and the card to be read
@@ -27,6 +28,7 @@ class Scenario(str, enum.Enum):
     FAIL = "fail"
     CREATE_TIMEOUT = "create-timeout"
     UNKNOWN_TERMINAL = "unknown-terminal"
+    MANUAL = "manual"  # a person plays the customer on the web page (``terminal_face``)
 
 
 # terminal ID prefix (upper case, before "-NN") -> scenario; longest first when matching.
@@ -43,6 +45,7 @@ BY_TERMINAL: dict[str, Scenario] = {
     "SIM-FAIL": Scenario.FAIL,
     "SIM-CREATE-TIMEOUT": Scenario.CREATE_TIMEOUT,
     "SIM-UNKNOWN": Scenario.UNKNOWN_TERMINAL,
+    "SIM-MANUAL": Scenario.MANUAL,
 }
 
 # amount in cents modulo 100 -> scenario, for terminals whose ID names none.
@@ -73,7 +76,11 @@ def scenario_from_terminal(terminal_id: str) -> Scenario | None:
     return None
 
 
-def choose(terminal_id: str, amount: int) -> Scenario:
+def choose(terminal_id: str, amount: int, manual: Collection[str] = ()) -> Scenario:
+    """The scenario of a payment; ``manual`` holds the (upper case) terminal IDs set to wait for
+    a person, whatever their ID or the amount says."""
+    if terminal_id.upper() in manual:
+        return Scenario.MANUAL
     by_id = scenario_from_terminal(terminal_id)
     if by_id is not None:
         return by_id
@@ -117,6 +124,10 @@ def script(scenario: Scenario) -> list[Step]:
         return [init, Step(2.0, None), Step(AUTHORIZE * 2, "completed")]
     if scenario is Scenario.RETRY:
         return [init, Step(AUTHORIZE, "declined", "hard"), Step(TAP, "initialized"), done]
+    if scenario is Scenario.MANUAL:
+        # The terminal wakes and asks for a card; then it waits for the person, with no
+        # inactivity timeout (the page's "walk away" button plays that).
+        return [init]
     return [init, done]  # APPROVE, SLOW, CREATE_TIMEOUT
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -33,9 +34,14 @@ def acknowledged(status_code: int, text: str) -> bool:
 
 class WebhookSender:
     def __init__(
-        self, client: httpx.AsyncClient, clock: Clock, resend_interval: float = RESEND_INTERVAL
+        self,
+        client: httpx.AsyncClient,
+        clock: Clock,
+        resend_interval: float = RESEND_INTERVAL,
+        on_record: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
+        self.on_record = on_record  # told when a record is added or its result filled in
         self.clock = clock
         self.resend_interval = resend_interval
         self.attempts: list[dict[str, Any]] = []  # a record for the admin API and tests
@@ -56,6 +62,7 @@ class WebhookSender:
                 "result": None,
             }
             self.attempts.append(record)
+            self._recorded()
             try:
                 resp = await self.client.post(
                     target,
@@ -71,6 +78,7 @@ class WebhookSender:
             except httpx.HTTPError as exc:
                 ok = False
                 record["result"] = type(exc).__name__
+            self._recorded()
             log.info(
                 "webhook %s status=%s attempt=%d result=%s",
                 order_id,
@@ -81,3 +89,7 @@ class WebhookSender:
             if ok:
                 return True
         return False
+
+    def _recorded(self) -> None:
+        if self.on_record is not None:
+            self.on_record()
