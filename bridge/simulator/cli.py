@@ -40,5 +40,6 @@ def simulate_command(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = sock.getsockname()[1]
     print(f"MultiSafepay simulator: http://{host}:{port}/v1/json/", flush=True)
+    print(f"Terminals page: http://{host}:{port}/ (play the customer there)", flush=True)
     serve_foreground(simulator, sock, log_level="info", access_log=True)
     return 0

@@ -171,6 +171,7 @@ def demo_command(args: argparse.Namespace) -> int:
         print(
             f"pos-bridge demo: simulator at {sim.base_url} (speed x{args.speed:g}), "
             f"Redis at {redis_url}, daemon logs in {log_path}\n"
+            f"watch the terminals at {sim.url}\n"
         )
         code = anyio.run(run_demo, demo_config(redis_url, sim.base_url, args.prefix))
     return code

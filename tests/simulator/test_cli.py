@@ -26,6 +26,11 @@ def test_simulate_prints_url_and_stops_on_sigterm() -> None:
             "/v1/json/"
         )
         base = line.split(": ", 1)[1]
+        page = proc.stdout.readline().strip()
+        assert page.startswith("Terminals page: http://127.0.0.1:")
+        page_url = page.split(": ", 1)[1].split()[0]
+        assert base.startswith(page_url) and page_url.endswith("/")
+        assert "Simulated terminals" in httpx.get(page_url, timeout=5).text
         r = httpx.get(base + "terminals", headers={"api_key": "k"}, timeout=5)
         assert r.status_code == 200
         root = base.removesuffix("v1/json/")
