@@ -34,15 +34,10 @@ MAX_SPEED = 1000.0
 
 
 def cards(sim: Simulator) -> list[TerminalCard]:
-    """Every terminal worth showing: the listed ones, then any other that has had a payment or
-    is set to manual."""
+    """Every terminal worth showing: those with a payment first, then the listed ones, then any
+    other set to manual. (Only a new page is ordered so; a live page appends new cards.)"""
     names = {t.id.upper(): t.name for t in scenarios.TERMINALS}
-    order = list(names)
-    seen = set(order)
-    for tid in sorted(set(sim.store.active) | sim.customers.manual):
-        if tid not in seen:
-            order.append(tid)
-            seen.add(tid)
+    order = list(dict.fromkeys([*sorted(sim.store.active), *names, *sorted(sim.customers.manual)]))
     attempts = sim.webhooks.attempts if sim.webhooks is not None else []
     result = []
     for tid in order:
