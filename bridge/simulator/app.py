@@ -232,7 +232,7 @@ class Simulator:
         try:
             body = json.loads(await request.body())
         except ValueError:
-            raise MspError(400, E.MISSING_DATA, "Request body is not valid JSON")
+            raise MspError(400, E.MISSING_DATA, "Request body is not valid JSON") from None
         fields = validate_create(body)
         scenario = scenarios.choose(fields["terminal_id"], fields["amount"], self.customers.manual)
         if scenario is Scenario.UNKNOWN_TERMINAL:
@@ -256,7 +256,8 @@ class Simulator:
         if scenario is Scenario.CREATE_TIMEOUT:
             # The order exists; the answer is held until the client gives up.
             with anyio.move_on_after(scenarios.CREATE_HOLD_REAL):
-                while not await request.is_disconnected():
+                # Starlette offers no disconnect event to wait on in a request handler.
+                while not await request.is_disconnected():  # noqa: ASYNC110
                     await anyio.sleep(0.05)
         return ok(self._create_answer(order, request))
 
@@ -293,7 +294,7 @@ class Simulator:
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
-            raise MspError(400, E.MISSING_DATA, "Request body is not valid JSON")
+            raise MspError(400, E.MISSING_DATA, "Request body is not valid JSON") from None
         await self._hold_if_slow(order)
         return ok(self.refund_order(order, body))
 
@@ -307,7 +308,7 @@ class Simulator:
             page = max(1, int(request.query_params.get("page", 1)))
             limit = max(1, min(100, int(request.query_params.get("limit", 10))))
         except ValueError:
-            raise MspError(400, E.MISSING_DATA, "page and limit must be integers")
+            raise MspError(400, E.MISSING_DATA, "page and limit must be integers") from None
         chunk = items[(page - 1) * limit : page * limit]
         data = [
             {
@@ -339,7 +340,7 @@ class Simulator:
         try:
             claims = tokens.decode(token, self.secret, self.clock.time())
         except tokens.TokenError as exc:
-            raise MspError(401, E.INVALID_API_KEY, f"Invalid events token: {exc}")
+            raise MspError(401, E.INVALID_API_KEY, f"Invalid events token: {exc}") from exc
         order = self.store.by_session.get(str(claims.get("pid")))
         if order is None:
             raise MspError(401, E.INVALID_API_KEY, "Invalid events token: unknown session")

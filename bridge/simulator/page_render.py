@@ -149,7 +149,8 @@ def _variants_html(variants: dict[str, Any]) -> str:
         fid = f"variant-{name}"
         if name in CHOICES:
             options = "".join(
-                f"<option{' selected' if choice == value else ''}>{escape(choice)}</option>"
+                f"<option value={_a(choice)}{' selected' if choice == value else ''}>"
+                f"{escape(choice)}</option>"
                 for choice in CHOICES[name]
             )
             control = f'<select id="{fid}" name="{name}">{options}</select>'

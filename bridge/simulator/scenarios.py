@@ -15,7 +15,7 @@ AUTHORIZE = 1.5  # seconds for the scheme to answer
 INACTIVITY = 60.0  # an unanswered payment expires after this (MultiSafepay: about 60 s)
 
 
-class Scenario(str, enum.Enum):
+class Scenario(enum.StrEnum):
     APPROVE = "approve"
     DECLINE = "decline"
     SOFTDECLINE_APPROVE = "softdecline-approve"

@@ -3,6 +3,7 @@ customer on the page, the till receives the outcome."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from helpers.harness import Till, bridge_config, running_bridge, statuses
 from helpers.webdriver import ENTER, Browser
 from redis.asyncio import Redis
 
-from bridge.simulator.page_render import dom_id
+from bridge.simulator.page_render import dom_id, money
 from bridge.simulator.server import SimulatorServer
 
 pytestmark = pytest.mark.anyio
@@ -41,61 +42,57 @@ async def pay_and_wait_for_card(
     the till has seen ``initialized`` (so the bridge follows the order before the card is
     tapped)."""
     command_id = await till.pay(terminal, amount, description=description)
-    await browser.wait_for(f'{card(terminal)}[data-screen="present-card"] .amount', "€ 12.50")
+    shown = money(amount, "EUR")
+    await browser.wait_for(f'{card(terminal)}[data-screen="present-card"] .amount', shown)
     assert await browser.text(f"{card(terminal)} .description") == description
     await till.wait_for(terminal, has("initialized", command_id), timeout=60)
     return command_id
 
 
-async def test_tap_card_completes_the_tills_payment(
+@pytest.fixture
+async def till(
     redis_server, redis_client: Redis, simulator: SimulatorServer, browser: Browser
-) -> None:
-    till = Till(redis_client)
+) -> AsyncIterator[Till]:
+    """The page open in the browser, a daemon running, and a till to pay with."""
     await open_page(browser, simulator)
     async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
-        command_id = await pay_and_wait_for_card(browser, till, MANUAL, 1250, "Two coffees")
-        await browser.click(f'{card(MANUAL)} button[data-action="tap"]')
-        events = await till.until_final(MANUAL, command_id, timeout=60)
-        await browser.wait_for(f'{card(MANUAL)}[data-screen="approved"]')
-        await browser.wait_for(f"{card(MANUAL)} .history", "completed")
+        yield Till(redis_client)
+
+
+async def test_tap_card_completes_the_tills_payment(till: Till, browser: Browser) -> None:
+    command_id = await pay_and_wait_for_card(browser, till, MANUAL, 1250, "Two coffees")
+    await browser.click(f'{card(MANUAL)} button[data-action="tap"]')
+    events = await till.until_final(MANUAL, command_id, timeout=60)
+    await browser.wait_for(f'{card(MANUAL)}[data-screen="approved"]')
+    await browser.wait_for(f"{card(MANUAL)} .history", "completed")
     assert statuses(events) == ["order.created", "initialized", "completed"]
     assert events[-1]["final"]
 
 
-async def test_soft_decline_answered_with_the_pin(
-    redis_server, redis_client: Redis, simulator: SimulatorServer, browser: Browser
-) -> None:
-    till = Till(redis_client)
-    await open_page(browser, simulator)
-    async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
-        command_id = await pay_and_wait_for_card(browser, till, MANUAL, 1250, "Lunch")
-        await browser.click(f'{card(MANUAL)} button[data-action="tap-soft-declined"]')
-        await browser.wait_for(f'{card(MANUAL)}[data-screen="enter-pin"]')
-        await till.wait_for(MANUAL, has("declined", command_id), timeout=60)
-        # The keyboard alone: type the PIN, Enter submits the form.
-        await browser.type(f"{card(MANUAL)} input[name=pin]", "1234" + ENTER)
-        events = await till.until_final(MANUAL, command_id, timeout=60)
-        await browser.wait_for(f'{card(MANUAL)}[data-screen="approved"]')
+async def test_soft_decline_answered_with_the_pin(till: Till, browser: Browser) -> None:
+    command_id = await pay_and_wait_for_card(browser, till, MANUAL, 2495, "Lunch")
+    await browser.click(f'{card(MANUAL)} button[data-action="tap-soft-declined"]')
+    await browser.wait_for(f'{card(MANUAL)}[data-screen="enter-pin"]')
+    await till.wait_for(MANUAL, has("declined", command_id), timeout=60)
+    # The keyboard alone: type the PIN, Enter submits the form.
+    await browser.type(f"{card(MANUAL)} input[name=pin]", "1234" + ENTER)
+    events = await till.until_final(MANUAL, command_id, timeout=60)
+    await browser.wait_for(f'{card(MANUAL)}[data-screen="approved"]')
     assert statuses(events) == ["order.created", "initialized", "declined", "completed"]
 
 
-async def test_cancel_on_a_terminal_set_to_manual_on_the_page(
-    redis_server, redis_client: Redis, simulator: SimulatorServer, browser: Browser
-) -> None:
+async def test_cancel_on_a_terminal_set_to_manual_on_the_page(till: Till, browser: Browser) -> None:
     """TILL-A follows the amount rules (1250: approve) until the page sets it to manual."""
     terminal = "TILL-A"
-    till = Till(redis_client)
-    await open_page(browser, simulator)
-    async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
-        first = await till.pay(terminal, 1250)
-        assert statuses(await till.until_final(terminal, first, timeout=60))[-1] == "completed"
-        await browser.wait_for(f'{card(terminal)}[data-screen="approved"]')
-        await browser.click(f"{card(terminal)} input[data-manual]")
-        await browser.wait_for("#notice", f"{terminal}: manual")
-        command_id = await pay_and_wait_for_card(browser, till, terminal, 1250, "Groceries")
-        await browser.click(f'{card(terminal)} button[data-action="cancel"]')
-        events = await till.until_final(terminal, command_id, timeout=60)
-        await browser.wait_for(f'{card(terminal)}[data-screen="cancelled"]')
+    first = await till.pay(terminal, 1250)
+    assert statuses(await till.until_final(terminal, first, timeout=60))[-1] == "completed"
+    await browser.wait_for(f'{card(terminal)}[data-screen="approved"]')
+    await browser.click(f"{card(terminal)} input[data-manual]")
+    await browser.wait_for("#notice", f"{terminal}: manual")
+    command_id = await pay_and_wait_for_card(browser, till, terminal, 1250, "Groceries")
+    await browser.click(f'{card(terminal)} button[data-action="cancel"]')
+    events = await till.until_final(terminal, command_id, timeout=60)
+    await browser.wait_for(f'{card(terminal)}[data-screen="cancelled"]')
     assert statuses(events) == ["order.created", "initialized", "cancelled"]
     assert events[-1]["final"]
 
@@ -119,3 +116,17 @@ async def test_page_fits_a_phone_and_labels_every_control(
         ".filter(b => !b.textContent.trim()).map(b => b.outerHTML);"
     )
     assert nameless == []
+
+
+async def test_admin_forms_set_variants_and_speed(
+    simulator: SimulatorServer, browser: Browser
+) -> None:
+    await open_page(browser, simulator)
+    await browser.click("#variant-sse_ids option[value=off]")
+    await browser.click("#variants-form button[type=submit]")
+    await browser.wait_for("#notice", "Variants applied")
+    assert simulator.simulator.variants.sse_ids == "off"
+    await browser.script("document.getElementById('speed').value = '';")
+    await browser.type("#speed", "42" + ENTER)
+    await browser.wait_for("#speed-now", "42")
+    assert simulator.simulator.clock.speed == 42.0

@@ -121,7 +121,7 @@ def test_scenario_choice(terminal: str, amount: int, expected: Scenario) -> None
 def test_scripts_never_repeat_a_status_and_end_final() -> None:
     for s in Scenario:
         steps = [st.status for st in scenarios.script(s) if not st.is_drop]
-        assert all(a != b for a, b in zip(steps, steps[1:])), s
+        assert all(a != b for a, b in zip(steps, steps[1:], strict=False)), s
         if s is not Scenario.MANUAL:  # a manual terminal waits for a person (test_terminal_face)
             assert steps[-1] in scenarios.FINAL_STATUSES, s
     assert [st.status for st in scenarios.script(Scenario.RETRY)] == [
