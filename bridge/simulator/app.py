@@ -181,10 +181,12 @@ class Simulator:
         send, receive = anyio.create_memory_object_stream[Item](math.inf)
         self._feeds.setdefault(order.order_id, set()).add(send)
         self.bench.stream_opened(transport)
+        self.changes.touch()  # the page shows the streams open
         try:
             yield receive
         finally:
             self.bench.stream_closed(transport)
+            self.changes.touch()
             feeds = self._feeds.get(order.order_id, set())
             feeds.discard(send)
             if not feeds:

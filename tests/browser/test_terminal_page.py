@@ -130,3 +130,21 @@ async def test_admin_forms_set_variants_and_speed(
     await browser.type("#speed", "42" + ENTER)
     await browser.wait_for("#speed-now", "42")
     assert simulator.simulator.clock.speed == 42.0
+
+
+async def test_dropped_streams_then_a_tap_and_a_customer_who_walks_away(
+    till: Till, browser: Browser
+) -> None:
+    """The connection drops mid-payment: the bridge still gets the tap's outcome, once."""
+    command_id = await pay_and_wait_for_card(browser, till, MANUAL, 1250, "Tea")
+    await browser.wait_for(f"{card(MANUAL)} .order", "streams open: 1")  # the bridge follows
+    await browser.click(f'{card(MANUAL)} button[data-action="drop"]')
+    await browser.click(f'{card(MANUAL)} button[data-action="tap"]')
+    events = await till.until_final(MANUAL, command_id, timeout=60)
+    assert statuses(events) == ["order.created", "initialized", "completed"]
+
+    command_id = await pay_and_wait_for_card(browser, till, MANUAL, 1250, "Cake")
+    await browser.click(f'{card(MANUAL)} button[data-action="walk-away"]')
+    events = await till.until_final(MANUAL, command_id, timeout=60)
+    await browser.wait_for(f'{card(MANUAL)}[data-screen="cancelled"] .reason', "Expired")
+    assert statuses(events) == ["order.created", "initialized", "cancelled"]
