@@ -145,3 +145,14 @@ def test_speed_changes_at_run_time(page_sim: SimulatorServer) -> None:
         "speed": 250.0
     }
     assert page_sim.simulator.clock.scaled(1.0) == pytest.approx(1 / 250)
+
+
+def test_a_card_lists_the_webhooks_sent_and_their_answers(page_sim: SimulatorServer) -> None:
+    page_sim.simulator.webhook_url = page_sim.url + "no-such-hook"  # answers 404: not acknowledged
+    create(page_sim, "SIM-MANUAL-01")
+    assert press(page_sim, "SIM-MANUAL-01", "cancel").status_code == 200
+    cards = cards_until(
+        page_sim,
+        lambda c: "<code>cancelled</code> → HTTP 404" in c.get("SIM-MANUAL-01", {}).get("html", ""),
+    )
+    assert "Cancelled by customer" in cards["SIM-MANUAL-01"]["html"]
