@@ -3,6 +3,13 @@
 A person at the simulator's web page plays the customer. Each button is an ``Action``; ``plan``
 turns it, given what the terminal shows now, into the same ``Step`` list a scenario script is
 made of, so the simulator plays a person's choices exactly as it plays its scripted scenarios.
+
+Sources: a soft decline sends ``declined``, the customer enters the PIN, then ``completed`` (or
+``cancelled`` if it fails) (MultiSafepay/docs: content/point-of-sale/pos-troubleshooting.md,
+"Soft declines for SmartPOS payments"); a payment is cancelled on the terminal, via the API, or
+expires after 60 seconds of inactivity (MultiSafepay/docs:
+content/point-of-sale/event-notifications.md). What the screen says at each step, and that a
+PIN has 4 to 6 digits, are assumed (nothing public shows a SmartPOS payment screen).
 """
 
 from __future__ import annotations
