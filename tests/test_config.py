@@ -1,4 +1,4 @@
-"""bridge.config: loading, validation errors (one line naming the field), overrides, check-config."""
+"""bridge.config: loading, validation errors (one line naming the field), overrides, check."""
 
 from __future__ import annotations
 
@@ -227,7 +227,10 @@ def test_path_from_environment(tmp_path: Path) -> None:
 
 def test_inline_key_warns(tmp_path: Path) -> None:
     seen: list[str] = []
-    text = '[[multisafepay.terminal_groups]]\nname = "dev"\napi_key = "dev-key-123"\nterminals = ["T1"]\n'
+    text = (
+        '[[multisafepay.terminal_groups]]\nname = "dev"\napi_key = "dev-key-123"\n'
+        'terminals = ["T1"]\n'
+    )
     load_config(write(tmp_path, text), environ={}, warn=seen.append)
     assert len(seen) == 1 and "development only" in seen[0] and "dev-key-123" not in seen[0]
 
@@ -257,15 +260,18 @@ def test_inline_key_warns(tmp_path: Path) -> None:
         (MINIMAL + "[redis]\nprefix = 'a'\nprefix = 'b'\n", None),  # duplicate key: invalid TOML
         (
             "[multisafepay]\ntransport = 'carrier-pigeon'\n" + MINIMAL,
-            "config.toml: multisafepay.transport: Input should be 'auto', 'sse' or 'websocket' (got 'carrier-pigeon')",
+            "config.toml: multisafepay.transport: Input should be 'auto', 'sse' or 'websocket' "
+            "(got 'carrier-pigeon')",
         ),
         (
             MINIMAL + "[redis]\norder_ttl = 600\n",
-            f"config.toml: redis.order_ttl: must be at least {MIN_ORDER_TTL} s (the webhook resend window)",
+            f"config.toml: redis.order_ttl: must be at least {MIN_ORDER_TTL} s (the webhook "
+            "resend window)",
         ),
         (
             MINIMAL + "[log]\nlevel = 'loud'\n",
-            "config.toml: log.level: Input should be 'debug', 'info', 'warning' or 'error' (got 'loud')",
+            "config.toml: log.level: Input should be 'debug', 'info', 'warning' or 'error' (got "
+            "'loud')",
         ),
         (MINIMAL + "[webhook]\npath = 'hooks'\n", "config.toml: webhook.path: must start with '/'"),
         (
@@ -286,7 +292,8 @@ def test_inline_key_warns(tmp_path: Path) -> None:
         ),
         (
             "[multisafepay]\nupstream_timezone = 'Mars/Olympus'\n" + MINIMAL,
-            "config.toml: multisafepay.upstream_timezone: 'Mars/Olympus' is not a known time zone (e.g. 'Europe/Amsterdam')",
+            "config.toml: multisafepay.upstream_timezone: 'Mars/Olympus' is not a known time zone "
+            "(e.g. 'Europe/Amsterdam')",
         ),
         (
             "[multisafepay]\nreconnect_jitter = 1.5\n" + MINIMAL,
@@ -298,11 +305,13 @@ def test_inline_key_warns(tmp_path: Path) -> None:
         ),
         (
             "[multisafepay]\n",
-            "config.toml: multisafepay.terminal_groups: at least one [[multisafepay.terminal_groups]] is required",
+            "config.toml: multisafepay.terminal_groups: at least one "
+            "[[multisafepay.terminal_groups]] is required",
         ),
         (
             MINIMAL.replace('"shop"', '"bad name"'),
-            "config.toml: multisafepay.terminal_groups[0].name: must be 1 to 64 characters of A-Z a-z 0-9 _ -",
+            "config.toml: multisafepay.terminal_groups[0].name: must be 1 to 64 characters of A-Z "
+            "a-z 0-9 _ -",
         ),
         (
             MINIMAL.replace('name = "shop"\n', ""),
@@ -310,19 +319,23 @@ def test_inline_key_warns(tmp_path: Path) -> None:
         ),
         (
             MINIMAL.replace('"0000004D"', '"0000/04D"'),
-            "config.toml: multisafepay.terminal_groups[0].terminals: terminal ID '0000/04D' must be 1 to 32 characters of A-Z a-z 0-9 -",
+            "config.toml: multisafepay.terminal_groups[0].terminals: terminal ID '0000/04D' must "
+            "be 1 to 32 characters of A-Z a-z 0-9 -",
         ),
         (
             MINIMAL.replace('terminals = ["0000004D"]', "terminals = []"),
-            "config.toml: multisafepay.terminal_groups[0]: lists no terminals: set terminals = [...] or discover = true",
+            "config.toml: multisafepay.terminal_groups[0]: lists no terminals: set terminals = "
+            "[...] or discover = true",
         ),
         (
             MINIMAL + MINIMAL.replace('"shop"', '"other"').replace("0000004D", "0000004d"),
-            "config.toml: multisafepay.terminal_groups: terminal 0000004d is in two groups: 'shop' and 'other'",
+            "config.toml: multisafepay.terminal_groups: terminal 0000004d is in two groups: "
+            "'shop' and 'other'",
         ),
         (
             MINIMAL + MINIMAL.replace("0000004D", "T2"),
-            "config.toml: multisafepay.terminal_groups: group name 'shop' is used twice (groups 0 and 1)",
+            "config.toml: multisafepay.terminal_groups: group name 'shop' is used twice (groups 0 "
+            "and 1)",
         ),
     ],
 )
@@ -354,7 +367,8 @@ def test_missing_file(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             load_config(None, environ={})
         assert str(info.value) == (
-            "/etc/pos-bridge/config.toml: no such file (give --config PATH or set POS_BRIDGE_CONFIG)"
+            "/etc/pos-bridge/config.toml: no such file (give --config PATH or set "
+            "POS_BRIDGE_CONFIG)"
         )
     with pytest.raises(ConfigError, match="is a directory"):
         load_config(tmp_path, environ={})
@@ -457,7 +471,8 @@ def test_env_overrides(tmp_path: Path) -> None:
         ({"POS_BRIDGE__REDIS": "1"}, "POS_BRIDGE__REDIS: must be POS_BRIDGE__SECTION__KEY"),
         (
             {"POS_BRIDGE__REDIS__STREAM_MAXLEN": "lots"},
-            "redis.stream_maxlen (from POS_BRIDGE__REDIS__STREAM_MAXLEN): Input should be a valid integer (got 'lots')",
+            "redis.stream_maxlen (from POS_BRIDGE__REDIS__STREAM_MAXLEN): Input should be a valid "
+            "integer (got 'lots')",
         ),
         (
             {"POS_BRIDGE__REDIS__ORDER_TTL": "60"},

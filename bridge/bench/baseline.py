@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 
 import anyio
 
 from bridge.bench.procs import raise_nofile
+from bridge.bench.transition import new_order
 from bridge.core.events import Source
 from bridge.core.normalize import Observation
-from bridge.core.state import OrderState, observe, order_created, utcnow
+from bridge.core.state import OrderState, observe, utcnow
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
 from bridge.redis.publisher import EventStore
@@ -42,18 +44,7 @@ async def run(url: str, prefix: str, orders: int, rate: float, duration: float) 
         now = utcnow()
         for i, oid in enumerate(ids):
             rec = await store.record(
-                oid,
-                lambda st, oid=oid, i=i: order_created(
-                    order_id=oid,
-                    terminal_id=f"BASE-{i:05d}",
-                    command_id=oid,
-                    amount=100,
-                    currency="EUR",
-                    session_id=None,
-                    now=now,
-                ),
-                known=None,
-                trust_known=True,
+                oid, partial(new_order, oid, f"BASE-{i:05d}", now), known=None, trust_known=True
             )
             assert rec.decision.state is not None
             states[oid] = rec.decision.state

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +272,7 @@ format = "json"
 async def _wait_idle_terminals(rig: Rig, timeout: float = 60.0) -> None:
     """Between rounds: every simulated payment over, so the next pay finds its terminal free."""
     with anyio.move_on_after(timeout):
-        while await rig.open_orders():
+        while await rig.open_orders():  # noqa: ASYNC110  # polls the simulator: no event to await
             await anyio.sleep(0.2)
 
 
@@ -348,7 +349,7 @@ def run_all(
 
     return [
         anyio.run(
-            lambda k=kind: run_scenario(k, rounds=rounds, terminals=terminals, progress=progress)
+            partial(run_scenario, kind, rounds=rounds, terminals=terminals, progress=progress)
         )
         for kind in kinds
     ]

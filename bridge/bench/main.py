@@ -48,8 +48,9 @@ PREFIX = "bench"
 API_KEY = "bench-api-key-0123456789"
 TERMINAL = "SIM-BENCH-{:05d}"
 ORDER = "bench-{:05d}"
+# order.created + initialized, declined | initialized, completed: a typical payment
 EVENTS_PER_PAYMENT = 3
-OPEN_STALL = 60.0  # seconds without a new stream before opening is given up  # initialized, declined | initialized, completed: a typical payment
+OPEN_STALL = 60.0  # seconds without a new stream before opening is given up
 
 QUICK = {"streams": 200, "rate": 200.0, "duration": 10.0}
 DEFAULTS = {"streams": 1000, "rate": 1000.0, "duration": 30.0}
@@ -575,7 +576,7 @@ class Bench:
                 got = received.get(oid, [])
                 lost += max(0, len(sent) - len(got))
                 unexpected += max(0, len(got) - len(sent))
-                for t_send, (status, t_recv) in zip(sent, got):
+                for t_send, (status, t_recv) in zip(sent, got, strict=False):
                     ms = (t_recv - t_send) * 1000
                     if into is not None:
                         into.append(ms)
@@ -711,7 +712,8 @@ def table(res: Result) -> str:
         ),
         (
             f"  events/s achieved      {res.drive_events_per_s:.0f}  (target {res.target_rate:g}; "
-            f"baseline {res.baseline_events_per_s:.0f}) = {res.implied_payments_per_s:.0f} payments/s "
+            f"baseline {res.baseline_events_per_s:.0f}) "
+            f"= {res.implied_payments_per_s:.0f} payments/s "
             f"at {EVENTS_PER_PAYMENT} events each"
         ),
         "",
@@ -734,7 +736,8 @@ def table(res: Result) -> str:
         "",
         (
             f"  daemon RSS             {res.daemon_rss_before_mb:.1f} MB idle, "
-            f"{res.daemon_rss_streams_mb:.1f} MB with the streams, peak {res.daemon_rss_peak_mb:.1f} MB"
+            f"{res.daemon_rss_streams_mb:.1f} MB with the streams, "
+            f"peak {res.daemon_rss_peak_mb:.1f} MB"
             f"  -> {res.daemon_kb_per_stream:.1f} KB per stream"
         ),
         (

@@ -15,18 +15,32 @@ import argparse
 import statistics
 import time
 from datetime import UTC, datetime
+from functools import partial
 
 import anyio
 
 from bridge.core.events import Source
 from bridge.core.normalize import Observation
-from bridge.core.state import observe, order_created
+from bridge.core.state import Decision, OrderState, observe, order_created
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
 from bridge.redis.publisher import EventStore
 from bridge.redis.server import RedisServer
 
 FLOW = ["initialized", "declined", "initialized", "completed"]
+
+
+def new_order(order_id: str, terminal_id: str, now: datetime, _: OrderState | None) -> Decision:
+    """The decision for a new bench order (its stored state is not read: there is none)."""
+    return order_created(
+        order_id=order_id,
+        terminal_id=terminal_id,
+        command_id=order_id,
+        amount=100,
+        currency="EUR",
+        session_id=None,
+        now=now,
+    )
 
 
 async def measure(url: str, events: int) -> dict[str, float]:
@@ -47,24 +61,13 @@ async def measure(url: str, events: int) -> dict[str, float]:
             oid = f"o{i}"
             t = time.perf_counter()
             rec = await store.record(
-                oid,
-                lambda st, oid=oid: order_created(
-                    order_id=oid,
-                    terminal_id=f"T{i % 50}",
-                    command_id=oid,
-                    amount=100,
-                    currency="EUR",
-                    session_id=None,
-                    now=now,
-                ),
-                known=None,
-                trust_known=True,
+                oid, partial(new_order, oid, f"T{i % 50}", now), known=None, trust_known=True
             )
             state = rec.decision.state
             for status in FLOW:
                 obs = Observation(source=Source.STREAM, order_id=oid, status=status)
                 rec = await store.record(
-                    oid, lambda st, obs=obs: observe(st, obs, now), known=state, trust_known=True
+                    oid, partial(observe, obs=obs, now=now), known=state, trust_known=True
                 )
                 state = rec.decision.state
             samples.append((time.perf_counter() - t) / (len(FLOW) + 1))

@@ -21,7 +21,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from redis.asyncio import Redis
 
 from bridge import logs, metrics
-from bridge.config import Config
+from bridge.config import Config, ConfigError
 from bridge.daemon import asgi, ops
 from bridge.daemon.handlers import CommandHandlers
 from bridge.daemon.intake import CommandIntake
@@ -261,7 +261,7 @@ class Bridge:
             return
         try:
             new = self.load_config()
-        except Exception as exc:  # a bad edit must not stop a running daemon
+        except (ConfigError, OSError) as exc:  # a bad edit must not stop a running daemon
             log.error("daemon.reload_failed", error=str(exc), note="keeping the running config")
             return
         logs.register_secrets(new.secrets())

@@ -129,7 +129,8 @@ class CommandHandlers:
                 command_id,
                 command.order_id or derive_order_id(command_id),
                 ErrorCode.INVALID_COMMAND,
-                f"command waited {age:.0f} s in the queue (more than {COMMAND_MAX_AGE:.0f} s): not started",
+                f"command waited {age:.0f} s in the queue "
+                f"(more than {COMMAND_MAX_AGE:.0f} s): not started",
             )
             return
         bound = log.bind(command_id=command_id, terminal_id=command.terminal, type=command.type)

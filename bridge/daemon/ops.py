@@ -170,7 +170,8 @@ class Operations:
         elif self.probe.ok:
             redis = "Redis reachable"
         else:
-            redis = f"Redis unreachable since {time.strftime('%H:%M:%S', time.localtime(self.probe.changed_at))}"
+            since = time.strftime("%H:%M:%S", time.localtime(self.probe.changed_at))
+            redis = f"Redis unreachable since {since}"
         reading = ", reading commands" if health["reading"] and self.probe.ok else ""
         return f"{redis}{reading}, {count}"
 

@@ -140,8 +140,8 @@ class _TransitionBatcher:
             for p in batch:
                 p.error = exc
             return
-        missing = [p for p, r in zip(batch, results) if isinstance(r, NoScriptError)]
-        for p, r in zip(batch, results):
+        missing = [p for p, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
+        for p, r in zip(batch, results, strict=True):
             if isinstance(r, Exception):
                 p.error = r
             else:

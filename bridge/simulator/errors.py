@@ -15,7 +15,7 @@ code is not documented; a client should key on the HTTP status plus these codes:
 | 400 | 1016 | body not JSON, or ``gateway_info.terminal_id`` missing |
 | 401 | 1032 | API key missing, empty or not allowed (``--api-key``) |
 | 401 | 1032 | events token missing, invalid or expired (SSE stream) |
-| 404 | 1006 | order unknown, *or created with another API key* (orders are per key, like accounts) |
+| 404 | 1006 | order unknown, *or made with another API key* (orders are per key, like accounts) |
 | 404 | 1000 | unknown path |
 | 404 | 1040 | terminal does not exist (``SIM-UNKNOWN-...``) (sim choice) |
 | 409 | 1006 | duplicate order_id (sim: 409 so a client can tell it from a malformed id) |

@@ -92,7 +92,7 @@ class SimulatorServer:
         def run() -> None:
             try:
                 asyncio.run(server.serve(sockets=[sock]))
-            except BaseException as exc:  # reported by start()/stop(), not lost in the thread
+            except BaseException as exc:  # noqa: BLE001  # start()/stop() re-raise it from here
                 self._error = exc
             finally:
                 sock.close()

@@ -1,4 +1,7 @@
-"""Webhook signature: header ``Auth`` = base64("{timestamp}:{hex HMAC-SHA512(key, ts + ':' + body)}")."""
+"""Webhook signature: header ``Auth`` = base64("{timestamp}:{hex HMAC-SHA512(key, ts:body)}").
+
+The HMAC covers the timestamp, a colon and the body: ``ts + ':' + body``.
+"""
 
 from __future__ import annotations
 

@@ -39,7 +39,9 @@ class Variants:
             try:
                 ttl = int(value)
             except (TypeError, ValueError):
-                raise VariantError(f"token_ttl must be a whole number of seconds, not {value!r}")
+                raise VariantError(
+                    f"token_ttl must be a whole number of seconds, not {value!r}"
+                ) from None
             if ttl <= 0 or isinstance(value, bool):
                 raise VariantError("token_ttl must be > 0")
             self.token_ttl = ttl

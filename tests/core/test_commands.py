@@ -32,7 +32,8 @@ def test_design_examples_parse() -> None:
     cmd = parse_command(pay(currency="EUR", order_id="till7-000123", description="Till 7 sale 123"))
     assert isinstance(cmd, PayCommand) and cmd.terminal == "0000004D" and cmd.amount == 1250
     cancel = parse_command(
-        '{"type": "cancel", "command_id": "c-8f3", "terminal_id": "0000004D", "order_id": "till7-000123"}'
+        '{"type": "cancel", "command_id": "c-8f3", "terminal_id": "0000004D", '
+        '"order_id": "till7-000123"}'
     )
     assert isinstance(cancel, CancelCommand)
     watch = parse_command(

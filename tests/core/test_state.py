@@ -343,7 +343,7 @@ def deliveries(draw: st.DrawFn) -> tuple[list, list[tuple[float, Observation]]]:
     out: list[tuple[float, Observation]] = []
     final_index = max(i for i, (s, _, _) in enumerate(history) if s in FINAL_STATUSES)
     # stream: in order, some messages lost (reconnects), latency below the gap between events
-    for i, (status, t, _) in enumerate(history[: final_index + 1]):
+    for status, t, _ in history[: final_index + 1]:
         if draw(st.booleans()):
             out.append(
                 (

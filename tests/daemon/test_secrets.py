@@ -7,9 +7,8 @@ import io
 import json
 import time
 
-import httpx
 import pytest
-from helpers.harness import API_KEY, Till, bridge_config, running_bridge
+from helpers.harness import API_KEY, Till, bridge_config, running_bridge, sim_webhooks
 from redis.asyncio import Redis
 
 from bridge.logs import configure_logging
@@ -46,7 +45,7 @@ async def test_no_secret_in_logs_or_events(redis_server, redis_client: Redis) ->
                         record = json.loads(await redis_client.get(key) or "{}")
                         tokens += [record["events_token"]] if record.get("events_token") else []
                 events = await till.until_final("SIM-SOFTDECLINE-APPROVE-01", command_id)
-                deliveries = httpx.get(sim.url + "_sim/webhooks").json()["data"]
+                deliveries = await sim_webhooks(sim)
     finally:
         configure_logging("info", "console")
     text = logs.getvalue()

@@ -8,7 +8,14 @@ import time
 
 import httpx
 import pytest
-from helpers.harness import API_KEY, Till, bridge_config, running_bridge, statuses
+from helpers.harness import (
+    API_KEY,
+    Till,
+    bridge_config,
+    running_bridge,
+    sim_webhooks,
+    statuses,
+)
 from redis.asyncio import Redis
 
 from bridge.redis.server import free_port
@@ -156,7 +163,7 @@ async def test_three_channels_publish_each_transition_once(
                     ("SIM-RETRY-01", "SIM-SOFTDECLINE-APPROVE-01", "SIM-DROP-01"), ids, strict=True
                 )
             ]
-            deliveries = httpx.get(sim.url + "_sim/webhooks").json()["data"]
+            deliveries = await sim_webhooks(sim)
     assert statuses(results[0]) == [
         "order.created",
         "initialized",

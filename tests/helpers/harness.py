@@ -103,8 +103,18 @@ class Till:
 
 async def sim_orders(sim: SimulatorServer) -> list[dict[str, Any]]:
     """The orders the simulator holds (its admin API): what really happened upstream."""
+    return await _sim_admin_list(sim, "orders")
+
+
+async def sim_webhooks(sim: SimulatorServer) -> list[dict[str, Any]]:
+    """The webhook deliveries the simulator attempted (its admin API)."""
+    return await _sim_admin_list(sim, "webhooks")
+
+
+async def _sim_admin_list(sim: SimulatorServer, what: str) -> list[dict[str, Any]]:
     async with httpx.AsyncClient() as client:
-        return (await client.get(sim.url + "_sim/orders")).json()["data"]
+        data: list[dict[str, Any]] = (await client.get(f"{sim.url}_sim/{what}")).json()["data"]
+        return data
 
 
 def statuses(events: list[dict[str, Any]]) -> list[str]:

@@ -133,7 +133,7 @@ async def test_simulator_admin_drop(sim: SimulatorServer) -> None:
 
     async def drop_after_first() -> None:
         with anyio.fail_after(5):
-            while not got:
+            while not got:  # noqa: ASYNC110  # set by another task, no event; fail_after bounds it
                 await anyio.sleep(0.01)
         async with httpx.AsyncClient() as client:
             await client.post(f"{sim.url}_sim/orders/{d['order_id']}/drop")
@@ -302,7 +302,7 @@ async def test_heartbeat_sent_after_silence() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(rec, ws)
             with anyio.fail_after(3):
-                while not rec.of_type("subscribe"):
+                while not rec.of_type("subscribe"):  # noqa: ASYNC110  # set by another task, no event; fail_after bounds it
                     await anyio.sleep(0.01)
             await then(ws)
 
@@ -531,7 +531,7 @@ async def test_leaving_early_closes_the_connection() -> None:
             async for _ in s:
                 break
         with anyio.fail_after(3):
-            while not rec.close_codes:
+            while not rec.close_codes:  # noqa: ASYNC110  # set by another task, no event; fail_after bounds it
                 await anyio.sleep(0.01)
     assert rec.close_codes == [1000]
 
@@ -542,7 +542,7 @@ async def test_cancelled_reader_closes_the_connection() -> None:
         with anyio.move_on_after(0.3):
             await collect(bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=5), [])
         with anyio.fail_after(3):
-            while not rec.close_codes:
+            while not rec.close_codes:  # noqa: ASYNC110  # set by another task, no event; fail_after bounds it
                 await anyio.sleep(0.01)
     assert rec.close_codes == [1000]
 

@@ -85,8 +85,10 @@ def test_install_into_a_temporary_root(tmp_path: Path) -> None:
     # a re-run upgrades and keeps the config; a group without a key setting gets its credential
     config.write_text(
         config.read_text().replace(
-            '# [[multisafepay.terminal_groups]]\n# name = "shop-utrecht"\n# terminals = ["00000ABC", "00000ABD"]',
-            '[[multisafepay.terminal_groups]]\nname = "shop-utrecht"\nterminals = ["00000ABC", "00000ABD"]',
+            '# [[multisafepay.terminal_groups]]\n# name = "shop-utrecht"\n'
+            '# terminals = ["00000ABC", "00000ABD"]',
+            '[[multisafepay.terminal_groups]]\nname = "shop-utrecht"\n'
+            'terminals = ["00000ABC", "00000ABD"]',
         )
     )
     assert 'name = "shop-utrecht"\nterminals' in config.read_text()

@@ -140,7 +140,7 @@ def test_unacknowledged_webhook_is_resent_three_times(receiver: Receiver) -> Non
         time.sleep(0.5)
         done = [r for r in receiver.requests if r["status"] == "completed"]
         assert len(done) == 4  # the first send and 3 resends, no more
-        gaps = [b["at"] - a["at"] for a, b in zip(done, done[1:])]
+        gaps = [b["at"] - a["at"] for a, b in zip(done, done[1:], strict=False)]
         assert all(0.25 <= g < 1.5 for g in gaps), gaps
         assert len({r["query"]["timestamp"][0] for r in done}) >= 2  # new timestamp each time
         assert all(verify(r, KEY) for r in done)

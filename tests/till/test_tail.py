@@ -67,9 +67,26 @@ class Daemon:
         return [eid for eid, _ in await self.client.xrange(KEYS.terminal_stream(terminal))]
 
 
+class Written(io.StringIO):
+    """What the printer wrote, with an event set at each write (the tail runs in this loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wrote = anyio.Event()
+
+    def write(self, text: str) -> int:
+        n = super().write(text)
+        self.wrote.set()
+        return n
+
+    async def next_write(self) -> None:
+        await self.wrote.wait()
+        self.wrote = anyio.Event()
+
+
 class Lines:
     def __init__(self) -> None:
-        self.out = io.StringIO()
+        self.out = Written()
 
     @property
     def events(self) -> list[dict]:
@@ -78,7 +95,7 @@ class Lines:
     async def wait_for(self, count: int, timeout: float = 5.0) -> list[dict]:
         with anyio.fail_after(timeout):
             while len(self.events) < count:
-                await anyio.sleep(0.01)
+                await self.out.next_write()
         await anyio.sleep(0.05)  # and nothing more arrives
         return self.events
 
