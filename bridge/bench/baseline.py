@@ -33,7 +33,9 @@ from bridge.simulator.bench import pace
 ORDER_PREFIX = "base-"
 
 
-async def run(url: str, prefix: str, orders: int, rate: float, duration: float) -> dict:
+async def run(
+    url: str, prefix: str, orders: int, rate: float, duration: float
+) -> dict[str, list[float]]:
     client = connect(url)
     store = EventStore(client, Keys(prefix), stream_maxlen=10_000, order_ttl=3600)
     ids = [f"{ORDER_PREFIX}{i:05d}" for i in range(orders)]

@@ -15,6 +15,7 @@ import gc
 import json
 import sys
 import time
+from typing import Any
 
 PAUSE_REPORT_S = 0.005
 
@@ -22,7 +23,7 @@ PAUSE_REPORT_S = 0.005
 def _watch_gc() -> None:
     started = [0.0]
 
-    def callback(phase: str, info: dict) -> None:
+    def callback(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             started[0] = time.perf_counter()
             return

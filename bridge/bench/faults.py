@@ -33,7 +33,7 @@ import httpx
 
 from bridge.bench.procs import stop_process
 from bridge.core.commands import derive_order_id
-from bridge.redis.client import connect
+from bridge.redis.client import connect, stream_entries
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer
 from bridge.simulator.server import SimulatorServer
@@ -220,7 +220,8 @@ format = "json"
         by_order: dict[str, list[dict[str, Any]]] = defaultdict(list)
         try:
             for terminal in self.terminals:
-                for _id, fields in await client.xrange(self.keys.terminal_stream(terminal)):
+                reply = await client.xrange(self.keys.terminal_stream(terminal))
+                for _id, fields in stream_entries(reply):
                     event = json.loads(fields["event"])
                     by_order[event.get("order_id") or ""].append(event)
         finally:

@@ -352,7 +352,8 @@ class Bench:
             return False
 
     def _sim_status(self) -> dict[str, Any]:
-        return self.http.get("_sim/bench/status").json()["data"]
+        status: dict[str, Any] = self.http.get("_sim/bench/status").json()["data"]
+        return status
 
     def _daemon_log_has(self, text: str) -> bool:
         try:
@@ -366,7 +367,8 @@ class Bench:
                 raise BenchError(f"{child.name} exited: {child.tail()}")
 
     def _counts(self) -> dict[str, dict[str, int]]:
-        return json.loads(self.tills.ask("count"))
+        counts: dict[str, dict[str, int]] = json.loads(self.tills.ask("count"))
+        return counts
 
     def _received(self, prefix: str, typ: str = "order.status") -> int:
         return self._counts().get(prefix, {}).get(typ, 0)
@@ -411,7 +413,7 @@ class Bench:
                 seen.update(held=held, at=now)
             elif now - seen["at"] > OPEN_STALL:
                 raise BenchError(f"no stream opened for {OPEN_STALL:.0f} s ({held} of {n} held)")
-            return held >= n
+            return bool(held >= n)
 
         _wait_for(opened, 3600, f"{n} streams to open", tick=0.5, on_tick=self._check_alive)
         res = self.result
@@ -567,7 +569,9 @@ class Bench:
         if self.s.keep:
             (self.tmp / "sent.json").write_text(json.dumps(sim_sent))
 
-        bridge_lat, final_lat, base_lat = [], [], []
+        bridge_lat: list[float] = []
+        final_lat: list[float] = []
+        base_lat: list[float] = []
         lost = unexpected = 0
         recv_times = []
         send_times = []

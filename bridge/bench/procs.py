@@ -6,6 +6,7 @@ import os
 import resource
 import signal
 import subprocess
+from typing import Any
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -65,7 +66,7 @@ def connections_to(pid: int, port: int) -> int:
     return n
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> int:
     """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -89,7 +89,9 @@ class WatchCommand(_Command):
 Command = Annotated[
     PayCommand | CancelCommand | RefundCommand | WatchCommand, Field(discriminator="type")
 ]
-_COMMAND_ADAPTER: TypeAdapter[Any] = TypeAdapter(Command)
+_COMMAND_ADAPTER: TypeAdapter[PayCommand | CancelCommand | RefundCommand | WatchCommand] = (
+    TypeAdapter(Command)
+)
 
 
 class InvalidCommand(ValueError):

@@ -94,7 +94,7 @@ def _cents(value: Any, name: str) -> int | None:
         value = int(value)
     if value < 0:
         raise MalformedPayload(f"{name} is negative: {value!r}")
-    return value
+    return int(value)
 
 
 def parse_upstream_time(value: Any, upstream_tz: tzinfo) -> tuple[datetime | None, bool]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -41,6 +41,7 @@ from bridge.core.state import (
 from bridge.daemon.intake import LeaveUnacknowledged
 from bridge.daemon.sessions import record_found_order
 from bridge.multisafepay.api import ApiError, CreatedOrder
+from bridge.redis.client import text
 from bridge.redis.sessions import SessionRecord
 
 if TYPE_CHECKING:
@@ -161,9 +162,11 @@ class CommandHandlers:
             await self.watch(command, command_id)
         await self.redis.set(progress, "done", ex=int(self._ttl))
 
-    async def _claim_command_id(self, command: object, command_id: str) -> bool:
+    async def _claim_command_id(
+        self, command: PayCommand | CancelCommand | RefundCommand | WatchCommand, command_id: str
+    ) -> bool:
         """Record the command's fingerprint; False if its id was used for another command."""
-        fingerprint = command_fingerprint(command)  # type: ignore[arg-type]
+        fingerprint = command_fingerprint(command)
         previous = await self.redis.set(
             self.keys.command_record(command_id), fingerprint, nx=True, ex=int(self._ttl), get=True
         )
@@ -172,7 +175,7 @@ class CommandHandlers:
         await self._command_failed(
             command.terminal,
             command_id,
-            getattr(command, "order_id", None),  # type: ignore[attr-defined]
+            getattr(command, "order_id", None),
             ErrorCode.INVALID_COMMAND,
             f"command_id {command_id} was already used for a different command",
             once=f"{command_id}:{fingerprint[:16]}",
@@ -437,13 +440,13 @@ class CommandHandlers:
         if not isinstance(outcome, CreatedOrder):
             state = await record_found_order(self.ctx, record, outcome) or state
         await self._start_session(record, state, fence)
-        pending = await self.redis.getdel(self.keys.pending_cancel(order_id))
+        pending = text(await self.redis.getdel(self.keys.pending_cancel(order_id)))
         if pending:
             log.info("cancel.applied_late", order_id=order_id, command_id=pending)
             await self._cancel_upstream(command.terminal, pending, order_id, group)
 
     async def _busy_with(self, terminal: str, order_id: str) -> str | None:
-        active = await self.redis.get(self.keys.terminal_active(terminal))
+        active = text(await self.redis.get(self.keys.terminal_active(terminal)))
         if not active or active == order_id:
             return None
         state = await self.ctx.store.load(active)
@@ -451,7 +454,7 @@ class CommandHandlers:
 
     async def _create_or_find(
         self, command: PayCommand, order_id: str, terminal: str, group: TerminalGroup
-    ) -> CreatedOrder | dict:
+    ) -> CreatedOrder | dict[str, Any]:
         """Create the order; after an uncertain failure, find out with GET whether it exists."""
         api, key = self.ctx.api, group.key.get_secret_value()
         backoff = self.ctx.backoff()
@@ -508,7 +511,7 @@ class CommandHandlers:
                 raise PayFailed(_create_refusal(exc), exc.message) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _find(self, order_id: str, key: str) -> dict | None:
+    async def _find(self, order_id: str, key: str) -> dict[str, Any] | None:
         """GET the order: its data, None if it certainly does not exist; raises when unknown."""
         backoff = self.ctx.backoff()
         for _ in range(self.config.multisafepay.create_retries + 3):

@@ -9,6 +9,7 @@ id, so a replay is harmless.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import structlog
@@ -17,6 +18,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from bridge import metrics
 from bridge.core.backoff import Backoff
+from bridge.redis.client import stream_entries
 from bridge.redis.keys import COMMANDS_GROUP, Keys
 from bridge.redis.outage import RedisWaiters
 
@@ -113,7 +115,8 @@ class CommandIntake:
 
     async def _read(self, backlog: bool) -> list[tuple[str, dict[str, str]]]:
         start = self._backlog_from if backlog else ">"
-        reply = await self._client.xreadgroup(
+        # redis-py types the reply as every protocol's shape at once; RESP2 (ours): a list
+        reply: Any = await self._client.xreadgroup(
             COMMANDS_GROUP,
             self._consumer,
             {self._keys.commands: start},
@@ -123,7 +126,7 @@ class CommandIntake:
         if not reply:
             return []
         _stream, entries = reply[0]
-        return [(eid, fields) for eid, fields in entries if fields is not None]
+        return stream_entries(entries)
 
     async def _claim_abandoned(self) -> list[tuple[str, dict[str, str]]]:
         _next, claimed, _deleted = await self._client.xautoclaim(

@@ -81,7 +81,13 @@ class MultiSafepayApi:
         self._timeout = request_timeout
 
     async def _call(
-        self, method: str, path: str, api_key: str, *, json: Any = None, params: dict | None = None
+        self,
+        method: str,
+        path: str,
+        api_key: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
     ) -> Any:
         headers = {"Accept": "application/json"}
         params = dict(params or {})

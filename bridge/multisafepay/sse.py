@@ -10,7 +10,7 @@ complete a line for ``idle_timeout`` (a slow drip).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,7 +53,7 @@ async def sse_messages(
     connect_timeout: float = 10.0,
     idle_timeout: float = 45.0,
     on_open: Callable[[], Awaitable[None]] | None = None,
-) -> AsyncIterator[StreamMessage]:
+) -> AsyncGenerator[StreamMessage, None]:
     """Yield the stream's messages until it ends. Keep-alives (``data: ping``) are skipped.
 
     ``on_open`` is awaited once the stream is accepted, before its first message is read.

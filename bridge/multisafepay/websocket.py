@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from urllib.parse import quote, urlsplit
 
@@ -98,7 +98,7 @@ async def bus_messages(
     protocol: BusProtocol | None = None,
     on_open: Callable[[], Awaitable[None]] | None = None,
     max_size: int = MAX_MESSAGE_BYTES,
-) -> AsyncIterator[StreamMessage]:
+) -> AsyncGenerator[StreamMessage, None]:
     """Subscribe ``channel`` on the bus at ``url`` and yield its events until the bus closes.
 
     Each ``event`` frame of ``channel`` is yielded as ``StreamMessage(event=channel,
@@ -171,7 +171,7 @@ async def _follow(
     idle_timeout: float,
     clock: Callable[[], float],
     on_open: Callable[[], Awaitable[None]] | None = None,
-) -> AsyncIterator[StreamMessage]:
+) -> AsyncGenerator[StreamMessage, None]:
     now = clock()
     # A new connection: whatever the protocol held (after a reconnect) is subscribed again.
     frames = proto.resubscribe_frames(now=now)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, overload
+
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -28,3 +30,27 @@ def connect(url: str, *, max_connections: int = 64, socket_timeout: float | None
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+@overload
+def text(reply: bytes | str) -> str: ...
+@overload
+def text(reply: bytes | str | None) -> str | None: ...
+def text(reply: bytes | str | None) -> str | None:
+    """A string reply of a client made by :func:`connect`, typed as what it is.
+
+    redis-py types replies ``bytes | str`` whatever the client decodes; ``connect`` sets
+    ``decode_responses=True``, so bytes here would be a client made some other way.
+    """
+    if isinstance(reply, bytes):
+        raise TypeError("a Redis client without decode_responses=True")
+    return reply
+
+
+def stream_entries(entries: Any) -> list[tuple[str, dict[str, str]]]:
+    """The entries of an ``XRANGE`` reply, or of one stream of an ``XREAD(GROUP)`` reply, typed.
+
+    An entry deleted after its delivery (``XREADGROUP`` of a pending id answers its fields with
+    nil) is left out. redis-py types these replies as unions of every protocol's shape.
+    """
+    return [(text(eid), fields) for eid, fields in entries or () if fields is not None]

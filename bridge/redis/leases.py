@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from bridge.redis.client import text
 from bridge.redis.keys import Keys
 
 _RENEW = """
@@ -79,4 +80,4 @@ class Leases:
         await self._release(keys=[self._keys.lease(order_id)], args=[token])
 
     async def holder(self, order_id: str) -> str | None:
-        return await self._client.get(self._keys.lease(order_id))
+        return text(await self._client.get(self._keys.lease(order_id)))

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, replace
 
 from redis.asyncio import Redis
 
+from bridge.redis.client import text
 from bridge.redis.keys import Keys
 
 
@@ -62,7 +63,7 @@ class SessionRegistry:
             await pipe.execute()
 
     async def order_ids(self) -> list[str]:
-        return sorted(await self._client.smembers(self._keys.sessions_index))
+        return sorted(map(text, await self._client.smembers(self._keys.sessions_index)))
 
     async def forget(self, order_id: str) -> None:
         """Drop an index entry whose record expired."""

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -553,7 +553,9 @@ class Simulator:
 
     # ---- wiring --------------------------------------------------------------------------------
     def _build_app(self) -> Starlette:
-        def guarded(handler: Any) -> Any:
+        def guarded(
+            handler: Callable[[Request], Awaitable[Response]],
+        ) -> Callable[[Request], Awaitable[Response]]:
             async def endpoint(request: Request) -> Response:
                 try:
                     return await handler(request)

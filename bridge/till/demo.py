@@ -16,6 +16,7 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import anyio
 from redis.asyncio import Redis
@@ -88,15 +89,15 @@ def demo_config(redis_url: str, api_base_url: str, prefix: str) -> Config:
     )
 
 
-def outcome(event: dict) -> str:
+def outcome(event: dict[str, Any]) -> str:
     return "failed" if event["type"] == "order.failed" else str(event["status"])
 
 
-async def run_demo(config: Config, out=sys.stdout, timeout: float = 180.0) -> int:
+async def run_demo(config: Config, out: TextIO = sys.stdout, timeout: float = 180.0) -> int:
     keys = Keys(config.redis.prefix)
     redis: Redis = connect(config.redis.url)
     by_command = {f"demo-{uuid.uuid4().hex[:8]}-{i}": p for i, p in enumerate(PAYMENTS)}
-    finals: dict[str, dict] = {}
+    finals: dict[str, dict[str, Any]] = {}
     try:
         async with anyio.create_task_group() as tg, redis.pubsub() as pubsub:
             bridge = Bridge(config)
@@ -141,7 +142,9 @@ async def run_demo(config: Config, out=sys.stdout, timeout: float = 180.0) -> in
     return report(by_command, finals, out)
 
 
-def report(by_command: dict[str, DemoPayment], finals: dict[str, dict], out) -> int:
+def report(
+    by_command: dict[str, DemoPayment], finals: dict[str, dict[str, Any]], out: TextIO
+) -> int:
     print("\nscenario                      expected   got        ", file=out)
     failures = 0
     for command_id, p in by_command.items():

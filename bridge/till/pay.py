@@ -39,7 +39,7 @@ from bridge.core.commands import (
 )
 from bridge.core.normalize import canonical_terminal_id
 from bridge.errors import UserError
-from bridge.redis.client import connect
+from bridge.redis.client import connect, text
 from bridge.redis.keys import Keys
 from bridge.till.output import Printer, describe_error, format_money, redis_failure, warn
 from bridge.till.tail import (
@@ -285,7 +285,7 @@ async def _close(pubsub: PubSub | None) -> None:
     if pubsub is None:
         return
     try:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     except (RedisError, OSError):
         pass
 
@@ -385,7 +385,7 @@ async def _pay(args: argparse.Namespace, command: dict[str, Any], printer: Print
             entry_id = await client.xadd(keys.commands, {"command": json.dumps(command)})
         except (RedisError, OSError, TimeoutError) as exc:
             raise redis_failure(args.redis_url, exc, EXIT_NOT_SENT) from None
-        _sent_notice(printer, command, order_id, entry_id)
+        _sent_notice(printer, command, order_id, text(entry_id))
         if not args.wait:
             return EXIT_COMPLETED
         deadline = anyio.current_time() + max(0.0, args.timeout)
@@ -464,7 +464,7 @@ async def _cancel(args: argparse.Namespace, printer: Printer) -> int:
             entry_id = await client.xadd(keys.commands, {"command": json.dumps(command)})
         except (RedisError, OSError) as exc:
             raise redis_failure(args.redis_url, exc) from None
-        _sent_notice(printer, command, order_id, entry_id)
+        _sent_notice(printer, command, order_id, text(entry_id))
         return 0
     finally:
         with anyio.CancelScope(shield=True):

@@ -34,9 +34,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import KeyT, StreamIdT
 
 from bridge.errors import UserError
-from bridge.redis.client import connect
+from bridge.redis.client import connect, text
 from bridge.redis.keys import Keys
 from bridge.till.output import Printer, describe_error, redis_failure, warn
 
@@ -101,12 +102,12 @@ def xread_entries(response: Any) -> list[tuple[str, str, dict[str, Any]]]:
 async def last_entry_id(client: Redis, stream: str) -> str:
     """The id of the newest entry, ``0-0`` when the stream is empty or absent."""
     entries = await client.xrevrange(stream, "+", "-", count=1)
-    return entries[0][0] if entries else "0-0"
+    return (text(entries[0][0]) if entries else None) or "0-0"
 
 
 async def first_entry_id(client: Redis, stream: str) -> str | None:
     entries = await client.xrange(stream, "-", "+", count=1)
-    return entries[0][0] if entries else None
+    return text(entries[0][0]) if entries else None
 
 
 def check_stream_id(value: str) -> str:
@@ -206,7 +207,8 @@ class Tail:
         if not self.positions:
             await anyio.sleep(min(self.rescan_interval, self.block_ms / 1000))
             return 0
-        response = await self.client.xread(dict(self.positions), count=BATCH, block=self.block_ms)
+        streams: dict[KeyT, StreamIdT] = {key: at for key, at in self.positions.items()}
+        response = await self.client.xread(streams, count=BATCH, block=self.block_ms)
         entries = xread_entries(response)
         # several streams: merge by the ids' millisecond time (a stable sort keeps each
         # stream's own order; events of different terminals in the same millisecond have no
