@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
     from redis.asyncio import Redis
 
+    from bridge.config import Config
     from bridge.core.events import Event
-    from bridge.daemon.app import Bridge
+    from bridge.redis.keys import Keys
 
 log = structlog.get_logger("bridge.ops")
 
@@ -52,6 +53,21 @@ PROBE_TIMEOUT = 2.0
 #: STATUS= is sent when it changes (looked at this often), and again at least every STATUS_REFRESH.
 STATUS_CHECK = 0.25
 STATUS_REFRESH = 30.0
+
+
+class Watched(Protocol):
+    """What operations need of the daemon they watch (``daemon.app.Bridge``, which builds them):
+    the layer above is named by what it offers, not imported."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def keys(self) -> Keys: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    async def wait_stop_requested(self) -> None: ...
 
 
 class MeteredEventStore(EventStore):
@@ -132,7 +148,7 @@ class Operations:
 
     def __init__(
         self,
-        bridge: Bridge,
+        bridge: Watched,
         redis: Redis,
         *,
         environ: Mapping[str, str] | None = None,

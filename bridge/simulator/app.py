@@ -91,7 +91,12 @@ class Simulator:
         self.stopping: anyio.Event | None = None  # created inside the loop (lifespan)
         self.webhooks: WebhookSender | None = None
         self._webhook_resend_interval = webhook_resend_interval
-        self.bench = bench.BenchDriver(self)  # SIM-BENCH payments, driven by the admin API
+        self.bench = bench.BenchDriver(  # SIM-BENCH payments, driven by the admin API
+            self.store,
+            publish=self._publish,
+            start=self._start,
+            streamed=lambda order_id: bool(self._feeds.get(order_id)),
+        )
         self.changes = Changes()  # what the web page waits on
         self.customers = Customers(self)  # manual terminals, the page's customer buttons
         self.app = self._build_app()

@@ -20,6 +20,7 @@ Nothing is added to MultiSafepay's payloads: a reader joins on (order id, n).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -27,8 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 if TYPE_CHECKING:
-    from bridge.simulator.app import Simulator
-    from bridge.simulator.orders import Order, OrderEvent
+    from bridge.simulator.orders import Order, OrderEvent, OrderStore
 
 #: Terminal ID prefix of driven payments (upper case, then ``-`` and anything).
 PREFIX = "SIM-BENCH"
@@ -68,8 +68,24 @@ async def pace(rate: float, count: int | None, duration: float | None, step: Any
 
 
 class BenchDriver:
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
+    """Drives the bench orders of one simulator, through what it is given (not the simulator
+    itself: ``app`` builds this driver, so the driver does not import ``app``)."""
+
+    def __init__(
+        self,
+        store: OrderStore,
+        *,
+        publish: Callable[[Order, tuple[str, OrderEvent]], None],
+        start: Callable[..., None],
+        streamed: Callable[[str], bool],
+    ) -> None:
+        """``publish(order, ("event", ev))`` writes to the order's open streams; ``start(func,
+        *args)`` runs a task in the simulator's task group; ``streamed(order_id)``: a stream
+        of the order is open."""
+        self.store = store
+        self._publish = publish
+        self._start = start
+        self._streamed_now = streamed
         self.orders: dict[str, Order] = {}  # open driven orders
         self.sent_at: dict[str, list[float]] = {}
         self.changes = 0
@@ -99,14 +115,13 @@ class BenchDriver:
 
     # -- driving ----------------------------------------------------------------------------
     def _streamed(self) -> list[Order]:
-        feeds = self.sim._feeds
-        return [o for o in self.orders.values() if not o.final and feeds.get(o.order_id)]
+        return [o for o in self.orders.values() if not o.final and self._streamed_now(o.order_id)]
 
     def _change(self, order: Order, status: str) -> None:
-        ev = self.sim.store.transition(order, status)
+        ev = self.store.transition(order, status)
         if ev is not None:
             self.changes += 1
-            self.sim._publish(order, ("event", ev))
+            self._publish(order, ("event", ev))
         if order.final:
             self.orders.pop(order.order_id, None)
 
@@ -154,9 +169,9 @@ class BenchDriver:
         self.driving = True
         orders = len(self._streamed())
         if finish:
-            self.sim._start(self._finish, rate)
+            self._start(self._finish, rate)
         else:
-            self.sim._start(self._drive, rate, duration)
+            self._start(self._drive, rate, duration)
         return JSONResponse({"success": True, "data": {"orders": orders}})
 
     async def status(self, request: Request) -> Response:
