@@ -120,10 +120,23 @@ def test_metrics_move_after_a_payment(request, redis_server, start_daemon) -> No
     # a STATUS= line counted the payment while it was in flight
     daemon.notify.wait_for(lambda m: "1 session active" in m.get("STATUS", ""), timeout=5)
 
+    upstream = ("stream", "websocket", "webhook", "poll")  # whichever channel saw it first
+
+    def counted(text: str) -> bool:  # the command, the final and the session's end
+        finals = sum(
+            sample(text, "pos_bridge_events_published_total", source=s, status="completed")
+            for s in upstream
+        )
+        return (
+            finals >= 1
+            and sample(text, "pos_bridge_commands_total", type="pay", result="handled") >= 1
+            and sample(text, "pos_bridge_sessions_active") == 0
+        )
+
     deadline = time.monotonic() + 10
     while True:
         after = daemon.get("/metrics").text
-        if sample(after, "pos_bridge_commands_total", type="pay", result="handled") >= 1:
+        if counted(after):
             break
         assert time.monotonic() < deadline, after
         time.sleep(0.1)
@@ -135,23 +148,17 @@ def test_metrics_move_after_a_payment(request, redis_server, start_daemon) -> No
         moved("pos_bridge_events_published_total", source="bridge", type="order.created", status="")
         == 1
     )
-    assert (
-        moved(
-            "pos_bridge_events_published_total",
-            source="stream",
-            type="order.status",
-            status="completed",
-        )
-        + moved(
-            "pos_bridge_events_published_total",
-            source="poll",
-            type="order.status",
-            status="completed",
-        )
-        == 1
-    )
+    # Each status is published once, labelled with whichever channel saw it first: on a loaded
+    # machine that may be a poll (or the GET when the stream opens) rather than the stream.
+    for status in ("initialized", "completed"):
+        published = [
+            moved("pos_bridge_events_published_total", source=s, type="order.status", status=status)
+            for s in upstream
+        ]
+        assert sum(published) == 1, (status, dict(zip(upstream, published, strict=True)))
     assert moved("pos_bridge_commands_total", type="pay", result="handled") == 1
-    assert moved("pos_bridge_publish_delay_seconds_count", source="stream") >= 1
+    # the delay since upstream receipt is observed for each of those two events
+    assert sum(moved("pos_bridge_publish_delay_seconds_count", source=s) for s in upstream) == 2
     assert sample(after, "pos_bridge_redis_outage") == 0
     assert sample(after, "pos_bridge_sessions_active") == 0
     assert "pos_bridge_command_queue_depth" in after
