@@ -494,7 +494,7 @@ class Simulator:
                         await ws.send_json(
                             bus.event("session.order", order.event_payload(ev, tx_as))
                         )
-                    if order.final:
+                    if order.final and ev.id == order.events[-1].id:  # the final itself sent
                         await self.clock.sleep(self.final_grace)
                         break
                 tg.cancel_scope.cancel()
