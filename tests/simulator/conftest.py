@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
-from collections.abc import Iterator
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from bridge.simulator import SimulatorServer
+from bridge.simulator.clock import Clock
 
 KEY = "test-key-1"
 _ids = itertools.count(1)
@@ -20,6 +25,105 @@ _ids = itertools.count(1)
 def sim() -> Iterator[SimulatorServer]:
     with SimulatorServer(speed=100) as server:
         yield server
+
+
+class SteppedClock(Clock):
+    """A clock the test moves: each scripted step of a payment waits for a ``step()``.
+
+    For tests that must act between two scripted events (open a stream, subscribe) without
+    racing them. Keep-alives still run at ``speed``; a zero wait (``final_grace=0``) passes.
+    """
+
+    def __init__(self, speed: float = 100.0) -> None:
+        super().__init__(speed)
+        self._lock = threading.Lock()
+        self._permits = 0
+        self._waiting: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with self._lock:
+            if self._permits:
+                self._permits -= 1
+                return
+            loop = asyncio.get_running_loop()  # the simulator's, in its own thread
+            waiter = (loop, loop.create_future())
+            self._waiting.append(waiter)
+        try:
+            await waiter[1]
+        finally:
+            with self._lock:
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
+
+    def step(self, count: int = 1) -> None:
+        """Let ``count`` scripted waits end (now, or as soon as they start)."""
+        with self._lock:
+            for _ in range(count):
+                if not self._waiting:
+                    self._permits += 1
+                    continue
+                loop, future = self._waiting.popleft()
+                loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@pytest.fixture
+def stepped() -> Iterator[tuple[SimulatorServer, SteppedClock]]:
+    """A simulator of its own whose payments move only when the test says ``clock.step()``;
+    streams close as soon as the order is final."""
+    clock = SteppedClock()
+    with SimulatorServer(clock=clock, final_grace=0) as server:
+        yield server, clock
+
+
+def admin_order(sim: SimulatorServer, order_id: str) -> dict[str, Any]:
+    """The order as the simulator's admin API shows it (status, events, open streams)."""
+    orders = httpx.get(sim.url + "_sim/orders").json()["data"]
+    return next(o for o in orders if o["order_id"] == order_id)
+
+
+def wait_admin(
+    sim: SimulatorServer,
+    order_id: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Poll the admin API until the order satisfies ``predicate`` (generous timeout)."""
+    deadline = time.monotonic() + timeout
+    while not predicate(order := admin_order(sim, order_id)):
+        assert time.monotonic() < deadline, order
+        time.sleep(0.01)
+    return order
+
+
+def in_background(func: Callable[[], Any]) -> Callable[[], Any]:
+    """Run ``func`` in a thread; the returned callable joins it and gives its result (or
+    raises its exception)."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = func()
+        except BaseException as exc:  # noqa: BLE001  # handed to the caller of join()
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def join(timeout: float = 15.0) -> Any:
+        thread.join(timeout)
+        assert not thread.is_alive(), f"{func} still running after {timeout} s"
+        if "error" in result:
+            raise result["error"]
+        return result["value"]
+
+    return join
 
 
 @pytest.fixture(autouse=False)
@@ -70,9 +174,14 @@ def create(
 
 
 def read_sse(
-    url: str, authorization: str, last_event_id: str | None = None, timeout: float = 10.0
+    url: str,
+    authorization: str,
+    last_event_id: str | None = None,
+    timeout: float = 10.0,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Read a whole SSE stream; each message as {"event", "id", "data"} (pings included)."""
+    """Read a whole SSE stream; each message as {"event", "id", "data"} (pings included).
+    ``on_message`` sees each message (data still text) as it arrives."""
     headers = {"Accept": "text/event-stream", "Authorization": authorization}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
@@ -84,9 +193,13 @@ def read_sse(
             if line == "":
                 if current:
                     messages.append(current)
+                    if on_message is not None:
+                        on_message(current)
                 current = {}
             elif line.startswith(":"):
                 messages.append({"comment": line})
+                if on_message is not None:
+                    on_message(messages[-1])
             else:
                 name, _, value = line.partition(":")
                 current[name] = value.removeprefix(" ")

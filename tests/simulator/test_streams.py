@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import anyio
 import httpx
@@ -11,7 +12,23 @@ import pytest
 import websockets
 
 from bridge.simulator import SimulatorServer
-from tests.simulator.conftest import KEY, create, read_sse, statuses
+from tests.simulator.conftest import (
+    KEY,
+    SteppedClock,
+    create,
+    in_background,
+    read_sse,
+    statuses,
+    wait_admin,
+)
+
+Stepped = tuple[SimulatorServer, SteppedClock]
+
+
+def streaming(sim: SimulatorServer, order_id: str) -> None:
+    """Wait until a stream of the order is open (the simulator's admin API says so)."""
+    wait_admin(sim, order_id, lambda o: o["open_streams"] >= 1)
+
 
 FLOWS = [
     ("SIM-APPROVE-11", 1250, ["initialized", "completed"]),
@@ -73,11 +90,15 @@ def test_expired_token(reset_variants: None, sim: SimulatorServer) -> None:
     assert r.status_code == 401 and "expired" in r.json()["error_info"]
 
 
-def test_no_replay_without_last_event_id(sim: SimulatorServer) -> None:
+def test_no_replay_without_last_event_id(stepped: Stepped) -> None:
+    sim, clock = stepped
     d = create(sim, "SIM-DECLINE-14").json()["data"]
-    time.sleep(0.1)  # initialized (15 ms) and declined (30 ms) are past; cancelled at 0.6 s
-    msgs = read_sse(d["events_stream_url"], d["events_token"])
-    assert statuses(msgs) == ["cancelled"]
+    clock.step(2)  # initialized, declined
+    wait_admin(sim, d["order_id"], lambda o: o["events"] == ["initialized", "declined"])
+    reading = in_background(lambda: read_sse(d["events_stream_url"], d["events_token"]))
+    streaming(sim, d["order_id"])
+    clock.step()  # cancelled, while the stream is open
+    assert statuses(reading()) == ["cancelled"]
 
 
 def test_resume_with_last_event_id(sim: SimulatorServer) -> None:
@@ -91,16 +112,36 @@ def test_resume_with_last_event_id(sim: SimulatorServer) -> None:
     assert statuses(read_sse(d["events_stream_url"], d["events_token"])) == []
 
 
-def test_keepalives(reset_variants: None, sim: SimulatorServer) -> None:
+def cancel_after_pings(sim: SimulatorServer, order_id: str, pings: int) -> Any:
+    """An ``on_message`` for read_sse: cancels the order once ``pings`` keep-alives came."""
+    seen: list[dict[str, Any]] = []
+
+    def on_message(message: dict[str, Any]) -> None:
+        if message.get("comment") == ": ping" or message.get("data") == "ping":
+            seen.append(message)
+            if len(seen) == pings:
+                cancel = f"{sim.base_url}orders/{order_id}/cancel"
+                assert httpx.post(cancel, headers={"api_key": KEY}).status_code == 200
+
+    return on_message
+
+
+def test_keepalives(stepped: Stepped) -> None:
+    sim, clock = stepped  # the payment waits (keep-alives every 15 s / 100) until cancelled
     d = create(sim, "SIM-TIMEOUT-16").json()["data"]
-    msgs = read_sse(d["events_stream_url"], d["events_token"], "0")
-    assert sum(1 for m in msgs if m.get("comment") == ": ping") >= 2  # 15 s / 100 during 0.6 s
+    on_message = cancel_after_pings(sim, d["order_id"], 2)
+    msgs = read_sse(d["events_stream_url"], d["events_token"], "0", on_message=on_message)
+    assert sum(1 for m in msgs if m.get("comment") == ": ping") == 2
+    assert statuses(msgs) == ["cancelled"]
     httpx.put(sim.url + "_sim/variants", json={"keepalive": "data", "sse_ids": "off"})
     d = create(sim, "SIM-TIMEOUT-16").json()["data"]
-    msgs = read_sse(d["events_stream_url"], d["events_token"], "0")
+    clock.step()  # initialized, before the stream opens
+    wait_admin(sim, d["order_id"], lambda o: o["events"] == ["initialized"])
+    on_message = cancel_after_pings(sim, d["order_id"], 1)
+    msgs = read_sse(d["events_stream_url"], d["events_token"], "0", on_message=on_message)
     assert any(m.get("data") == "ping" for m in msgs)
     assert not any("comment" in m for m in msgs)
-    # ids off: no `id:` lines and Last-Event-ID is not honoured (no replay)
+    # ids off: no `id:` lines and Last-Event-ID is not honoured (no replay of initialized)
     assert all("id" not in m for m in msgs)
     assert statuses(msgs) == ["cancelled"]
 
@@ -115,15 +156,16 @@ def test_variants_spelling_and_number(reset_variants: None, sim: SimulatorServer
     assert all(isinstance(m["data"]["transaction_id"], int) for m in msgs if m.get("event"))
 
 
-def test_drop_cuts_streams_mid_message() -> None:
-    # Slower than the shared simulator, so the stream is surely open when the drop comes.
-    with SimulatorServer(speed=10) as sim:
-        _drop_flow(sim)
-
-
-def _drop_flow(sim: SimulatorServer) -> None:
+def test_drop_cuts_streams_mid_message(stepped: Stepped) -> None:
+    sim, clock = stepped
     d = create(sim, "SIM-DROP-18").json()["data"]
     headers = {"Authorization": d["events_token"], "Last-Event-ID": "0"}
+
+    def then_drop() -> None:  # the stream is surely open when the drop comes
+        streaming(sim, d["order_id"])
+        clock.step(2)  # initialized, then the drop
+
+    dropping = in_background(then_drop)
     raw = b""
     with pytest.raises(httpx.RemoteProtocolError):
         with httpx.stream("GET", d["events_stream_url"], headers=headers, timeout=5) as resp:
@@ -132,52 +174,42 @@ def _drop_flow(sim: SimulatorServer) -> None:
     assert b'"status":"initialized"' in raw
     tail = raw.rsplit(b"\n\n", 1)[1]
     assert tail.startswith(b"event: session.order") and not tail.endswith(b"\n")  # cut mid-line
+    dropping()
+    clock.step()  # completed
     # a reconnecting client carries on to the end
     msgs = read_sse(d["events_stream_url"], d["events_token"], last_event_id="1")
     assert statuses(msgs) == ["completed"]
 
 
-def test_admin_drop(sim: SimulatorServer) -> None:
-    d = create(sim, "SIM-TIMEOUT-19").json()["data"]
-    result: dict = {}
+def test_admin_drop(stepped: Stepped) -> None:
+    sim, _ = stepped  # the payment does not move: only the drop ends the stream
 
-    def reader() -> None:
-        try:
+    def read_until_dropped() -> bool:
+        with pytest.raises(httpx.RemoteProtocolError):
             read_sse(d["events_stream_url"], d["events_token"])
-        except httpx.RemoteProtocolError:
-            result["dropped"] = True
+        return True
 
-    import threading
-
-    t = threading.Thread(target=reader)
-    t.start()
-    for _ in range(100):
-        orders = httpx.get(sim.url + "_sim/orders").json()["data"]
-        if any(o["order_id"] == d["order_id"] and o["open_streams"] for o in orders):
-            break
-        time.sleep(0.01)
+    d = create(sim, "SIM-TIMEOUT-19").json()["data"]
+    reading = in_background(read_until_dropped)
+    streaming(sim, d["order_id"])
     r = httpx.post(f"{sim.url}_sim/orders/{d['order_id']}/drop").json()["data"]
     assert r["dropped"] == 1
-    t.join(5)
-    assert result.get("dropped")
-    httpx.post(f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": KEY})
+    assert reading() is True
 
 
-def test_cancel_reaches_the_stream(sim: SimulatorServer) -> None:
+def test_cancel_reaches_the_stream(stepped: Stepped) -> None:
+    sim, clock = stepped
     d = create(sim, "SIM-TIMEOUT-20").json()["data"]
-
-    def cancel_soon() -> None:
-        time.sleep(0.1)
-        httpx.post(f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": KEY})
-
-    import threading
-
-    threading.Thread(target=cancel_soon).start()
-    msgs = read_sse(d["events_stream_url"], d["events_token"], "0")
-    assert statuses(msgs) == ["initialized", "cancelled"]
+    clock.step()  # initialized
+    wait_admin(sim, d["order_id"], lambda o: o["events"] == ["initialized"])
+    reading = in_background(lambda: read_sse(d["events_stream_url"], d["events_token"], "0"))
+    streaming(sim, d["order_id"])
+    cancel = f"{sim.base_url}orders/{d['order_id']}/cancel"
+    assert httpx.post(cancel, headers={"api_key": KEY}).status_code == 200
+    assert statuses(reading()) == ["initialized", "cancelled"]
 
 
-async def _ws_flow(sim: SimulatorServer, terminal: str) -> tuple[list, list]:
+async def _ws_flow(sim: SimulatorServer, clock: SteppedClock, terminal: str) -> tuple[list, list]:
     async with httpx.AsyncClient() as client:
         d = (
             await client.post(
@@ -214,21 +246,22 @@ async def _ws_flow(sim: SimulatorServer, terminal: str) -> tuple[list, list]:
                 async for frame in ws:
                     msg = json.loads(frame)
                     (events if msg["type"] == "event" else replies).append(msg)
+                    if msg["type"] != "event" and len(replies) == 3:
+                        clock.step(3)  # subscribed: now the payment may move
             except websockets.ConnectionClosed:
                 pass
     return replies, events
 
 
-def test_websocket_bus(sim: SimulatorServer) -> None:
-    # SIM-SLOW: initialized comes 1.5 s/100 after the (held) create answer... use TIMEOUT-like
-    # spacing instead: the soft-decline flow leaves time to subscribe before `declined`.
-    replies, events = anyio.run(_ws_flow, sim, "SIM-SOFTDECLINE-APPROVE-21")
+def test_websocket_bus(stepped: Stepped) -> None:
+    # The bus replays nothing: the payment moves only once the subscription is acknowledged.
+    replies, events = anyio.run(_ws_flow, *stepped, "SIM-SOFTDECLINE-APPROVE-21")
     assert replies[0] == {"type": "ack", "replyId": "0123456789abcdef"}
     assert replies[1]["type"] == "error" and replies[1]["replyId"] == "0123456789abcde0"
     assert replies[1]["payload"]["message"]
     assert replies[2] == {"type": "ack", "replyId": "0123456789abcde1"}
     got = [e["payload"]["status"] for e in events]
-    assert got[-2:] == ["declined", "completed"]
+    assert got == ["initialized", "declined", "completed"]
     assert all(e["channel"] == "session.order" for e in events)
     assert list(events[-1]["payload"]) == [
         "financial_status",
@@ -251,7 +284,9 @@ def test_websocket_bad_token_closes_1008(sim: SimulatorServer) -> None:
     assert anyio.run(go) == 1008
 
 
-def test_websocket_drop_is_unclean(sim: SimulatorServer) -> None:
+def test_websocket_drop_is_unclean(stepped: Stepped) -> None:
+    sim, _ = stepped  # the payment does not move: only the drop ends the connection
+
     async def go() -> int:
         async with httpx.AsyncClient() as client:
             d = (
@@ -269,6 +304,8 @@ def test_websocket_drop_is_unclean(sim: SimulatorServer) -> None:
                 )
             ).json()["data"]
             async with websockets.connect(d["events_url"] + "?token=" + d["events_token"]) as ws:
+                # accepted is not yet following: wait until the simulator counts the stream
+                await anyio.to_thread.run_sync(streaming, sim, d["order_id"])
                 await client.post(f"{sim.url}_sim/orders/{d['order_id']}/drop")
                 try:
                     with anyio.fail_after(5):
