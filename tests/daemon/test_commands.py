@@ -65,10 +65,8 @@ async def test_replayed_command_changes_nothing(
         first = await till.until_final("TILL-A", "replay-1")
         await till.send(dict(command))  # at-least-once delivery: the same command again
         await till.send(dict(command, amount=999))  # the same id for another command
-        events = await till.wait_for(
-            "TILL-A", lambda ev: any(e["type"] == "command.failed" for e in ev)
-        )
-        await anyio.sleep(0.5)
+        await till.wait_for("TILL-A", lambda ev: any(e["type"] == "command.failed" for e in ev))
+        await till.settled()  # both replays answered: nothing more follows
         events = await till.events("TILL-A")
     assert statuses(first) == ["order.created", "initialized", "completed"]
     assert statuses(events) == ["order.created", "initialized", "completed", "command.failed"]
@@ -188,10 +186,6 @@ async def test_replayed_cancel_after_it_worked_says_nothing_more(
         await till.send(dict(cancel))
         await till.until_final("SIM-TIMEOUT-01", paid)
         await till.send(dict(cancel))  # delivered again (at least once), maybe while the first runs
-        with anyio.fail_after(20):  # a replay met mid-way is retried once the first is done
-            # Redis has no event for "nothing pending": poll it
-            while (await redis_client.xpending(till.keys.commands, "pos-bridge"))["pending"]:  # noqa: ASYNC110
-                await anyio.sleep(0.1)
-        await anyio.sleep(0.5)
+        await till.settled(timeout=20)  # a replay met mid-way is retried once the first is done
         events = await till.events("SIM-TIMEOUT-01")
     assert statuses(events) == ["order.created", "initialized", "cancelled"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.harness import Till, bridge_config, running_bridge, statuses
+from helpers.harness import Till, assert_faithful, bridge_config, running_bridge
 from redis.asyncio import Redis
 
 pytestmark = pytest.mark.anyio
@@ -42,11 +42,10 @@ async def test_every_scenario_reaches_its_final_once(
         live = []
         while (m := await pubsub.get_message(timeout=0.2)) is not None:
             live.append(json.loads(m["data"]))
-    assert statuses(events) == expected
+    assert_faithful(events, expected)  # a status gone before the stream opened may be missing
     followed_by = "stream" if transport == "sse" else "websocket"
     assert followed_by in {e["source"] for e in events}
     assert {e["source"] for e in events[1:]} <= {followed_by, "poll"}
-    assert [e["final"] for e in events] == [False] * (len(expected) - 1) + [True]
     assert all(e["terminal_id"] == terminal.upper() for e in events)
     # what a subscribed till saw live is the same, each with its stream id
     assert [(e["event_id"], e["stream_id"]) for e in live] == [
@@ -98,11 +97,7 @@ async def test_every_uncertain_api_variant(
         async with running_bridge(config):
             command_id = await till.pay(terminal, 1250)
             events = await till.until_final(terminal, command_id, timeout=25)
-    if variant.get("token_ttl") == 1:
-        # polling may merge quick steps, but never invents or repeats one
-        assert statuses(events)[0] == "order.created" and statuses(events)[-1] == "completed"
-        assert len(statuses(events)) == len(set(e["event_id"] for e in events))
-    else:
-        assert statuses(events) == expected
-    assert sum(e["final"] for e in events) == 1
+    # The stream may open after the first statuses (its token may expire mid-payment): a status
+    # that came and went before the next look is not seen, so no exact sequence is promised.
+    assert_faithful(events, expected)
     assert all(e["transaction_id"] is None or isinstance(e["transaction_id"], str) for e in events)

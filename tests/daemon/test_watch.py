@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Self
 
-import anyio
 import httpx
 import pytest
 from helpers.harness import API_KEY, Till, bridge_config, running_bridge, sim_orders, statuses
@@ -122,8 +121,8 @@ async def test_order_started_elsewhere_reaches_its_terminal_by_webhook(
             assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
             async with running_bridge(config):
                 await create_upstream(sim, "typed-in-1", terminal.lower(), notification_url=hook)
-                events = await till.wait_for(terminal, final_seen("typed-in-1"))
-                await anyio.sleep(0.3)
+                await till.wait_for(terminal, final_seen("typed-in-1"))
+                await till.finished("typed-in-1")
                 events = await till.events(terminal)
             live = []
             while (m := await pubsub.get_message(timeout=0.2)) is not None:
@@ -164,8 +163,8 @@ async def test_watch_follows_an_order_the_till_created(
                         "events_url": created["events_url"],
                     }
                 )
-                events = await till.wait_for(terminal, final_seen("till-made-1"), timeout=15)
-                await anyio.sleep(0.3)
+                await till.wait_for(terminal, final_seen("till-made-1"), timeout=15)
+                await till.finished("till-made-1")
                 events = await till.events(terminal)
             live = []
             while (m := await pubsub.get_message(timeout=0.2)) is not None:
@@ -235,8 +234,8 @@ async def test_watch_on_a_host_not_in_events_hosts_connects_nowhere(
                     "events_url": f"wss://attacker.example:{elsewhere.port}/",
                 }
             )
-            events = await till.wait_for(terminal, lambda ev: len(ev) >= 3)
-            await anyio.sleep(0.5)  # time enough to connect, had it wanted to
+            await till.wait_for(terminal, lambda ev: len(ev) >= 3)
+            await till.settled()  # each watch refused before any connection, then acknowledged
             events = await till.events(terminal)
             sessions = await redis_client.smembers(till.keys.sessions_index)
         assert elsewhere.connections == 0

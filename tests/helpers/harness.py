@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from bridge.config import Config
 from bridge.daemon.app import Bridge
-from bridge.redis.keys import Keys
+from bridge.redis.keys import COMMANDS_GROUP, Keys
 from bridge.simulator.scenarios import BY_TERMINAL
 from bridge.simulator.server import SimulatorServer
 
@@ -91,6 +91,29 @@ class Till:
                     return events
                 await anyio.sleep(0.05)
 
+    async def settled(self, timeout: float = 15.0) -> None:
+        """Every command sent so far was read and acknowledged: the daemon acknowledges a command
+        once its answer is published, so what it publishes for them is in the streams by now.
+        The marker to wait for instead of "sleep a while, nothing more arrives"."""
+        with anyio.fail_after(timeout):
+            while not await self._all_commands_acknowledged():  # noqa: ASYNC110  # Redis state
+                await anyio.sleep(0.02)
+
+    async def finished(self, order_id: str, timeout: float = 15.0) -> None:
+        """Every command answered and the order followed no more (its session has left the
+        registry): nothing more will be published for it."""
+        await self.settled(timeout)
+        with anyio.fail_after(timeout):
+            while await self.redis.sismember(self.keys.sessions_index, order_id):  # noqa: ASYNC110  # Redis state
+                await anyio.sleep(0.02)
+
+    async def _all_commands_acknowledged(self) -> bool:
+        last = (await self.redis.xinfo_stream(self.keys.commands))["last-generated-id"]
+        for group in await self.redis.xinfo_groups(self.keys.commands):
+            if group["name"] == COMMANDS_GROUP:
+                return bool(group["pending"] == 0 and group["last-delivered-id"] == last)
+        return False
+
     async def until_final(
         self, terminal: str, command_id: str, timeout: float = 15.0
     ) -> list[dict[str, Any]]:
@@ -119,3 +142,16 @@ async def _sim_admin_list(sim: SimulatorServer, what: str) -> list[dict[str, Any
 
 def statuses(events: list[dict[str, Any]]) -> list[str]:
     return [e["type"] if e["type"] != "order.status" else e["status"] for e in events]
+
+
+def assert_faithful(events: list[dict[str, Any]], happened: list[str]) -> None:
+    """What the bridge guarantees for one payment whose upstream went through ``happened``
+    (``order.created`` first): ``order.created``, then statuses in the order they happened, none
+    invented or repeated, and the final, once, last. A status that came and went between two
+    looks (before the stream opened, between polls) may be missing: no exact sequence."""
+    got = statuses(events)
+    assert got[0] == "order.created" and got[-1] == happened[-1], (got, happened)
+    rest = iter(happened)
+    assert all(any(s == h for h in rest) for s in got), (got, happened)  # a subsequence
+    assert len({e["event_id"] for e in events}) == len(events), got
+    assert [e["final"] for e in events] == [False] * (len(events) - 1) + [True], got

@@ -13,10 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import httpx
 import pytest
 
 from bridge.simulator import SimulatorServer
+from bridge.simulator.clock import Clock
+from bridge.simulator.webhooks import RESEND_INTERVAL, RESENDS, WebhookSender
 from tests.simulator.conftest import KEY, order_body
 
 
@@ -137,15 +140,46 @@ def test_unacknowledged_webhook_is_resent_three_times(receiver: Receiver) -> Non
         body = order_body("SIM-APPROVE-01")
         httpx.post(sim.base_url + "orders", headers={"api_key": KEY}, json=body)
         receiver.wait(lambda: sum(r["status"] == "completed" for r in receiver.requests) == 4)
-        time.sleep(0.5)
         done = [r for r in receiver.requests if r["status"] == "completed"]
-        assert len(done) == 4  # the first send and 3 resends, no more
         gaps = [b["at"] - a["at"] for a, b in zip(done, done[1:], strict=False)]
-        assert all(0.25 <= g < 1.5 for g in gaps), gaps
-        assert len({r["query"]["timestamp"][0] for r in done}) >= 2  # new timestamp each time
+        assert all(g >= 0.25 for g in gaps), gaps  # the resend interval is waited (at least)
         assert all(verify(r, KEY) for r in done)
         assert (
             sum(r["status"] == "initialized" for r in receiver.requests) == 1
         )  # acknowledged once
         attempts = httpx.get(sim.url + "_sim/webhooks").json()["data"]
         assert [a["attempt"] for a in attempts if a["status"] == "completed"] == [1, 2, 3, 4]
+
+
+class RecordingClock(Clock):
+    """Simulated time that passes at once: each sleep is recorded and moves ``time()`` on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slept: list[float] = []
+        self.start = time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    def time(self) -> float:
+        return self.start + sum(self.slept)
+
+
+def test_a_refused_notification_is_sent_four_times_then_given_up(receiver: Receiver) -> None:
+    """The first send and 3 resends, 15 simulated minutes apart, each with a new timestamp and
+    signature; then no more (the sender returns)."""
+    receiver.refuse = {"completed"}
+    clock = RecordingClock()
+    view = {"order_id": "o-1", "status": "completed", "amount": 1250}
+
+    async def deliver() -> bool:
+        async with httpx.AsyncClient() as client:
+            sender = WebhookSender(client, clock)
+            return await sender.deliver(receiver.url, KEY, "o-1", view)
+
+    assert anyio.run(deliver) is False
+    assert clock.slept == [RESEND_INTERVAL] * RESENDS
+    assert [r["status"] for r in receiver.requests] == ["completed"] * (RESENDS + 1)
+    assert len({r["query"]["timestamp"][0] for r in receiver.requests}) == RESENDS + 1
+    assert all(verify(r, KEY) for r in receiver.requests)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -235,12 +234,10 @@ async def test_wait_prints_events_and_exits_0_on_completed(
         # something after the final is not waited for nor printed (another payment)
         await create(s, cmd.model_copy(update={"order_id": "other", "command_id": "x"}))
 
-    started = time.monotonic()
     code, out, err = await run_cli(
         pay_argv(redis_server.url, "--wait", "--timeout", "10"), capsys, daemon
     )
-    assert time.monotonic() - started < 5, "the fast answer came through the subscription"
-    assert subscribers == [1]
+    assert subscribers == [1]  # subscribed before the command: the fast answer is not missed
     assert code == 0, err
     sent, *events = [json.loads(line) for line in out]
     assert [e["type"] for e in events] == ["order.created", "order.status", "order.status"]
