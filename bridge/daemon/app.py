@@ -29,7 +29,6 @@ from bridge.daemon.session import SessionContext
 from bridge.daemon.sessions import Sessions
 from bridge.daemon.terminals import TerminalDirectory
 from bridge.daemon.webhooks import WebhookReceiver
-from bridge.errors import UserError
 from bridge.multisafepay.api import MultiSafepayApi
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
@@ -212,12 +211,7 @@ class Bridge:
 
     async def _start_webhooks(self, tg: TaskGroup, ctx: SessionContext, sessions: Sessions) -> None:
         hook = self.config.webhook
-        try:
-            sock = asgi.bind(hook.host, hook.port)
-        except OSError as exc:
-            raise UserError(
-                f"webhook: cannot listen on {hook.listen}: {exc.strerror or exc}"
-            ) from exc
+        sock = asgi.listen("webhook", hook.listen, hook.host, hook.port)
         receiver = WebhookReceiver(
             lambda: self.config,
             ctx,

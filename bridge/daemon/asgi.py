@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import uvicorn
 
+from bridge.errors import UserError
 from bridge.sockets import bind
 
 __all__ = ["bind", "serve"]
@@ -25,6 +26,15 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # the daemon handles signals itself
         yield
+
+
+def listen(section: str, address: str, host: str, port: int) -> socket.socket:
+    """The listening socket of ``[section].listen`` (``address``, parsed as ``host``/``port``):
+    a busy or forbidden address is one clear error at start."""
+    try:
+        return bind(host, port)
+    except OSError as exc:
+        raise UserError(f"{section}: cannot listen on {address}: {exc.strerror or exc}") from exc
 
 
 async def serve(app: Any, sock: socket.socket, stop: anyio.Event) -> None:

@@ -32,7 +32,6 @@ from starlette.routing import Route
 from bridge import metrics
 from bridge.daemon import asgi
 from bridge.daemon.notify import Notifier
-from bridge.errors import UserError
 from bridge.redis.keys import COMMANDS_GROUP
 from bridge.redis.publisher import EventStore, Recorded
 
@@ -203,12 +202,7 @@ class Operations:
         await self.probe.check()  # one PING (bounded by its timeout), so READY's STATUS is right
         http = self.bridge.config.http
         if http.enabled:
-            try:
-                sock = asgi.bind(http.host, http.port)
-            except OSError as exc:
-                raise UserError(
-                    f"http: cannot listen on {http.listen}: {exc.strerror or exc}"
-                ) from exc
+            sock = asgi.listen("http", http.listen, http.host, http.port)
             self.port = sock.getsockname()[1]
             tg.start_soon(asgi.serve, self.app(), sock, stop)
             log.info(
