@@ -17,12 +17,24 @@ from tests.simulator.conftest import (
     SteppedClock,
     create,
     in_background,
+    order_body,
     read_sse,
     statuses,
     wait_admin,
 )
 
 Stepped = tuple[SimulatorServer, SteppedClock]
+
+
+async def create_async(
+    client: httpx.AsyncClient, sim: SimulatorServer, terminal: str
+) -> dict[str, Any]:
+    """``create`` from async code: the new order's data."""
+    answer = await client.post(
+        sim.base_url + "orders", headers={"api_key": KEY}, json=order_body(terminal)
+    )
+    data: dict[str, Any] = answer.json()["data"]
+    return data
 
 
 def streaming(sim: SimulatorServer, order_id: str) -> None:
@@ -211,20 +223,7 @@ def test_cancel_reaches_the_stream(stepped: Stepped) -> None:
 
 async def _ws_flow(sim: SimulatorServer, clock: SteppedClock, terminal: str) -> tuple[list, list]:
     async with httpx.AsyncClient() as client:
-        d = (
-            await client.post(
-                sim.base_url + "orders",
-                headers={"api_key": KEY},
-                json={
-                    "type": "redirect",
-                    "order_id": f"ws-{terminal}-{time.monotonic_ns()}",
-                    "currency": "EUR",
-                    "amount": 1250,
-                    "description": "ws",
-                    "gateway_info": {"terminal_id": terminal},
-                },
-            )
-        ).json()["data"]
+        d = await create_async(client, sim, terminal)
     replies, events = [], []
     async with websockets.connect(d["events_url"] + "?token=" + d["events_token"]) as ws:
         await ws.send(
@@ -289,20 +288,7 @@ def test_websocket_drop_is_unclean(stepped: Stepped) -> None:
 
     async def go() -> int:
         async with httpx.AsyncClient() as client:
-            d = (
-                await client.post(
-                    sim.base_url + "orders",
-                    headers={"api_key": KEY},
-                    json={
-                        "type": "redirect",
-                        "order_id": f"wsd-{time.monotonic_ns()}",
-                        "currency": "EUR",
-                        "amount": 1250,
-                        "description": "ws",
-                        "gateway_info": {"terminal_id": "SIM-TIMEOUT-22"},
-                    },
-                )
-            ).json()["data"]
+            d = await create_async(client, sim, "SIM-TIMEOUT-22")
             async with websockets.connect(d["events_url"] + "?token=" + d["events_token"]) as ws:
                 # accepted is not yet following: wait until the simulator counts the stream
                 await anyio.to_thread.run_sync(streaming, sim, d["order_id"])
