@@ -82,10 +82,10 @@ def stepped() -> Iterator[tuple[SimulatorServer, SteppedClock]]:
         yield server, clock
 
 
-def admin_order(sim: SimulatorServer, order_id: str) -> dict[str, Any]:
+def admin_order(sim: SimulatorServer, order_id: str) -> dict[str, Any] | None:
     """The order as the simulator's admin API shows it (status, events, open streams)."""
     orders = httpx.get(sim.url + "_sim/orders").json()["data"]
-    return next(o for o in orders if o["order_id"] == order_id)
+    return next((o for o in orders if o["order_id"] == order_id), None)
 
 
 def wait_admin(
@@ -94,36 +94,46 @@ def wait_admin(
     predicate: Callable[[dict[str, Any]], bool],
     timeout: float = 10.0,
 ) -> dict[str, Any]:
-    """Poll the admin API until the order satisfies ``predicate`` (generous timeout)."""
+    """Poll the admin API until the order exists and satisfies ``predicate`` (generous
+    timeout)."""
     deadline = time.monotonic() + timeout
-    while not predicate(order := admin_order(sim, order_id)):
+    while (order := admin_order(sim, order_id)) is None or not predicate(order):
         assert time.monotonic() < deadline, order
         time.sleep(0.01)
     return order
 
 
-def in_background(func: Callable[[], Any]) -> Callable[[], Any]:
-    """Run ``func`` in a thread; the returned callable joins it and gives its result (or
-    raises its exception)."""
-    result: dict[str, Any] = {}
+def in_background(func: Callable[[], Any]) -> Background:
+    """Run ``func`` in a thread; calling the result joins it and gives what ``func`` returned
+    (or raises what it raised)."""
+    return Background(func)
 
-    def run() -> None:
+
+class Background:
+    """A function running in a thread (see ``in_background``)."""
+
+    def __init__(self, func: Callable[[], Any]) -> None:
+        self.func = func
+        self.result: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
         try:
-            result["value"] = func()
-        except BaseException as exc:  # noqa: BLE001  # handed to the caller of join()
-            result["error"] = exc
+            self.result["value"] = self.func()
+        except BaseException as exc:  # noqa: BLE001  # handed to the caller of __call__
+            self.result["error"] = exc
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
 
-    def join(timeout: float = 15.0) -> Any:
-        thread.join(timeout)
-        assert not thread.is_alive(), f"{func} still running after {timeout} s"
-        if "error" in result:
-            raise result["error"]
-        return result["value"]
-
-    return join
+    def __call__(self, timeout: float = 15.0) -> Any:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"{self.func} still running after {timeout} s"
+        if "error" in self.result:
+            raise self.result["error"]
+        return self.result["value"]
 
 
 @pytest.fixture(autouse=False)
