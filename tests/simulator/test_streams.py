@@ -143,7 +143,7 @@ def test_keepalives(stepped: Stepped) -> None:
     d = create(sim, "SIM-TIMEOUT-16").json()["data"]
     on_message = cancel_after_pings(sim, d["order_id"], 2)
     msgs = read_sse(d["events_stream_url"], d["events_token"], "0", on_message=on_message)
-    assert sum(1 for m in msgs if m.get("comment") == ": ping") == 2
+    assert sum(1 for m in msgs if m.get("comment") == ": ping") >= 2  # another may come meanwhile
     assert statuses(msgs) == ["cancelled"]
     httpx.put(sim.url + "_sim/variants", json={"keepalive": "data", "sse_ids": "off"})
     d = create(sim, "SIM-TIMEOUT-16").json()["data"]
