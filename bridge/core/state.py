@@ -57,6 +57,9 @@ class OrderState:
     #: Upstream's ``modified`` time of the last transition, when it came with one (a webhook
     #: or poll; MultiSafepay's clock, whole seconds). None after a stream transition.
     last_modified: float | None = None
+    #: The ``refund`` command whose refund the bridge asked for and has not published yet:
+    #: the next ``order.refund`` answers it (carries its ``command_id``).
+    refund_command_id: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -75,6 +78,8 @@ class Verdict(StrEnum):
     CONFLICT = "conflict"
     #: No terminal is known for an order the bridge has never seen: nowhere to publish.
     UNROUTABLE = "unroutable"
+    #: The stored state changes (e.g. a refund is asked for) but nothing is published yet.
+    NOTE = "note"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,11 @@ class Decision:
     @property
     def publishes(self) -> bool:
         return bool(self.events)
+
+    @property
+    def commits(self) -> bool:
+        """Whether the store must write this decision (events, or a noted state change)."""
+        return self.publishes or (self.verdict is Verdict.NOTE and self.state is not None)
 
 
 def _event(
@@ -100,13 +110,18 @@ def _event(
     occurred_at: datetime | None = None,
     details: dict[str, Any] | None = None,
     error: EventError | None = None,
+    command_id: str | None = None,
+    answers_command: bool = False,
 ) -> Event:
+    """The event of ``state``'s latest transition; ``answers_command`` puts ``command_id``
+    (another command than the pay, e.g. a refund; None when no command asked) in place of the
+    pay's."""
     return Event(
         event_id=make_event_id(state.order_id, state.seq, type_, status, state.amount_refunded),
         type=type_,
         terminal_id=state.terminal_id,
         order_id=state.order_id,
-        command_id=state.command_id,
+        command_id=command_id if answers_command else state.command_id,
         session_id=state.session_id,
         transaction_id=state.transaction_id,
         status=status,
@@ -255,6 +270,7 @@ def _refund_transition(
         amount_refunded=refunded,
         transaction_id=obs.transaction_id or state.transaction_id,
         last_transition_at=now.timestamp(),
+        refund_command_id=None,
     )
     event = _event(
         new,
@@ -264,9 +280,32 @@ def _refund_transition(
         status=obs.status,
         financial_status=obs.financial_status,
         occurred_at=obs.occurred_at,
-        details={"amount_refunded": refunded, "refund_amount": refunded - state.amount_refunded},
+        details={
+            "amount_refunded": refunded,
+            "refund_amount": refunded - state.amount_refunded,
+            "pay_command_id": state.command_id,
+        },
+        command_id=state.refund_command_id,
+        answers_command=True,
     )
     return new, event
+
+
+def refund_requested(current: OrderState | None, command_id: str) -> Decision:
+    """The bridge is about to ask MultiSafepay for a refund on behalf of ``command_id``: the
+    next ``order.refund`` of the order (whichever channel brings it) answers that command."""
+    if current is None or current.refund_command_id == command_id:
+        return Decision(Verdict.DUPLICATE, current)
+    return Decision(
+        Verdict.NOTE, replace(current, seq=current.seq + 1, refund_command_id=command_id)
+    )
+
+
+def refund_abandoned(current: OrderState | None, command_id: str) -> Decision:
+    """The refund of ``command_id`` was refused: later refunds are not its answer."""
+    if current is None or current.refund_command_id != command_id:
+        return Decision(Verdict.DUPLICATE, current)
+    return Decision(Verdict.NOTE, replace(current, seq=current.seq + 1, refund_command_id=None))
 
 
 def observe(

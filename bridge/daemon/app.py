@@ -39,6 +39,8 @@ from bridge.redis.sessions import SessionRegistry
 log = structlog.get_logger("bridge.daemon")
 
 REDISCOVER_EVERY = 300.0
+#: How often remembered cancels whose pay never came are looked at (and answered).
+CANCEL_SWEEP_EVERY = 1.0
 #: Connection pools for event streams (see SessionContext.stream_clients).
 STREAM_POOLS = 32
 
@@ -169,12 +171,15 @@ class Bridge:
             cfg.redis.effective_consumer_name,
             handlers.handle,
             claim_idle=cfg.redis.command_claim_idle,
+            consumer_gone=ctx.leases.presence.consumer_gone,
+            claim_every=cfg.daemon.lease_ttl / 3,
             commands_maxlen=cfg.redis.commands_maxlen,
             max_in_flight=cfg.daemon.max_in_flight,
             waiters=ctx.redis_waiters,
         )
         with anyio.move_on_after(cfg.multisafepay.request_timeout):
             await self.directory.discover(ctx.api)  # before commands: they may name its terminals
+        servers.start_soon(self._sweep_cancels, handlers)
         resumed = await self._resume(sessions)
         sessions.keep_leases(cfg.daemon.lease_ttl / 3)
         sessions.watch_orphans(cfg.daemon.lease_ttl / 3, until=self._stop)
@@ -193,12 +198,25 @@ class Bridge:
             if sessions.running:
                 log.info("daemon.draining", sessions=len(sessions.running), grace_s=grace)
             await sessions.wait_idle()
+        await self._withdraw(sessions)
         if sessions.running:
             log.info(
                 "daemon.handing_over",
                 sessions=len(sessions.running),
                 note="leases released: another daemon, or the next start, continues them",
             )
+
+    async def _sweep_cancels(self, handlers: CommandHandlers) -> None:
+        """Answer the cancels whose pay never came, until the daemon stops taking commands."""
+        from redis.exceptions import RedisError
+
+        while not self._stop.is_set():
+            with anyio.move_on_after(CANCEL_SWEEP_EVERY):
+                await self._stop.wait()
+            try:
+                await handlers.sweep_cancels()
+            except RedisError as exc:
+                log.debug("cancels.sweep_skipped", error=str(exc))
 
     async def _rediscover(self, api: MultiSafepayApi) -> None:
         """Discovery again every few minutes: terminals come and go, and a failed listing is
@@ -225,10 +243,20 @@ class Bridge:
             paths=[hook.route(g.name) for g in self.config.multisafepay.terminal_groups],
         )
 
+    async def _withdraw(self, sessions: Sessions) -> None:
+        """A clean stop: say so, so no other daemon waits for this one's presence to lapse."""
+        from redis.exceptions import RedisError
+
+        try:
+            await sessions.presence.withdraw()
+        except RedisError as exc:
+            log.warning("daemon.withdraw_failed", error=str(exc), note="its presence lapses")
+
     async def _resume(self, sessions: Sessions) -> int:
         from redis.exceptions import RedisError
 
         try:
+            await sessions.presence.announce()  # before adopting: ours are not orphans
             return await sessions.adopt_orphans()
         except RedisError as exc:
             log.error(

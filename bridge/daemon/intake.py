@@ -1,9 +1,11 @@
 """Reading ``{p}:commands`` in the consumer group, so several daemons share the work.
 
 A command is acknowledged only after it has been handled (its outcome is in Redis). Commands
-this consumer received but never acknowledged (it died) are read again at start, and a command
-held too long by another consumer (that died) is claimed. Handlers are idempotent per command
-id, so a replay is harmless.
+this consumer received but never acknowledged (it died) are read again at start; the commands
+of a consumer whose daemon is gone (:mod:`bridge.redis.presence`: its presence lapsed, or its
+process no longer exists on this host) are claimed at once, and any command held longer than
+``command_claim_idle`` by a consumer is claimed too. Handlers are idempotent per command id, so
+a replay is harmless.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class LeaveUnacknowledged(Exception):
 
 
 Handler = Callable[[str, dict[str, str]], Awaitable[None]]
+ConsumerGone = Callable[[str], Awaitable[bool]]
 
 _READ_BLOCK_MS = 1000  # also how quickly a stop request is noticed
 _BATCH = 64
@@ -47,7 +50,11 @@ class CommandIntake:
         waiters: RedisWaiters,
         max_in_flight: int = 64,
         commands_maxlen: int = 100_000,
+        consumer_gone: ConsumerGone | None = None,
+        claim_every: float = 10.0,
     ) -> None:
+        self._consumer_gone = consumer_gone
+        self._claim_every = claim_every
         self._waiters = waiters
         self._client = client
         self._keys = keys
@@ -81,8 +88,9 @@ class CommandIntake:
                     if backlog:
                         await self.ensure_group()
                     entries = await self._read(backlog)
-                    if anyio.current_time() - last_claim > 10:
+                    if anyio.current_time() - last_claim > self._claim_every:
                         last_claim = anyio.current_time()
+                        entries += await self._claim_from_gone()
                         entries += await self._claim_abandoned()
                         await self._client.xtrim(
                             self._keys.commands, maxlen=self._maxlen, approximate=True
@@ -142,6 +150,41 @@ class CommandIntake:
                 "intake.claimed", count=len(claimed), note="commands of a consumer that stopped"
             )
         return [(eid, fields) for eid, fields in claimed if fields is not None]
+
+    async def _claim_from_gone(self) -> list[tuple[str, dict[str, str]]]:
+        """Every pending command of a consumer whose daemon is gone, claimed without waiting
+        for ``command_claim_idle``; the consumer is then deleted from the group (so tools
+        that look at the group's consumers see the daemons that run)."""
+        if self._consumer_gone is None:
+            return []
+        claimed: list[tuple[str, dict[str, str]]] = []
+        consumers: list[dict[str, Any]] = await self._client.xinfo_consumers(
+            self._keys.commands, COMMANDS_GROUP
+        )
+        for consumer in consumers:
+            name = str(consumer["name"])
+            if name == self._consumer or not await self._consumer_gone(name):
+                continue
+            if int(consumer.get("pending", 0)):
+                pending: list[dict[str, Any]] = await self._client.xpending_range(
+                    self._keys.commands, COMMANDS_GROUP, "-", "+", _BATCH, consumername=name
+                )
+                ids = [p["message_id"] for p in pending]
+                if ids:
+                    entries: list[Any] = await self._client.xclaim(
+                        self._keys.commands, COMMANDS_GROUP, self._consumer, 0, list(ids)
+                    )
+                    claimed += [(str(e[0]), dict(e[1])) for e in entries if e[1] is not None]
+                    log.warning(
+                        "intake.claimed",
+                        count=len(ids),
+                        consumer=name,
+                        note="commands of a daemon that is gone",
+                    )
+                if len(ids) >= _BATCH:
+                    continue  # more next round; keep the consumer until it is drained
+            await self._client.xgroup_delconsumer(self._keys.commands, COMMANDS_GROUP, name)
+        return claimed
 
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
         try:

@@ -49,12 +49,21 @@ class Keys:
     def pending_cancel(self, order_id: str) -> str:
         return f"{self.prefix}:cancel:{order_id}"
 
+    @property
+    def pending_cancels(self) -> str:
+        """Sorted set: order ids with a remembered cancel, by when it is answered anyway."""
+        return f"{self.prefix}:cancels"
+
     def lease(self, order_id: str) -> str:
         return f"{self.prefix}:lease:{order_id}"
 
     @property
     def fence_counter(self) -> str:
         return f"{self.prefix}:fence"
+
+    def daemon(self, consumer: str) -> str:
+        """A running daemon's presence (see :mod:`bridge.redis.presence`)."""
+        return f"{self.prefix}:daemon:{consumer}"
 
     def session(self, order_id: str) -> str:
         return f"{self.prefix}:session:{order_id}"

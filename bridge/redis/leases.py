@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from bridge.redis.client import text
 from bridge.redis.keys import Keys
+from bridge.redis.presence import Presence
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -33,6 +34,14 @@ end
 return lost
 """
 
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -42,11 +51,15 @@ return 0
 
 
 class Leases:
-    def __init__(self, client: Redis, keys: Keys, ttl: float, owner: str) -> None:
+    def __init__(
+        self, client: Redis, keys: Keys, ttl: float, owner: str, presence: Presence | None = None
+    ) -> None:
         self._client = client
         self._keys = keys
         self.ttl_ms = int(ttl * 1000)
-        self._owner = owner
+        self.presence = presence or Presence(client, keys, owner, ttl)
+        self._owner = self.presence.owner
+        self._take_over = client.register_script(_TAKE_OVER)
         self._renew = client.register_script(_RENEW)
         self._renew_many = client.register_script(_RENEW_MANY)
         self._release = client.register_script(_RELEASE)
@@ -56,6 +69,28 @@ class Leases:
         token = f"{await self._client.incr(self._keys.fence_counter)}:{self._owner}"
         taken = await self._client.set(self._keys.lease(order_id), token, nx=True, px=self.ttl_ms)
         return token if taken else None
+
+    async def take_over(self, order_id: str, dead_token: str) -> str | None:
+        """A new token in place of ``dead_token`` (its daemon is gone), if it still holds.
+        Fencing stays whole: the old token can no longer commit."""
+        token = f"{await self._client.incr(self._keys.fence_counter)}:{self._owner}"
+        taken = await self._take_over(
+            keys=[self._keys.lease(order_id)], args=[dead_token, token, self.ttl_ms]
+        )
+        return token if taken else None
+
+    async def orphaned(self, order_id: str) -> str | None:
+        """The lease token of ``order_id`` when its daemon is gone ("" when there is no
+        lease); None while a live daemon holds it."""
+        token = await self.holder(order_id)
+        if token is None:
+            return ""
+        _, _, owner = token.partition(":")
+        return token if await self.presence.owner_gone(owner) else None
+
+    async def unowned(self, order_id: str) -> bool:
+        """Whether no live daemon follows ``order_id``."""
+        return await self.orphaned(order_id) is not None
 
     async def renew(self, order_id: str, token: str) -> bool:
         """Extend the lease; False if it is no longer ours."""
