@@ -39,6 +39,8 @@ from bridge.redis.sessions import SessionRegistry
 log = structlog.get_logger("bridge.daemon")
 
 REDISCOVER_EVERY = 300.0
+#: The longest interval between two looks for payments nobody follows.
+ORPHAN_SCAN_MAX = 1.0
 #: How often remembered cancels whose pay never came are looked at (and answered).
 CANCEL_SWEEP_EVERY = 1.0
 #: Connection pools for event streams (see SessionContext.stream_clients).
@@ -172,7 +174,7 @@ class Bridge:
             handlers.handle,
             claim_idle=cfg.redis.command_claim_idle,
             consumer_gone=ctx.leases.presence.consumer_gone,
-            claim_every=cfg.daemon.lease_ttl / 3,
+            claim_every=min(cfg.daemon.lease_ttl / 3, ORPHAN_SCAN_MAX),
             commands_maxlen=cfg.redis.commands_maxlen,
             max_in_flight=cfg.daemon.max_in_flight,
             waiters=ctx.redis_waiters,
@@ -182,7 +184,9 @@ class Bridge:
         servers.start_soon(self._sweep_cancels, handlers)
         resumed = await self._resume(sessions)
         sessions.keep_leases(cfg.daemon.lease_ttl / 3)
-        sessions.watch_orphans(cfg.daemon.lease_ttl / 3, until=self._stop)
+        # a gone daemon's payments are found within a second (its lease lapses, or at once
+        # when its process is known dead): the silence after a kill -9 stays short
+        sessions.watch_orphans(min(cfg.daemon.lease_ttl / 3, ORPHAN_SCAN_MAX), until=self._stop)
         log.info(
             "daemon.started",
             resumed_sessions=resumed,

@@ -89,7 +89,7 @@ class PayHandler(Answers):
                 "(that payment goes on)",
             )
             return
-        fence = await self.ctx.leases.acquire(order_id)
+        fence = await self._claim_lease(order_id)
         if fence is None:  # another daemon holds this very order (the same command, replayed)
             raise LeaveUnacknowledged(f"order {order_id} is being handled by another daemon")
         now = time.time()
@@ -188,10 +188,24 @@ class PayHandler(Answers):
             log.info("cancel.applied_late", order_id=order_id, command_id=cancel_id)
             await self._cancel_upstream(terminal, cancel_id, order_id, route[0])
 
+    async def _claim_lease(self, order_id: str) -> str | None:
+        """The order's lease, also from a daemon that is gone. This daemon's orphan scan may
+        hold it for a moment (it found the pay's intent in the registry): wait for that."""
+        leases = self.ctx.leases
+        for _ in range(50):
+            fence = await leases.claim(order_id)
+            if fence is not None or not leases.held_here(await leases.holder(order_id)):
+                return fence
+            if self._running(order_id):
+                return None
+            await anyio.sleep(0.1)
+        return None
+
     async def _busy_with(self, terminal: str, order_id: str) -> str | None:
-        """The order in flight on ``terminal``, if another one is. When no live daemon follows
-        that order (its daemon died), MultiSafepay is asked first: a payment that ended while
-        nobody listened is published, and does not refuse the next customer."""
+        """The order in flight on ``terminal``, if another one is. Before refusing, MultiSafepay
+        is asked (``GET``): a payment that ended while nobody listened (its daemon was killed,
+        its stream not yet caught up) is published, and does not refuse the next customer.
+        One no live daemon follows is taken over here at once."""
         raw = await self.redis.get(self.keys.terminal_active(terminal))
         active = str(raw) if raw else None
         if active is None or active == order_id:
@@ -199,19 +213,24 @@ class PayHandler(Answers):
         state = await self.ctx.store.load(active)
         if state is None or state.final:
             return None
-        if self._running(active) or not await self.ctx.leases.unowned(active):
-            return active
         route = self._route(state.terminal_id)
         if route is None:
             return active
-        log.info("terminal.busy_unowned", order_id=active, note="asking MultiSafepay")
+        log.info("terminal.busy_check", order_id=active, note="asking MultiSafepay")
         now = await self._confirm(active, route[0].key.get_secret_value(), state.terminal_id)
         if now is not None and now.final:
             return None
-        record = await self.ctx.registry.load(active)
-        if record is not None:  # still in flight: follow it from here, at once
-            await self._start_session(record, now or state, None)
+        if not self._running(active) and await self.ctx.leases.unowned(active):
+            record = await self.ctx.registry.load(active)
+            if record is not None:  # still in flight and nobody follows it: from here, now
+                await self._adopt(record, now or state)
         return active
+
+    async def _adopt(self, record: SessionRecord, state: OrderState) -> None:
+        fence = await self.ctx.leases.claim(record.order_id)
+        if fence is not None:
+            log.info("session.adopted", order_id=record.order_id, note="terminal was busy")
+            await self._start_session(record, state, fence)
 
     async def _create_or_find(
         self, command: PayCommand, order_id: str, terminal: str, group: Any

@@ -108,7 +108,7 @@ class Sessions:
             )
             return False
         if fence is None:
-            fence = await self._ctx.leases.acquire(record.order_id)
+            fence = await self._ctx.leases.claim(record.order_id)
             if fence is None:
                 return False
         session = PaymentSession(self._ctx, record, key, state, fence=fence)
@@ -147,12 +147,12 @@ class Sessions:
         adopted = 0
         now = time.monotonic()
         self._crashed = {k: t for k, t in self._crashed.items() if now - t < CRASH_PAUSE}
-        for order_id in await ctx.registry.order_ids():
-            if order_id in self.running or order_id in self._crashed:
-                continue
-            dead_token = await ctx.leases.orphaned(order_id)
-            if dead_token is None:
-                continue  # a live daemon follows it
+        candidates = [
+            order_id
+            for order_id in await ctx.registry.order_ids()
+            if order_id not in self.running and order_id not in self._crashed
+        ]
+        for order_id, dead_token in (await ctx.leases.orphans(candidates)).items():
             if dead_token:  # its daemon is gone (e.g. killed and restarted here): no waiting
                 fence = await ctx.leases.take_over(order_id, dead_token)
             else:

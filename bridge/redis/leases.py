@@ -88,6 +88,39 @@ class Leases:
         _, _, owner = token.partition(":")
         return token if await self.presence.owner_gone(owner) else None
 
+    async def claim(self, order_id: str) -> str | None:
+        """A new token if no live daemon holds the order (none, or its daemon is gone)."""
+        dead_token = await self.orphaned(order_id)
+        if dead_token is None:
+            return None
+        if dead_token:
+            return await self.take_over(order_id, dead_token)
+        return await self.acquire(order_id)
+
+    def held_here(self, token: str | None) -> bool:
+        """Whether ``token`` was granted to this daemon."""
+        return token is not None and token.partition(":")[2] == self._owner
+
+    async def orphans(self, order_ids: list[str], batch: int = 500) -> dict[str, str]:
+        """Of ``order_ids``, those no live daemon holds: order id -> the dead lease token, or
+        "" when there is no lease. One ``MGET`` per batch; each owner judged once."""
+        found: dict[str, str] = {}
+        gone: dict[str, bool] = {}
+        for start in range(0, len(order_ids), batch):
+            chunk = order_ids[start : start + batch]
+            tokens = await self._client.mget([self._keys.lease(o) for o in chunk])
+            for order_id, raw in zip(chunk, tokens, strict=True):
+                if raw is None:
+                    found[order_id] = ""
+                    continue
+                token = str(raw)
+                owner = token.partition(":")[2]
+                if owner not in gone:
+                    gone[owner] = await self.presence.owner_gone(owner)
+                if gone[owner]:
+                    found[order_id] = token
+        return found
+
     async def unowned(self, order_id: str) -> bool:
         """Whether no live daemon follows ``order_id``."""
         return await self.orphaned(order_id) is not None
