@@ -26,7 +26,7 @@ HANDLERS = {
     "pay": "bridge.till.pay:pay_command",
     "cancel": "bridge.till.pay:cancel_command",
     "tail": "bridge.till.tail:tail_command",
-    "schema": "bridge.core.schema:schema_command",
+    "schema": "bridge.till.schema:schema_command",
     "bench": "bridge.bench.main:bench_command",
 }
 
