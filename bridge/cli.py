@@ -21,6 +21,7 @@ HANDLERS = {
     "check-config": "bridge.config:check_config_command",
     "simulate": "bridge.simulator.cli:simulate_command",
     "demo": "bridge.till.demo:demo_command",
+    "sandbox": "bridge.till.sandbox:sandbox_command",
     "pay": "bridge.till.pay:pay_command",
     "cancel": "bridge.till.pay:cancel_command",
     "refund": "bridge.till.pay:refund_command",
@@ -112,6 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="simulator + private Redis + daemon, one payment per scenario")
     _add_redis(p, default_url=None)
     p.add_argument("--speed", type=float, default=20.0, help="simulator speed (default: 20)")
+
+    p = sub.add_parser(
+        "sandbox",
+        help="simulator + private Redis + daemon, left running: integrate a till against it",
+        description="The simulator, a private redis-server and the daemon, every simulated "
+        "terminal configured (any SIM-<SCENARIO>-NN), running until Ctrl-C. Prints the Redis "
+        "URL, the prefix, the simulator's URL and ready redis-cli / pos-bridge pay lines.",
+    )
+    p.add_argument("--redis-port", type=int, default=None, help="Redis port (default: a free port)")
+    p.add_argument(
+        "--simulator-port", type=int, default=0, help="simulator port (default: a free port)"
+    )
+    p.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"key prefix (default: {DEFAULT_PREFIX})"
+    )
+    p.add_argument(
+        "--speed", type=float, default=1.0, help="simulator speed: 10 is 10x faster (default: 1)"
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="the daemon's log level (default: info)",
+    )
 
     p = sub.add_parser(
         "pay",
