@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from bridge.errors import UserError
 from bridge.till.options import DEFAULT_PREFIX, DEFAULT_REDIS_URL
@@ -68,6 +69,15 @@ def _add_wait(p: argparse.ArgumentParser, what: str) -> None:
         metavar="S",
         help="with --wait: give up after S seconds (default: 600)",
     )
+
+
+def _add_order_command(sub: Any, name: str, what: str) -> argparse.ArgumentParser:
+    """A till tool that sends one command (pay, cancel, refund): Redis options, exit codes."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=what, description=f"Send a {name} command. {EXIT_CODES}"
+    )
+    _add_redis(p)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,12 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the daemon's log level (default: info)",
     )
 
-    p = sub.add_parser(
-        "pay",
-        help="what a till does: ask a terminal for a payment",
-        description="Send a pay command. " + EXIT_CODES,
-    )
-    _add_redis(p)
+    p = _add_order_command(sub, "pay", "what a till does: ask a terminal for a payment")
     p.add_argument("--terminal", required=True, help="terminal ID")
     p.add_argument("--amount", required=True, help="amount in currency units: 12.50 or 12,50")
     p.add_argument("--currency", default="EUR", help="ISO currency code (default: EUR)")
@@ -151,22 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", help="shown to the customer (default: none)")
     _add_wait(p, "print events until the payment's final one")
 
-    p = sub.add_parser(
-        "cancel",
-        help="ask the bridge to cancel an order in flight",
-        description="Send a cancel command. " + EXIT_CODES,
-    )
-    _add_redis(p)
+    p = _add_order_command(sub, "cancel", "ask the bridge to cancel an order in flight")
     p.add_argument("--order-id", required=True, help="the order to cancel")
     p.add_argument("--terminal", help="terminal ID (default: read from the order's key)")
     _add_wait(p, "print events until the order's final one or the cancel's failure")
 
-    p = sub.add_parser(
-        "refund",
-        help="refund (part of) a completed order",
-        description="Send a refund command. " + EXIT_CODES,
-    )
-    _add_redis(p)
+    p = _add_order_command(sub, "refund", "refund (part of) a completed order")
     p.add_argument("--order-id", required=True, help="the completed order to refund")
     p.add_argument(
         "--amount", help="amount in currency units: 12.50 or 12,50 (default: what remains)"

@@ -57,11 +57,12 @@ def plan_cancel(state: OrderState, sender: str) -> Refusal | None:
     return None
 
 
-def cancel_error_code(code: ErrorCode) -> ErrorCode:
-    """The till's code for a refused or failed ``cancel`` call."""
+def upstream_error_code(code: ErrorCode, refused: ErrorCode) -> ErrorCode:
+    """The till's code for a failed ``cancel`` or ``refund`` call (or its ``GET``): the order
+    is missing, the key refused, MultiSafepay away, or else the order's state ``refused`` it."""
     if code in (ErrorCode.NOT_FOUND, ErrorCode.UNAUTHORIZED, ErrorCode.UPSTREAM_UNAVAILABLE):
         return code
-    return ErrorCode.NOT_CANCELLABLE
+    return refused
 
 
 def never_arrived(order_id: str) -> Refusal:
@@ -88,13 +89,6 @@ def refund_precheck(state: OrderState | None, sender: str, order_id: str) -> Ref
             f"order {order_id} is {state.status or 'failed'}, not completed",
         )
     return None
-
-
-def refund_error_code(code: ErrorCode) -> ErrorCode:
-    """The till's code for a refused or failed refund (or its ``GET``)."""
-    if code in (ErrorCode.NOT_FOUND, ErrorCode.UNAUTHORIZED, ErrorCode.UPSTREAM_UNAVAILABLE):
-        return code
-    return ErrorCode.NOT_REFUNDABLE
 
 
 @dataclass(frozen=True, slots=True)

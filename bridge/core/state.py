@@ -315,11 +315,13 @@ def observe(
     *,
     terminal_id: str | None = None,
     command_id: str | None = None,
+    refund_command_id: str | None = None,
 ) -> Decision:
     """Decide what an observation means for the order. ``now`` must be timezone-aware.
 
     ``terminal_id`` names the terminal for an order seen for the first time whose payload does
-    not (a stream message never does); ``command_id`` (a ``watch``) is echoed in its events.
+    not (a stream message never does); ``command_id`` (a ``watch``) is echoed in its events;
+    ``refund_command_id``, for such an order, is the ``refund`` its first refund answers.
     """
     if current is None:
         terminal = obs.terminal_id or (terminal_id and canonical_terminal_id(terminal_id))
@@ -331,6 +333,7 @@ def observe(
             command_id=command_id,
             amount=obs.amount,
             currency=obs.currency,
+            refund_command_id=refund_command_id,
         )
     state = current
     status = obs.status

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from bridge.core.events import ErrorCode, Event, EventError, EventType, Source, make_event_id
 from bridge.core.normalize import MalformedPayload, canonical_terminal_id, from_order
-from bridge.core.order_commands import Refusal, cancel_error_code
+from bridge.core.order_commands import Refusal, upstream_error_code
 from bridge.core.state import Decision, OrderState, Verdict, observe, order_failed, utcnow
 from bridge.multisafepay.api import ApiError
 from bridge.redis.sessions import SessionRecord
@@ -94,6 +94,13 @@ class Answers:
         self, terminal: str, command_id: str, order_id: str | None, refusal: Refusal
     ) -> None:
         await self._command_failed(terminal, command_id, order_id, refusal.code, refusal.message)
+
+    async def _upstream_failed(
+        self, terminal: str, command_id: str, order_id: str, exc: ApiError, refused: ErrorCode
+    ) -> None:
+        """``command.failed`` for a cancel or refund MultiSafepay did not do."""
+        code = upstream_error_code(exc.code, refused)
+        await self._command_failed(terminal, command_id, order_id, code, exc.message)
 
     async def _fail_order(
         self,
@@ -196,9 +203,12 @@ class Answers:
             )
         return route
 
-    async def _confirm(self, order_id: str, key: str, terminal: str) -> OrderState | None:
+    async def _confirm(
+        self, order_id: str, key: str, terminal: str, refund_command_id: str | None = None
+    ) -> OrderState | None:
         """Publish what ``GET`` says now (the outcome of a cancel or refund, confirmed).
-        Returns the order's state after it, or None when ``GET`` failed."""
+        Returns the order's state after it, or None when ``GET`` failed. ``refund_command_id``:
+        the refund command a first refund of an order the bridge never saw answers."""
         as_of = utcnow()
         try:
             obs = from_order(
@@ -208,7 +218,10 @@ class Answers:
             log.warning("order.confirm_failed", order_id=order_id, error=str(exc))
             return None
         recorded = await self.ctx.store.record(
-            order_id, lambda st: observe(st, obs, utcnow(), terminal_id=terminal)
+            order_id,
+            lambda st: observe(
+                st, obs, utcnow(), terminal_id=terminal, refund_command_id=refund_command_id
+            ),
         )
         return recorded.decision.state
 
@@ -220,8 +233,8 @@ class Answers:
         try:
             await self.ctx.api.cancel_order(key, order_id)
         except ApiError as exc:
-            await self._command_failed(
-                terminal, command_id, order_id, cancel_error_code(exc.code), exc.message
+            await self._upstream_failed(
+                terminal, command_id, order_id, exc, ErrorCode.NOT_CANCELLABLE
             )
             return
         log.info("order.cancel_requested", order_id=order_id, command_id=command_id)

@@ -25,7 +25,6 @@ from bridge.core.order_commands import (
     plan_cancel,
     plan_refund,
     read_refundable,
-    refund_error_code,
     refund_precheck,
 )
 from bridge.core.state import refund_abandoned, refund_requested
@@ -161,9 +160,7 @@ class OrderCommands(Answers):
         try:
             order = await self.ctx.api.get_order(key, order_id)
         except ApiError as exc:
-            await self._command_failed(
-                sender, command_id, order_id, refund_error_code(exc.code), exc.message
-            )
+            await self._upstream_failed(sender, command_id, order_id, exc, ErrorCode.NOT_REFUNDABLE)
             return
         upstream = read_refundable(order_id, order)
         if isinstance(upstream, Refusal):
@@ -186,7 +183,7 @@ class OrderCommands(Answers):
                 command_id=command_id,
                 note="already refunded; confirming only",
             )
-            await self._confirm(order_id, key, terminal)
+            await self._confirm(order_id, key, terminal, command_id)
             return
         if state is not None:  # the next order.refund, from any channel, answers this command
             await self.ctx.store.record(order_id, lambda st: refund_requested(st, command_id))
@@ -201,18 +198,16 @@ class OrderCommands(Answers):
             )
         except ApiError as exc:
             if exc.maybe_done:  # it may have happened: GET tells, and publishes it if so
-                after = await self._confirm(order_id, key, terminal)
+                after = await self._confirm(order_id, key, terminal, command_id)
                 if after is not None and after.amount_refunded > upstream.refunded:
                     return
             await self.ctx.store.record(order_id, lambda st: refund_abandoned(st, command_id))
-            await self._command_failed(
-                sender, command_id, order_id, refund_error_code(exc.code), exc.message
-            )
+            await self._upstream_failed(sender, command_id, order_id, exc, ErrorCode.NOT_REFUNDABLE)
             return
         log.info(
             "order.refund_requested", order_id=order_id, command_id=command_id, amount=plan.amount
         )
-        await self._confirm(order_id, key, terminal)
+        await self._confirm(order_id, key, terminal, command_id)
 
     # -- watch ----------------------------------------------------------------------------------
 

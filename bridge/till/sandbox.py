@@ -16,6 +16,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -38,24 +39,39 @@ def simulated_terminals() -> list[str]:
     return [f"{prefix}-{n:02d}" for prefix in BY_TERMINAL for n in range(100)]
 
 
-def sandbox_config(redis_url: str, api_base_url: str, prefix: str) -> Config:
+def local_config(
+    redis_url: str,
+    api_base_url: str,
+    prefix: str,
+    *,
+    group: tuple[str, str, list[str]],
+    **upstream: Any,
+) -> Config:
+    """A daemon's config for the local simulator: one terminal group (name, key, terminals),
+    ``upstream`` overriding ``[multisafepay]`` defaults. Used by the sandbox and the demo."""
+    name, key, terminals = group
     return Config.from_mapping(
         {
             "multisafepay": {
                 "api_base_url": api_base_url,
-                "request_timeout": 5.0,
                 "connect_timeout": 2.0,
-                "terminal_groups": [
-                    {
-                        "name": "sandbox",
-                        "api_key": SANDBOX_KEY,
-                        "terminals": simulated_terminals() + list(PLAIN_TERMINALS),
-                    }
-                ],
+                **upstream,
+                "terminal_groups": [{"name": name, "api_key": key, "terminals": terminals}],
             },
             "redis": {"url": redis_url, "prefix": prefix},
             "http": {"listen": "127.0.0.1:0"},  # never collide with an installed service
         }
+    )
+
+
+def sandbox_config(redis_url: str, api_base_url: str, prefix: str) -> Config:
+    terminals = simulated_terminals() + list(PLAIN_TERMINALS)
+    return local_config(
+        redis_url,
+        api_base_url,
+        prefix,
+        group=("sandbox", SANDBOX_KEY, terminals),
+        request_timeout=5.0,
     )
 
 
