@@ -90,8 +90,12 @@ class Bridge:
         async with AsyncExitStack() as stack:
             redis = connect(cfg.redis.url)
             stack.push_async_callback(redis.aclose)
+            # one TLS context for every client: building one per client (33 of them) costs
+            # seconds of start-up on a loaded host, seconds a restarted daemon's payments wait
+            tls = httpx.create_ssl_context()
             http = await stack.enter_async_context(
                 httpx.AsyncClient(
+                    verify=tls,
                     timeout=httpx.Timeout(
                         upstream.request_timeout, connect=upstream.connect_timeout
                     ),
@@ -116,6 +120,7 @@ class Bridge:
                     [
                         await stack.enter_async_context(
                             httpx.AsyncClient(
+                                verify=tls,
                                 timeout=httpx.Timeout(
                                     upstream.request_timeout, connect=upstream.connect_timeout
                                 ),
