@@ -245,7 +245,8 @@ format = "json"
         by_order: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
         try:
             for terminal in self.terminals:
-                for entry_id, fields in await client.xrange(self.keys.terminal_stream(terminal)):
+                reply = await client.xrange(self.keys.terminal_stream(terminal))
+                for entry_id, fields in stream_entries(reply):
                     event = json.loads(fields["event"])
                     written = int(str(entry_id).split("-")[0]) / 1000
                     by_order[event.get("order_id") or ""].append((written, event))
@@ -260,17 +261,8 @@ format = "json"
 
     async def events(self) -> dict[str, list[dict[str, Any]]]:
         """Every order's events, read from the terminals' durable streams."""
-        client = connect(self.redis.url)
-        by_order: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        try:
-            for terminal in self.terminals:
-                reply = await client.xrange(self.keys.terminal_stream(terminal))
-                for _id, fields in stream_entries(reply):
-                    event = json.loads(fields["event"])
-                    by_order[event.get("order_id") or ""].append(event)
-        finally:
-            await client.aclose()
-        return by_order
+        timed = await self.stream_events()
+        return {order_id: [event for _w, event in events] for order_id, events in timed.items()}
 
     async def wait_answered(self, orders: list[tuple[str, str]], within: float) -> None:
         """Until every order has its first event (or ``within`` seconds have passed)."""

@@ -199,7 +199,7 @@ async def close_pubsub(pubsub: PubSub | None) -> None:
     if pubsub is None:
         return
     try:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
     except (RedisError, OSError):
         pass
 

@@ -11,8 +11,8 @@ from bridge.core.events import ErrorCode
 from bridge.core.order_commands import (
     ConfirmOnly,
     Refundable,
-    Refusal,
     RefundNow,
+    Refusal,
     plan_cancel,
     plan_create_failure,
     plan_refund,

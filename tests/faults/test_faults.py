@@ -1,5 +1,6 @@
 """Nothing lost: payments while the daemon is SIGKILLed, Redis restarts, streams drop and a
-daemon of two dies; after a kill -9, no pay refused for a payment that is over. Real processes, a real (persistent) redis-server, the simulator; the audit
+daemon of two dies; after a kill -9, no pay refused for a payment that is over. Real
+processes, a real (persistent) redis-server, the simulator; the audit
 reads every terminal's durable stream. The longer run of the same is
 ``pos-bridge bench --faults`` (see README, Operations)."""
 
