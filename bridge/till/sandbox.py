@@ -103,9 +103,10 @@ class SandboxInfo:
         return [
             "pos-bridge sandbox: running until Ctrl-C",
             f"  Redis:      {self.redis_url}  (prefix {self.prefix})",
-            f"  simulator:  {self.simulator_url}  (API {self.api_base_url})",
+            f"  simulator:  {self.api_base_url}  (the API)",
+            f"  terminals:  {self.simulator_url}  (the page: play the customer on a terminal)",
             f"  daemon log: {self.log_path}",
-            "  terminals:  any SIM-<SCENARIO>-NN (e.g. SIM-APPROVE-07, SIM-DECLINE-42), and "
+            "  terminal IDs: any SIM-<SCENARIO>-NN (e.g. SIM-APPROVE-07, SIM-DECLINE-42), and "
             f"{', '.join(PLAIN_TERMINALS)} (scenario by the amount's last two digits)",
             "",
             "Subscribe, then send (in two shells):",
