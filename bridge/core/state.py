@@ -60,6 +60,9 @@ class OrderState:
     #: The ``refund`` command whose refund the bridge asked for and has not published yet:
     #: the next ``order.refund`` answers it (carries its ``command_id``).
     refund_command_id: str | None = None
+    #: The ``cancel`` command the bridge asked MultiSafepay to carry out: the order's final
+    #: names it (``details.cancel_command_id``).
+    cancel_command_id: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -234,6 +237,8 @@ def _status_transition(
     state: OrderState, obs: Observation, now: datetime, status: str, extra: dict[str, Any]
 ) -> tuple[OrderState, Event]:
     final = status in FINAL_STATUSES
+    if status in ("cancelled", "void") and state.cancel_command_id is not None:
+        extra = {**extra, "cancel_command_id": state.cancel_command_id}
     new = replace(
         state,
         seq=state.seq + 1,
@@ -298,6 +303,16 @@ def refund_requested(current: OrderState | None, command_id: str) -> Decision:
         return Decision(Verdict.DUPLICATE, current)
     return Decision(
         Verdict.NOTE, replace(current, seq=current.seq + 1, refund_command_id=command_id)
+    )
+
+
+def cancel_requested(current: OrderState | None, command_id: str) -> Decision:
+    """The bridge is about to ask MultiSafepay to cancel the order for ``command_id``: the
+    order's final names that command in ``details.cancel_command_id``."""
+    if current is None or current.final or current.cancel_command_id == command_id:
+        return Decision(Verdict.DUPLICATE, current)
+    return Decision(
+        Verdict.NOTE, replace(current, seq=current.seq + 1, cancel_command_id=command_id)
     )
 
 

@@ -14,7 +14,15 @@ from redis.asyncio import Redis
 from bridge.core.events import ErrorCode, Event, EventError, EventType, Source, make_event_id
 from bridge.core.normalize import MalformedPayload, canonical_terminal_id, from_order
 from bridge.core.order_commands import Refusal, upstream_error_code
-from bridge.core.state import Decision, OrderState, Verdict, observe, order_failed, utcnow
+from bridge.core.state import (
+    Decision,
+    OrderState,
+    Verdict,
+    cancel_requested,
+    observe,
+    order_failed,
+    utcnow,
+)
 from bridge.multisafepay.api import ApiError
 from bridge.redis.sessions import SessionRecord
 
@@ -230,6 +238,8 @@ class Answers:
     ) -> None:
         """Ask MultiSafepay to cancel the order, then publish what ``GET`` says of it."""
         key = group.key.get_secret_value()
+        # the order's final, from whichever channel, names this cancel
+        await self.ctx.store.record(order_id, lambda st: cancel_requested(st, command_id))
         try:
             await self.ctx.api.cancel_order(key, order_id)
         except ApiError as exc:

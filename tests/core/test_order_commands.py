@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.core.events import ErrorCode
+from bridge.core.events import ErrorCode, Source
+from bridge.core.normalize import Observation
 from bridge.core.order_commands import (
     ConfirmOnly,
     Refundable,
@@ -19,7 +21,13 @@ from bridge.core.order_commands import (
     read_refundable,
     refund_precheck,
 )
-from bridge.core.state import OrderState, refund_abandoned, refund_requested
+from bridge.core.state import (
+    OrderState,
+    cancel_requested,
+    observe,
+    refund_abandoned,
+    refund_requested,
+)
 
 cents = st.integers(min_value=0, max_value=10_000_000)
 statuses = st.sampled_from([None, "initialized", "declined", "completed", "cancelled", "void"])
@@ -155,3 +163,18 @@ def test_create_failures(
             assert plan.code is ErrorCode.UNKNOWN_TERMINAL
     else:
         assert plan.code is ErrorCode.UPSTREAM_UNAVAILABLE and plan.unavailable
+
+
+@given(st.sampled_from(["cancelled", "void", "completed", "expired"]))
+def test_the_final_after_a_cancel_names_it_only_when_cancelled(final: str) -> None:
+    state = order("initialized")
+    noted = cancel_requested(state, "cx-1")
+    assert noted.commits and not noted.publishes and noted.state is not None
+    assert not cancel_requested(order("completed"), "cx-1").commits  # nothing to cancel
+    now = datetime.now(UTC)
+    obs = Observation(source=Source.POLL, order_id="o-1", status=final)
+    decision = observe(noted.state, obs, now)
+    (event,) = decision.events
+    named = event.details.get("cancel_command_id")
+    assert named == ("cx-1" if final in ("cancelled", "void") else None)
+    assert event.command_id is None or event.command_id == state.command_id  # still the pay's

@@ -89,6 +89,9 @@ async def test_busy_terminal_then_cancel(redis_server, redis_client: Redis, simu
         cancelled = await till.until_final("SIM-TIMEOUT-01", first)
     assert errors(busy) == [("order.failed", "terminal_busy")]
     assert "first-order" in busy[0]["error"]["message"]
+    # the cancel's answer is the order's final, which names it
+    cancel_id = cancelled[-1]["details"]["cancel_command_id"]
+    assert cancel_id.startswith("t-") and cancelled[-1]["command_id"] == first
     # the refusal names the refused pay, never the payment in flight, which goes on
     assert (busy[0]["command_id"], busy[0]["order_id"]) == (second, "second-order")
     assert "goes on" in busy[0]["error"]["message"]
