@@ -46,10 +46,11 @@ class SegmentRouting:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = scope.get("raw_path")
-        if scope["type"] in ("http", "websocket") and raw:
-            scope = dict(scope)
-            scope["path"] = segment_path(raw.partition(b"?")[0])
-        if scope["type"] == "websocket":
-            scope[TRANSPORT_KEY] = getattr(getattr(send, "__self__", None), "transport", None)
+        if scope["type"] in ("http", "websocket"):
+            scope = dict(scope)  # the server's own scope is left as it was
+            raw = scope.get("raw_path")
+            if raw:
+                scope["path"] = segment_path(raw.partition(b"?")[0])
+            if scope["type"] == "websocket":
+                scope[TRANSPORT_KEY] = getattr(getattr(send, "__self__", None), "transport", None)
         await self.app(scope, receive, send)

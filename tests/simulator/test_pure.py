@@ -206,3 +206,15 @@ def test_order_store_rules() -> None:
         store.refund(o, {"amount": 61, "currency": "EUR"})
     store.refund(o, {"amount": 60, "currency": "EUR"})
     assert o.status == "refunded"
+
+
+def test_segment_path_keeps_a_slash_inside_a_segment() -> None:
+    from bridge.simulator.routing import segment_path
+
+    assert segment_path(b"/v1/json/orders/till7%2F123/refunds") == (
+        "/v1/json/orders/till7%2F123/refunds"
+    )
+    assert segment_path(b"/v1/json/orders/x%2Fcancel") == "/v1/json/orders/x%2Fcancel"
+    assert segment_path(b"/v1/json/orders/a-b_c/cancel") == "/v1/json/orders/a-b_c/cancel"
+    # "%" stays encoded too, so decoding the parameter once gives the id back exactly
+    assert segment_path(b"/orders/100%25") == "/orders/100%25"
