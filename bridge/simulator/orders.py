@@ -292,7 +292,7 @@ class OrderStore:
             created=now,
             modified=now,
             notification_url=fields["notification_url"],
-            notification_method=fields["notification_method"],
+            notification_method=fields.get("notification_method", "POST"),
             var=fields["var"],
         )
         self.orders[order.order_id] = order
