@@ -10,7 +10,8 @@ transaction sends ``initialized`` and ``completed`` (or ``cancelled`` if it fail
 payments"; content/point-of-sale/pos-card-payment-flow.md, "Notifications"); a payment is
 cancelled on the terminal, via the API, or expires after 60 seconds of inactivity
 (MultiSafepay/docs: content/point-of-sale/event-notifications.md). What the screen says at
-each step, and that a PIN has 4 to 6 digits, are assumed (nothing public shows a SmartPOS payment screen).
+each step, and that a PIN has 4 to 6 digits, are assumed (nothing public shows a SmartPOS
+payment screen).
 """
 
 from __future__ import annotations
