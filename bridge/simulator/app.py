@@ -31,8 +31,9 @@ from bridge.simulator import errors as E
 from bridge.simulator.changes import Changes
 from bridge.simulator.clock import Clock
 from bridge.simulator.customers import Customers
-from bridge.simulator.errors import MspError, fail, ok
+from bridge.simulator.errors import MspError
 from bridge.simulator.orders import Order, OrderEvent, OrderStore, validate_create
+from bridge.simulator.responses import fail, ok
 from bridge.simulator.routing import SegmentRouting, path_param
 from bridge.simulator.scenarios import Scenario, Step
 from bridge.simulator.variants import VariantError, Variants

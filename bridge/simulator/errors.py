@@ -30,8 +30,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.responses import JSONResponse
-
 UNKNOWN = 1000
 INVALID_AMOUNT = 1001
 INVALID_CURRENCY = 1002
@@ -58,12 +56,3 @@ class MspError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"success": False, "data": {}, "error_code": self.code, "error_info": self.info}
-
-
-def ok(data: Any, status: int = 200) -> JSONResponse:
-    """MultiSafepay's success shape: ``{"success": true, "data": ...}``."""
-    return JSONResponse({"success": True, "data": data}, status_code=status)
-
-
-def fail(err: MspError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.http_status)

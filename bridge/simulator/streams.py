@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -27,18 +28,35 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bridge.simulator import bus, sse, tokens
-from bridge.simulator.errors import MspError, fail
-from bridge.simulator.orders import OrderEvent
+from bridge.simulator.clock import Clock
+from bridge.simulator.errors import MspError
+from bridge.simulator.orders import Order, OrderEvent
+from bridge.simulator.responses import fail
 from bridge.simulator.routing import TRANSPORT_KEY
-
-if TYPE_CHECKING:
-    from bridge.simulator.app import Simulator
+from bridge.simulator.variants import Variants
 
 log = logging.getLogger("bridge.simulator")
 
 # Set while an SSE handler abandons its response on purpose (a simulated drop), so uvicorn's
 # "returned without completing response" complaint about it is not logged as an error.
 _dropping: contextvars.ContextVar[bool] = contextvars.ContextVar("sim_dropping", default=False)
+
+
+class Simulator(Protocol):
+    """What the streams use of the simulator (``app.Simulator``), so they need not import it."""
+
+    variants: Variants
+    clock: Clock
+    keepalive_interval: float  # simulated seconds between keep-alives
+    final_grace: float  # simulated seconds a stream stays open after the final status
+
+    def order_for_token(self, token: str | None) -> Order: ...
+
+    def subscribe(self, order: Order, transport: str = "sse") -> AbstractContextManager[Any]: ...
+
+    def record_sending(self, order: Order, ev: OrderEvent) -> None: ...
+
+    async def cancel_when_stopping(self, tg: TaskGroup) -> None: ...
 
 
 class _DropLogFilter(logging.Filter):
