@@ -104,7 +104,7 @@ class Receipt(_Part):
     """
 
     result: ReceiptResult
-    merchant: ReceiptMerchant = Field(default_factory=ReceiptMerchant)
+    merchant: ReceiptMerchant
     transaction_id: str | None = None
     amount: int | None = Field(None, description="cents, as charged (a tip included)")
     currency: str | None = None
@@ -113,7 +113,7 @@ class Receipt(_Part):
     printed_on: str | None = Field(None, description="ISO 8601 UTC: when upstream made it")
     terminal_id: str | None = Field(None, description="as MultiSafepay writes it")
     location: str | None = Field(None, description="card acceptor location")
-    card: ReceiptCard = Field(default_factory=ReceiptCard)
+    card: ReceiptCard
     items: list[ReceiptItem] = Field(default_factory=list)
     tip: ReceiptTip | None = None
     refunds: list[ReceiptRefund] = Field(default_factory=list)
