@@ -217,6 +217,16 @@ class MultiSafepayApi:
         data = await self._call("POST", path, api_key, json=body)
         return data if isinstance(data, dict) else {}
 
+    async def get_receipt(self, api_key: str, order_id: str) -> dict[str, Any]:
+        """The receipt of a POS order: ``merchant``, ``order``, ``payment``, ``printed_on``,
+        ``related_transactions`` (MultiSafepay/docs: ``openapi/paths/receipt@{order_id}.yaml``).
+        An unknown order is HTTP 404 / 1006 (``ApiError`` ``not_found``)."""
+        path = f"pos/receipt/{quote(order_id, safe='')}"
+        data = await self._call("GET", path, api_key)
+        if not isinstance(data, dict):
+            raise ApiError(ErrorCode.UPSTREAM_REJECTED, f"GET {path}: no receipt object")
+        return data
+
     async def list_terminals(
         self, api_key: str, group_id: int | None = None
     ) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from bridge.simulator import bench, page, scenarios, streams, tokens
+from bridge.simulator import bench, page, receipts, scenarios, streams, tokens
 from bridge.simulator import errors as E
 from bridge.simulator.changes import Changes
 from bridge.simulator.clock import Clock
@@ -82,6 +82,7 @@ class Simulator:
         )
         self.changes = Changes()  # what the web page waits on
         self.customers = Customers(self)  # manual terminals, the page's customer buttons
+        self.receipts = receipts.ReceiptDesk(self)  # GET pos/receipt/{order_id}
         self.app = self._build_app()
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -415,6 +416,7 @@ class Simulator:
                 guarded(self.terminals),
                 methods=["GET"],
             ),
+            *self.receipts.routes(api, guarded),
             Route("/events/stream/", _AsgiEndpoint(self.sse), methods=["GET"]),
             WebSocketRoute("/events/", self.websocket),
             Route("/_sim/variants", self.admin_variants, methods=["GET", "PUT"]),

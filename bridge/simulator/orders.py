@@ -87,6 +87,11 @@ class Order:
         card = "VISA" if self.amount % 2 == 0 else "MASTERCARD"
         return card, str(int(h[:8], 16) % 10000).zfill(4), str(int(h[8:16], 16) % 1000000).zfill(6)
 
+    def card(self) -> tuple[str, str, str]:
+        """(brand, last four digits, authorization code) the order's card plays, as ``GET
+        orders/{id}`` and the receipt show them."""
+        return self._card()
+
     def view(self) -> dict[str, Any]:
         """The order as ``GET orders/{id}`` (and webhooks) show it; shape of the docs vector."""
         card, last4, auth = self._card()

@@ -16,12 +16,14 @@ import venv
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from helpers.vectors import vector_json
 
 from bridge.multisafepay.webhook import verify_webhook
 from bridge.simulator import SimulatorServer
 from tests.simulator.conftest import Receiver
+from tests.simulator.test_api import wait_final
 
 pytestmark = pytest.mark.sdk
 
@@ -137,3 +139,52 @@ def test_sdk_webhook_validator_fails_the_documented_example(sdk_python: Path) ->
         max_age=300,
     )
     assert ours.timestamp == docs["timestamp"]
+
+
+RECEIPT_SCRIPT = HERE / "sdk_receipt.py"
+
+
+@pytest.mark.parametrize(
+    "terminal,status,approved",
+    [
+        ("SIM-APPROVE-01", "completed", True),
+        ("SIM-SOFTDECLINE-CANCEL-01", "cancelled", False),
+        ("SIM-CUSTOMER-CANCEL-01", "cancelled", False),
+    ],
+)
+def test_official_sdk_reads_receipts(
+    sdk_python: Path, terminal: str, status: str, approved: bool
+) -> None:
+    """``PosManager.get_receipt`` reads the simulator's receipts without an error or warning."""
+    with SimulatorServer(speed=10) as sim:
+        order_id = f"sdk-rcpt-{terminal}-{os.getpid()}"
+        created = httpx.post(
+            sim.base_url + "orders",
+            headers={"api_key": KEY},
+            json={
+                "type": "redirect",
+                "order_id": order_id,
+                "currency": "EUR",
+                "amount": 1250,
+                "description": "SDK receipt test",
+                "gateway_info": {"terminal_id": terminal},
+            },
+        )
+        assert created.status_code == 200, created.text
+        order = wait_final(sim, order_id, KEY, timeout=60)
+        r = subprocess.run(
+            [sdk_python, RECEIPT_SCRIPT, sim.url + "v1/", KEY, order_id],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert order["status"] == status
+    assert result["has_receipt"] is True and result["warnings"] == []
+    assert result["merchant"] == "pos-bridge simulator" and result["amount"] == 1250
+    assert result["last4"] == order["payment_details"]["last4"]
+    assert (result["completed"] is not None) is approved
+    assert (result["response_code"] == "00") is approved
+    assert result["printed_on"]
+    assert result["unknown_status"] == 404  # an unknown order: the documented 404 (1006)
