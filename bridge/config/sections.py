@@ -347,6 +347,13 @@ class DaemonConfig(_Model):
     max_in_flight: Count = 64
 
 
+class ReceiptsConfig(_Model):
+    """``[receipts]``: receipts the bridge fetches by itself after each final (read at start)."""
+
+    auto: bool = False
+    attempts: int = Field(default=5, ge=1, le=20)
+
+
 class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"

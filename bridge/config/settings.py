@@ -28,6 +28,7 @@ from bridge.config.sections import (
     HttpConfig,
     LogConfig,
     MultiSafepayConfig,
+    ReceiptsConfig,
     RedisConfig,
     TerminalGroup,
     WebhookConfig,
@@ -68,6 +69,7 @@ class Config(BaseSettings):
     http: HttpConfig = Field(default_factory=dict)  # type: ignore[assignment]
     daemon: DaemonConfig = Field(default_factory=dict)  # type: ignore[assignment]
     log: LogConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    receipts: ReceiptsConfig = Field(default_factory=dict)  # type: ignore[assignment]
 
     _source: str = PrivateAttr(default="<config>")
     _by_terminal: dict[str, TerminalGroup] = PrivateAttr(default_factory=dict)

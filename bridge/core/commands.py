@@ -86,12 +86,19 @@ class WatchCommand(_Command):
         return value
 
 
+class ReceiptCommand(_Command):
+    """Ask for an order's receipt: answered with ``order.receipt`` (or ``command.failed``)."""
+
+    type: Literal["receipt"]
+    order_id: OrderId
+
+
 Command = Annotated[
-    PayCommand | CancelCommand | RefundCommand | WatchCommand, Field(discriminator="type")
+    PayCommand | CancelCommand | RefundCommand | WatchCommand | ReceiptCommand,
+    Field(discriminator="type"),
 ]
-_COMMAND_ADAPTER: TypeAdapter[PayCommand | CancelCommand | RefundCommand | WatchCommand] = (
-    TypeAdapter(Command)
-)
+AnyCommand = PayCommand | CancelCommand | RefundCommand | WatchCommand | ReceiptCommand
+_COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 
 
 class InvalidCommand(ValueError):
@@ -116,12 +123,14 @@ class InvalidCommand(ValueError):
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("pay", "cancel", "refund", "watch"))
+        loc = ".".join(
+            str(p) for p in err["loc"] if p not in ("pay", "cancel", "refund", "watch", "receipt")
+        )
         parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
     return "; ".join(parts)
 
 
-def parse_command(raw: str | bytes) -> PayCommand | CancelCommand | RefundCommand | WatchCommand:
+def parse_command(raw: str | bytes) -> AnyCommand:
     """Parse the JSON in a stream entry's ``command`` field. Raises :class:`InvalidCommand`."""
     try:
         data = json.loads(raw)

@@ -26,6 +26,8 @@ class EventType(StrEnum):
     ORDER_FAILED = "order.failed"
     ORDER_REFUND = "order.refund"
     COMMAND_FAILED = "command.failed"
+    #: An order's receipt (``bridge.core.receipt``): not final, changes nothing of the order.
+    ORDER_RECEIPT = "order.receipt"
 
 
 class Source(StrEnum):

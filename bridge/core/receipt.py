@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bridge.core.events import format_time
-from bridge.core.normalize import MalformedPayload, parse_upstream_time
+from bridge.core.events import Event, EventType, Source, format_time, make_event_id
+from bridge.core.normalize import MalformedPayload, canonical_terminal_id, parse_upstream_time
+from bridge.core.state import OrderState
 
 #: Bounds on what one receipt may put into an event (upstream input is hostile until parsed).
 MAX_TEXT = 200
@@ -275,6 +276,19 @@ def normalize_receipt(data: Any, upstream_tz: tzinfo) -> Receipt:
     )
 
 
+def details_json_schema() -> dict[str, Any]:
+    """JSON Schema of an ``order.receipt`` event's ``details``: its ``$defs`` are to be merged
+    into the document's (``#/$defs/...`` references)."""
+    schema = Receipt.model_json_schema(ref_template="#/$defs/{model}")
+    schema["title"] = "ReceiptDetails"
+    schema["properties"]["raw"] = {
+        "description": "MultiSafepay's receipt object as it came (GET pos/receipt/{order_id}"
+        f" data), or {{omitted: true, bytes, limit}} when larger than {MAX_RAW_BYTES} bytes",
+    }
+    schema["required"] = [*schema.get("required", []), "raw"]
+    return schema
+
+
 def bounded_raw(data: Any) -> Any:
     """The upstream object as it came, unless it is larger than :data:`MAX_RAW_BYTES`: then a
     note saying so (the normalized fields are bounded; this keeps the event bounded too)."""
@@ -289,3 +303,40 @@ def receipt_details(data: Any, upstream_tz: tzinfo) -> dict[str, Any]:
     under ``raw``, MultiSafepay's object itself."""
     receipt = normalize_receipt(data, upstream_tz)
     return {**receipt.model_dump(mode="json"), "raw": bounded_raw(data)}
+
+
+#: The ``command_id`` part of the event id of a receipt the bridge fetched by itself.
+AUTO = "auto"
+
+
+def receipt_event(
+    data: Any,
+    *,
+    order_id: str,
+    terminal_id: str,
+    command_id: str | None,
+    state: OrderState | None,
+    upstream_tz: tzinfo,
+    now: datetime,
+) -> Event:
+    """The ``order.receipt`` event for a receipt answer. Never final; its ids, status and
+    amount are the order's as the bridge knows them (``state``), or the receipt's own when the
+    bridge never saw the order. Its ``event_id`` depends on the order and the command only, so
+    the answers to one command (delivered again) carry one ``event_id``."""
+    details = receipt_details(data, upstream_tz)
+    return Event(
+        event_id=make_event_id(order_id, EventType.ORDER_RECEIPT, command_id or AUTO),
+        type=EventType.ORDER_RECEIPT,
+        terminal_id=canonical_terminal_id(terminal_id),
+        order_id=order_id,
+        command_id=command_id,
+        session_id=state.session_id if state else None,
+        transaction_id=(state.transaction_id if state else None) or details["transaction_id"],
+        status=state.status if state else None,
+        final=False,
+        amount=state.amount if state and state.amount is not None else details["amount"],
+        currency=(state.currency if state else None) or details["currency"],
+        source=Source.BRIDGE,
+        received_at=now,
+        details=details,
+    )

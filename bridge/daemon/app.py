@@ -25,6 +25,7 @@ from bridge.config import Config, ConfigError
 from bridge.daemon import asgi, ops
 from bridge.daemon.handlers import CommandHandlers
 from bridge.daemon.intake import CommandIntake
+from bridge.daemon.receipts import AutoReceipts, ReceiptFetcher
 from bridge.daemon.session import SessionContext
 from bridge.daemon.sessions import Sessions
 from bridge.daemon.terminals import TerminalDirectory
@@ -144,6 +145,15 @@ class Bridge:
             self._api = ctx.api
             async with anyio.create_task_group() as root:
                 root.start_soon(self._watch_signals, root)
+                if cfg.receipts.auto:
+                    auto = AutoReceipts(
+                        redis,
+                        ReceiptFetcher(ctx, self.directory),
+                        attempts=cfg.receipts.attempts,
+                        claim_ttl=cfg.redis.order_ttl,
+                    )
+                    store.on_published = auto.offer
+                    root.start_soon(auto.run)
                 root.start_soon(self._rediscover, ctx.api)
                 # Listeners outlive the sessions: webhooks help in-flight payments finish.
                 async with anyio.create_task_group() as servers:

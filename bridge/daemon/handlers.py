@@ -17,9 +17,11 @@ import time
 import structlog
 
 from bridge.core.commands import (
+    AnyCommand,
     CancelCommand,
     InvalidCommand,
     PayCommand,
+    ReceiptCommand,
     RefundCommand,
     WatchCommand,
     command_fingerprint,
@@ -30,12 +32,11 @@ from bridge.core.events import ErrorCode
 from bridge.daemon.intake import LeaveUnacknowledged
 from bridge.daemon.order_commands import COMMAND_MAX_AGE, OrderCommands
 from bridge.daemon.pay_command import OutcomeUnknown, PayFailed, PayHandler
+from bridge.daemon.receipts import ReceiptRequests
 
 __all__ = ["COMMAND_MAX_AGE", "CommandHandlers", "OutcomeUnknown", "PayFailed"]
 
 log = structlog.get_logger("bridge.commands")
-
-AnyCommand = PayCommand | CancelCommand | RefundCommand | WatchCommand
 
 
 class CommandHandlers(PayHandler, OrderCommands):
@@ -71,6 +72,9 @@ class CommandHandlers(PayHandler, OrderCommands):
             return
         if isinstance(command, PayCommand):
             await self.pay(command, command_id)  # replays are told apart by the order's state
+            return
+        if isinstance(command, ReceiptCommand):  # answered once per delivery: no "done" mark
+            await ReceiptRequests(self).answer(command, command_id, entry_id)
             return
         # A cancel, refund or watch is done once: "running" while a daemon handles it (expires,
         # so a daemon that died mid-way does not block the replay), then "done".

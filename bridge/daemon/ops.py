@@ -36,7 +36,7 @@ from bridge.redis.keys import COMMANDS_GROUP
 from bridge.redis.publisher import EventStore, Recorded
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from anyio.abc import TaskGroup
     from redis.asyncio import Redis
@@ -73,9 +73,15 @@ class MeteredEventStore(EventStore):
     """The event store, counting what it publishes (``pos_bridge_events_published_total``)
     and the delay since upstream receipt (``pos_bridge_publish_delay_seconds``)."""
 
+    #: Told what each commit published, once it is committed (automatic receipts); must not
+    #: block: the commit's caller (a final being published) is waiting.
+    on_published: Callable[[tuple[Event, ...]], None] | None = None
+
     async def record(self, *args: Any, **kwargs: Any) -> Recorded:
         recorded = await super().record(*args, **kwargs)
         metrics.count_published(recorded.published)
+        if self.on_published is not None and recorded.published:
+            self.on_published(recorded.published)
         return recorded
 
     async def announce(self, event: Event, *args: Any, **kwargs: Any) -> str | None:

@@ -54,6 +54,10 @@ class Keys:
         """Sorted set: order ids with a remembered cancel, by when it is answered anyway."""
         return f"{self.prefix}:cancels"
 
+    def receipt_claim(self, order_id: str) -> str:
+        """Claimed once by the daemon that fetches the order's automatic receipt."""
+        return f"{self.prefix}:receipt:{order_id}"
+
     def lease(self, order_id: str) -> str:
         return f"{self.prefix}:lease:{order_id}"
 

@@ -10,7 +10,7 @@ assumed: ``receipts.md`` beside this file.
 The admin API plays what the real endpoint may do to a client: ``PUT /_sim/receipts``
 ``{"hold": true}`` holds every receipt request until ``{"hold": false}``; ``{"fail": N}`` answers
 the next N with HTTP 500. ``GET /_sim/receipts`` shows the knobs and the order id of every
-receipt request served.
+receipt request served (``held``: how many wait for a hold to end).
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ class ReceiptDesk:
         self._released = anyio.Event()  # set when a hold ends; a new one for every hold
         self.fail = 0
         self.served: list[str] = []
+        self.held = 0  # requests waiting for a hold to end
 
     async def get_receipt(self, request: Request) -> Response:
         key = self.sim.api_key(request)
@@ -122,9 +123,13 @@ class ReceiptDesk:
 
     async def _wait_while_held(self) -> None:
         stopping = self.sim.stopping
-        while self.hold and not (stopping is not None and stopping.is_set()):
-            with anyio.move_on_after(0.5):  # looks at ``stopping`` again now and then
-                await self._released.wait()
+        self.held += 1
+        try:
+            while self.hold and not (stopping is not None and stopping.is_set()):
+                with anyio.move_on_after(0.5):  # looks at ``stopping`` again now and then
+                    await self._released.wait()
+        finally:
+            self.held -= 1
 
     async def admin(self, request: Request) -> Response:
         if request.method == "PUT":
@@ -147,7 +152,15 @@ class ReceiptDesk:
                 self._released.set()
             self.hold, self.fail = hold, max(0, fail)
         return JSONResponse(
-            {"success": True, "data": {"hold": self.hold, "fail": self.fail, "served": self.served}}
+            {
+                "success": True,
+                "data": {
+                    "hold": self.hold,
+                    "held": self.held,
+                    "fail": self.fail,
+                    "served": self.served,
+                },
+            }
         )
 
     def routes(self, api: str, guarded: Any) -> list[Route]:

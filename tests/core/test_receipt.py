@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,6 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.core.commands import InvalidCommand, ReceiptCommand, parse_command
+from bridge.core.events import EventType
 from bridge.core.normalize import MalformedPayload
 from bridge.core.receipt import (
     MAX_LINES,
@@ -20,7 +23,9 @@ from bridge.core.receipt import (
     ReceiptResult,
     normalize_receipt,
     receipt_details,
+    receipt_event,
 )
+from bridge.core.state import OrderState
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "receipts"
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
@@ -232,3 +237,91 @@ def test_an_unknown_field_changes_nothing_but_raw(name: str, extra: Any) -> None
     data["order"]["new_field"] = extra
     data["something_new"] = extra
     assert normalize_receipt(data, AMSTERDAM) == before
+
+
+# -- the event ----------------------------------------------------------------------------------
+
+
+def _state(**kw: Any) -> OrderState:
+    base: dict[str, Any] = dict(
+        order_id="o-1",
+        terminal_id="TILL-A",
+        seq=3,
+        status="completed",
+        final=True,
+        command_id="pay-1",
+        session_id="s-1",
+        transaction_id="890000001",
+        amount=1000,
+        currency="EUR",
+    )
+    return OrderState(**(base | kw))
+
+
+def test_receipt_event_is_never_final_and_keeps_the_orders_ids() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    event = receipt_event(
+        vector("getReceiptTip.json"),
+        order_id="o-1",
+        terminal_id="till-a",
+        command_id="r-1",
+        state=_state(),
+        upstream_tz=AMSTERDAM,
+        now=now,
+    )
+    assert event.type is EventType.ORDER_RECEIPT and event.final is False
+    assert (event.terminal_id, event.command_id, event.status) == ("TILL-A", "r-1", "completed")
+    assert (event.transaction_id, event.amount, event.session_id) == ("890000001", 1000, "s-1")
+    assert event.details["result"] == "approved" and event.details["raw"]["order"]["amount"] == 1247
+    assert event.error is None
+    json.loads(event.to_json())
+
+
+def test_receipt_event_of_an_order_the_bridge_never_saw() -> None:
+    event = receipt_event(
+        vector("gerReceiptDeclined.json"),
+        order_id="o-2",
+        terminal_id="TILL-A",
+        command_id=None,
+        state=None,
+        upstream_tz=AMSTERDAM,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    assert (event.status, event.amount, event.currency) == (None, 100, "EUR")
+    assert event.transaction_id == "1733221896103112"
+
+
+def test_receipt_event_ids() -> None:
+    def event_id(command_id: str | None, order_id: str = "o-1", name: str = "getReceipt") -> str:
+        return receipt_event(
+            vector(f"{name}.json"),
+            order_id=order_id,
+            terminal_id="TILL-A",
+            command_id=command_id,
+            state=None,
+            upstream_tz=AMSTERDAM,
+            now=datetime.now(UTC),
+        ).event_id
+
+    assert event_id("r-1") == event_id("r-1", name="getReceiptTip")  # one command: one id
+    assert len({event_id("r-1"), event_id("r-2"), event_id(None), event_id("r-1", "o-2")}) == 4
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def test_receipt_command_parses_and_refuses() -> None:
+    command = parse_command(
+        '{"type":"receipt","terminal_id":"till-a","order_id":"o/1","command_id":"c-1"}'
+    )
+    assert isinstance(command, ReceiptCommand)
+    assert (command.terminal, command.order_id, command.command_id) == ("TILL-A", "o/1", "c-1")
+    for bad, word in (
+        ('{"type":"receipt","terminal_id":"T","command_id":"c"}', "order_id"),
+        ('{"type":"receipt","terminal_id":"T","order_id":"x y"}', "order_id"),
+        ('{"type":"receipt","terminal_id":"T","order_id":"x","amount":5}', "amount"),
+    ):
+        with pytest.raises(InvalidCommand) as info:
+            parse_command(bad)
+        assert info.value.command_type == "receipt" and word in info.value.message
+        assert info.value.terminal_id == "T"
