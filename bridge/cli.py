@@ -23,9 +23,10 @@ HANDLERS = {
     "simulate": "bridge.simulator.cli:simulate_command",
     "demo": "bridge.till.demo:demo_command",
     "sandbox": "bridge.till.sandbox:sandbox_command",
-    "pay": "bridge.till.pay:pay_command",
+    "pay": "bridge.till.receipt:pay_with_receipt_command",  # pay.pay_command, + --receipt
     "cancel": "bridge.till.pay:cancel_command",
     "refund": "bridge.till.pay:refund_command",
+    "receipt": "bridge.till.receipt:receipt_command",
     "tail": "bridge.till.tail:tail_command",
     "schema": "bridge.till.schema:schema_command",
     "bench": "bridge.bench.main:bench_command",
@@ -155,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order-id", help="order id (default: derived from the command id)")
     p.add_argument("--description", help="shown to the customer (default: none)")
     _add_wait(p, "print events until the payment's final one")
+    p.add_argument(
+        "--receipt",
+        action="store_true",
+        help="with --wait: after a completed payment, print its receipt (see receipt)",
+    )
+    p.add_argument("--width", type=int, default=42, help="receipt width in characters (42)")
 
     p = _add_order_command(sub, "cancel", "ask the bridge to cancel an order in flight")
     p.add_argument("--order-id", required=True, help="the order to cancel")
@@ -169,6 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", help="the refund's description (default: none)")
     p.add_argument("--terminal", help="terminal ID (default: read from the order's key)")
     _add_wait(p, "print events until the refund's order.refund or its failure")
+
+    p = sub.add_parser(
+        "receipt",
+        help="ask the bridge for an order's receipt and print it",
+        description=(
+            "Sends a receipt command and prints the answer: on a terminal (or with --text) "
+            "as plain text for a receipt printer, customer and merchant copy; piped, the "
+            "order.receipt event as JSON. Exit 0 printed, 1 no receipt (the bridge says why), "
+            "2 nothing sent, 3 no answer within --timeout."
+        ),
+    )
+    _add_redis(p)
+    p.add_argument("--order-id", required=True, help="the order whose receipt to print")
+    p.add_argument("--terminal", help="terminal ID (default: read from the order's key)")
+    p.add_argument("--width", type=int, default=42, help="characters per line (default: 42)")
+    p.add_argument("--text", action="store_true", help="plain text even when piped")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="seconds to wait (default: 30)"
+    )
 
     p = sub.add_parser("tail", help="print events as they arrive, catching up first")
     _add_redis(p)

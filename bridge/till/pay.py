@@ -17,6 +17,7 @@ import argparse
 import json
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -118,14 +119,23 @@ def build_pay(
     return _validated(body)
 
 
-def build_cancel(*, terminal: str, order_id: str, command_id: str | None = None) -> dict[str, Any]:
+def build_order_command(
+    kind: str, *, terminal: str, order_id: str, command_id: str | None = None
+) -> dict[str, Any]:
+    """A command about one order (``cancel``, ``receipt``). :class:`UserError` for bad input."""
     return _validated(
         {
-            "type": "cancel",
+            "type": kind,
             "command_id": command_id or new_command_id(),
             "terminal_id": _check_terminal(terminal),
             "order_id": _check_order_id(order_id),
         }
+    )
+
+
+def build_cancel(*, terminal: str, order_id: str, command_id: str | None = None) -> dict[str, Any]:
+    return build_order_command(
+        "cancel", terminal=terminal, order_id=order_id, command_id=command_id
     )
 
 
@@ -178,7 +188,17 @@ def _open(url: str) -> Redis:
         raise UserError(f"invalid Redis URL: {describe_error(exc, url)}") from None
 
 
-async def _send(args: argparse.Namespace, command: dict[str, Any], watch: CommandWatch) -> int:
+#: Run after ``--wait`` saw its command succeed, on the same Redis connection (``pay
+#: --receipt``: ``bridge.till.receipt``).
+AfterSuccess = Callable[[Redis, CommandWatch, argparse.Namespace], Awaitable[None]]
+
+
+async def _send(
+    args: argparse.Namespace,
+    command: dict[str, Any],
+    watch: CommandWatch,
+    after_success: AfterSuccess | None = None,
+) -> int:
     """Write ``command`` (subscribed first with ``--wait``) and, with ``--wait``, follow the
     terminal until its answer."""
     wait = bool(getattr(args, "wait", False))
@@ -214,6 +234,8 @@ async def _send(args: argparse.Namespace, command: dict[str, Any], watch: Comman
         if watch.outcome is None:
             _unknown_outcome(args, watch, f"no answer within {args.timeout:g} s")
             return EXIT_UNKNOWN
+        if watch.outcome == EXIT_COMPLETED and after_success is not None:
+            await after_success(client, watch, args)
         return watch.outcome
     finally:
         with anyio.CancelScope(shield=True):
@@ -221,11 +243,16 @@ async def _send(args: argparse.Namespace, command: dict[str, Any], watch: Comman
             await client.aclose()
 
 
-def _run(args: argparse.Namespace, command: dict[str, Any], watch: CommandWatch) -> int:
+def _run(
+    args: argparse.Namespace,
+    command: dict[str, Any],
+    watch: CommandWatch,
+    after_success: AfterSuccess | None = None,
+) -> int:
     if getattr(args, "wait", False) and args.timeout <= 0:
         raise UserError("--timeout must be more than 0 seconds")
     try:
-        return int(anyio.run(_send, args, command, watch))
+        return int(anyio.run(_send, args, command, watch, after_success))
     except KeyboardInterrupt:
         if getattr(args, "wait", False):
             _unknown_outcome(args, watch, "interrupted")
@@ -243,7 +270,9 @@ def _watch(args: argparse.Namespace, command: dict[str, Any], order_id: str) -> 
     )
 
 
-def pay_command(args: argparse.Namespace) -> int:
+def pay_command(args: argparse.Namespace, after_completed: AfterSuccess | None = None) -> int:
+    """Sends a ``pay``; with ``--wait``, follows it to its final. ``after_completed`` runs once
+    the payment completed (``pay --receipt``)."""
     command = build_pay(
         terminal=args.terminal,
         amount=args.amount,
@@ -252,7 +281,7 @@ def pay_command(args: argparse.Namespace) -> int:
         description=args.description,
     )
     order_id = command.get("order_id") or derive_order_id(command["command_id"])
-    return _run(args, command, _watch(args, command, order_id))
+    return _run(args, command, _watch(args, command, order_id), after_completed)
 
 
 # -- cancel and refund: the order's terminal is read from its key when not given --------------
