@@ -136,7 +136,7 @@ def count_published(events: Iterable[Event], now: float | None = None) -> None:
             PUBLISH_DELAY.labels(source).observe(max(0.0, delay))
 
 
-_COMMAND_TYPES = frozenset({"pay", "cancel", "refund", "watch"})
+_COMMAND_TYPES = frozenset({"pay", "cancel", "refund", "watch", "receipt"})
 
 
 def command_type(fields: Mapping[str, str]) -> str:
