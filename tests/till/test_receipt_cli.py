@@ -3,6 +3,7 @@ real redis-server: the command line a till would run, end to end."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from helpers.harness import Till, bridge_config, running_bridge, statuses
 from redis.asyncio import Redis
 
+from bridge import logs
 from bridge.cli import main
 from bridge.simulator.server import SimulatorServer
 
@@ -22,6 +24,16 @@ pytestmark = pytest.mark.anyio
 def simulator() -> Iterator[SimulatorServer]:
     with SimulatorServer(speed=10) as sim:
         yield sim
+
+
+@pytest.fixture(autouse=True)
+def daemon_logs_aside() -> Iterator[None]:
+    """The daemon runs in this process: its log lines must not mix with the CLI's stdout."""
+    logs.configure_logging("info", "json", io.StringIO(), environ={})
+    try:
+        yield
+    finally:
+        logs.reset_logging()
 
 
 async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
