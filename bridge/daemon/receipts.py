@@ -162,6 +162,8 @@ class AutoReceipts:
                     order_id=event.order_id,
                     reason=f"{AUTO_QUEUE} receipts already waiting",
                 )
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.warning("receipt.auto_skipped", order_id=event.order_id, reason="stopping")
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -172,7 +174,10 @@ class AutoReceipts:
     async def _worker(self, receive: MemoryObjectReceiveStream[tuple[str, str]]) -> None:
         async with receive:
             async for order_id, terminal_id in receive:
-                await self.publish(order_id, terminal_id)
+                try:
+                    await self.publish(order_id, terminal_id)
+                except Exception:  # noqa: BLE001 - a receipt must never stop the daemon: logged, next
+                    log.exception("receipt.auto_crashed", order_id=order_id)
 
     async def publish(self, order_id: str, terminal_id: str) -> None:
         """Fetch and publish one order's receipt, once across daemons; failures are logged."""
