@@ -291,6 +291,25 @@ def test_receipt_event_of_an_order_the_bridge_never_saw() -> None:
     assert event.transaction_id == "1733221896103112"
 
 
+def test_text_that_is_not_utf8_is_made_publishable() -> None:
+    """JSON may escape a lone surrogate (``"\\ud800"``), which no UTF-8 text can hold."""
+    data = json.loads((VECTORS / "getReceipt.json").read_text().replace("Alonso", "Al\\ud800onso"))[
+        "data"
+    ]
+    event = receipt_event(
+        data,
+        order_id="o-1",
+        terminal_id="TILL-A",
+        command_id=None,
+        state=None,
+        upstream_tz=AMSTERDAM,
+        now=datetime.now(UTC),
+    )
+    wire = json.loads(event.to_json())
+    assert wire["details"]["tip"]["employees"][0]["name"] == "Al?onso"
+    assert wire["details"]["raw"]["order"]["tip"]["employee"]["name"] == "Al?onso"
+
+
 def test_receipt_event_ids() -> None:
     def event_id(command_id: str | None, order_id: str = "o-1", name: str = "getReceipt") -> str:
         return receipt_event(
