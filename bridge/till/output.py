@@ -85,11 +85,15 @@ def format_event(
         parts.append(money)
     details = event.get("details")
     if isinstance(details, Mapping):
+        brand, last4 = details.get("card"), details.get("last4")
+        if isinstance(brand, Mapping):  # order.receipt: the receipt's own card object
+            parts.append(f"receipt {_clean(details.get('result') or '?')}")
+            brand, last4 = brand.get("brand"), brand.get("last4")
         card = " ".join(
             p
             for p in (
-                _clean(details["card"]) if details.get("card") else "",
-                f"****{_clean(details['last4'])}" if details.get("last4") else "",
+                _clean(brand) if brand else "",
+                f"****{_clean(last4)}" if last4 else "",
             )
             if p
         )

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core.receipt import receipt_details
+from bridge.till.output import format_event
 from bridge.till.receipt_layout import MAX_WIDTH, MIN_WIDTH, render, render_copies
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "receipts"
@@ -99,3 +100,20 @@ keys = st.sampled_from(
 def test_anything_renders_within_the_width(d: dict[str, Any], width: int) -> None:
     lines = render_copies(d, width=width).splitlines()
     assert all(len(line) <= max(MIN_WIDTH, min(MAX_WIDTH, width)) for line in lines)
+
+
+def test_one_readable_line_for_tail_and_pay() -> None:
+    """``tail`` and ``pay --wait`` on a terminal show a receipt event as one line."""
+    event = {
+        "type": "order.receipt",
+        "terminal_id": "TILL-A",
+        "order_id": "o-1",
+        "status": "completed",
+        "amount": 1247,
+        "currency": "EUR",
+        "source": "bridge",
+        "details": details("getReceipt.json"),
+    }
+    line = format_event(event)
+    assert "order.receipt" in line and "receipt approved" in line
+    assert "MASTERCARD ****6913" in line and "{" not in line and "\n" not in line
