@@ -85,7 +85,8 @@ def format_event(
         parts.append(money)
     details = event.get("details")
     if isinstance(details, Mapping):
-        brand, last4 = details.get("card"), details.get("last4")
+        brand: Any = details.get("card")
+        last4: Any = details.get("last4")
         if isinstance(brand, Mapping):  # order.receipt: the receipt's own card object
             parts.append(f"receipt {_clean(details.get('result') or '?')}")
             brand, last4 = brand.get("brand"), brand.get("last4")
