@@ -74,7 +74,8 @@ class CommandHandlers(PayHandler, OrderCommands):
             await self.pay(command, command_id)  # replays are told apart by the order's state
             return
         if isinstance(command, ReceiptCommand):  # answered once per delivery: no "done" mark
-            await ReceiptRequests(self).answer(command, command_id, entry_id)
+            receipts = ReceiptRequests(self.ctx, self.directory, self.redis, self._command_failed)
+            await receipts.answer(command, command_id, entry_id)
             return
         # A cancel, refund or watch is done once: "running" while a daemon handles it (expires,
         # so a daemon that died mid-way does not block the replay), then "done".

@@ -18,7 +18,7 @@ its order key, so a receipt cannot change a payment's outcome, and it is never f
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
@@ -32,9 +32,24 @@ from bridge.multisafepay.api import ApiError
 
 if TYPE_CHECKING:
     from bridge.core.commands import ReceiptCommand
-    from bridge.daemon.handlers import CommandHandlers
     from bridge.daemon.session import SessionContext
     from bridge.daemon.terminals import TerminalDirectory
+
+
+class CommandFailed(Protocol):
+    """How a handler answers ``command.failed`` (``CommandHandlers._command_failed``)."""
+
+    async def __call__(
+        self,
+        terminal: str,
+        command_id: str,
+        order_id: str | None,
+        code: ErrorCode,
+        message: str,
+        *,
+        once: str | None = None,
+    ) -> None: ...
+
 
 log = structlog.get_logger("bridge.receipts")
 
@@ -76,18 +91,25 @@ class ReceiptFetcher:
 
 
 class ReceiptRequests:
-    """The ``receipt`` command (registered in ``CommandHandlers.handle``)."""
+    """The ``receipt`` command (dispatched by ``CommandHandlers.handle``)."""
 
-    def __init__(self, handlers: CommandHandlers) -> None:
-        self.handlers = handlers
-        self.ctx = handlers.ctx
-        self.fetcher = ReceiptFetcher(handlers.ctx, handlers.directory)
+    def __init__(
+        self,
+        ctx: SessionContext,
+        directory: TerminalDirectory,
+        redis: Redis,
+        command_failed: CommandFailed,
+    ) -> None:
+        self.ctx = ctx
+        self.redis = redis
+        self.command_failed = command_failed
+        self.fetcher = ReceiptFetcher(ctx, directory)
 
     async def answer(self, command: ReceiptCommand, command_id: str, entry_id: str) -> None:
         order_id = command.order_id
         once = f"{command_id}:receipt:{entry_id}"  # one answer per delivery (stream entry)
         store = self.ctx.store
-        if await self.handlers.redis.exists(store.keys.command_record(once)):
+        if await self.redis.exists(store.keys.command_record(once)):
             log.info("command.replay", command_id=command_id, note="this delivery was answered")
             return
         state = await store.load(order_id)
@@ -129,7 +151,7 @@ class ReceiptRequests:
     async def _failed(
         self, command: ReceiptCommand, command_id: str, code: ErrorCode, message: str, once: str
     ) -> None:
-        await self.handlers._command_failed(
+        await self.command_failed(
             command.terminal, command_id, command.order_id, code, message, once=once
         )
 

@@ -16,7 +16,7 @@ receipt request served (``held``: how many wait for a hold to end).
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 from starlette.requests import Request
@@ -24,11 +24,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.simulator import errors as E
+from bridge.simulator.clock import Clock
 from bridge.simulator.errors import MspError
-from bridge.simulator.orders import Order
+from bridge.simulator.orders import Order, OrderStore
 
-if TYPE_CHECKING:
-    from bridge.simulator.app import Simulator
+
+class ReceiptSource(Protocol):
+    """What the desk uses of the simulator (``bridge.simulator.app.Simulator``)."""
+
+    store: OrderStore
+    clock: Clock
+    stopping: anyio.Event | None
+
+    def api_key(self, request: Request) -> str: ...
+
+    async def _hold_if_slow(self, order: Order) -> None: ...
+
 
 MERCHANT = {"address": "Simulatorstraat 1, 1011 AB Amsterdam", "name": "pos-bridge simulator"}
 LOCATION = "Amsterdam"
@@ -97,7 +108,7 @@ def receipt_view(order: Order, printed_on: str) -> dict[str, Any]:
 class ReceiptDesk:
     """Serves receipts for one simulator, with the admin knobs for tests."""
 
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: ReceiptSource) -> None:
         self.sim = sim
         self.hold = False
         self._released = anyio.Event()  # set when a hold ends; a new one for every hold
