@@ -17,8 +17,8 @@ its order key, so a receipt cannot change a payment's outcome, and it is never f
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -36,19 +36,9 @@ if TYPE_CHECKING:
     from bridge.daemon.terminals import TerminalDirectory
 
 
-class CommandFailed(Protocol):
-    """How a handler answers ``command.failed`` (``CommandHandlers._command_failed``)."""
-
-    async def __call__(
-        self,
-        terminal: str,
-        command_id: str,
-        order_id: str | None,
-        code: ErrorCode,
-        message: str,
-        *,
-        once: str | None = None,
-    ) -> None: ...
+#: How a handler answers ``command.failed``: ``CommandHandlers._command_failed`` (``terminal,
+#: command_id, order_id, code, message, *, once``).
+CommandFailed = Callable[..., Awaitable[None]]
 
 
 log = structlog.get_logger("bridge.receipts")
