@@ -23,7 +23,6 @@ from bridge.core.commands import (
     PayCommand,
     ReceiptCommand,
     RefundCommand,
-    WatchCommand,
     command_fingerprint,
     derive_order_id,
     parse_command,

@@ -15,12 +15,14 @@ import json
 import os
 import sys
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
 from bridge.core.commands import Command
 from bridge.core.events import SCHEMA_VERSION, Event, EventType
+from bridge.core.receipt import details_json_schema as receipt_details_schema
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -34,6 +36,12 @@ EVENT_DESCRIPTIONS: dict[str, str] = {
     "order.refund": "a refund of a completed order: one per new total refunded; command_id is "
     "the refund command's (null when the bridge did not ask), details.pay_command_id the pay's",
     "command.failed": "a command that could not be done; changes no order",
+    "order.receipt": "the order's receipt, answering a receipt command (or by itself after a "
+    "final, [receipts] auto); not final, changes no order and is not written to its order key",
+}
+#: The schema of ``details`` for the event types whose details have a fixed shape.
+EVENT_DETAILS: dict[str, Callable[[], dict[str, Any]]] = {
+    "order.receipt": receipt_details_schema,
 }
 
 
@@ -82,10 +90,17 @@ def _event_defs() -> tuple[dict[str, Any], list[str]]:
     names = []
     for kind in EventType:
         name = "Event_" + kind.value.replace(".", "_")
+        properties: dict[str, Any] = {"type": {"const": kind.value}}
+        details = EVENT_DETAILS.get(kind.value)
+        if details is not None:
+            shape = details()
+            defs.update(shape.pop("$defs", {}))
+            defs[shape["title"]] = shape
+            properties["details"] = {"$ref": f"#/$defs/{shape['title']}"}
         defs[name] = {
             "description": EVENT_DESCRIPTIONS.get(kind.value, f"a `{kind.value}` event"),
             "allOf": [{"$ref": "#/$defs/Event"}],
-            "properties": {"type": {"const": kind.value}},
+            "properties": properties,
         }
         names.append(name)
     return defs, names
