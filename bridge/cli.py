@@ -159,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--receipt",
         action="store_true",
-        help="with --wait: after a completed payment, print its receipt (see receipt)",
+        help="with --wait: after a completed payment, print its receipt (default: no receipt)",
     )
-    p.add_argument("--width", type=int, default=42, help="receipt width in characters (42)")
+    p.add_argument(
+        "--width", type=int, default=42, help="with --receipt: characters per line (default: 42)"
+    )
 
     p = _add_order_command(sub, "cancel", "ask the bridge to cancel an order in flight")
     p.add_argument("--order-id", required=True, help="the order to cancel")
@@ -191,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order-id", required=True, help="the order whose receipt to print")
     p.add_argument("--terminal", help="terminal ID (default: read from the order's key)")
     p.add_argument("--width", type=int, default=42, help="characters per line (default: 42)")
-    p.add_argument("--text", action="store_true", help="plain text even when piped")
+    p.add_argument(
+        "--text", action="store_true", help="plain text even when piped (default: JSON when piped)"
+    )
     p.add_argument(
         "--timeout", type=float, default=30.0, metavar="S", help="seconds to wait (default: 30)"
     )

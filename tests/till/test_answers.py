@@ -90,7 +90,7 @@ def test_readers_from_the_consumer_group() -> None:
 def test_help_shows_every_default() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name in ("pay", "cancel", "refund", "tail"):
+    for name in ("pay", "cancel", "refund", "receipt", "tail"):
         for action in sub.choices[name]._actions:
             if action.option_strings and action.help and action.dest != "help":
                 assert not action.required or action.default is None
