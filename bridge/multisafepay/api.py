@@ -221,7 +221,7 @@ class MultiSafepayApi:
         """The receipt of a POS order: ``merchant``, ``order``, ``payment``, ``printed_on``,
         ``related_transactions`` (MultiSafepay/docs: ``openapi/paths/receipt@{order_id}.yaml``).
         An unknown order is HTTP 404 / 1006 (``ApiError`` ``not_found``)."""
-        path = f"pos/receipt/{quote(order_id, safe='')}"
+        path = _path("pos", "receipt", order_id)
         data = await self._call("GET", path, api_key)
         if not isinstance(data, dict):
             raise ApiError(ErrorCode.UPSTREAM_REJECTED, f"GET {path}: no receipt object")

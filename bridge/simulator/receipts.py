@@ -27,6 +27,7 @@ from bridge.simulator import errors as E
 from bridge.simulator.clock import Clock
 from bridge.simulator.errors import MspError
 from bridge.simulator.orders import Order, OrderStore
+from bridge.simulator.routing import path_param
 
 
 class ReceiptSource(Protocol):
@@ -122,7 +123,7 @@ class ReceiptDesk:
         if self.fail > 0:
             self.fail -= 1
             raise MspError(500, E.UNKNOWN, "Unknown error: the service is unavailable")
-        order_id = request.path_params["order_id"]
+        order_id = path_param(request, "order_id")
         order = self.sim.store.orders.get(order_id)
         if order is None or order.api_key != key:
             # MultiSafepay/docs: openapi/components/errors/ReceiptError1006.yaml
@@ -175,10 +176,8 @@ class ReceiptDesk:
         )
 
     def routes(self, api: str, guarded: Any) -> list[Route]:
-        # ``:path``: an order id may hold "/" (sent percent-encoded, decoded by the server)
+        # an order id may hold "/": it arrives as %2F and is read with path_param (routing.py)
         return [
-            Route(
-                f"{api}/pos/receipt/{{order_id:path}}", guarded(self.get_receipt), methods=["GET"]
-            ),
+            Route(f"{api}/pos/receipt/{{order_id}}", guarded(self.get_receipt), methods=["GET"]),
             Route("/_sim/receipts", self.admin, methods=["GET", "PUT"]),
         ]
