@@ -5,7 +5,7 @@ As documented (MultiSafepay/docs: ``openapi/paths/receipt@{order_id}.yaml``, sch
 ``openapi/components/examples/responses/getReceipt*.json`` and ``gerReceiptDeclined.json``),
 with the card details the order's script played (the same brand, last four digits and
 authorization code that ``GET orders/{id}`` shows). Which parts are documented and which are
-assumed: ``receipts.md`` beside this file.
+assumed: ``docs/simulator.md`` (Receipts).
 
 The admin API plays what the real endpoint may do to a client: ``PUT /_sim/receipts``
 ``{"hold": true}`` holds every receipt request until ``{"hold": false}``; ``{"fail": N}`` answers
