@@ -86,6 +86,8 @@ class Bridge:
         async with AsyncExitStack() as stack:
             redis = connect(cfg.redis.url)
             stack.push_async_callback(redis.aclose)
+            command_reader = connect(cfg.redis.url, max_connections=8, decode_responses=False)
+            stack.push_async_callback(command_reader.aclose)
             http = await stack.enter_async_context(
                 httpx.AsyncClient(
                     timeout=httpx.Timeout(
@@ -140,7 +142,9 @@ class Bridge:
                 async with anyio.create_task_group() as servers:
                     async with anyio.create_task_group() as sessions_tg:
                         self.sessions = sessions = Sessions(sessions_tg, ctx, self._key_for)
-                        await self._serve(servers, redis, ctx, sessions, task_status)
+                        await self._serve(
+                            servers, (redis, command_reader), ctx, sessions, task_status
+                        )
                         sessions_tg.cancel_scope.cancel()
                     self._servers_stop.set()
                 root.cancel_scope.cancel()
@@ -149,12 +153,14 @@ class Bridge:
     async def _serve(
         self,
         servers: TaskGroup,
-        redis: Redis,
+        clients: tuple[Redis, Redis],
         ctx: SessionContext,
         sessions: Sessions,
         task_status: TaskStatus[Any],
     ) -> None:
-        """Take commands until asked to stop, then let the sessions drain or hand them over."""
+        """Take commands until asked to stop, then let the sessions drain or hand them over.
+        ``clients``: the daemon's Redis client, and one that reads the commands stream as bytes."""
+        redis, command_reader = clients
         cfg = self.config
         self.handlers = handlers = CommandHandlers(
             cfg, redis, ctx, sessions.start, sessions.__contains__, self.directory
@@ -164,10 +170,11 @@ class Bridge:
         self.ops = ops.Operations(self, redis)
         await self.ops.start(servers, self._servers_stop)
         self.intake = CommandIntake(
-            redis,
+            command_reader,
             self.keys,
             cfg.redis.effective_consumer_name,
             handlers.handle,
+            give_up=handlers.give_up,
             claim_idle=cfg.redis.command_claim_idle,
             commands_maxlen=cfg.redis.commands_maxlen,
             max_in_flight=cfg.daemon.max_in_flight,

@@ -26,6 +26,7 @@ from bridge.core.commands import (
     command_fingerprint,
     derive_order_id,
     parse_command,
+    readable_part,
 )
 from bridge.core.events import ErrorCode, Event, EventError, EventType, Source, make_event_id
 from bridge.core.normalize import MalformedPayload, canonical_terminal_id, from_order
@@ -38,7 +39,7 @@ from bridge.core.state import (
     order_failed,
     utcnow,
 )
-from bridge.daemon.intake import LeaveUnacknowledged
+from bridge.daemon.intake import LeaveUnacknowledged, dead_letter
 from bridge.daemon.sessions import record_found_order
 from bridge.multisafepay.api import ApiError, CreatedOrder
 from bridge.redis.client import text
@@ -206,13 +207,23 @@ class CommandHandlers:
             )
 
     async def _dead_letter(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
-        log.error("command.dead", entry_id=entry_id, reason=reason)
-        await self.redis.xadd(
-            self.keys.commands_dead,
-            {**{k: v[:4096] for k, v in fields.items()}, "entry_id": entry_id, "error": reason},
-            maxlen=10_000,
-            approximate=True,
-        )
+        await dead_letter(self.redis, self.keys, entry_id, fields, reason)
+
+    async def give_up(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
+        """A command that will not be handled (a poison command): answered ``command.failed``
+        where it names a terminal, and dead-lettered with ``reason``."""
+        found = readable_part(fields.get("command") or "", reason)
+        if found.terminal_id is not None:
+            command_id = found.command_id or entry_id
+            await self._command_failed(
+                found.terminal_id,
+                command_id,
+                found.order_id,
+                ErrorCode.INVALID_COMMAND,
+                reason,
+                once=f"{command_id}:dead",
+            )
+        await self._dead_letter(entry_id, fields, reason)
 
     async def _command_failed(
         self,
