@@ -177,10 +177,13 @@ def parse_command(raw: str | bytes) -> PayCommand | CancelCommand | RefundComman
     kind = data.get("type")
     label = quote(kind, 32) if isinstance(kind, str) and kind else "command"
     try:
-        return _COMMAND_ADAPTER.validate_python(data)
+        command: PayCommand | CancelCommand | RefundCommand | WatchCommand = (
+            _COMMAND_ADAPTER.validate_python(data)
+        )
     except ValidationError as exc:
         message = quote(f"invalid {label}: {_describe(exc)}", _MESSAGE_LIMIT)
         raise InvalidCommand(message, data) from exc
+    return command
 
 
 def command_fingerprint(command: _Command) -> str:

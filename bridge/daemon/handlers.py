@@ -39,9 +39,11 @@ from bridge.core.state import (
     order_failed,
     utcnow,
 )
+from bridge.core.watch import refuse_watch
 from bridge.daemon.intake import LeaveUnacknowledged, dead_letter
 from bridge.daemon.sessions import record_found_order
 from bridge.multisafepay.api import ApiError, CreatedOrder
+from bridge.multisafepay.tokens import token_claims
 from bridge.redis.client import text
 from bridge.redis.sessions import SessionRecord
 
@@ -683,20 +685,21 @@ class CommandHandlers:
         await self._confirm(order_id, key, terminal)
 
     async def watch(self, command: WatchCommand, command_id: str) -> None:
-        from urllib.parse import urlsplit
-
         order_id = command.order_id
         upstream = self.config.multisafepay
-        for url in (command.events_stream_url, command.events_url):
-            if url and not upstream.allows_events_host(urlsplit(url).hostname):
-                await self._command_failed(
-                    command.terminal,
-                    command_id,
-                    order_id,
-                    ErrorCode.INVALID_COMMAND,
-                    f"events host {urlsplit(url).hostname} is not in events_hosts",
-                )
-                return
+        token = command.events_token.get_secret_value()
+        refusal = refuse_watch(
+            token,
+            token_claims(token),
+            (command.events_stream_url, command.events_url),
+            upstream.api_base_url,
+            upstream.events_hosts,
+        )
+        if refusal:  # before any connection, and before the session registry hears of it
+            await self._command_failed(
+                command.terminal, command_id, order_id, ErrorCode.INVALID_COMMAND, refusal
+            )
+            return
         route = await self._route_or_fail(
             command.terminal_id, command.terminal, command_id, order_id
         )
