@@ -74,6 +74,10 @@ class Bridge:
     async def wait_stop_requested(self) -> None:
         await self._stop.wait()
 
+    def _group_of(self, terminal_id: str) -> str | None:
+        route = self.directory.route(terminal_id)
+        return route[0].name if route is not None else None
+
     def _key_for(self, group_name: str) -> str | None:
         for group in self.config.multisafepay.terminal_groups:
             if group.name == group_name:
@@ -166,7 +170,7 @@ class Bridge:
             cfg, redis, ctx, sessions.start, sessions.__contains__, self.directory
         )
         if cfg.webhook.enabled:
-            await self._start_webhooks(servers, ctx, sessions)
+            await self._start_webhooks(servers, ctx, sessions, redis)
         self.ops = ops.Operations(self, redis)
         await self.ops.start(servers, self._servers_stop)
         self.intake = CommandIntake(
@@ -216,13 +220,17 @@ class Bridge:
             await anyio.sleep(REDISCOVER_EVERY)
             await self.directory.discover(api)
 
-    async def _start_webhooks(self, tg: TaskGroup, ctx: SessionContext, sessions: Sessions) -> None:
+    async def _start_webhooks(
+        self, tg: TaskGroup, ctx: SessionContext, sessions: Sessions, redis: Redis
+    ) -> None:
         hook = self.config.webhook
         sock = asgi.listen("webhook", hook.listen, hook.host, hook.port)
         receiver = WebhookReceiver(
             lambda: self.config,
             ctx,
             sessions.nudge,
+            redis=redis,
+            group_of=self._group_of,
             count=lambda result: metrics.WEBHOOKS.labels(result).inc(),
         )
         tg.start_soon(asgi.serve, receiver.app(), sock, self._servers_stop)
