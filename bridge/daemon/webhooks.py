@@ -164,11 +164,8 @@ class WebhookReceiver:
     async def _record_once(self, group: TerminalGroup, obs: Observation, auth: str) -> Response:
         """Record a signed notification unless this very one (same ``Auth``: same timestamp,
         same body) was recorded before: a replay changes nothing."""
-        seen = (
-            self._ctx.store.keys.prefix
-            + ":webhook:seen:"
-            + hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()
-        )
+        digest = hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()
+        seen = self._ctx.store.keys.webhook_seen(digest)
         ttl = int(self._config().webhook.max_age) + 60
         try:
             if not await self._redis.set(seen, "1", nx=True, ex=ttl):

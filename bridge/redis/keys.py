@@ -56,6 +56,10 @@ class Keys:
     def fence_counter(self) -> str:
         return f"{self.prefix}:fence"
 
+    def webhook_seen(self, digest: str) -> str:
+        """A signed notification already handled (its ``Auth`` value's digest): replays."""
+        return f"{self.prefix}:webhook:seen:{digest}"
+
     def session(self, order_id: str) -> str:
         return f"{self.prefix}:session:{order_id}"
 
