@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
-from bridge.bench.faults import DaemonProcess
+from bridge.bench.faults import QUICK_UPSTREAM, DaemonProcess
 from bridge.bench.hostile import MODES, HostileUpstream
 from bridge.bench.procs import rss_bytes
 from bridge.core.commands import CancelCommand, InvalidCommand, parse_command
@@ -175,12 +175,7 @@ def _config(api: str, redis_url: str, terminals: list[str], webhook_port: int | 
     return f"""
 [multisafepay]
 api_base_url = "{api}"
-request_timeout = 2.0
-connect_timeout = 2.0
-stream_idle_timeout = 3.0
-reconnect_initial = 0.05
-reconnect_cap = 0.5
-poll_interval = 0.5
+{QUICK_UPSTREAM}
 max_payment_age = 8.0
 create_retries = 1
 

@@ -57,7 +57,9 @@ def _origin(url: str) -> Origin | str:
     return Origin(parts.scheme, _host(parts.hostname), port or _DEFAULT_PORT[parts.scheme])
 
 
-def _host_listed(host: str, events_hosts: Sequence[str]) -> bool:
+def host_listed(host: str, events_hosts: Sequence[str]) -> bool:
+    """Is ``host`` (normalized) in ``events_hosts``? ``*.example.com`` allows every subdomain
+    of example.com, not example.com itself."""
     for allowed in events_hosts:
         allowed = _host(allowed)
         if allowed.startswith("*."):
@@ -79,7 +81,7 @@ def refuse_events_url(url: str, api_base_url: str, events_hosts: Sequence[str]) 
     if origin.scheme in schemes:
         if origin.host == _host(api.hostname or "") and origin.port == api_port:
             return None
-        if _host_listed(origin.host, events_hosts) and origin.port == _DEFAULT_PORT[origin.scheme]:
+        if host_listed(origin.host, events_hosts) and origin.port == _DEFAULT_PORT[origin.scheme]:
             return None
     return (
         f"events URL {quote(url)} (scheme {origin.scheme}, host {quote(origin.host)}, port "
