@@ -224,6 +224,7 @@ class RedisConfig(_Model):
     order_ttl: OrderTtl = 604800
     consumer_name: str = ""
     command_claim_idle: Seconds = 120.0
+    command_max_deliveries: Count = 5
 
     @field_validator("url")
     @classmethod
@@ -295,6 +296,9 @@ class WebhookConfig(_Listening, _Model):
     public_url: str = ""
     max_age: Seconds = 300.0
     max_body: BodyLimit = 65536
+    header_timeout: Seconds = 10.0
+    body_timeout: Seconds = 10.0
+    max_connections: Count = 256
 
     @field_validator("path")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import anyio
@@ -180,6 +181,7 @@ class Bridge:
             handlers.handle,
             give_up=handlers.give_up,
             claim_idle=cfg.redis.command_claim_idle,
+            max_deliveries=cfg.redis.command_max_deliveries,
             commands_maxlen=cfg.redis.commands_maxlen,
             max_in_flight=cfg.daemon.max_in_flight,
             waiters=ctx.redis_waiters,
@@ -233,7 +235,16 @@ class Bridge:
             group_of=self._group_of,
             count=lambda result: metrics.WEBHOOKS.labels(result).inc(),
         )
-        tg.start_soon(asgi.serve, receiver.app(), sock, self._servers_stop)
+        tg.start_soon(
+            partial(
+                asgi.serve,
+                header_timeout=hook.header_timeout,
+                max_connections=hook.max_connections,
+            ),
+            receiver.app(),
+            sock,
+            self._servers_stop,
+        )
         log.info(
             "webhook.listening",
             listen=hook.listen,

@@ -15,7 +15,7 @@ orders, on the order's own terminal (else 401, nothing published); the same sign
 notification received twice changes nothing the second time (its ``Auth`` value is
 remembered for ``max_age``); an unsigned ``GET`` notification makes the bridge ask
 MultiSafepay only about an order id it knows for that group, percent-encoded, at a bounded
-rate (else 404/429, no upstream call); a body that does not arrive within ``BODY_TIMEOUT`` is
+rate (else 404/429, no upstream call); a body that does not arrive within ``body_timeout`` is
 answered 408. Header timeouts and the connection cap are the server's (``daemon/asgi.py``).
 """
 
@@ -55,8 +55,6 @@ ACK = "OK"
 _OWN_ORDER_WAIT = 5.0
 #: After the pay's registry record says ``created``, its ``order.created`` follows at once.
 _CREATED_GRACE = 0.25
-#: How long a notification's body may take to arrive once its headers have.
-BODY_TIMEOUT = 10.0
 #: Unsigned GET notifications that may cost an upstream call, per group: per second, burst.
 GET_RATE, GET_BURST = 2.0, 20.0
 
@@ -126,7 +124,7 @@ class WebhookReceiver:
             # notification_method GET: no body to trust; ask the API about the order.
             return await self._fetch_and_record(group, order_id)
         try:
-            with anyio.fail_after(BODY_TIMEOUT):
+            with anyio.fail_after(cfg.webhook.body_timeout):
                 raw = await _read_body(request, cfg.webhook.max_body)
         except TimeoutError:
             return self._answer("body_timeout", 408, "request timeout", group=group.name)
