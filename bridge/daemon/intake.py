@@ -9,7 +9,8 @@ Entries are read as bytes and decoded losslessly (invalid UTF-8 stays visible to
 which refuses it): no entry can fail the read itself. A command delivered more than
 ``max_deliveries`` times (its handler crashed, or the daemon died on it, each time) is a poison
 command: it is handed to ``give_up`` (answered and dead-lettered) and acknowledged, so it
-cannot crash-loop the daemon.
+cannot crash-loop the daemon. One its handler last left unacknowledged on purpose
+(``LeaveUnacknowledged``: MultiSafepay could not say yet) is marked so and keeps being retried.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class CommandIntake:
                 for entry_id, fields, deliveries in entries:
                     await self._limit.acquire_on_behalf_of(entry_id)
                     if deliveries > self._max_deliveries:
-                        handlers.start_soon(self._bury, entry_id, fields, deliveries)
+                        handlers.start_soon(self._handle_or_bury, entry_id, fields, deliveries)
                     else:
                         handlers.start_soon(self._handle, entry_id, fields)
             self.reading = False
@@ -218,6 +219,26 @@ class CommandIntake:
     async def _dead_letter_only(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
         await dead_letter(self._client, self._keys, entry_id, fields, reason)
 
+    async def _mark_retrying(self, entry_id: str) -> None:
+        ttl = int(2 * self._claim_idle_ms / 1000 + 2 * self._claim_every + 60)
+        try:
+            await self._client.set(self._keys.command_retrying(entry_id), "1", ex=ttl)
+        except RedisError as exc:
+            log.warning("command.unmarked", entry_id=entry_id, error=str(exc))
+
+    async def _handle_or_bury(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
+        """Delivered too often: a poison command, unless its handler last left it on purpose."""
+        try:
+            retrying = bool(await self._client.exists(self._keys.command_retrying(entry_id)))
+        except RedisError as exc:
+            log.error("command.unfinished", entry_id=entry_id, error=str(exc))
+            self._limit.release_on_behalf_of(entry_id)
+            return
+        if retrying:
+            await self._handle(entry_id, fields)
+        else:
+            await self._bury(entry_id, fields, deliveries)
+
     async def _bury(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
         """A poison command: answered and dead-lettered instead of handled, then acknowledged."""
         reason = (
@@ -241,7 +262,13 @@ class CommandIntake:
             await self._handler(entry_id, fields)
             await self._client.xack(self._keys.commands, COMMANDS_GROUP, entry_id)
             metrics.COMMANDS.labels(metrics.command_type(fields), "handled").inc()
-        except (RedisError, LeaveUnacknowledged) as exc:
+        except LeaveUnacknowledged as exc:
+            # Not done yet, on purpose (the outcome upstream is unknown, another daemon has it):
+            # read again later, and not a poison command however often that happens.
+            log.error("command.unfinished", entry_id=entry_id, error=str(exc))
+            metrics.COMMANDS.labels(metrics.command_type(fields), "unfinished").inc()
+            await self._mark_retrying(entry_id)
+        except RedisError as exc:
             # Not acknowledged: read again at our next start or claimed by another daemon.
             log.error("command.unfinished", entry_id=entry_id, error=str(exc))
             metrics.COMMANDS.labels(metrics.command_type(fields), "unfinished").inc()

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from bridge.core.commands import CancelCommand, InvalidCommand, parse_command
-from bridge.daemon.intake import CommandIntake
+from bridge.daemon.intake import CommandIntake, LeaveUnacknowledged
 from bridge.redis.client import connect
 from bridge.redis.keys import COMMANDS_GROUP, Keys
 from bridge.redis.outage import RedisWaiters
@@ -255,3 +255,43 @@ async def test_any_entry_is_answered_or_dead_lettered_and_a_pay_still_completes(
     # both ways out were taken: answers on the named terminal and dead letters
     assert any(e["error"]["code"] == "invalid_command" for e in fuzz_answers)
     assert len(letters) > 10
+
+
+@pytest.mark.anyio
+async def test_a_command_left_unacknowledged_on_purpose_is_retried_not_buried(
+    redis_server, redis_client: Redis
+) -> None:
+    """MultiSafepay cannot say yet whether a pay's order exists: its handler leaves it pending,
+    however many times; that is no poison command."""
+    keys = Keys("pos")
+    calls: list[str] = []
+
+    async def undecided(entry_id: str, fields: dict[str, str]) -> None:
+        calls.append(entry_id)
+        raise LeaveUnacknowledged("the outcome upstream is unknown")
+
+    reader = connect(redis_server.url, decode_responses=False)
+    intake = CommandIntake(
+        reader,
+        keys,
+        "consumer-1",
+        undecided,
+        claim_idle=0.05,
+        claim_every=0.1,
+        max_deliveries=2,
+        waiters=RedisWaiters(lambda n: None),
+    )
+    await intake.ensure_group()
+    await redis_client.xadd(keys.commands, {"command": '{"type": "pay"}'})
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(intake.run, stop)
+        with anyio.fail_after(20):
+            while True:  # well past max_deliveries
+                if len(calls) >= 6:
+                    break
+                await anyio.sleep(0.05)
+        stop.set()
+    await reader.aclose()
+    assert await dead_letters(redis_client, keys) == []
+    assert await pending(redis_client, keys) == 1  # still waiting for an answer upstream
