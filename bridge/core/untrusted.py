@@ -49,12 +49,13 @@ def is_valid_text(text: str) -> bool:
 
 def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     """A bounded, printable ASCII rendering of a bad input for an answer or a log line: at
-    most ``limit`` characters of it (then ``…(N chars)``), safe to encode anywhere."""
+    most ``limit`` characters of it, escapes included (then ``…(N chars)``), safe to encode
+    anywhere."""
     text = value if isinstance(value, str) else _short_repr(value, limit)
-    shown = text[:limit].encode("ascii", errors="backslashreplace").decode("ascii")
-    if len(text) > limit:
-        return f"{shown}…({len(text)} chars)"
-    return shown
+    escaped = text[:limit].encode("ascii", errors="backslashreplace").decode("ascii")
+    if len(text) > limit or len(escaped) > limit:
+        return f"{escaped[:limit]}…({len(text)} chars)"
+    return escaped
 
 
 def _short_repr(value: object, limit: int) -> str:
