@@ -87,6 +87,11 @@ class _Order:
         return json.dumps({"success": True, "data": data})
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer (the daemon dropped a stream) is no news."""
+
+
 class HostileUpstream:
     """Serve the fake on 127.0.0.1 (a free port) in a thread; ``base_url`` is the API base."""
 
@@ -108,7 +113,7 @@ class HostileUpstream:
             def do_POST(self) -> None:  # noqa: N802 - the http.server API
                 upstream.serve(self, "POST")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         host, port = self._server.server_address[:2]
         self.url = f"http://{host!s}:{port}/"

@@ -28,7 +28,7 @@ async def test_every_hostile_payment_ends_with_one_final(
         redis_server.url,
         hostile.base_url,
         multisafepay={
-            "max_payment_age": 6.0,
+            "max_payment_age": 20.0,  # ample for three GETs on a busy machine
             "terminal_groups": [{"name": "shop", "api_key": "k" * 20, "terminals": terminals}],
         },
     )
@@ -41,15 +41,15 @@ async def test_every_hostile_payment_ends_with_one_final(
         assert sum(e["final"] for e in events) == 1, (terminal, statuses(events))
         assert events[0]["type"] == "order.created", (terminal, statuses(events))
     by_mode = {t.split("-")[1]: statuses(e) for t, e in ended.items()}
-    assert by_mode["DEEPJSON"][-1] == "completed"
-    assert by_mode["ABSURDEXP"][-1] == "completed"
-    assert by_mode["DEEPTOKEN"][-1] == "completed"
+    assert by_mode["DEEPJSON"][-1] == "completed", by_mode
+    assert by_mode["ABSURDEXP"][-1] == "completed", by_mode
+    assert by_mode["DEEPTOKEN"][-1] == "completed", by_mode
     # an undocumented status word is not published: the till sees only what it can act on
     assert "pending_weird" not in by_mode["UNKNOWNSTATUS"]
-    assert by_mode["UNKNOWNSTATUS"][-1] == "completed"
+    assert by_mode["UNKNOWNSTATUS"][-1] == "completed", by_mode
     # nothing could be learned and the cancel failed: the deadline ends it, outcome unknown
     malformed = ended["HOSTILE-MALFORMED-01"]
-    assert malformed[-1]["type"] == "order.failed"
+    assert malformed[-1]["type"] == "order.failed", by_mode
     assert malformed[-1]["error"]["code"] == "upstream_unavailable"
     assert "outcome unknown" in malformed[-1]["error"]["message"]
     assert not sessions
