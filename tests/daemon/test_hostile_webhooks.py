@@ -95,8 +95,7 @@ async def test_a_group_key_speaks_only_for_its_own_orders(
                 notify(port, "shop", other_till, signed(API_KEY, other_till)),  # not its terminal
             ]
 
-        codes = await anyio.to_thread.run_sync(send)
-        await anyio.sleep(0.5)
+        codes = await anyio.to_thread.run_sync(send)  # each answered once decided and recorded
         events = await till.events("SIM-TIMEOUT-01")
         other_events = await till.events("OTHER-01")
         tilla_events = await till.events("TILL-A")
@@ -129,8 +128,7 @@ async def test_a_replayed_notification_changes_nothing(
                 notify(port, "shop", first, first_headers),
             ]
 
-        codes = await anyio.to_thread.run_sync(send)
-        await anyio.sleep(0.3)
+        codes = await anyio.to_thread.run_sync(send)  # 200 only once the transition is in Redis
         events = await till.events("TILL-A")
     assert codes == [200] * 5  # answered (MultiSafepay must not resend), not acted on
     assert statuses(events) == ["initialized", "declined"]
@@ -236,8 +234,11 @@ async def test_unsigned_get_notifications_cost_bounded_upstream_calls(
     assert len(recording_api.paths) == flood.count(200) <= 20 + 2 * elapsed + 1
 
 
-def _slow_client(port: int, stop: threading.Event, answers: list[bytes]) -> None:
+def _slow_client(
+    port: int, stop: threading.Event, answers: list[bytes], connected: threading.Barrier
+) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
+    connected.wait()
     sock.settimeout(0.5)
     request = f"POST {PATH}/shop HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode() + b"a" * 10_000
     received = b""
@@ -271,13 +272,16 @@ async def test_slow_clients_are_dropped_while_notifications_are_answered(
     async with running_bridge(two_groups_config(redis_server.url, simulator.base_url, port)):
         stop = threading.Event()
         answers: list[bytes] = []
+        connected = threading.Barrier(31)
         slow = [
-            threading.Thread(target=_slow_client, args=(port, stop, answers), daemon=True)
+            threading.Thread(
+                target=_slow_client, args=(port, stop, answers, connected), daemon=True
+            )
             for _ in range(30)
         ]
         for thread in slow:
             thread.start()
-        await anyio.sleep(1)
+        await anyio.to_thread.run_sync(connected.wait)  # every slow client is connected
         code = await anyio.to_thread.run_sync(
             lambda: notify(port, "shop", raw, signed(API_KEY, raw))
         )

@@ -295,8 +295,8 @@ async def test_watches_the_bridge_must_not_follow_are_answered_and_connect_nowhe
                         **fields,
                     }
                 )
-            events = await till.wait_for(terminal, lambda ev: len(ev) >= len(cases))
-            await anyio.sleep(0.5)  # time enough to connect, had it wanted to
+            await till.wait_for(terminal, lambda ev: len(ev) >= len(cases))
+            await till.settled()  # each watch refused before any connection, then acknowledged
             events = await till.events(terminal)
             sessions = await redis_client.smembers(till.keys.sessions_index)
             pending = await redis_client.xpending(till.keys.commands, "pos-bridge")
