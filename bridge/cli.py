@@ -11,11 +11,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from bridge.errors import UserError
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_PREFIX = "pos"
+from bridge.till.options import DEFAULT_PREFIX, DEFAULT_REDIS_URL
 
 # subcommand -> "module:function"
 HANDLERS = {
@@ -23,10 +22,12 @@ HANDLERS = {
     "check-config": "bridge.config:check_config_command",
     "simulate": "bridge.simulator.cli:simulate_command",
     "demo": "bridge.till.demo:demo_command",
+    "sandbox": "bridge.till.sandbox:sandbox_command",
     "pay": "bridge.till.pay:pay_command",
     "cancel": "bridge.till.pay:cancel_command",
+    "refund": "bridge.till.pay:refund_command",
     "tail": "bridge.till.tail:tail_command",
-    "schema": "bridge.core.schema:schema_command",
+    "schema": "bridge.till.schema:schema_command",
     "bench": "bridge.bench.main:bench_command",
 }
 
@@ -49,6 +50,34 @@ def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_RED
     p.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"key prefix (default: {DEFAULT_PREFIX})"
     )
+
+
+EXIT_CODES = (
+    "Exit codes: 0 done (with --wait: the payment completed, the order was cancelled, the "
+    "refund was made; without: the command was sent), 1 not done (it failed or the order "
+    "ended otherwise), 2 nothing was sent (bad input, Redis unreachable), 3 no answer "
+    "within --timeout (the outcome is unknown), 130 interrupted while waiting."
+)
+
+
+def _add_wait(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--wait", action="store_true", help=f"{what} (default: only send)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="with --wait: give up after S seconds (default: 600)",
+    )
+
+
+def _add_order_command(sub: Any, name: str, what: str) -> argparse.ArgumentParser:
+    """A till tool that sends one command (pay, cancel, refund): Redis options, exit codes."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=what, description=f"Send a {name} command. {EXIT_CODES}"
+    )
+    _add_redis(p)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,30 +124,63 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis(p, default_url=None)
     p.add_argument("--speed", type=float, default=20.0, help="simulator speed (default: 20)")
 
-    p = sub.add_parser("pay", help="what a till does: ask a terminal for a payment")
-    _add_redis(p)
-    p.add_argument("--terminal", required=True, help="terminal ID")
-    p.add_argument("--amount", required=True, help="amount in currency units: 12.50 or 12,50")
-    p.add_argument("--currency", default="EUR")
-    p.add_argument("--order-id", help="order id (default: derived from the command id)")
-    p.add_argument("--description")
-    p.add_argument("--wait", action="store_true", help="print events until the final one")
+    p = sub.add_parser(
+        "sandbox",
+        help="simulator + private Redis + daemon, left running: integrate a till against it",
+        description="The simulator, a private redis-server and the daemon, every simulated "
+        "terminal configured (any SIM-<SCENARIO>-NN), running until Ctrl-C. Prints the Redis "
+        "URL, the prefix, the simulator's URL and ready redis-cli / pos-bridge pay lines.",
+    )
+    p.add_argument("--redis-port", type=int, default=None, help="Redis port (default: a free port)")
     p.add_argument(
-        "--timeout", type=float, default=600.0, help="with --wait: give up after SECONDS"
+        "--simulator-port", type=int, default=0, help="simulator port (default: a free port)"
+    )
+    p.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"key prefix (default: {DEFAULT_PREFIX})"
+    )
+    p.add_argument(
+        "--speed", type=float, default=1.0, help="simulator speed: 10 is 10x faster (default: 1)"
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="the daemon's log level (default: info)",
     )
 
-    p = sub.add_parser("cancel", help="ask the bridge to cancel an order in flight")
-    _add_redis(p)
-    p.add_argument("--order-id", required=True)
+    p = _add_order_command(sub, "pay", "what a till does: ask a terminal for a payment")
+    p.add_argument("--terminal", required=True, help="terminal ID")
+    p.add_argument("--amount", required=True, help="amount in currency units: 12.50 or 12,50")
+    p.add_argument("--currency", default="EUR", help="ISO currency code (default: EUR)")
+    p.add_argument("--order-id", help="order id (default: derived from the command id)")
+    p.add_argument("--description", help="shown to the customer (default: none)")
+    _add_wait(p, "print events until the payment's final one")
+
+    p = _add_order_command(sub, "cancel", "ask the bridge to cancel an order in flight")
+    p.add_argument("--order-id", required=True, help="the order to cancel")
     p.add_argument("--terminal", help="terminal ID (default: read from the order's key)")
+    _add_wait(p, "print events until the order's final one or the cancel's failure")
+
+    p = _add_order_command(sub, "refund", "refund (part of) a completed order")
+    p.add_argument("--order-id", required=True, help="the completed order to refund")
+    p.add_argument(
+        "--amount", help="amount in currency units: 12.50 or 12,50 (default: what remains)"
+    )
+    p.add_argument("--description", help="the refund's description (default: none)")
+    p.add_argument("--terminal", help="terminal ID (default: read from the order's key)")
+    _add_wait(p, "print events until the refund's order.refund or its failure")
 
     p = sub.add_parser("tail", help="print events as they arrive, catching up first")
     _add_redis(p)
     p.add_argument("--terminal", help="only this terminal (default: all terminals)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--since", metavar="ID", help="catch up from this stream id")
     g.add_argument(
-        "--from-start", action="store_true", help="catch up from the start of the stream"
+        "--since", metavar="ID", help="catch up from this stream id (default: from now on)"
+    )
+    g.add_argument(
+        "--from-start",
+        action="store_true",
+        help="catch up from the start of the stream (default: from now on)",
     )
 
     sub.add_parser("schema", help="print the JSON Schema of commands and events")

@@ -7,6 +7,13 @@ Scenarios (``KINDS``): ``kill`` (SIGKILL the daemon mid-payments, start it again
 duplicates (an ``event_id`` twice, a status repeated back to back, a second final), and a
 final that contradicts what the simulator says happened.
 
+After a ``kill -9`` (``kill``, ``takeover``) it also measures what a customer at the counter
+sees: the *silence* of every payment in flight (from the kill to its next event on the
+terminal's stream), and *wrongly refused* pays: as soon as MultiSafepay says a terminal's
+payment is over, the next pay is sent on it, before the bridge has necessarily caught up; a
+``terminal_busy`` for it is a false refusal. The daemons run with the default lease TTL and
+consumer names (``hostname-pid``: a restarted daemon is a new consumer), as in production.
+
 Used by the fault tests (a few payments per scenario) and by ``pos-bridge bench --faults``
 (many, over several rounds).
 """
@@ -14,6 +21,7 @@ Used by the fault tests (a few payments per scenario) and by ``pos-bridge bench 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -72,6 +80,14 @@ class Audit:
         return not (self.finals_lost or self.duplicates or self.wrong_finals)
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
 @dataclass
 class FaultReport:
     scenario: str
@@ -79,10 +95,24 @@ class FaultReport:
     faults_injected: int = 0
     seconds: float = 0.0
     audit: Audit = field(default_factory=Audit)
+    #: Per payment in flight at a kill -9: seconds from the kill to its next event.
+    silences: list[float] = field(default_factory=list)
+    #: Pays sent right after MultiSafepay said the terminal's payment was over.
+    repaid: int = 0
+    #: Of those, refused ``terminal_busy``: false refusals.
+    wrongly_refused: int = 0
+
+    def silence(self, q: float) -> float | None:
+        value = percentile(self.silences, q)
+        return None if value is None else round(value, 2)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["audit"]["problems"] = data["audit"]["problems"][:20]
+        data["silences"] = [round(v, 2) for v in self.silences]
+        data["silence_p50_s"] = self.silence(0.5)
+        data["silence_p99_s"] = self.silence(0.99)
+        data["silence_max_s"] = self.silence(1.0)
         return data
 
 
@@ -161,11 +191,8 @@ terminals = [{terminals}]
 [redis]
 url = "{self.redis.url}"
 order_ttl = 3600
-command_claim_idle = 3.0
-consumer_name = "{name}"
 
 [daemon]
-lease_ttl = 2.0
 shutdown_grace = 2.0
 
 [http]
@@ -179,18 +206,21 @@ format = "json"
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("*.log")))
 
-    async def pay_all(self, round_no: int) -> list[tuple[str, str]]:
-        """One payment on every terminal; returns (terminal, order_id) pairs."""
+    async def pay_all(
+        self, round_no: int | str, terminals: list[str] | None = None
+    ) -> list[tuple[str, str]]:
+        """One payment on every terminal (or on ``terminals``); returns (terminal, order_id)."""
         client = connect(self.redis.url)
         orders = []
         try:
-            for i, terminal in enumerate(self.terminals):
+            for terminal in terminals or self.terminals:
+                i = self.terminals.index(terminal) + (round_no if isinstance(round_no, int) else 1)
                 command_id = f"r{round_no}-{terminal}-{uuid.uuid4().hex[:6]}"
                 command = {
                     "type": "pay",
                     "command_id": command_id,
                     "terminal_id": terminal,
-                    "amount": AMOUNTS[(i + round_no) % len(AMOUNTS)],
+                    "amount": AMOUNTS[i % len(AMOUNTS)],
                 }
                 await client.xadd(self.keys.commands, {"command": json.dumps(command)})
                 orders.append((terminal, derive_order_id(command_id)))
@@ -211,6 +241,21 @@ format = "json"
                 dropped += 1
         return dropped
 
+    async def stream_events(self) -> dict[str, list[tuple[float, dict[str, Any]]]]:
+        """Every order's events with the time each was written (its stream id, Redis's clock)."""
+        client = connect(self.redis.url)
+        by_order: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+        try:
+            for terminal in self.terminals:
+                reply = await client.xrange(self.keys.terminal_stream(terminal))
+                for entry_id, fields in stream_entries(reply):
+                    event = json.loads(fields["event"])
+                    written = int(str(entry_id).split("-")[0]) / 1000
+                    by_order[event.get("order_id") or ""].append((written, event))
+        finally:
+            await client.aclose()
+        return by_order
+
     async def truth(self) -> dict[str, str]:
         async with httpx.AsyncClient() as http:
             data = (await http.get(self.sim.url + "_sim/orders")).json()["data"]
@@ -218,21 +263,19 @@ format = "json"
 
     async def events(self) -> dict[str, list[dict[str, Any]]]:
         """Every order's events, read from the terminals' durable streams."""
-        client = connect(self.redis.url)
-        by_order: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        try:
-            for terminal in self.terminals:
-                reply = await client.xrange(self.keys.terminal_stream(terminal))
-                for _id, fields in stream_entries(reply):
-                    event = json.loads(fields["event"])
-                    by_order[event.get("order_id") or ""].append(event)
-        finally:
-            await client.aclose()
-        return by_order
+        timed = await self.stream_events()
+        return {order_id: [event for _w, event in events] for order_id, events in timed.items()}
 
-    async def wait_finals(self, orders: list[tuple[str, str]], timeout: float) -> None:
+    async def wait_answered(self, orders: list[tuple[str, str]], within: float) -> None:
+        """Until every order has its first event (or ``within`` seconds have passed)."""
         wanted = {o for _, o in orders}
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(within):
+            while not wanted <= set(await self.events()):  # noqa: ASYNC110 - polls Redis
+                await anyio.sleep(0.1)
+
+    async def wait_finals(self, orders: list[tuple[str, str]], within: float) -> None:
+        wanted = {o for _, o in orders}
+        with anyio.move_on_after(within):
             while True:
                 events = await self.events()
                 if all(any(e["final"] for e in events.get(o, ())) for o in wanted):
@@ -272,10 +315,10 @@ format = "json"
         return audit
 
 
-async def _wait_idle_terminals(rig: Rig, timeout: float = 60.0) -> None:
+async def _wait_idle_terminals(rig: Rig, within: float = 60.0) -> None:
     """Between rounds: every simulated payment over, so the next pay finds its terminal free."""
-    with anyio.move_on_after(timeout):
-        while await rig.open_orders():  # noqa: ASYNC110  # polls the simulator: no event to await
+    with anyio.move_on_after(within):
+        while await rig.open_orders():  # noqa: ASYNC110 - polls the simulator
             await anyio.sleep(0.2)
 
 
@@ -293,9 +336,16 @@ async def run_scenario(
             rig.daemon(name).start()
         for round_no in range(rounds):
             orders = await rig.pay_all(round_no)
+            await rig.wait_answered(orders, within=30)  # the daemons are up and taking pays
             await anyio.sleep(0.8)  # payments under way
+            killed_at = time.time()
             report.faults_injected += await _inject(rig, kind)
-            await rig.wait_finals(orders, timeout=90)
+            if kind in ("kill", "takeover"):
+                repaid = await _pay_again_when_over(rig, orders, round_no)
+                await rig.wait_finals(orders + repaid, within=90)
+                await _measure_kill(rig, report, orders, repaid, killed_at)
+                orders += repaid
+            await rig.wait_finals(orders, within=90)
             report.audit.add(await rig.audit(orders))
             report.rounds += 1
             if progress is not None:
@@ -312,6 +362,49 @@ async def run_scenario(
             ][:10]
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+async def _pay_again_when_over(
+    rig: Rig, orders: list[tuple[str, str]], round_no: int
+) -> list[tuple[str, str]]:
+    """The next pay on each terminal as soon as MultiSafepay says its payment is over (not
+    waiting for the bridge to say so): what a till does for the next customer."""
+    waiting = dict(orders)
+    repaid: list[tuple[str, str]] = []
+    with anyio.move_on_after(60.0):
+        while waiting:
+            truth = await rig.truth()
+            over = [t for t, o in waiting.items() if truth.get(o) in ("completed", "cancelled")]
+            if over:
+                repaid += await rig.pay_all(f"{round_no}b", over)
+                for terminal in over:
+                    del waiting[terminal]
+            await anyio.sleep(0.1)
+    return repaid
+
+
+async def _measure_kill(
+    rig: Rig,
+    report: FaultReport,
+    orders: list[tuple[str, str]],
+    repaid: list[tuple[str, str]],
+    killed_at: float,
+) -> None:
+    """Silence of every payment in flight at the kill; false refusals of the next pays."""
+    events = await rig.stream_events()
+    for _terminal, order_id in orders:
+        mine = events.get(order_id, [])
+        if any(event["final"] for written, event in mine if written < killed_at):
+            continue  # over before the kill
+        after = [written for written, _event in mine if written >= killed_at]
+        if after:
+            report.silences.append(max(0.0, min(after) - killed_at))
+    report.repaid += len(repaid)
+    for _terminal, order_id in repaid:
+        codes = [(event.get("error") or {}).get("code") for _w, event in events.get(order_id, [])]
+        if "terminal_busy" in codes:
+            report.wrongly_refused += 1
+            report.audit.problems.append(f"{order_id}: refused terminal_busy after a kill")
 
 
 async def _inject(rig: Rig, kind: str) -> int:
@@ -342,10 +435,15 @@ def run_all(
 
     def progress(report: FaultReport) -> None:
         a = report.audit
+        after_kill = (
+            f", longest silence {report.silence(1.0)} s, wrongly refused {report.wrongly_refused}"
+            if report.silences
+            else ""
+        )
         print(
             f"faults: {report.scenario} round {report.rounds}/{rounds}: {a.payments} payments, "
             f"{report.faults_injected} faults, lost {a.finals_lost}, duplicates {a.duplicates}, "
-            f"wrong {a.wrong_finals}",
+            f"wrong {a.wrong_finals}{after_kill}",
             file=out,
             flush=True,
         )
@@ -358,16 +456,24 @@ def run_all(
     ]
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def table(reports: list[FaultReport]) -> str:
     rows = [
         f"{'scenario':<10} {'rounds':>6} {'payments':>8} {'faults':>7} {'finals lost':>11} "
-        f"{'duplicates':>10} {'wrong final':>11} {'seconds':>8}"
+        f"{'duplicates':>10} {'wrong final':>11} {'silence p50/p99/max s':>22} "
+        f"{'refused/repaid':>14} {'seconds':>8}"
     ]
     for r in reports:
         a = r.audit
+        silence = "/".join(_seconds(r.silence(q)) for q in (0.5, 0.99, 1.0))
+        refused = f"{r.wrongly_refused}/{r.repaid}" if r.repaid else "-"
         rows.append(
             f"{r.scenario:<10} {r.rounds:>6} {a.payments:>8} {r.faults_injected:>7} "
-            f"{a.finals_lost:>11} {a.duplicates:>10} {a.wrong_finals:>11} {r.seconds:>8}"
+            f"{a.finals_lost:>11} {a.duplicates:>10} {a.wrong_finals:>11} {silence:>22} "
+            f"{refused:>14} {r.seconds:>8}"
         )
     return "\n".join(rows)
 

@@ -339,7 +339,7 @@ class HttpConfig(_Listening, _Model):
 
 class DaemonConfig(_Model):
     shutdown_grace: Seconds = 10.0
-    lease_ttl: LeaseTtl = 15.0
+    lease_ttl: LeaseTtl = 3.0
     max_in_flight: Count = 64
 
 

@@ -57,6 +57,12 @@ class OrderState:
     #: Upstream's ``modified`` time of the last transition, when it came with one (a webhook
     #: or poll; MultiSafepay's clock, whole seconds). None after a stream transition.
     last_modified: float | None = None
+    #: The ``refund`` command whose refund the bridge asked for and has not published yet:
+    #: the next ``order.refund`` answers it (carries its ``command_id``).
+    refund_command_id: str | None = None
+    #: The ``cancel`` command the bridge asked MultiSafepay to carry out: the order's final
+    #: names it (``details.cancel_command_id``).
+    cancel_command_id: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -75,6 +81,8 @@ class Verdict(StrEnum):
     CONFLICT = "conflict"
     #: No terminal is known for an order the bridge has never seen: nowhere to publish.
     UNROUTABLE = "unroutable"
+    #: The stored state changes (e.g. a refund is asked for) but nothing is published yet.
+    NOTE = "note"
     #: A status word MultiSafepay does not document: logged, never published.
     UNKNOWN_STATUS = "unknown_status"
 
@@ -99,6 +107,11 @@ class Decision:
     def publishes(self) -> bool:
         return bool(self.events)
 
+    @property
+    def commits(self) -> bool:
+        """Whether the store must write this decision (events, or a noted state change)."""
+        return self.publishes or (self.verdict is Verdict.NOTE and self.state is not None)
+
 
 def _event(
     state: OrderState,
@@ -112,13 +125,18 @@ def _event(
     occurred_at: datetime | None = None,
     details: dict[str, Any] | None = None,
     error: EventError | None = None,
+    command_id: str | None = None,
+    answers_command: bool = False,
 ) -> Event:
+    """The event of ``state``'s latest transition; ``answers_command`` puts ``command_id``
+    (another command than the pay, e.g. a refund; None when no command asked) in place of the
+    pay's."""
     return Event(
         event_id=make_event_id(state.order_id, state.seq, type_, status, state.amount_refunded),
         type=type_,
         terminal_id=state.terminal_id,
         order_id=state.order_id,
-        command_id=state.command_id,
+        command_id=command_id if answers_command else state.command_id,
         session_id=state.session_id,
         transaction_id=state.transaction_id,
         status=status,
@@ -255,6 +273,8 @@ def _status_transition(
     state: OrderState, obs: Observation, now: datetime, status: str, extra: dict[str, Any]
 ) -> tuple[OrderState, Event]:
     final = status in FINAL_STATUSES
+    if status in ("cancelled", "void") and state.cancel_command_id is not None:
+        extra = {**extra, "cancel_command_id": state.cancel_command_id}
     new = replace(
         state,
         seq=state.seq + 1,
@@ -291,6 +311,7 @@ def _refund_transition(
         amount_refunded=refunded,
         transaction_id=obs.transaction_id or state.transaction_id,
         last_transition_at=now.timestamp(),
+        refund_command_id=None,
     )
     event = _event(
         new,
@@ -300,9 +321,42 @@ def _refund_transition(
         status=obs.status,
         financial_status=obs.financial_status,
         occurred_at=obs.occurred_at,
-        details={"amount_refunded": refunded, "refund_amount": refunded - state.amount_refunded},
+        details={
+            "amount_refunded": refunded,
+            "refund_amount": refunded - state.amount_refunded,
+            "pay_command_id": state.command_id,
+        },
+        command_id=state.refund_command_id,
+        answers_command=True,
     )
     return new, event
+
+
+def refund_requested(current: OrderState | None, command_id: str) -> Decision:
+    """The bridge is about to ask MultiSafepay for a refund on behalf of ``command_id``: the
+    next ``order.refund`` of the order (whichever channel brings it) answers that command."""
+    if current is None or current.refund_command_id == command_id:
+        return Decision(Verdict.DUPLICATE, current)
+    return Decision(
+        Verdict.NOTE, replace(current, seq=current.seq + 1, refund_command_id=command_id)
+    )
+
+
+def cancel_requested(current: OrderState | None, command_id: str) -> Decision:
+    """The bridge is about to ask MultiSafepay to cancel the order for ``command_id``: the
+    order's final names that command in ``details.cancel_command_id``."""
+    if current is None or current.final or current.cancel_command_id == command_id:
+        return Decision(Verdict.DUPLICATE, current)
+    return Decision(
+        Verdict.NOTE, replace(current, seq=current.seq + 1, cancel_command_id=command_id)
+    )
+
+
+def refund_abandoned(current: OrderState | None, command_id: str) -> Decision:
+    """The refund of ``command_id`` was refused: later refunds are not its answer."""
+    if current is None or current.refund_command_id != command_id:
+        return Decision(Verdict.DUPLICATE, current)
+    return Decision(Verdict.NOTE, replace(current, seq=current.seq + 1, refund_command_id=None))
 
 
 def observe(
@@ -312,11 +366,13 @@ def observe(
     *,
     terminal_id: str | None = None,
     command_id: str | None = None,
+    refund_command_id: str | None = None,
 ) -> Decision:
     """Decide what an observation means for the order. ``now`` must be timezone-aware.
 
     ``terminal_id`` names the terminal for an order seen for the first time whose payload does
-    not (a stream message never does); ``command_id`` (a ``watch``) is echoed in its events.
+    not (a stream message never does); ``command_id`` (a ``watch``) is echoed in its events;
+    ``refund_command_id``, for such an order, is the ``refund`` its first refund answers.
     """
     if obs.status not in KNOWN_STATUSES:
         return Decision(Verdict.UNKNOWN_STATUS, current)
@@ -330,6 +386,7 @@ def observe(
             command_id=command_id,
             amount=obs.amount,
             currency=obs.currency,
+            refund_command_id=refund_command_id,
         )
     state = current
     status = obs.status

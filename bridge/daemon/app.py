@@ -40,6 +40,10 @@ from bridge.redis.sessions import SessionRegistry
 log = structlog.get_logger("bridge.daemon")
 
 REDISCOVER_EVERY = 300.0
+#: The longest interval between two looks for payments nobody follows.
+ORPHAN_SCAN_MAX = 1.0
+#: How often remembered cancels whose pay never came are looked at (and answered).
+CANCEL_SWEEP_EVERY = 1.0
 #: Connection pools for event streams (see SessionContext.stream_clients).
 STREAM_POOLS = 32
 
@@ -93,8 +97,12 @@ class Bridge:
             stack.push_async_callback(redis.aclose)
             command_reader = connect(cfg.redis.url, max_connections=8, decode_responses=False)
             stack.push_async_callback(command_reader.aclose)
+            # one TLS context for every client: building one per client (33 of them) costs
+            # seconds of start-up on a loaded host, seconds a restarted daemon's payments wait
+            tls = httpx.create_ssl_context()
             http = await stack.enter_async_context(
                 httpx.AsyncClient(
+                    verify=tls,
                     timeout=httpx.Timeout(
                         upstream.request_timeout, connect=upstream.connect_timeout
                     ),
@@ -119,6 +127,7 @@ class Bridge:
                     [
                         await stack.enter_async_context(
                             httpx.AsyncClient(
+                                verify=tls,
                                 timeout=httpx.Timeout(
                                     upstream.request_timeout, connect=upstream.connect_timeout
                                 ),
@@ -182,15 +191,20 @@ class Bridge:
             give_up=handlers.give_up,
             claim_idle=cfg.redis.command_claim_idle,
             max_deliveries=cfg.redis.command_max_deliveries,
+            consumer_gone=ctx.leases.presence.consumer_gone,
+            claim_every=min(cfg.daemon.lease_ttl / 3, ORPHAN_SCAN_MAX),
             commands_maxlen=cfg.redis.commands_maxlen,
             max_in_flight=cfg.daemon.max_in_flight,
             waiters=ctx.redis_waiters,
         )
         with anyio.move_on_after(cfg.multisafepay.request_timeout):
             await self.directory.discover(ctx.api)  # before commands: they may name its terminals
+        servers.start_soon(self._sweep_cancels, handlers)
         resumed = await self._resume(sessions)
         sessions.keep_leases(cfg.daemon.lease_ttl / 3)
-        sessions.watch_orphans(cfg.daemon.lease_ttl / 3, until=self._stop)
+        # a gone daemon's payments are found within a second (its lease lapses, or at once
+        # when its process is known dead): the silence after a kill -9 stays short
+        sessions.watch_orphans(min(cfg.daemon.lease_ttl / 3, ORPHAN_SCAN_MAX), until=self._stop)
         log.info(
             "daemon.started",
             resumed_sessions=resumed,
@@ -206,12 +220,25 @@ class Bridge:
             if sessions.running:
                 log.info("daemon.draining", sessions=len(sessions.running), grace_s=grace)
             await sessions.wait_idle()
+        await self._withdraw(sessions)
         if sessions.running:
             log.info(
                 "daemon.handing_over",
                 sessions=len(sessions.running),
                 note="leases released: another daemon, or the next start, continues them",
             )
+
+    async def _sweep_cancels(self, handlers: CommandHandlers) -> None:
+        """Answer the cancels whose pay never came, until the daemon stops taking commands."""
+        from redis.exceptions import RedisError
+
+        while not self._stop.is_set():
+            with anyio.move_on_after(CANCEL_SWEEP_EVERY):
+                await self._stop.wait()
+            try:
+                await handlers.sweep_cancels()
+            except RedisError as exc:
+                log.debug("cancels.sweep_skipped", error=str(exc))
 
     async def _rediscover(self, api: MultiSafepayApi) -> None:
         """Discovery again every few minutes: terminals come and go, and a failed listing is
@@ -251,10 +278,20 @@ class Bridge:
             paths=[hook.route(g.name) for g in self.config.multisafepay.terminal_groups],
         )
 
+    async def _withdraw(self, sessions: Sessions) -> None:
+        """A clean stop: say so, so no other daemon waits for this one's presence to lapse."""
+        from redis.exceptions import RedisError
+
+        try:
+            await sessions.presence.withdraw()
+        except RedisError as exc:
+            log.warning("daemon.withdraw_failed", error=str(exc), note="its presence lapses")
+
     async def _resume(self, sessions: Sessions) -> int:
         from redis.exceptions import RedisError
 
         try:
+            await sessions.presence.announce()  # before adopting: ours are not orphans
             return await sessions.adopt_orphans()
         except RedisError as exc:
             log.error(

@@ -1,9 +1,11 @@
 """Reading ``{p}:commands`` in the consumer group, so several daemons share the work.
 
 A command is acknowledged only after it has been handled (its outcome is in Redis). Commands
-this consumer received but never acknowledged (it died) are read again at start, and a command
-held too long by another consumer (that died) is claimed. Handlers are idempotent per command
-id, so a replay is harmless.
+this consumer received but never acknowledged (it died) are read again at start; the commands
+of a consumer whose daemon is gone (:mod:`bridge.redis.presence`: its presence lapsed, or its
+process no longer exists on this host) are claimed at once, and any command held longer than
+``command_claim_idle`` by a consumer is claimed too. Handlers are idempotent per command id, so
+a replay is harmless.
 
 Entries are read as bytes and decoded losslessly (invalid UTF-8 stays visible to the parser,
 which refuses it): no entry can fail the read itself. A command delivered more than
@@ -37,6 +39,7 @@ class LeaveUnacknowledged(Exception):
 
 
 Handler = Callable[[str, dict[str, str]], Awaitable[None]]
+ConsumerGone = Callable[[str], Awaitable[bool]]
 GiveUp = Callable[[str, dict[str, str], str], Awaitable[None]]
 Entry = tuple[str, dict[str, str]]
 Delivery = tuple[str, dict[str, str], int]  # an entry, and how many times it was delivered
@@ -94,6 +97,7 @@ class CommandIntake:
         max_in_flight: int = 64,
         commands_maxlen: int = 100_000,
         max_deliveries: int = MAX_DELIVERIES,
+        consumer_gone: ConsumerGone | None = None,
         claim_every: float = 10.0,
     ) -> None:
         """``client`` must not decode responses (``connect(..., decode_responses=False)``):
@@ -103,6 +107,7 @@ class CommandIntake:
         self._give_up = give_up or self._dead_letter_only
         self._max_deliveries = max_deliveries
         self._claim_every = claim_every
+        self._consumer_gone = consumer_gone
         self._keys = keys
         self._consumer = consumer
         self._handler = handler
@@ -137,6 +142,7 @@ class CommandIntake:
                     if anyio.current_time() - last_claim > self._claim_every:
                         last_claim = anyio.current_time()
                         entries += await self._claim_abandoned()
+                        entries += await self._claim_from_gone()
                         await self._client.xtrim(
                             self._keys.commands, maxlen=self._maxlen, approximate=True
                         )
@@ -215,6 +221,41 @@ class CommandIntake:
                 "intake.claimed", count=len(claimed), note="commands of a consumer that stopped"
             )
         return await self._with_deliveries(_decoded(claimed))
+
+    async def _claim_from_gone(self) -> list[Delivery]:
+        """Every pending command of a consumer whose daemon is gone, claimed without waiting
+        for ``command_claim_idle``; the consumer is then deleted from the group (so tools
+        that look at the group's consumers see the daemons that run)."""
+        if self._consumer_gone is None:
+            return []
+        claimed: list[Entry] = []
+        consumers: list[dict[str, Any]] = await self._client.xinfo_consumers(
+            self._keys.commands, COMMANDS_GROUP
+        )
+        for consumer in consumers:
+            name = decode_untrusted(consumer["name"])
+            if name == self._consumer or not await self._consumer_gone(name):
+                continue
+            if int(consumer.get("pending", 0)):
+                pending: list[dict[str, Any]] = await self._client.xpending_range(
+                    self._keys.commands, COMMANDS_GROUP, "-", "+", _BATCH, consumername=name
+                )
+                ids = [p["message_id"] for p in pending]
+                if ids:
+                    entries: list[Any] = await self._client.xclaim(
+                        self._keys.commands, COMMANDS_GROUP, self._consumer, 0, list(ids)
+                    )
+                    claimed += _decoded(entries)
+                    log.warning(
+                        "intake.claimed",
+                        count=len(ids),
+                        consumer=name,
+                        note="commands of a daemon that is gone",
+                    )
+                if len(ids) >= _BATCH:
+                    continue  # more next round; keep the consumer until it is drained
+            await self._client.xgroup_delconsumer(self._keys.commands, COMMANDS_GROUP, name)
+        return await self._with_deliveries(claimed)
 
     async def _dead_letter_only(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
         await dead_letter(self._client, self._keys, entry_id, fields, reason)

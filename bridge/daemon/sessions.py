@@ -23,6 +23,7 @@ from bridge.core.normalize import MalformedPayload, from_order
 from bridge.core.state import Decision, OrderState, Verdict, observe, order_created, utcnow
 from bridge.daemon.session import PaymentSession, SessionContext
 from bridge.multisafepay.api import ApiError
+from bridge.redis.presence import Presence
 from bridge.redis.sessions import SessionRecord
 
 log = structlog.get_logger("bridge.sessions")
@@ -83,6 +84,10 @@ class Sessions:
         self._idle = anyio.Event()
         self._idle.set()
 
+    @property
+    def presence(self) -> Presence:
+        return self._ctx.leases.presence
+
     def __contains__(self, order_id: str) -> bool:
         return order_id in self.running
 
@@ -103,7 +108,7 @@ class Sessions:
             )
             return False
         if fence is None:
-            fence = await self._ctx.leases.acquire(record.order_id)
+            fence = await self._ctx.leases.claim(record.order_id)
             if fence is None:
                 return False
         session = PaymentSession(self._ctx, record, key, state, fence=fence)
@@ -142,12 +147,16 @@ class Sessions:
         adopted = 0
         now = time.monotonic()
         self._crashed = {k: t for k, t in self._crashed.items() if now - t < CRASH_PAUSE}
-        for order_id in await ctx.registry.order_ids():
-            if order_id in self.running or order_id in self._crashed:
-                continue
-            if await ctx.leases.holder(order_id) is not None:
-                continue
-            fence = await ctx.leases.acquire(order_id)
+        candidates = [
+            order_id
+            for order_id in await ctx.registry.order_ids()
+            if order_id not in self.running and order_id not in self._crashed
+        ]
+        for order_id, dead_token in (await ctx.leases.orphans(candidates)).items():
+            if dead_token:  # its daemon is gone (e.g. killed and restarted here): no waiting
+                fence = await ctx.leases.take_over(order_id, dead_token)
+            else:
+                fence = await ctx.leases.acquire(order_id)
             if fence is None:
                 continue
             if await self._adopt(order_id, fence):
@@ -207,9 +216,10 @@ class Sessions:
         while True:
             await anyio.sleep(interval)
             held = {order_id: session.fence for order_id, session in self.running.items()}
-            if not held:
-                continue
             try:
+                await self._ctx.leases.presence.announce()
+                if not held:
+                    continue
                 lost = await self._ctx.leases.renew_all(held)
             except RedisError:
                 continue  # nobody can take a payment over while Redis is away either

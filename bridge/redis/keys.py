@@ -49,6 +49,11 @@ class Keys:
     def pending_cancel(self, order_id: str) -> str:
         return f"{self.prefix}:cancel:{order_id}"
 
+    @property
+    def pending_cancels(self) -> str:
+        """Sorted set: order ids with a remembered cancel, by when it is answered anyway."""
+        return f"{self.prefix}:cancels"
+
     def lease(self, order_id: str) -> str:
         return f"{self.prefix}:lease:{order_id}"
 
@@ -63,6 +68,10 @@ class Keys:
     def webhook_seen(self, digest: str) -> str:
         """A signed notification already handled (its ``Auth`` value's digest): replays."""
         return f"{self.prefix}:webhook:seen:{digest}"
+
+    def daemon(self, consumer: str) -> str:
+        """A running daemon's presence (see :mod:`bridge.redis.presence`)."""
+        return f"{self.prefix}:daemon:{consumer}"
 
     def session(self, order_id: str) -> str:
         return f"{self.prefix}:session:{order_id}"

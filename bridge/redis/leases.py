@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from bridge.redis.client import text
 from bridge.redis.keys import Keys
+from bridge.redis.presence import Presence
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -33,6 +34,14 @@ end
 return lost
 """
 
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -42,11 +51,15 @@ return 0
 
 
 class Leases:
-    def __init__(self, client: Redis, keys: Keys, ttl: float, owner: str) -> None:
+    def __init__(
+        self, client: Redis, keys: Keys, ttl: float, owner: str, presence: Presence | None = None
+    ) -> None:
         self._client = client
         self._keys = keys
         self.ttl_ms = int(ttl * 1000)
-        self._owner = owner
+        self.presence = presence or Presence(client, keys, owner, ttl)
+        self._owner = self.presence.owner
+        self._take_over = client.register_script(_TAKE_OVER)
         self._renew = client.register_script(_RENEW)
         self._renew_many = client.register_script(_RENEW_MANY)
         self._release = client.register_script(_RELEASE)
@@ -56,6 +69,61 @@ class Leases:
         token = f"{await self._client.incr(self._keys.fence_counter)}:{self._owner}"
         taken = await self._client.set(self._keys.lease(order_id), token, nx=True, px=self.ttl_ms)
         return token if taken else None
+
+    async def take_over(self, order_id: str, dead_token: str) -> str | None:
+        """A new token in place of ``dead_token`` (its daemon is gone), if it still holds.
+        Fencing stays whole: the old token can no longer commit."""
+        token = f"{await self._client.incr(self._keys.fence_counter)}:{self._owner}"
+        taken = await self._take_over(
+            keys=[self._keys.lease(order_id)], args=[dead_token, token, self.ttl_ms]
+        )
+        return token if taken else None
+
+    async def orphaned(self, order_id: str) -> str | None:
+        """The lease token of ``order_id`` when its daemon is gone ("" when there is no
+        lease); None while a live daemon holds it."""
+        token = await self.holder(order_id)
+        if token is None:
+            return ""
+        _, _, owner = token.partition(":")
+        return token if await self.presence.owner_gone(owner) else None
+
+    async def claim(self, order_id: str) -> str | None:
+        """A new token if no live daemon holds the order (none, or its daemon is gone)."""
+        dead_token = await self.orphaned(order_id)
+        if dead_token is None:
+            return None
+        if dead_token:
+            return await self.take_over(order_id, dead_token)
+        return await self.acquire(order_id)
+
+    def held_here(self, token: str | None) -> bool:
+        """Whether ``token`` was granted to this daemon."""
+        return token is not None and token.partition(":")[2] == self._owner
+
+    async def orphans(self, order_ids: list[str], batch: int = 500) -> dict[str, str]:
+        """Of ``order_ids``, those no live daemon holds: order id -> the dead lease token, or
+        "" when there is no lease. One ``MGET`` per batch; each owner judged once."""
+        found: dict[str, str] = {}
+        gone: dict[str, bool] = {}
+        for start in range(0, len(order_ids), batch):
+            chunk = order_ids[start : start + batch]
+            tokens = await self._client.mget([self._keys.lease(o) for o in chunk])
+            for order_id, raw in zip(chunk, tokens, strict=True):
+                if raw is None:
+                    found[order_id] = ""
+                    continue
+                token = str(raw)
+                owner = token.partition(":")[2]
+                if owner not in gone:
+                    gone[owner] = await self.presence.owner_gone(owner)
+                if gone[owner]:
+                    found[order_id] = token
+        return found
+
+    async def unowned(self, order_id: str) -> bool:
+        """Whether no live daemon follows ``order_id``."""
+        return await self.orphaned(order_id) is not None
 
     async def renew(self, order_id: str, token: str) -> bool:
         """Extend the lease; False if it is no longer ours."""

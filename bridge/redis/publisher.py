@@ -52,6 +52,22 @@ class Recorded:
         return self.decision.events if self.stream_ids else ()
 
 
+def _order_key_args(before: OrderState | None, decision: Decision) -> tuple[str, str]:
+    """What ``{p}:order:{id}`` gets: the 1-based index of the event it holds ("0": it keeps
+    what it has), and the refunded total to write into it ("": none). The key holds the
+    payment's latest status (its final once there is one), never a refund: refunds are told
+    on the terminal's channel and stream, the key keeps ``details.amount_refunded`` current."""
+    index = 0
+    for i, event in enumerate(decision.events, start=1):
+        if event.type is not EventType.ORDER_REFUND:
+            index = i
+    state = decision.state
+    refunded = state is not None and state.amount_refunded > (
+        before.amount_refunded if before else 0
+    )
+    return str(index), str(state.amount_refunded) if refunded and state is not None else ""
+
+
 def _active_action(before: OrderState | None, decision: Decision) -> str:
     if any(e.type is EventType.ORDER_CREATED for e in decision.events):
         return "set"
@@ -178,8 +194,9 @@ class EventStore:
         Returns (applied, stream ids, the stored state when not applied).
         """
         state = decision.state
-        assert state is not None and decision.events, "only a publishing decision is committed"
+        assert state is not None and decision.commits, "only a state change is committed"
         keys = self.keys
+        order_key_index, refunded_total = _order_key_args(before, decision)
         result = await self._batcher.call(
             [
                 keys.order_state(state.order_id),
@@ -198,6 +215,8 @@ class EventStore:
                 _active_action(before, decision),
                 state.order_id,
                 fence,
+                order_key_index,
+                refunded_total,
                 *(event.to_json() for event in decision.events),
             ],
         )
@@ -225,7 +244,7 @@ class EventStore:
         state = known if trust_known else await self.load(order_id)
         for _ in range(_MAX_RACES):
             decision = decide(state)
-            if not decision.publishes:
+            if not decision.commits:
                 return Recorded(decision)
             applied, ids, stored = await self.commit(state, decision, fence)
             if applied:

@@ -31,6 +31,7 @@ from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer
 from bridge.simulator.server import SimulatorServer
 from bridge.till.output import format_event, format_money
+from bridge.till.sandbox import local_config
 
 DEMO_KEY = "demo-group-key-not-secret"
 
@@ -64,28 +65,17 @@ PAYMENTS = [
 
 
 def demo_config(redis_url: str, api_base_url: str, prefix: str) -> Config:
-    return Config.from_mapping(
-        {
-            "multisafepay": {
-                "api_base_url": api_base_url,
-                # short timeouts so the create-timeout scenario resolves within the demo
-                "request_timeout": 3.0,
-                "connect_timeout": 2.0,
-                "poll_interval": 2.0,
-                "reconnect_initial": 0.1,
-                "reconnect_cap": 2.0,
-                "create_retries": 1,
-                "terminal_groups": [
-                    {
-                        "name": "demo-shop",
-                        "api_key": DEMO_KEY,
-                        "terminals": [p.terminal for p in PAYMENTS],
-                    }
-                ],
-            },
-            "redis": {"url": redis_url, "prefix": prefix},
-            "http": {"listen": "127.0.0.1:0"},  # never collide with an installed service's port
-        }
+    # short timeouts so the create-timeout scenario resolves within the demo
+    return local_config(
+        redis_url,
+        api_base_url,
+        prefix,
+        group=("demo-shop", DEMO_KEY, [p.terminal for p in PAYMENTS]),
+        request_timeout=3.0,
+        poll_interval=2.0,
+        reconnect_initial=0.1,
+        reconnect_cap=2.0,
+        create_retries=1,
     )
 
 
@@ -93,7 +83,7 @@ def outcome(event: dict[str, Any]) -> str:
     return "failed" if event["type"] == "order.failed" else str(event["status"])
 
 
-async def run_demo(config: Config, out: TextIO = sys.stdout, timeout: float = 180.0) -> int:
+async def run_demo(config: Config, out: TextIO = sys.stdout, within: float = 180.0) -> int:
     keys = Keys(config.redis.prefix)
     redis: Redis = connect(config.redis.url)
     by_command = {f"demo-{uuid.uuid4().hex[:8]}-{i}": p for i, p in enumerate(PAYMENTS)}
@@ -125,7 +115,7 @@ async def run_demo(config: Config, out: TextIO = sys.stdout, timeout: float = 18
                     file=out,
                 )
             print(file=out)
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(within):
                 while len(finals) < len(by_command):
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None:

@@ -89,6 +89,12 @@ async def test_busy_terminal_then_cancel(redis_server, redis_client: Redis, simu
         cancelled = await till.until_final("SIM-TIMEOUT-01", first)
     assert errors(busy) == [("order.failed", "terminal_busy")]
     assert "first-order" in busy[0]["error"]["message"]
+    # the cancel's answer is the order's final, which names it
+    cancel_id = cancelled[-1]["details"]["cancel_command_id"]
+    assert cancel_id.startswith("t-") and cancelled[-1]["command_id"] == first
+    # the refusal names the refused pay, never the payment in flight, which goes on
+    assert (busy[0]["command_id"], busy[0]["order_id"]) == (second, "second-order")
+    assert "goes on" in busy[0]["error"]["message"]
     assert statuses(cancelled) == ["order.created", "initialized", "cancelled"]
 
 
@@ -189,3 +195,66 @@ async def test_replayed_cancel_after_it_worked_says_nothing_more(
         await till.settled(timeout=20)  # a replay met mid-way is retried once the first is done
         events = await till.events("SIM-TIMEOUT-01")
     assert statuses(events) == ["order.created", "initialized", "cancelled"]
+
+
+async def test_cancel_of_an_order_that_never_appears_is_answered(
+    redis_server, redis_client: Redis, simulator
+) -> None:
+    """No pay for the order is in progress or waiting: once none can arrive, ``not_found``
+    on the sender's channel, with the cancel's own id."""
+    till = Till(redis_client)
+    async with running_bridge(bridge_config(redis_server.url, simulator.base_url)) as bridge:
+        assert bridge.handlers is not None
+        bridge.handlers.cancel_grace = 0.5
+        await till.send(
+            {"type": "cancel", "terminal_id": "TILL-A", "order_id": "ghost", "command_id": "cx-g"}
+        )
+        events = await till.wait_for("TILL-A", lambda ev: len(ev) >= 1)
+        assert await redis_client.zcard(till.keys.pending_cancels) == 0
+    assert [(e["command_id"], e["order_id"]) for e in events] == [("cx-g", "ghost")]
+    assert errors(events) == [("command.failed", "not_found")]
+    assert await sim_orders(simulator) == []
+
+
+async def test_cancel_remembered_for_a_pay_that_fails_is_answered(
+    redis_server, redis_client: Redis, simulator
+) -> None:
+    """The cancel's pay is waiting in the stream, then fails: the cancel is answered too."""
+    till = Till(redis_client)
+    async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
+        await till.send(
+            {
+                "type": "cancel",
+                "terminal_id": "SIM-FAIL-01",
+                "order_id": "doomed",
+                "command_id": "cx-d",
+            }
+        )
+        await till.pay("SIM-FAIL-01", 1250, order_id="doomed", command_id="pay-d")
+        events = await till.wait_for("SIM-FAIL-01", lambda ev: len(ev) >= 2)
+    by_command = {e["command_id"]: e for e in events}
+    assert by_command["pay-d"]["type"] == "order.failed"
+    assert by_command["cx-d"]["type"] == "command.failed"
+    assert by_command["cx-d"]["error"]["code"] == "not_cancellable"
+
+
+async def test_cancel_and_refund_from_another_terminal_are_refused(
+    redis_server, redis_client: Redis, simulator
+) -> None:
+    """Only the order's own terminal may cancel it: the other terminal is told
+    (``invalid_command``), nothing happens upstream, the payment goes on to its end."""
+    till = Till(redis_client)
+    terminal = "SIM-SOFTDECLINE-APPROVE-01"
+    async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
+        paid = await till.pay(terminal, 1250, order_id="mine")
+        await till.wait_for(terminal, lambda ev: any(e["status"] == "initialized" for e in ev))
+        await till.send(
+            {"type": "cancel", "terminal_id": "TILL-B", "order_id": "mine", "command_id": "cx-x"}
+        )
+        refused = await till.wait_for("TILL-B", lambda ev: len(ev) >= 1)
+        events = await till.until_final(terminal, paid)
+    assert [(e["command_id"], e["error"]["code"]) for e in refused] == [("cx-x", "invalid_command")]
+    assert statuses(events)[-1] == "completed"  # not cancelled
+    assert not any(e["type"] == "command.failed" for e in await till.events(terminal))
+    upstream = {o["order_id"]: o for o in await sim_orders(simulator)}
+    assert upstream["mine"]["status"] == "completed"

@@ -114,9 +114,16 @@ async def test_partial_then_the_rest_then_nothing_left(
     assert len({e["event_id"] for e in events}) == len(events)
     # upstream agrees: exactly what the till was told was refunded, once each
     assert upstream["amount_refunded"] == 1250 and upstream["status"] == "refunded"
-    # the order key still says what the till last heard about the order: the last refund
+    # each refund is answered with its own command's id; the pay's stays in the details
+    assert [e["command_id"] for e in refund_events] == ["r-1", "r-rest"]
+    pay_id = events[0]["command_id"]
+    assert all(e["details"]["pay_command_id"] == pay_id for e in refund_events)
+    # the order key keeps the payment's outcome (its final), with the refunded total current
     latest = json.loads(await redis_client.get(till.keys.order("refund-me")))
-    assert latest["type"] == "order.refund" and latest["details"]["amount_refunded"] == 1250
+    assert latest["type"] == "order.status" and latest["status"] == "completed"
+    assert latest["final"] is True and latest["command_id"] == pay_id
+    assert latest["details"]["amount_refunded"] == 1250
+    assert latest["stream_id"] == events[2]["stream_id"]
 
 
 async def test_refund_of_an_order_that_did_not_complete(
@@ -250,3 +257,35 @@ async def test_a_replayed_refund_refunds_once(redis_server, redis_client: Redis,
     assert upstream["amount_refunded"] == 300
     assert refunds(events) == [(300, 300)]
     assert failures(events) == [("r-replayed", "invalid_command")]
+
+
+async def test_the_order_key_after_a_partial_refund_and_refunds_of_another_terminal(
+    redis_server, redis_client: Redis, simulator
+) -> None:
+    """After a partial refund the order key still holds the final (a till catching up from it
+    does not wait forever), with ``details.amount_refunded``; a refund sent from another
+    terminal is refused on that terminal and nothing is refunded."""
+    till = Till(redis_client)
+    terminal, other = "SIM-APPROVE-01", "TILL-B"
+    async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
+        await paid(till, terminal, 1000, "partly-back")
+        await refund(till, other, "partly-back", 100, command_id="r-elsewhere")
+        refused = await till.wait_for(other, count("command.failed", 1))
+        await refund(till, terminal, "partly-back", 400, command_id="r-part")
+        events = await till.wait_for(terminal, count("order.refund", 1))
+    assert failures(refused) == [("r-elsewhere", "invalid_command")]
+    assert "belongs to terminal SIM-APPROVE-01" in refused[0]["error"]["message"]
+    assert not any(e["type"] == "command.failed" for e in events)  # nothing on the owner's
+    refund_event = [e for e in events if e["type"] == "order.refund"]
+    assert [(e["command_id"], e["details"]["refund_amount"]) for e in refund_event] == [
+        ("r-part", 400)
+    ]
+    latest = json.loads(await redis_client.get(till.keys.order("partly-back")))
+    assert (latest["type"], latest["status"], latest["final"]) == (
+        "order.status",
+        "completed",
+        True,
+    )
+    assert latest["details"]["amount_refunded"] == 400
+    upstream = {o["order_id"]: o for o in await sim_orders(simulator)}["partly-back"]
+    assert upstream["amount_refunded"] == 400  # the other terminal's refund never went upstream

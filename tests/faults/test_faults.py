@@ -1,5 +1,6 @@
 """Nothing lost: payments while the daemon is SIGKILLed, Redis restarts, streams drop and a
-daemon of two dies. Real processes, a real (persistent) redis-server, the simulator; the audit
+daemon of two dies; after a kill -9, no pay refused for a payment that is over. Real
+processes, a real (persistent) redis-server, the simulator; the audit
 reads every terminal's durable stream. The longer run of the same is
 ``pos-bridge bench --faults`` (see README, Operations)."""
 
@@ -17,5 +18,12 @@ async def test_every_payment_ends_once_whatever_fails(kind: str) -> None:
     report = await run_scenario(kind, rounds=1, terminals=8)
     audit = report.audit
     assert report.faults_injected >= 1
-    assert audit.payments == 8
     assert audit.clean, "\n".join(audit.problems)
+    if kind in ("kill", "takeover"):
+        # the next customer on each terminal, sent as soon as MultiSafepay said the payment
+        # in flight at the kill was over, is never refused as busy
+        assert report.repaid == 8 and audit.payments == 16
+        assert report.wrongly_refused == 0, "\n".join(audit.problems)
+        assert report.silences  # measured (the figures are for the bench, not asserted)
+    else:
+        assert audit.payments == 8

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import anyio
@@ -11,8 +14,11 @@ from redis.asyncio import Redis
 from bridge.core.events import Source
 from bridge.core.normalize import Observation
 from bridge.core.state import observe, order_created
-from bridge.redis.keys import Keys
+from bridge.daemon.intake import CommandIntake
+from bridge.redis.keys import COMMANDS_GROUP, Keys
 from bridge.redis.leases import Leases
+from bridge.redis.outage import RedisWaiters
+from bridge.redis.presence import Presence
 from bridge.redis.publisher import EventStore, LeaseLost
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +29,7 @@ async def test_one_owner_at_a_time_and_only_the_owner_renews(redis_client: Redis
     # a TTL no stall on a loaded machine outlasts; the lapse is then brought forward in Redis
     a, b = Leases(redis_client, KEYS, 30.0, "a"), Leases(redis_client, KEYS, 30.0, "b")
     token = await a.acquire("o1")
-    assert token is not None and token.endswith(":a")
+    assert token is not None and token.endswith("@a")
     assert await b.acquire("o1") is None
     assert await a.renew("o1", token)
     assert not await b.renew("o1", "1:b")
@@ -80,3 +86,80 @@ async def test_renewing_all_leases_at_once_reports_the_lost(redis_client: Redis)
     await redis_client.pexpire(KEYS.lease("o0"), 50)
     assert await leases.renew_all(held) == {"o7", "o1100"}  # type: ignore[arg-type]
     assert await redis_client.pttl(KEYS.lease("o0")) > 4000  # renewed to the full TTL
+
+
+def dead_pid() -> int:
+    """A process id that ran on this host and no longer does."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+async def test_a_gone_daemon_is_known_and_its_leases_taken_over_fenced(
+    redis_client: Redis,
+) -> None:
+    """A daemon is gone when its presence lapsed, when its process is dead on this host, or
+    when its consumer name runs a newer process; its leases are then taken over at once, and
+    its old token can no longer commit."""
+    dead = Leases(redis_client, KEYS, 10, "d1")
+    await dead.presence.announce()
+    token = await dead.acquire("o-gone")
+    assert token is not None
+    alive = Leases(redis_client, KEYS, 10, "d2")
+    await alive.presence.announce()
+    assert await alive.orphaned("o-gone") is None  # d1 is alive (this very process)
+    assert await alive.claim("o-gone") is None
+
+    # d1 was killed: its presence says a process that no longer exists on this host
+    record = json.loads(await redis_client.get(KEYS.daemon("d1")))
+    await redis_client.set(KEYS.daemon("d1"), json.dumps({**record, "pid": dead_pid()}))
+    assert await alive.presence.consumer_gone("d1")
+    assert await alive.orphaned("o-gone") == token
+    assert await alive.orphans(["o-gone", "o-free"]) == {"o-gone": token, "o-free": ""}
+    new = await alive.claim("o-gone")
+    assert new is not None and new != token and alive.held_here(new)
+    assert not await dead.renew("o-gone", token)  # fenced out
+    assert await alive.claim("o-gone") is None  # ours now: not an orphan
+
+    # restarted under the same name: the old incarnation's leases are orphans at once
+    restarted = Leases(redis_client, KEYS, 10, "d2")
+    await restarted.presence.announce()
+    assert await restarted.orphaned("o-gone") == new
+    assert not await restarted.presence.consumer_gone("d2")
+    await redis_client.delete(KEYS.daemon("d2"))  # and a presence that lapsed
+    assert await dead.presence.consumer_gone("d2")
+
+
+async def test_commands_of_a_gone_consumer_are_claimed_at_once(redis_client: Redis) -> None:
+    keys = Keys("claim")
+    presence = Presence(redis_client, keys, "d-new", 10)
+    handled: list[str] = []
+    done = anyio.Event()
+
+    async def handle(entry_id: str, fields: dict[str, str]) -> None:
+        handled.append(fields["command"])
+        done.set()
+
+    intake = CommandIntake(
+        redis_client,
+        keys,
+        "d-new",
+        handle,
+        claim_idle=3600,  # never by idle time: only because its daemon is gone
+        waiters=RedisWaiters(),
+        consumer_gone=presence.consumer_gone,
+        claim_every=0.1,
+    )
+    await intake.ensure_group()
+    await redis_client.xadd(keys.commands, {"command": "read-by-the-dead"})
+    await redis_client.xreadgroup(COMMANDS_GROUP, "d-old", {keys.commands: ">"})  # then killed
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(intake.run, stop)
+        with anyio.fail_after(10):
+            await done.wait()
+        stop.set()
+    assert handled == ["read-by-the-dead"]
+    consumers = await redis_client.xinfo_consumers(keys.commands, COMMANDS_GROUP)
+    assert [c["name"] for c in consumers] == ["d-new"]  # the gone one left the group
+    assert (await redis_client.xpending(keys.commands, COMMANDS_GROUP))["pending"] == 0

@@ -25,7 +25,7 @@ from bridge.redis.keys import Keys
 from bridge.redis.publisher import EventStore
 from bridge.redis.server import free_port
 from bridge.till.output import Printer
-from bridge.till.pay import PaymentWatch, build_pay
+from bridge.till.pay import CommandWatch, build_pay
 
 pytestmark = pytest.mark.anyio
 
@@ -42,9 +42,9 @@ def store(client: Redis) -> EventStore:
 
 
 async def next_command(
-    client: Redis, after: str = "0-0", timeout: float = 5.0
+    client: Redis, after: str = "0-0", within: float = 5.0
 ) -> tuple[str, PayCommand]:
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(within):
         while True:
             answer = await client.xread({KEYS.commands: after}, count=1, block=100)
             if answer:
@@ -385,7 +385,7 @@ async def test_catch_up_prints_what_pubsub_missed_once(redis_client: Redis) -> N
     assert isinstance(cmd, PayCommand)
     await create(s, cmd.model_copy(update={"order_id": "before", "command_id": "c-0"}))
     start = (await redis_client.xrevrange(KEYS.terminal_stream(TERMINAL), count=1))[0][0]
-    watch = PaymentWatch(
+    watch = CommandWatch(
         keys=KEYS,
         terminal=TERMINAL,
         command_id="c-1",
@@ -416,7 +416,7 @@ async def test_catch_up_reads_the_order_key_when_the_stream_was_trimmed(
 ) -> None:
     s = EventStore(redis_client, KEYS, stream_maxlen=1, order_ttl=3600)
     out = io.StringIO()
-    watch = PaymentWatch(
+    watch = CommandWatch(
         keys=KEYS,
         terminal=TERMINAL,
         command_id="c-1",

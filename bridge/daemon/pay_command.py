@@ -1,0 +1,302 @@
+"""What a ``pay`` does: the order's intent in the registry, the create (retried, and found by
+``GET`` after an uncertain failure, as :func:`bridge.core.order_commands.plan_create_failure`
+decides), ``order.created``, and the session that follows the payment."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import structlog
+
+from bridge import metrics
+from bridge.core.commands import PayCommand, derive_order_id
+from bridge.core.events import ErrorCode
+from bridge.core.order_commands import plan_create_failure, wrong_terminal
+from bridge.core.state import Decision, OrderState, Verdict, order_created, utcnow
+from bridge.daemon.answers import Answers
+from bridge.daemon.intake import LeaveUnacknowledged
+from bridge.daemon.sessions import record_found_order
+from bridge.multisafepay.api import ApiError, CreatedOrder
+from bridge.redis.sessions import SessionRecord
+
+log = structlog.get_logger("bridge.commands")
+
+
+class PayFailed(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class OutcomeUnknown(LeaveUnacknowledged):
+    """MultiSafepay could not say whether an order exists: the command stays unacknowledged."""
+
+
+class PayHandler(Answers):
+    async def _pay_failed(
+        self, command: PayCommand, command_id: str, order_id: str, code: ErrorCode, message: str
+    ) -> None:
+        await self._fail_order(
+            command.terminal_id,
+            command_id,
+            order_id,
+            command.amount,
+            command.currency,
+            code,
+            message,
+        )
+
+    async def pay(self, command: PayCommand, command_id: str) -> None:
+        order_id = command.order_id or derive_order_id(command_id)
+        state = await self.ctx.store.load(order_id)
+        if state is not None:
+            if state.command_id == command_id:  # a replay: already handled
+                if not state.final and not self._running(order_id):
+                    record = await self.ctx.registry.load(order_id)
+                    if record is not None:
+                        await self._start_session(record, state, None)
+                return
+            await self._command_failed(
+                command.terminal,
+                command_id,
+                order_id,
+                ErrorCode.DUPLICATE_ORDER_ID,
+                f"order id {order_id} is already used by another payment",
+            )
+            return
+        route = self._route(command.terminal_id)
+        if route is None:
+            await self._pay_failed(
+                command,
+                command_id,
+                order_id,
+                ErrorCode.UNKNOWN_TERMINAL,
+                f"terminal {command.terminal} is in no configured terminal group",
+            )
+            return
+        group, upstream_terminal = route
+        busy_with = await self._busy_with(command.terminal, order_id)
+        if busy_with:
+            await self._pay_failed(
+                command,
+                command_id,
+                order_id,
+                ErrorCode.TERMINAL_BUSY,
+                f"terminal {command.terminal} is busy with order {busy_with} "
+                "(that payment goes on)",
+            )
+            return
+        fence = await self._claim_lease(order_id)
+        if fence is None:  # another daemon holds this very order (the same command, replayed)
+            raise LeaveUnacknowledged(f"order {order_id} is being handled by another daemon")
+        now = time.time()
+        record = SessionRecord(
+            order_id=order_id,
+            terminal_id=upstream_terminal,
+            group=group.name,
+            command_id=command_id,
+            created_at=now,
+            deadline=now + self.config.multisafepay.max_payment_age,
+        )
+        await self.ctx.registry.save(record)  # the intent, before anything happens upstream
+        try:
+            outcome = await self._create_or_find(command, order_id, upstream_terminal, group)
+        except PayFailed as exc:
+            await self.ctx.registry.remove(order_id)
+            await self._pay_failed(command, command_id, order_id, exc.code, exc.message)
+            await self.ctx.leases.release(order_id, fence)
+            return
+        except OutcomeUnknown as exc:
+            log.error(
+                "order.unknown",
+                order_id=order_id,
+                command_id=command_id,
+                error=str(exc),
+                note="left unacknowledged; retried later",
+            )
+            await self.ctx.leases.release(order_id, fence)  # whoever adopts it asks GET again
+            raise
+        await self._created(command, command_id, order_id, record, outcome, fence)
+
+    async def _created(
+        self,
+        command: PayCommand,
+        command_id: str,
+        order_id: str,
+        record: SessionRecord,
+        outcome: CreatedOrder | dict[str, Any],
+        fence: str,
+    ) -> None:
+        """The payment exists upstream: from here nothing may be lost to a Redis outage."""
+        waiters = self.ctx.redis_waiters
+        if isinstance(outcome, CreatedOrder):
+            record = record.with_changes(
+                created=True,
+                session_id=outcome.session_id,
+                events_token=outcome.events_token,
+                events_stream_url=outcome.events_stream_url,
+                events_url=outcome.events_url,
+            )
+        else:  # found by GET after an uncertain create: no token, so the session polls
+            record = record.with_changes(created=True, session_id=outcome.get("session_id"))
+        await waiters.call(lambda: self.ctx.registry.save(record), what="a created order")
+
+        def created(st: OrderState | None) -> Decision:
+            if st is not None:
+                return Decision(Verdict.DUPLICATE, st)
+            return order_created(
+                order_id=order_id,
+                terminal_id=command.terminal_id,
+                command_id=command_id,
+                amount=command.amount,
+                currency=command.currency,
+                session_id=record.session_id,
+                now=utcnow(),
+            )
+
+        recorded = await waiters.call(
+            lambda: self.ctx.store.record(order_id, created, fence=fence), what="a created order"
+        )
+        state = recorded.decision.state
+        log.info(
+            "order.created",
+            order_id=order_id,
+            command_id=command_id,
+            terminal_id=command.terminal,
+            amount=command.amount,
+            group=record.group,
+        )
+        if not isinstance(outcome, CreatedOrder):
+            state = await record_found_order(self.ctx, record, outcome) or state
+        await self._start_session(record, state, fence)
+        await self._apply_pending_cancel(order_id, state)
+
+    async def _apply_pending_cancel(self, order_id: str, state: OrderState | None) -> None:
+        pending = await self.take_pending_cancel(order_id)
+        if pending is None or state is None:
+            return
+        terminal, cancel_id = pending
+        refusal = wrong_terminal(state, terminal)
+        if refusal is not None:
+            await self._refuse(terminal, cancel_id, order_id, refusal)
+            return
+        route = self._route(state.terminal_id)
+        if route is not None:
+            log.info("cancel.applied_late", order_id=order_id, command_id=cancel_id)
+            await self._cancel_upstream(terminal, cancel_id, order_id, route[0])
+
+    async def _claim_lease(self, order_id: str) -> str | None:
+        """The order's lease, also from a daemon that is gone. This daemon's orphan scan may
+        hold it for a moment (it found the pay's intent in the registry): wait for that."""
+        leases = self.ctx.leases
+        for _ in range(50):
+            fence = await leases.claim(order_id)
+            if fence is not None or not leases.held_here(await leases.holder(order_id)):
+                return fence
+            if self._running(order_id):
+                return None
+            await anyio.sleep(0.1)
+        return None
+
+    async def _busy_with(self, terminal: str, order_id: str) -> str | None:
+        """The order in flight on ``terminal``, if another one is. Before refusing, MultiSafepay
+        is asked (``GET``): a payment that ended while nobody listened (its daemon was killed,
+        its stream not yet caught up) is published, and does not refuse the next customer.
+        One no live daemon follows is taken over here at once."""
+        raw = await self.redis.get(self.keys.terminal_active(terminal))
+        active = str(raw) if raw else None
+        if active is None or active == order_id:
+            return None
+        state = await self.ctx.store.load(active)
+        if state is None or state.final:
+            return None
+        route = self._route(state.terminal_id)
+        if route is None:
+            return active
+        log.info("terminal.busy_check", order_id=active, note="asking MultiSafepay")
+        now = await self._confirm(active, route[0].key.get_secret_value(), state.terminal_id)
+        if now is not None and now.final:
+            return None
+        if not self._running(active) and await self.ctx.leases.unowned(active):
+            record = await self.ctx.registry.load(active)
+            if record is not None:  # still in flight and nobody follows it: from here, now
+                await self._adopt(record, now or state)
+        return active
+
+    async def _adopt(self, record: SessionRecord, state: OrderState) -> None:
+        fence = await self.ctx.leases.claim(record.order_id)
+        if fence is not None:
+            log.info("session.adopted", order_id=record.order_id, note="terminal was busy")
+            await self._start_session(record, state, fence)
+
+    async def _create_or_find(
+        self, command: PayCommand, order_id: str, terminal: str, group: Any
+    ) -> CreatedOrder | dict[str, Any]:
+        """Create the order; after an uncertain failure, find out with GET whether it exists."""
+        api, key = self.ctx.api, group.key.get_secret_value()
+        backoff = self.ctx.backoff()
+        attempts = self.config.multisafepay.create_retries + 1
+        uncertain = False
+        for attempt in range(attempts):
+            if uncertain:
+                found = await self._find(order_id, key)
+                if found is not None:
+                    return found
+            try:
+                return await api.create_order(
+                    key,
+                    order_id=order_id,
+                    terminal_id=terminal,
+                    amount=command.amount,
+                    currency=command.currency,
+                    description=command.description,
+                    notification_url=self.config.webhook.notification_url(group.name),
+                )
+            except ApiError as exc:
+                plan = plan_create_failure(
+                    code=exc.code,
+                    http_status=exc.http_status,
+                    upstream_code=exc.upstream_code,
+                    maybe_done=exc.maybe_done,
+                    uncertain=uncertain,
+                    attempt=attempt,
+                    attempts=attempts,
+                )
+                uncertain = plan.uncertain
+                if plan.look_up and (found := await self._find(order_id, key)) is not None:
+                    return found
+                if plan.retry:
+                    log.warning(
+                        "order.create_retry",
+                        order_id=order_id,
+                        attempt=attempt + 1,
+                        error=exc.message,
+                        uncertain=uncertain,
+                    )
+                    metrics.UPSTREAM_ERRORS.labels("create_retry").inc()
+                    await anyio.sleep(backoff.next())
+                    continue
+                message = (
+                    f"MultiSafepay did not create the order: {exc.message}"
+                    if plan.unavailable
+                    else exc.message
+                )
+                raise PayFailed(plan.code, message) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _find(self, order_id: str, key: str) -> dict[str, Any] | None:
+        """GET the order: its data, None if it certainly does not exist; raises when unknown."""
+        backoff = self.ctx.backoff()
+        for _ in range(self.config.multisafepay.create_retries + 3):
+            try:
+                return await self.ctx.api.get_order(key, order_id)
+            except ApiError as exc:
+                if exc.code is ErrorCode.NOT_FOUND:
+                    return None
+                log.warning("order.lookup_failed", order_id=order_id, error=exc.message)
+                metrics.UPSTREAM_ERRORS.labels("lookup_failed").inc()
+                await anyio.sleep(backoff.next())
+        raise OutcomeUnknown(f"could not learn from MultiSafepay whether order {order_id} exists")
