@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -40,6 +41,36 @@ async def wait_dead_letters(client: Redis, keys: Keys, count: int) -> list[dict[
 
 async def pending(client: Redis, keys: Keys) -> int:
     return int((await client.xpending(keys.commands, COMMANDS_GROUP))["pending"])
+
+
+async def run_intake(
+    redis_url: str,
+    client: Redis,
+    handler: Callable[[str, dict[str, str]], Awaitable[None]],
+    max_deliveries: int,
+    until: Callable[[], Awaitable[None]],
+) -> str:
+    """The real intake, claiming every 0.1 s, around one command, until ``until`` returns."""
+    reader = connect(redis_url, decode_responses=False)
+    intake = CommandIntake(
+        reader,
+        Keys("pos"),
+        "consumer-1",
+        handler,
+        claim_idle=0.05,
+        claim_every=0.1,
+        max_deliveries=max_deliveries,
+        waiters=RedisWaiters(lambda n: None),
+    )
+    await intake.ensure_group()
+    entry_id = str(await client.xadd(Keys("pos").commands, {"command": '{"type": "pay"}'}))
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(intake.run, stop)
+        await until()
+        stop.set()
+    await reader.aclose()
+    return entry_id
 
 
 @pytest.mark.anyio
@@ -140,25 +171,11 @@ async def test_a_handler_that_always_crashes_is_given_up_after_n_deliveries(
         calls.append(entry_id)
         raise RuntimeError("a bug in a handler")
 
-    reader = connect(redis_server.url, decode_responses=False)
-    intake = CommandIntake(
-        reader,
-        keys,
-        "consumer-1",
-        crashing,
-        claim_idle=0.05,
-        claim_every=0.1,
-        max_deliveries=3,
-        waiters=RedisWaiters(lambda n: None),
-    )
-    await intake.ensure_group()
-    entry_id = await redis_client.xadd(keys.commands, {"command": '{"type": "pay"}'})
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(intake.run, stop)
-        letters = await wait_dead_letters(redis_client, keys, 1)
-        stop.set()
-    await reader.aclose()
+    async def given_up() -> None:
+        await wait_dead_letters(redis_client, keys, 1)
+
+    entry_id = await run_intake(redis_server.url, redis_client, crashing, 3, until=given_up)
+    letters = await dead_letters(redis_client, keys)
     assert calls == [entry_id] * 3  # handled three times, then given up
     assert letters[0]["entry_id"] == entry_id and "delivered 4 times" in letters[0]["error"]
     assert await pending(redis_client, keys) == 0
@@ -270,28 +287,13 @@ async def test_a_command_left_unacknowledged_on_purpose_is_retried_not_buried(
         calls.append(entry_id)
         raise LeaveUnacknowledged("the outcome upstream is unknown")
 
-    reader = connect(redis_server.url, decode_responses=False)
-    intake = CommandIntake(
-        reader,
-        keys,
-        "consumer-1",
-        undecided,
-        claim_idle=0.05,
-        claim_every=0.1,
-        max_deliveries=2,
-        waiters=RedisWaiters(lambda n: None),
-    )
-    await intake.ensure_group()
-    await redis_client.xadd(keys.commands, {"command": '{"type": "pay"}'})
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(intake.run, stop)
+    async def retried_often() -> None:
         with anyio.fail_after(20):
             while True:  # well past max_deliveries
                 if len(calls) >= 6:
-                    break
+                    return
                 await anyio.sleep(0.05)
-        stop.set()
-    await reader.aclose()
+
+    await run_intake(redis_server.url, redis_client, undecided, 2, until=retried_often)
     assert await dead_letters(redis_client, keys) == []
     assert await pending(redis_client, keys) == 1  # still waiting for an answer upstream
