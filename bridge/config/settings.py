@@ -39,6 +39,7 @@ from bridge.config.sources import (
     resolve_config_path,
 )
 from bridge.config.types import MASK
+from bridge.config.webhook_url import webhook_url_problems
 
 _log = logging.getLogger("bridge.config")
 
@@ -113,6 +114,7 @@ class Config(BaseSettings):
             problems = validation_errors(exc, overrides.overridden if overrides else {})
             raise ConfigError(source, (overrides.errors if overrides else []) + problems) from None
         problems = (overrides.errors if overrides else []) + cfg.resolve_keys(environ, source)
+        problems += webhook_url_problems(cfg.webhook, [g.name for g in cfg.terminal_groups])
         if problems:
             raise ConfigError(source, problems)
         return cfg

@@ -139,7 +139,6 @@ class WebhookReceiver:
                 group.key.get_secret_value(),
                 now=time.time(),
                 max_age=cfg.webhook.max_age,
-                query_timestamp=request.query_params.get("timestamp"),
             )
         except WebhookRejected as exc:
             return self._answer(

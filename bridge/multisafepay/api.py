@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 
@@ -56,6 +57,18 @@ def _pick(data: dict[str, Any], *names: str) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
+
+
+def _path(*segments: str | int) -> str:
+    """A URL path from segments, each percent-encoded whole (``/`` included).
+
+    MultiSafepay allows ``/`` in an order id (MultiSafepay/docs:
+    content/point-of-sale/smartpos-solutions.md: "a-z, A-Z, 0-9 and the special characters
+    ``/ - _``"), so ``till7/123`` must travel as ``till7%2F123``, and an id such as
+    ``X/refunds`` can never reach another endpoint. The official SDK encodes the same way
+    (``multisafepay`` 3.1.0: ``api/base/abstract_manager.py``, ``quote(segment, safe="")``).
+    """
+    return "/".join(quote(str(segment), safe="") for segment in segments)
 
 
 def _error_for_status(status: int) -> ErrorCode:
@@ -186,27 +199,29 @@ class MultiSafepayApi:
         )
 
     async def get_order(self, api_key: str, order_id: str) -> dict[str, Any]:
-        data = await self._call("GET", f"orders/{order_id}", api_key)
+        path = _path("orders", order_id)
+        data = await self._call("GET", path, api_key)
         if not isinstance(data, dict):
-            raise ApiError(ErrorCode.UPSTREAM_REJECTED, f"GET orders/{order_id}: no order object")
+            raise ApiError(ErrorCode.UPSTREAM_REJECTED, f"GET {path}: no order object")
         return data
 
     async def cancel_order(self, api_key: str, order_id: str) -> dict[str, Any]:
-        data = await self._call("POST", f"orders/{order_id}/cancel", api_key)
+        data = await self._call("POST", _path("orders", order_id, "cancel"), api_key)
         return data if isinstance(data, dict) else {}
 
     async def refund_order(
         self, api_key: str, order_id: str, *, amount: int, currency: str, description: str | None
     ) -> dict[str, Any]:
         body = {"currency": currency, "amount": amount, "description": description or "refund"}
-        data = await self._call("POST", f"orders/{order_id}/refunds", api_key, json=body)
+        path = _path("orders", order_id, "refunds")
+        data = await self._call("POST", path, api_key, json=body)
         return data if isinstance(data, dict) else {}
 
     async def list_terminals(
         self, api_key: str, group_id: int | None = None
     ) -> list[dict[str, Any]]:
         """Every terminal the key sees (of one terminal group, if given), across pages."""
-        path = f"terminal-groups/{group_id}/terminals" if group_id else "terminals"
+        path = _path("terminal-groups", group_id, "terminals") if group_id else "terminals"
         terminals: list[dict[str, Any]] = []
         limit = 100
         for page in range(1, 1000):

@@ -64,6 +64,8 @@ async def sse_messages(
     headers = {
         "Authorization": auth_header(token, auth),
         "Accept": "text/event-stream",
+        # The bytes are read raw (``aiter_raw``): a compressed answer would decode to nothing.
+        "Accept-Encoding": "identity",
         "Cache-Control": "no-store",
     }
     if last_event_id:
@@ -82,6 +84,9 @@ async def sse_messages(
                 raise StreamError(
                     f"stream answered {content_type or 'no content type'}, not text/event-stream"
                 )
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise StreamError(f"stream answered {encoding[:32]!r}-encoded, not identity")
             if on_open is not None:
                 await on_open()
             lines, alive_at = 0, time.monotonic()

@@ -126,7 +126,8 @@ class SSEDecoder:
             if "\0" not in value:
                 self._last_id = value
         elif name == "retry":
-            if value.isdigit():
+            # ASCII digits only, as the standard says: "²".isdigit() is true, int("²") raises.
+            if value.isascii() and value.isdigit():
                 self._retry = int(value)
         return None  # other field names are ignored, as the standard says
 

@@ -29,14 +29,13 @@ _TIMESTAMP_RE = re.compile(r"^[0-9]{1,16}(\.[0-9]{1,9})?$")
 _SIGNATURE_RE = re.compile(r"^[0-9a-fA-F]{128}$")
 _MAX_HEADER = 1024  # a real one is ~200 characters
 
-Reason = Literal["missing_auth", "malformed_auth", "bad_signature", "stale", "timestamp_mismatch"]
+Reason = Literal["missing_auth", "malformed_auth", "bad_signature", "stale"]
 
 _STATUS: dict[str, int] = {
     "missing_auth": 401,
     "malformed_auth": 401,
     "bad_signature": 401,
     "stale": 401,
-    "timestamp_mismatch": 400,
 }
 
 
@@ -117,15 +116,19 @@ def verify_webhook(
     *,
     now: float,
     max_age: float,
-    query_timestamp: str | None = None,
     max_future: float = MAX_FUTURE_SKEW,
 ) -> VerifiedWebhook:
     """Check a notification's ``Auth`` header against its raw body; the order of checks:
 
     ``missing_auth`` (no header), ``malformed_auth`` (not base64 of ``"digits:128 hex"``),
-    ``bad_signature`` (HMAC differs, compared in constant time), ``timestamp_mismatch`` (the
-    URL's ``timestamp`` parameter, when given, is not the signed one), ``stale`` (signed more
-    than ``max_age`` seconds before ``now`` or more than ``max_future`` after it).
+    ``bad_signature`` (HMAC differs, compared in constant time), ``stale`` (signed more than
+    ``max_age`` seconds before ``now`` or more than ``max_future`` after it).
+
+    Only the signed timestamp counts. The URL's ``timestamp`` parameter is "the time the
+    notification was triggered" (MultiSafepay/docs: content/payment-management/webhook.md); no
+    source says it equals the signed one, neither official SDK compares them (multisafepay
+    3.1.0: ``util/webhook.py``; MultiSafepay/php-sdk: src/Util/Notification.php), and it is not
+    signed, so it decides nothing.
     A body or key of the wrong type is a programming error (``TypeError``).
     """
     if not isinstance(raw_body, (bytes, bytearray, memoryview)):
@@ -137,8 +140,6 @@ def verify_webhook(
     expected = signature_hex(body, api_key, timestamp)
     if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):
         raise WebhookRejected("bad_signature", "signature does not match the body and key")
-    if query_timestamp is not None and query_timestamp.strip() != timestamp:
-        raise WebhookRejected("timestamp_mismatch", "URL timestamp differs from the signed one")
     signed_at = _timestamp_seconds(timestamp)
     age = now - signed_at
     if age > max_age:

@@ -6,6 +6,10 @@ one item in memory. A session that waits stops reading its upstream stream, so t
 one observation per payment in flight (backpressure through TCP), and the session reconciles
 by ``GET`` afterwards. The outage is logged when the first waiter meets it and when the last
 one gets through, not once per retry.
+
+Only a lost or refused connection and a timeout are an outage. Any other ``RedisError`` (a
+``WRONGTYPE`` reply, a Lua script error, ``NOSCRIPT``, an ACL refusal) is an answer from a
+reachable Redis: retrying would fail the same way forever, so it is the caller's to handle.
 """
 
 from __future__ import annotations
@@ -15,13 +19,23 @@ from typing import TypeVar
 
 import anyio
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.core.backoff import Backoff
 
 log = structlog.get_logger("bridge.redis")
 
 T = TypeVar("T")
+
+#: The errors that mean "Redis is unreachable" (``BusyLoadingError`` is a ConnectionError).
+OUTAGE_ERRORS: tuple[type[RedisError], ...] = (RedisConnectionError, RedisTimeoutError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` means Redis cannot be reached now (retry), not that it refused."""
+    return isinstance(exc, OUTAGE_ERRORS)
 
 
 class RedisWaiters:
@@ -36,20 +50,33 @@ class RedisWaiters:
         self._on_change = on_change
 
     async def call(self, op: Callable[[], Awaitable[T]], *, what: str) -> T:
-        """``await op()`` until it gets through (every other error is the caller's)."""
+        """``await op()`` until it gets through an outage (every other error is the caller's).
+
+        A waiter that is cancelled (its session lost its lease, the daemon stops) leaves the
+        count all the same; the outage's end is then logged by the next call that gets through.
+        """
         backoff: Backoff | None = None
-        while True:
-            try:
-                result = await op()
-            except RedisError as exc:
-                if backoff is None:
-                    backoff = Backoff(initial=0.1, factor=2.0, cap=2.0)
-                    self.enter(exc, what)
-                await anyio.sleep(backoff.next())
-                continue
+        reached = False  # Redis answered (a result, or an error that is not an outage)
+        try:
+            while True:
+                try:
+                    result = await op()
+                except OUTAGE_ERRORS as exc:
+                    if backoff is None:
+                        backoff = Backoff(initial=0.1, factor=2.0, cap=2.0)
+                        self.enter(exc, what)
+                    await anyio.sleep(backoff.next())
+                    continue
+                except RedisError:
+                    reached = True
+                    raise
+                reached = True
+                return result
+        finally:
             if backoff is not None:
-                self.leave()
-            return result
+                self.leave(reached=reached)
+            elif reached:
+                self._end_if_idle()
 
     def enter(self, exc: RedisError, what: str) -> None:
         """A task starts waiting for Redis (it retries on its own): the first logs the outage."""
@@ -64,10 +91,15 @@ class RedisWaiters:
             )
         self._on_change(self.waiting)
 
-    def leave(self) -> None:
-        """A task that ``enter``-ed got through: the last logs the outage's end."""
+    def leave(self, *, reached: bool = True) -> None:
+        """A task that ``enter``-ed stops waiting: ``reached`` if Redis answered it (the last
+        such logs the outage's end), False if it gave up (cancelled)."""
         self.waiting -= 1
         self._on_change(self.waiting)
+        if reached:
+            self._end_if_idle()
+
+    def _end_if_idle(self) -> None:
         if self.waiting == 0 and self._since is not None:
             log.info(
                 "redis.reachable",

@@ -7,7 +7,6 @@ lifespan, so stopping the server stops them.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import json
 import logging
 import math
@@ -20,46 +19,30 @@ import httpx
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
-from bridge.simulator import bench, bus, page, scenarios, sse, tokens
+from bridge.simulator import bench, page, scenarios, streams, tokens
 from bridge.simulator import errors as E
 from bridge.simulator.changes import Changes
 from bridge.simulator.clock import Clock
 from bridge.simulator.customers import Customers
 from bridge.simulator.errors import MspError
 from bridge.simulator.orders import Order, OrderEvent, OrderStore, validate_create
+from bridge.simulator.responses import fail, ok
+from bridge.simulator.routing import SegmentRouting, path_param
 from bridge.simulator.scenarios import Scenario, Step
 from bridge.simulator.variants import VariantError, Variants
 from bridge.simulator.webhooks import RESEND_INTERVAL, WebhookSender
 
 log = logging.getLogger("bridge.simulator")
 
-# Set while an SSE handler abandons its response on purpose (a simulated drop), so uvicorn's
-# "returned without completing response" complaint about it is not logged as an error.
-_dropping: contextvars.ContextVar[bool] = contextvars.ContextVar("sim_dropping", default=False)
-
-
-class _DropLogFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (_dropping.get() and "without completing response" in str(record.msg))
-
-
-logging.getLogger("uvicorn.error").addFilter(_DropLogFilter())
 
 Item = tuple[str, Any]  # ("event", OrderEvent) | ("drop", None)
-
-
-def ok(data: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse({"success": True, "data": data}, status_code=status)
-
-
-def fail(err: MspError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.http_status)
 
 
 class Simulator:
@@ -84,7 +67,7 @@ class Simulator:
         self.keepalive_interval = keepalive_interval  # simulated seconds between pings
         self.final_grace = final_grace  # simulated seconds a stream stays open after the end
         self.secret = secrets.token_bytes(32)
-        self.store = OrderStore(self.clock.local_timestamp)
+        self.store = OrderStore(self.clock.local_timestamp, self.clock.simulated_seconds)
         self._feeds: dict[str, set[MemoryObjectSendStream[Item]]] = {}
         self._scripts: dict[str, anyio.CancelScope] = {}
         self._tg: TaskGroup | None = None
@@ -164,7 +147,14 @@ class Simulator:
     def _notify(self, order: Order) -> None:
         url = order.notification_url or self.webhook_url
         if url and self.webhooks is not None:
-            self._start(self.webhooks.deliver, url, order.api_key, order.order_id, order.view())
+            self._start(
+                self.webhooks.deliver,
+                url,
+                order.api_key,
+                order.order_id,
+                order.view(),
+                order.notification_method,
+            )
 
     def _publish(self, order: Order, item: Item) -> None:
         self.changes.touch()
@@ -182,7 +172,7 @@ class Simulator:
         return n
 
     @contextlib.contextmanager
-    def _subscribe(self, order: Order, transport: str = "sse") -> Any:
+    def subscribe(self, order: Order, transport: str = "sse") -> Any:
         send, receive = anyio.create_memory_object_stream[Item](math.inf)
         self._feeds.setdefault(order.order_id, set()).add(send)
         self.bench.stream_opened(transport)
@@ -199,7 +189,7 @@ class Simulator:
             send.close()
             receive.close()
 
-    def _sending(self, order: Order, ev: OrderEvent) -> None:
+    def record_sending(self, order: Order, ev: OrderEvent) -> None:
         if order.order_id in self.bench.sent_at:
             self.bench.record_send(order, ev)
 
@@ -275,9 +265,11 @@ class Simulator:
             order.session_id, self.secret, self.clock.time(), v.token_ttl
         )
         word = "events" if v.field_spelling == "events" else "event"
+        # MultiSafepay/docs: content/point-of-sale/event-notifications.md ("Example response")
         data: dict[str, Any] = {
             "order_id": order.order_id,
             "session_id": order.session_id,
+            "payment_url": f"http://{host}/connect/{order.session_id}/?lang=nl_NL",
             f"{word}_token": token,
         }
         if v.events_url == "on":
@@ -286,18 +278,18 @@ class Simulator:
         return data
 
     async def get_order(self, request: Request) -> Response:
-        order = self.store.get(request.path_params["order_id"], self.api_key(request))
+        order = self.store.get(path_param(request, "order_id"), self.api_key(request))
         await self._hold_if_slow(order)
         return ok(order.view())
 
     async def cancel(self, request: Request) -> Response:
-        order = self.store.get(request.path_params["order_id"], self.api_key(request))
+        order = self.store.get(path_param(request, "order_id"), self.api_key(request))
         await self._hold_if_slow(order)
         self.cancel_order(order)
         return ok(order.cancel_view())
 
     async def refund(self, request: Request) -> Response:
-        order = self.store.get(request.path_params["order_id"], self.api_key(request))
+        order = self.store.get(path_param(request, "order_id"), self.api_key(request))
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
@@ -317,30 +309,13 @@ class Simulator:
         except ValueError:
             raise MspError(400, E.MISSING_DATA, "page and limit must be integers") from None
         chunk = items[(page - 1) * limit : page * limit]
-        data = [
-            {
-                "active": True,
-                "country": "NL",
-                "group_id": t.group_id,
-                "id": t.id,
-                "manufacturer_id": "SIM",
-                "name": t.name,
-                "provider": "CTAP",
-                "serial_number": f"SIM{n:05d}",
-            }
-            for n, t in enumerate(chunk, (page - 1) * limit + 1)
-        ]
-        pager = {
-            "after": None,
-            "before": None,
-            "limit": limit,
-            "page": page,
-            "page_count": max(1, math.ceil(len(items) / limit)),
-            "total_items": len(items),
-        }
+        data = [t.listing(n) for n, t in enumerate(chunk, (page - 1) * limit + 1)]
+        # The pager documents total_items only (MultiSafepay/docs:
+        # openapi/components/schemas/TerminalPager.yaml): a client pages on its own.
+        pager = {"total_items": len(items)}
         return JSONResponse({"success": True, "data": data, "pager": pager})
 
-    # ---- events: SSE -----------------------------------------------------------------------
+    # ---- events ------------------------------------------------------------------------------
     def order_for_token(self, token: str | None) -> Order:
         if not token:
             raise MspError(401, E.INVALID_API_KEY, "Missing events token")
@@ -353,166 +328,17 @@ class Simulator:
             raise MspError(401, E.INVALID_API_KEY, "Invalid events token: unknown session")
         return order
 
+    async def cancel_when_stopping(self, tg: TaskGroup) -> None:
+        """Cancel ``tg`` once the server begins to stop (open streams must not hold it up)."""
+        assert self.stopping is not None
+        await self.stopping.wait()
+        tg.cancel_scope.cancel()
+
     async def sse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            order = self.order_for_token(
-                tokens.token_from_authorization(request.headers.get("authorization"))
-            )
-        except MspError as err:
-            await fail(err)(scope, receive, send)
-            return
-        v = self.variants
-        ids = v.sse_ids == "on"
-        backlog: list[OrderEvent] = []
-        resume_after = 0  # events up to this id are not sent (the client has them)
-        last = request.headers.get("last-event-id")
-        if ids and last is not None:
-            with contextlib.suppress(ValueError):
-                resume_after = int(last)
-                backlog = order.events_after(resume_after)
-        tx_as = v.transaction_id
-        ended = order.final  # decided together with the backlog, before any await
+        await streams.sse_stream(self, scope, receive, send)
 
-        with self._subscribe(order) as feed:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"text/event-stream; charset=utf-8"),
-                        (b"cache-control", b"no-cache"),
-                        (b"x-accel-buffering", b"no"),
-                    ],
-                }
-            )
-            done = anyio.Event()
-
-            async def body(chunk: bytes) -> None:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-            async def watch_disconnect(tg: TaskGroup) -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                tg.cancel_scope.cancel()
-
-            async def watch_stopping(tg: TaskGroup) -> None:
-                assert self.stopping is not None
-                await self.stopping.wait()
-                tg.cancel_scope.cancel()
-
-            dropped = False
-
-            async def pump(tg: TaskGroup) -> None:
-                nonlocal dropped
-                await body(sse.format_keepalive(v.keepalive))  # opens the stream at once
-                for ev in backlog:
-                    self._sending(order, ev)
-                    await body(
-                        sse.format_event(order.event_payload(ev, tx_as), ev.id if ids else None)
-                    )
-                if ended:
-                    await self.clock.sleep(self.final_grace)
-                    done.set()
-                    tg.cancel_scope.cancel()
-                    return
-                while True:
-                    item: Item | None = None
-                    # Only the wait is timed: a ping is due when nothing came for a while.
-                    with anyio.move_on_after(self.clock.scaled(self.keepalive_interval)):
-                        item = await feed.receive()
-                    if item is None:
-                        await body(sse.format_keepalive(v.keepalive))
-                        continue
-                    kind, ev = item
-                    if kind == "event" and ev.id <= resume_after:
-                        continue
-                    if kind == "drop":
-                        last_ev = order.events[-1] if order.events else None
-                        if last_ev is not None:
-                            await body(
-                                sse.half_written(
-                                    order.event_payload(last_ev, tx_as), last_ev.id if ids else None
-                                )
-                            )
-                        dropped = True
-                        tg.cancel_scope.cancel()
-                        return
-                    self._sending(order, ev)
-                    await body(
-                        sse.format_event(order.event_payload(ev, tx_as), ev.id if ids else None)
-                    )
-                    if order.final and ev.id == order.events[-1].id:
-                        # The final status is sent; the stream closes shortly after.
-                        await self.clock.sleep(self.final_grace)
-                        done.set()
-                        tg.cancel_scope.cancel()
-                        return
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch_disconnect, tg)
-                tg.start_soon(watch_stopping, tg)
-                tg.start_soon(pump, tg)
-        if dropped:
-            # Return without finishing the response: uvicorn closes the connection mid-body,
-            # which is what a client sees when MultiSafepay's stream breaks.
-            _dropping.set(True)
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    # ---- events: WebSocket bus ---------------------------------------------------------------
     async def websocket(self, ws: WebSocket) -> None:
-        await ws.accept()
-        try:
-            order = self.order_for_token(ws.query_params.get("token"))
-        except MspError as err:
-            await ws.close(code=1008, reason=err.info[:120])
-            return
-        session = bus.BusSession()
-        tx_as = self.variants.transaction_id
-        close_code = 1000
-        with self._subscribe(order, "websocket") as feed:
-
-            async def reader(tg: TaskGroup) -> None:
-                try:
-                    while True:
-                        text = await ws.receive_text()
-                        await ws.send_json(session.handle(text))
-                except (WebSocketDisconnect, RuntimeError, KeyError):
-                    nonlocal close_code
-                    close_code = -1
-                tg.cancel_scope.cancel()
-
-            async def writer(tg: TaskGroup) -> None:
-                nonlocal close_code
-                async for kind, ev in feed:
-                    if kind == "drop":
-                        close_code = 1011  # an unclean close: the client must reconnect
-                        break
-                    if "session.order" in session.channels:
-                        self._sending(order, ev)
-                        await ws.send_json(
-                            bus.event("session.order", order.event_payload(ev, tx_as))
-                        )
-                    if order.final and ev.id == order.events[-1].id:  # the final itself sent
-                        await self.clock.sleep(self.final_grace)
-                        break
-                tg.cancel_scope.cancel()
-
-            async def watch_stopping(tg: TaskGroup) -> None:
-                assert self.stopping is not None
-                await self.stopping.wait()
-                nonlocal close_code
-                close_code = 1001
-                tg.cancel_scope.cancel()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(reader, tg)
-                tg.start_soon(writer, tg)
-                tg.start_soon(watch_stopping, tg)
-        if close_code > 0:
-            with contextlib.suppress(Exception):
-                await ws.close(code=close_code)
+        await streams.bus_session(self, ws)
 
     # ---- admin -----------------------------------------------------------------------------
     async def admin_variants(self, request: Request) -> Response:
@@ -546,7 +372,7 @@ class Simulator:
         )
 
     async def admin_drop(self, request: Request) -> Response:
-        order = self.store.orders.get(request.path_params["order_id"])
+        order = self.store.orders.get(path_param(request, "order_id"))
         if order is None:
             return fail(
                 MspError(404, E.INVALID_ORDER_ID, "Invalid transaction ID: order not found")
@@ -608,6 +434,7 @@ class Simulator:
         return Starlette(
             routes=routes,
             lifespan=self.lifespan,
+            middleware=[Middleware(SegmentRouting)],
             exception_handlers={404: not_found, 405: not_found},
         )
 

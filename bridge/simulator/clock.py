@@ -30,6 +30,10 @@ class Clock:
     def time(self) -> float:
         return time.time()
 
+    def simulated_seconds(self) -> float:
+        """A monotonic count of simulated seconds (real seconds times ``speed``)."""
+        return time.monotonic() * self.speed
+
     def local_timestamp(self) -> str:
         # MultiSafepay writes order times without a zone, in Amsterdam local time.
         return datetime.fromtimestamp(self.time(), AMSTERDAM).strftime("%Y-%m-%dT%H:%M:%S")

@@ -6,12 +6,14 @@ import hashlib
 import re
 import secrets
 import string
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.simulator import errors as E
 from bridge.simulator.errors import MspError
+from bridge.simulator.refunds import refund_amount
 from bridge.simulator.scenarios import FINAL_STATUSES, Scenario, Step
 
 ORDER_ID_RE = re.compile(r"^[A-Za-z0-9/_-]{1,50}$")
@@ -38,6 +40,7 @@ class Order:
     transaction_id: int
     created: str
     notification_url: str | None = None
+    notification_method: str = "POST"
     status: str = "initialized"
     financial_status: str = "initialized"
     modified: str = ""
@@ -184,7 +187,9 @@ class Order:
         }
 
 
-# why -> (reason, reason_code, response_code); response codes are ISO 8583 style like MultiSafepay's
+# why -> (reason, reason_code, response_code); ISO 8583 style response codes, like MultiSafepay's.
+# A soft decline is "declined with error code 65, 71" (MultiSafepay/docs:
+# content/point-of-sale/pos-card-payment-flow.md); the other texts and codes are assumed.
 SOFT_DECLINE = ("Soft decline: PIN required", "1009", "65")
 _REASONS = {
     "hard": ("Declined: insufficient funds", "1005", "51"),
@@ -196,7 +201,13 @@ _REASONS = {
 
 
 def validate_create(body: Any) -> dict[str, Any]:
-    """Check a create-order body; MspError (400) says what is wrong."""
+    """Check a create-order body; MspError (400) says what is wrong.
+
+    Required fields and limits: MultiSafepay/docs: openapi/components/schemas/CloudMode.yaml
+    (``description`` required, at most 200: error 1008 "The ``description`` was missing or
+    invalid", api/general/error-reference.md) and CloudModePaymentOptions.yaml
+    (``notification_method`` ``POST`` or ``GET``).
+    """
     if not isinstance(body, dict):
         raise MspError(400, E.MISSING_DATA, "Request body must be a JSON object")
     order_id = body.get("order_id")
@@ -210,15 +221,20 @@ def validate_create(body: Any) -> dict[str, Any]:
     currency = body.get("currency")
     if not isinstance(currency, str) or not re.fullmatch(r"[A-Za-z]{3}", currency):
         raise MspError(400, E.INVALID_CURRENCY, "Invalid currency")
-    description = body.get("description") or ""
-    if not isinstance(description, str) or len(description) > 200:
-        raise MspError(400, E.INVALID_DESCRIPTION, "Invalid description: at most 200 characters")
+    description = body.get("description")
+    if not isinstance(description, str) or not description.strip() or len(description) > 200:
+        raise MspError(
+            400, E.INVALID_DESCRIPTION, "Invalid description: required, at most 200 characters"
+        )
     gi = body.get("gateway_info")
     terminal_id = gi.get("terminal_id") if isinstance(gi, dict) else None
     if not isinstance(terminal_id, str) or not terminal_id.strip():
         raise MspError(400, E.MISSING_DATA, "Missing data: gateway_info.terminal_id")
     po = body.get("payment_options")
     url = po.get("notification_url") if isinstance(po, dict) else None
+    method = po.get("notification_method") if isinstance(po, dict) else None
+    # Absent or unknown: POST, what MultiSafepay recommends (assumed: the docs name no default).
+    method = "GET" if isinstance(method, str) and method.upper() == "GET" else "POST"
     return {
         "order_id": order_id,
         "amount": amount,
@@ -226,6 +242,7 @@ def validate_create(body: Any) -> dict[str, Any]:
         "description": description,
         "terminal_id": terminal_id.strip(),
         "notification_url": url if isinstance(url, str) and url else None,
+        "notification_method": method,
         "var": tuple(body.get(f"var{i}") for i in (1, 2, 3)),
     }
 
@@ -233,8 +250,12 @@ def validate_create(body: Any) -> dict[str, Any]:
 class OrderStore:
     """All orders, indexed by order id, session id and terminal (one payment per terminal)."""
 
-    def __init__(self, now: Callable[[], str]) -> None:
-        self._now = now
+    def __init__(
+        self, now: Callable[[], str], seconds: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._now = now  # wall time as MultiSafepay writes it
+        self._seconds = seconds  # simulated seconds, for time windows
+        self._refunded_at: dict[str, list[tuple[float, int]]] = {}  # order id -> (time, amount)
         self.orders: dict[str, Order] = {}
         self.by_session: dict[str, Order] = {}
         self.active: dict[str, Order] = {}  # canonical (upper) terminal id -> current order
@@ -271,6 +292,7 @@ class OrderStore:
             created=now,
             modified=now,
             notification_url=fields["notification_url"],
+            notification_method=fields.get("notification_method", "POST"),
             var=fields["var"],
         )
         self.orders[order.order_id] = order
@@ -310,23 +332,9 @@ class OrderStore:
         return self.transition(order, "cancelled", "api")
 
     def refund(self, order: Order, body: Any) -> dict[str, Any]:
-        if order.status not in ("completed", "partial_refunded"):
-            raise MspError(
-                409, E.NOT_REFUNDABLE, f"Order cannot be refunded: its status is {order.status}"
-            )
-        if not isinstance(body, dict):
-            raise MspError(400, E.MISSING_DATA, "Request body must be a JSON object")
-        amount = body.get("amount")
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-            raise MspError(400, E.INVALID_AMOUNT, "Invalid amount: an integer number of cents > 0")
-        currency = body.get("currency", order.currency)
-        if not isinstance(currency, str) or currency.upper() != order.currency:
-            raise MspError(400, E.INVALID_CURRENCY, "Invalid currency: must be the order's")
-        remaining = order.amount - order.amount_refunded
-        if amount > remaining:
-            raise MspError(
-                400, E.REFUND_TOO_HIGH, f"Refund amount exceeds the remaining {remaining}"
-            )
+        now = self._seconds()
+        amount = refund_amount(order, body, now, self._refunded_at.get(order.order_id, []))
+        self._refunded_at.setdefault(order.order_id, []).append((now, amount))
         tx, self._next_tx = self._next_tx, self._next_tx + 1
         order.amount_refunded += amount
         order.status = "refunded" if order.amount_refunded == order.amount else "partial_refunded"
@@ -343,4 +351,8 @@ class OrderStore:
                 "type": "REFUND",
             }
         )
-        return {"transaction_id": order.transaction_id, "refund_id": tx}
+        # MultiSafepay/docs: openapi/components/examples/responses/refundOrder.json
+        refund_order_id = body.get("refund_order_id")
+        if not isinstance(refund_order_id, str) or not refund_order_id:
+            refund_order_id = order.order_id
+        return {"order_id": refund_order_id, "transaction_id": tx}

@@ -7,6 +7,7 @@ Scripts are plain data: a list of steps, each "after DELAY simulated seconds, be
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -108,12 +109,16 @@ def script(scenario: Scenario) -> list[Step]:
     if scenario is Scenario.DECLINE:
         # A hard decline not retried: the terminal waits, then the order expires.
         return [init, Step(AUTHORIZE, "declined", "hard"), Step(INACTIVITY, "cancelled", "expired")]
+    # A soft decline: the original transaction is declined (code 65/71), then the "step up"
+    # transaction is initialized and ends completed or cancelled (MultiSafepay/docs:
+    # content/point-of-sale/pos-card-payment-flow.md, "Notifications").
     if scenario is Scenario.SOFTDECLINE_APPROVE:
-        return [init, Step(AUTHORIZE, "declined", "soft"), Step(AUTHORIZE * 2, "completed")]
+        return [init, Step(AUTHORIZE, "declined", "soft"), Step(TAP, "initialized"), done]
     if scenario is Scenario.SOFTDECLINE_CANCEL:
         return [
             init,
             Step(AUTHORIZE, "declined", "soft"),
+            Step(TAP, "initialized"),
             Step(AUTHORIZE * 2, "cancelled", "customer"),
         ]
     if scenario is Scenario.CUSTOMER_CANCEL:
@@ -136,9 +141,31 @@ FINAL_STATUSES = frozenset({"completed", "cancelled", "void", "expired"})
 
 @dataclass(frozen=True)
 class SimTerminal:
+    """A terminal as ``GET terminals`` lists it (MultiSafepay/docs:
+    openapi/components/examples/responses/listTerminals.json)."""
+
     id: str
     name: str
     group_id: int
+    provider: str = "SMARTPOS"  # or "VERIFONE"
+    active: bool = True
+
+    def listing(self, serial: int) -> dict[str, object]:
+        """The listing's object; fields absent from a terminal are null, as in the docs."""
+        smartpos = self.provider == "SMARTPOS"
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "name": self.name,
+            "code": str(uuid.uuid5(uuid.NAMESPACE_URL, f"pos-bridge-simulator:{self.id}")),
+            "created": "2025-05-13T10:00:00Z",
+            "last_updated": "2025-05-14T09:17:41Z",
+            "manufacturer_id": None if smartpos else "VX680",
+            "serial_number": None if smartpos else f"SN{serial:08d}",
+            "active": self.active,
+            "group_id": self.group_id,
+            "country": "NL" if self.active else None,
+        }
 
 
 TERMINAL_GROUP = 1001
@@ -149,7 +176,10 @@ TERMINALS: tuple[SimTerminal, ...] = tuple(
         if s is not Scenario.UNKNOWN_TERMINAL
     ]
     + [
-        SimTerminal(tid, f"Counter {n}", 1002)
-        for n, tid in enumerate(["0000004D", "00000ABC", "00000A01"], 1)
+        SimTerminal("0000004D", "Counter 1", 1002),
+        SimTerminal("00000ABC", "Counter 2", 1002, provider="VERIFONE"),
+        SimTerminal("00000A01", "Counter 3", 1002),
+        # listed but not active (the docs' example lists one such): not for payments
+        SimTerminal("00000LQT", "Terminal 00000LQT", 1002, active=False),
     ]
 )

@@ -4,12 +4,14 @@ A person at the simulator's web page plays the customer. Each button is an ``Act
 turns it, given what the terminal shows now, into the same ``Step`` list a scenario script is
 made of, so the simulator plays a person's choices exactly as it plays its scripted scenarios.
 
-Sources: a soft decline sends ``declined``, the customer enters the PIN, then ``completed`` (or
-``cancelled`` if it fails) (MultiSafepay/docs: content/point-of-sale/pos-troubleshooting.md,
-"Soft declines for SmartPOS payments"); a payment is cancelled on the terminal, via the API, or
-expires after 60 seconds of inactivity (MultiSafepay/docs:
-content/point-of-sale/event-notifications.md). What the screen says at each step, and that a
-PIN has 4 to 6 digits, are assumed (nothing public shows a SmartPOS payment screen).
+Sources: a soft decline sends ``declined``, the customer enters the PIN, then the "step up"
+transaction sends ``initialized`` and ``completed`` (or ``cancelled`` if it fails)
+(MultiSafepay/docs: content/point-of-sale/pos-troubleshooting.md, "Soft declines for SmartPOS
+payments"; content/point-of-sale/pos-card-payment-flow.md, "Notifications"); a payment is
+cancelled on the terminal, via the API, or expires after 60 seconds of inactivity
+(MultiSafepay/docs: content/point-of-sale/event-notifications.md). What the screen says at
+each step, and that a PIN has 4 to 6 digits, are assumed (nothing public shows a SmartPOS
+payment screen).
 """
 
 from __future__ import annotations
@@ -132,7 +134,9 @@ def plan(action: Action, shown: Screen, pin: str = "") -> list[Step]:
     if action is Action.PIN:
         if not PIN_RE.fullmatch(pin):
             raise ActionRefused("Enter PIN: a PIN is 4 to 6 digits")
-        return [Step(AUTHORIZE, "completed")]
+        # The PIN starts the "step up" transaction: `initialized`, then its outcome
+        # (MultiSafepay/docs: content/point-of-sale/pos-card-payment-flow.md, "Notifications").
+        return [Step(0.0, "initialized"), Step(AUTHORIZE, "completed")]
     # A card is tapped. After a decline the terminal asks for a card again first (as in the
     # RETRY scenario); on the "present card" screen that status is already the order's.
     return [Step(0.0, "initialized"), _TAP_OUTCOME[action]]

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+# The first value of each is the default: for what the docs leave open, the reading least kind
+# to a client (docs/simulator.md has the sources).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "sse_ids": ("on", "off"),  # emit `id:` lines on the SSE stream (and honour Last-Event-ID)
-    "keepalive": ("comment", "data"),  # `: ping` or `data: ping`
+    "sse_ids": ("off", "on"),  # emit `id:` lines on the SSE stream (and honour Last-Event-ID)
+    "keepalive": ("data", "comment"),  # `data: ping` or `: ping`
     "field_spelling": ("events", "event"),  # events_token/... or event_token/...
     "transaction_id": ("string", "number"),  # type of transaction_id in stream/bus events
     "events_url": ("on", "off"),  # offer the WebSocket URL in the create answer
@@ -20,8 +22,8 @@ class VariantError(ValueError):
 
 @dataclass
 class Variants:
-    sse_ids: str = "on"
-    keepalive: str = "comment"
+    sse_ids: str = "off"  # the docs' stream example has no id: lines
+    keepalive: str = "data"  # the official SDK's stream test feeds `data: ping`
     field_spelling: str = "events"
     transaction_id: str = "string"
     events_url: str = "on"

@@ -1,4 +1,12 @@
-"""Signed webhook delivery with MultiSafepay's resend rule (3 resends, 15 minutes apart)."""
+"""Webhook delivery as MultiSafepay/docs: content/payment-management/webhook.md describes it.
+
+``{notification_url}?transactionid={order_id}&timestamp={ts}``; a ``POST`` carries the order
+(as ``GET orders/{id}`` shows it) signed in the ``Auth`` header; ``notification_method`` ``GET``
+sends no body (the receiver fetches the order) and, since the docs say only that "every ``POST``
+notification request includes an HMAC signature", no ``Auth`` header (assumed). Acknowledged by
+HTTP 200 with ``OK`` in the first 100 characters of the body (which ``MULTISAFEPAY_OK`` also
+satisfies); otherwise resent 3 times, 15 minutes apart, each with a new timestamp.
+"""
 
 from __future__ import annotations
 
@@ -46,9 +54,16 @@ class WebhookSender:
         self.resend_interval = resend_interval
         self.attempts: list[dict[str, Any]] = []  # a record for the admin API and tests
 
-    async def deliver(self, url: str, api_key: str, order_id: str, view: dict[str, Any]) -> bool:
+    async def deliver(
+        self,
+        url: str,
+        api_key: str,
+        order_id: str,
+        view: dict[str, Any],
+        method: str = "POST",
+    ) -> bool:
         """Send one notification until acknowledged or out of resends; True if acknowledged."""
-        body = encode_body(view)
+        body = encode_body(view) if method == "POST" else b""
         for attempt in range(RESENDS + 1):
             if attempt:
                 await self.clock.sleep(self.resend_interval)
@@ -59,20 +74,17 @@ class WebhookSender:
                 "status": view.get("status"),
                 "attempt": attempt + 1,
                 "url": url,
+                "method": method,
                 "result": None,
             }
             self.attempts.append(record)
             self._recorded()
             try:
-                resp = await self.client.post(
-                    target,
-                    content=body,
-                    headers={
-                        "Content-Type": "application/json",
-                        "Auth": auth_header(api_key, ts, body),
-                        "User-Agent": "pos-bridge-simulator",
-                    },
-                )
+                headers = {"User-Agent": "pos-bridge-simulator"}
+                if method == "POST":
+                    headers["Content-Type"] = "application/json"
+                    headers["Auth"] = auth_header(api_key, ts, body)
+                resp = await self.client.request(method, target, content=body, headers=headers)
                 ok = acknowledged(resp.status_code, resp.text)
                 record["result"] = resp.status_code
             except httpx.HTTPError as exc:

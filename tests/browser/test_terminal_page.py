@@ -78,7 +78,13 @@ async def test_soft_decline_answered_with_the_pin(till: Till, browser: Browser) 
     await browser.type(f"{card(MANUAL)} input[name=pin]", "1234" + ENTER)
     events = await till.until_final(MANUAL, command_id, timeout=60)
     await browser.wait_for(f'{card(MANUAL)}[data-screen="approved"]')
-    assert statuses(events) == ["order.created", "initialized", "declined", "completed"]
+    assert statuses(events) == [
+        "order.created",
+        "initialized",
+        "declined",
+        "initialized",  # the step-up transaction the PIN starts
+        "completed",
+    ]
 
 
 async def test_cancel_on_a_terminal_set_to_manual_on_the_page(till: Till, browser: Browser) -> None:

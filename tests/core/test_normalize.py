@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from helpers.vectors import vector_json, vector_text
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,22 +19,19 @@ from bridge.core.normalize import (
     parse_upstream_time,
 )
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 
 
 def vector(name: str) -> dict:
-    path = VECTORS / name
-    if not path.exists():  # the vectors live beside the repository, in shared/
-        pytest.skip(f"{path} not present")
-    return json.loads(path.read_text())
+    return vector_json(name)
 
 
 def test_sse_example_messages() -> None:
-    path = VECTORS / "sse-stream-example.txt"
-    if not path.exists():
-        pytest.skip("vectors not present")
-    datas = [line[6:] for line in path.read_text().splitlines() if line.startswith("data: ")]
+    datas = [
+        line[6:]
+        for line in vector_text("sse-stream-example.txt").splitlines()
+        if line.startswith("data: ")
+    ]
     first, last = (from_stream_message(d, Source.STREAM) for d in datas)
     assert (first.status, first.transaction_id, first.order_id) == (
         "initialized",

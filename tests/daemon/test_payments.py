@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
-from helpers.harness import Till, assert_faithful, bridge_config, running_bridge
+from helpers.harness import (
+    Till,
+    assert_faithful,
+    bridge_config,
+    running_bridge,
+    sim_orders,
+    statuses,
+)
 from redis.asyncio import Redis
 
 pytestmark = pytest.mark.anyio
@@ -15,8 +23,16 @@ pytestmark = pytest.mark.anyio
     ("terminal", "expected"),
     [
         ("SIM-APPROVE-01", ["order.created", "initialized", "completed"]),
-        ("SIM-SOFTDECLINE-APPROVE-01", ["order.created", "initialized", "declined", "completed"]),
-        ("SIM-SOFTDECLINE-CANCEL-01", ["order.created", "initialized", "declined", "cancelled"]),
+        # a soft decline: declined, then the step-up transaction (MultiSafepay/docs:
+        # content/point-of-sale/pos-card-payment-flow.md)
+        (
+            "SIM-SOFTDECLINE-APPROVE-01",
+            ["order.created", "initialized", "declined", "initialized", "completed"],
+        ),
+        (
+            "SIM-SOFTDECLINE-CANCEL-01",
+            ["order.created", "initialized", "declined", "initialized", "cancelled"],
+        ),
         ("SIM-CUSTOMER-CANCEL-01", ["order.created", "initialized", "cancelled"]),
         ("SIM-RETRY-01", ["order.created", "initialized", "declined", "initialized", "completed"]),
         ("SIM-DECLINE-01", ["order.created", "initialized", "declined", "cancelled"]),
@@ -57,9 +73,12 @@ async def test_every_scenario_reaches_its_final_once(
     assert final["event_id"] == events[-1]["event_id"]
 
 
+# Each reading the docs leave open, beside the defaults ({}: no `id:` lines, `data: ping`).
 VARIANTS = [
-    {"sse_ids": "off"},
-    {"sse_ids": "on", "keepalive": "data"},
+    {},
+    {"sse_ids": "on"},
+    {"keepalive": "comment"},
+    {"sse_ids": "on", "keepalive": "comment"},
     {"field_spelling": "event"},
     {"transaction_id": "number"},
     {"events_url": "off"},
@@ -86,19 +105,51 @@ async def test_every_uncertain_api_variant(
     terminal: str,
     expected: list[str],
 ) -> None:
-    """Wherever MultiSafepay's behaviour is uncertain, the bridge works with each reading."""
+    """Wherever MultiSafepay's behaviour is uncertain, the bridge works with each reading.
+
+    Every run pays, follows (stream + GET) and refunds an order whose id contains ``/``
+    (allowed: MultiSafepay/docs: content/point-of-sale/smartpos-solutions.md)."""
     from bridge.simulator.server import SimulatorServer
     from bridge.simulator.variants import Variants
 
     till = Till(redis_client)
+    order_id = f"till7/{uuid.uuid4().hex[:8]}/1"
     with SimulatorServer(speed=10, variants=Variants(**variant)) as sim:
         config = bridge_config(
             redis_server.url, sim.base_url, multisafepay={"events_auth": events_auth}
         )
         async with running_bridge(config):
-            command_id = await till.pay(terminal, 1250)
+            command_id = await till.pay(terminal, 1250, order_id=order_id)
             events = await till.until_final(terminal, command_id, timeout=25)
+            await till.send(
+                {"type": "refund", "terminal_id": terminal, "order_id": order_id, "amount": 250}
+            )
+            refunded = await till.wait_for(
+                terminal, lambda es: any(e["type"] == "order.refund" for e in es), timeout=25
+            )
+        upstream = {o["order_id"]: o for o in await sim_orders(sim)}[order_id]
     # The stream may open after the first statuses (its token may expire mid-payment): a status
     # that came and went before the next look is not seen, so no exact sequence is promised.
     assert_faithful(events, expected)
+    assert all(e["order_id"] == order_id for e in events)
+    refund = next(e for e in refunded if e["type"] == "order.refund")
+    assert (refund["order_id"], refund["details"]["refund_amount"]) == (order_id, 250)
+    assert upstream["amount_refunded"] == 250
     assert all(e["transaction_id"] is None or isinstance(e["transaction_id"], str) for e in events)
+
+
+async def test_cancel_an_order_whose_id_has_a_slash(
+    redis_server, redis_client: Redis, simulator
+) -> None:
+    """A `cancel` reaches the order itself: ``orders/till7%2F9%2Fcancel-me/cancel``."""
+    till = Till(redis_client)
+    terminal = "SIM-TIMEOUT-01"
+    order_id = "till7/9/cancel-me"
+    async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
+        command_id = await till.pay(terminal, 1250, order_id=order_id)
+        await till.wait_for(terminal, lambda es: "initialized" in statuses(es))
+        await till.send({"type": "cancel", "terminal_id": terminal, "order_id": order_id})
+        events = await till.until_final(terminal, command_id, timeout=20)
+    assert statuses(events) == ["order.created", "initialized", "cancelled"]
+    upstream = {o["order_id"]: o for o in await sim_orders(simulator)}[order_id]
+    assert upstream["status"] == "cancelled" and upstream["events"][-1] == "cancelled"

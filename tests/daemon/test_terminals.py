@@ -158,6 +158,12 @@ async def test_discovered_terminals_and_reload(redis_server, redis_client: Redis
                 "SIM-APPROVE-01", 1250, order_id="disc-2"
             )  # the first group kept
             assert statuses(await till.until_final("SIM-APPROVE-01", again))[-1] == "completed"
+            # listed by its group but not active: not discovered, so not paid on
+            inactive = next(t.id for t in TERMINALS if not t.active)
+            refused = await till.pay(inactive, 1250, order_id="on-inactive")
+            assert errors(await till.until_final(inactive, refused)) == [
+                ("order.failed", "unknown_terminal")
+            ]
         visible = [
             await lookup(sim, o, k)
             for o, k in (
@@ -169,7 +175,13 @@ async def test_discovered_terminals_and_reload(redis_server, redis_client: Redis
         ]
 
     assert statuses(counted) == ["order.created", "initialized", "completed"]
-    assert statuses(flown) == ["order.created", "initialized", "declined", "completed"]
+    assert statuses(flown) == [
+        "order.created",
+        "initialized",
+        "declined",
+        "initialized",
+        "completed",
+    ]
     assert sum(e["final"] for e in flown) == 1
     # discovered terminals are paid with the key of the group that listed them
     assert visible == [200, 404, 200, 404]

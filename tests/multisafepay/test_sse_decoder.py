@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from bridge.multisafepay.sse_decoder import SSEDecoder, SSEMessage, SSEProtocolError
 
-VECTOR = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "sse-stream-example.txt"
+# MultiSafepay/docs: content/point-of-sale/event-notifications.md, the stream example (vendored)
+VECTOR = Path(__file__).resolve().parents[1] / "vectors" / "sse-stream-example.txt"
 
 
 def decode(*chunks: bytes) -> list[SSEMessage]:
@@ -19,8 +20,6 @@ def decode(*chunks: bytes) -> list[SSEMessage]:
 
 
 def test_documented_stream() -> None:
-    if not VECTOR.exists():
-        pytest.skip("vectors not present")
     messages = decode(VECTOR.read_bytes())
     assert [m.event for m in messages] == ["session.order", "session.order"]
     assert '"status":"completed"' in messages[1].data and messages[0].id is None
@@ -104,3 +103,46 @@ def test_any_chunking_gives_the_same_events(events: list, cuts: list[int], eol: 
     chunks.append(raw[pos:])
     assert decode(*chunks) == whole
     assert [(m.event, m.data) for m in whole] == [(n or "message", "\n".join(d)) for n, d in events]
+
+
+@pytest.mark.parametrize("value", ["²", "١٢٣", "3000²", "３０００", "", " 3000", "-1", "1e3"])
+def test_retry_that_is_not_ascii_digits_is_ignored(value: str) -> None:
+    raw = f"retry: {value}\ndata: x\n\n".encode()
+    assert decode(raw) == [SSEMessage("message", "x", None, retry=None)]
+
+
+_FIELD_NAMES = st.sampled_from(["data", "event", "id", "retry", ":", "", "DATA", "other"])
+_FIELD_LINES = st.lists(
+    st.tuples(_FIELD_NAMES, st.sampled_from([":", ": ", ""]), st.text(max_size=30)).map(
+        lambda t: f"{t[0]}{t[1]}{t[2]}"
+    ),
+    max_size=12,
+)
+
+
+def _decode_all(chunks: list[bytes]) -> list[SSEMessage]:
+    """Feed and close; the only exception allowed out is the decoder's own protocol error."""
+    decoder = SSEDecoder(max_line=256, max_event=1024)
+    out: list[SSEMessage] = []
+    try:
+        for chunk in chunks:
+            out += decoder.feed(chunk)
+        decoder.close()
+    except SSEProtocolError:
+        pass  # refusing a stream is allowed; any other exception fails the test
+    return out
+
+
+@given(st.lists(st.binary(max_size=300), max_size=10))
+def test_fuzz_arbitrary_bytes_only_raise_protocol_errors(chunks: list[bytes]) -> None:
+    for message in _decode_all(chunks):
+        assert isinstance(message.data, str) and isinstance(message.event, str)
+        assert message.retry is None or message.retry >= 0
+
+
+@given(_FIELD_LINES, st.sampled_from(["\n", "\r\n", "\r"]), st.integers(1, 50))
+def test_fuzz_field_lines_only_raise_protocol_errors(lines: list[str], eol: str, cut: int) -> None:
+    raw = (eol.join(lines) + eol + eol).encode("utf-8", "surrogatepass")
+    chunks = [raw[i : i + cut] for i in range(0, len(raw), cut)]
+    for message in _decode_all(chunks):
+        assert message.retry is None or message.retry >= 0

@@ -123,7 +123,8 @@ async def test_simulator_drop_is_a_stream_error(sim: SimulatorServer) -> None:
             bus_messages(d["events_url"], d["events_token"], connect_timeout=5, idle_timeout=5), got
         )
     assert not isinstance(info.value, StreamRejected)
-    assert "1011" in str(info.value)
+    # an unclean close, as MultiSafepay's connection breaking: no close frame at all
+    assert "no close frame" in str(info.value)
     assert statuses(got) == ["initialized"]
 
 
@@ -140,7 +141,7 @@ async def test_simulator_admin_drop(sim: SimulatorServer) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(drop_after_first)
-        with pytest.raises(StreamError, match="1011"):
+        with pytest.raises(StreamError, match="no close frame"):
             await collect(
                 bus_messages(d["events_url"], d["events_token"], connect_timeout=5, idle_timeout=5),
                 got,

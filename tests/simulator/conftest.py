@@ -9,13 +9,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
 from bridge.simulator import SimulatorServer
 from bridge.simulator.clock import Clock
+from bridge.simulator.variants import Variants
 
 KEY = "test-key-1"
 _ids = itertools.count(1)
@@ -136,20 +139,19 @@ class Background:
         return self.result["value"]
 
 
+@pytest.fixture(scope="module")
+def sim_ids() -> Iterator[SimulatorServer]:
+    """A simulator whose SSE messages carry ``id:`` (variant ``sse_ids=on``), so a stream read
+    with ``Last-Event-ID: 0`` replays from the start and a fast speed cannot make a test miss
+    the first statuses."""
+    with SimulatorServer(speed=100, variants=Variants(sse_ids="on")) as server:
+        yield server
+
+
 @pytest.fixture(autouse=False)
 def reset_variants(sim: SimulatorServer) -> Iterator[None]:
     yield
-    httpx.put(
-        sim.url + "_sim/variants",
-        json={
-            "sse_ids": "on",
-            "keepalive": "comment",
-            "field_spelling": "events",
-            "transaction_id": "string",
-            "events_url": "on",
-            "token_ttl": 600,
-        },
-    )
+    httpx.put(sim.url + "_sim/variants", json=Variants().as_dict())
 
 
 def new_order_id(prefix: str = "t") -> str:
@@ -221,3 +223,63 @@ def read_sse(
 
 def statuses(messages: list[dict[str, Any]]) -> list[str]:
     return [m["data"]["status"] for m in messages if m.get("event") == "session.order"]
+
+
+class Receiver:
+    """A tiny webhook endpoint: records requests; answers `OK` unless told to refuse."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.refuse: set[str] = set()  # statuses to refuse (answer 500)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                self.do_POST()
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                parts = urlsplit(self.path)
+                status = json.loads(raw)["status"] if raw else None
+                receiver.requests.append(
+                    {
+                        "method": self.command,
+                        "path": parts.path,
+                        "query": parse_qs(parts.query),
+                        "headers": dict(self.headers),
+                        "raw": raw,
+                        "status": status,
+                        "at": time.monotonic(),
+                    }
+                )
+                if status in receiver.refuse:
+                    self.send_response(500)
+                    body = b"not now"
+                else:
+                    self.send_response(200)
+                    body = b"OK"
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def wait(self, predicate: Any, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, self.requests
+            time.sleep(0.01)
+
+
+@pytest.fixture()
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()

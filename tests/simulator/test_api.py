@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+from helpers.vectors import vector_json
 
 from bridge.simulator import SimulatorServer
 from tests.simulator.conftest import (
@@ -15,6 +16,8 @@ from tests.simulator.conftest import (
     in_background,
     new_order_id,
     order_body,
+    read_sse,
+    statuses,
     wait_admin,
 )
 
@@ -37,7 +40,16 @@ def test_create_answer_shape(sim: SimulatorServer) -> None:
     body = r.json()
     assert body["success"] is True
     d = body["data"]
-    assert set(d) == {"order_id", "session_id", "events_token", "events_url", "events_stream_url"}
+    # MultiSafepay/docs: content/point-of-sale/event-notifications.md ("Example response")
+    assert set(d) == {
+        "order_id",
+        "session_id",
+        "payment_url",
+        "events_token",
+        "events_url",
+        "events_stream_url",
+    }
+    assert d["payment_url"].startswith(f"http://127.0.0.1:{sim.port}/connect/{d['session_id']}/")
     assert d["events_stream_url"] == f"http://127.0.0.1:{sim.port}/events/stream/"
     assert d["events_url"] == f"ws://127.0.0.1:{sim.port}/events/"
     wait_final(sim, d["order_id"])
@@ -111,6 +123,9 @@ def test_other_key_sees_no_order(sim: SimulatorServer) -> None:
         ({"amount": 0}, 1001),
         ({"amount": "12"}, 1001),
         ({"description": "d" * 201}, 1008),
+        # required (MultiSafepay/docs: openapi/components/schemas/CloudMode.yaml)
+        ({"description": None}, 1008),
+        ({"description": ""}, 1008),
         ({"currency": None}, 1002),
         ({"gateway_info": {}}, 1016),
     ],
@@ -142,14 +157,14 @@ def test_duplicate_order_id(sim: SimulatorServer) -> None:
 def test_busy_terminal_then_free(sim: SimulatorServer) -> None:
     first = create(sim, "SIM-TIMEOUT-09").json()["data"]["order_id"]
     r = create(sim, "sim-timeout-09")  # the same terminal written in lower case
-    assert r.status_code == 409 and r.json()["error_code"] == 1041
+    assert r.status_code == 409 and r.json()["error_code"] == 1022  # "Cannot initiate"
     httpx.post(f"{sim.base_url}orders/{first}/cancel", headers={"api_key": KEY})
     assert create(sim, "SIM-TIMEOUT-09").status_code == 200
 
 
 def test_unknown_terminal_and_failing_api(sim: SimulatorServer) -> None:
     r = create(sim, "SIM-UNKNOWN-01")
-    assert r.status_code == 404 and r.json()["error_code"] == 1040
+    assert r.status_code == 404 and r.json()["error_code"] == 1000  # no code documented
     body = order_body("SIM-FAIL-01")
     r = httpx.post(sim.base_url + "orders", headers={"api_key": KEY}, json=body)
     assert r.status_code == 500 and r.json()["success"] is False
@@ -208,6 +223,21 @@ def test_get_completed_order_shape(sim: SimulatorServer) -> None:
         assert k in data
 
 
+def test_soft_decline_is_code_65_then_a_step_up_transaction(sim_ids: SimulatorServer) -> None:
+    """MultiSafepay/docs: content/point-of-sale/pos-card-payment-flow.md: declined (65/71),
+    then `initialized` for the step-up transaction, then completed."""
+    d = create(sim_ids, "SIM-SOFTDECLINE-APPROVE-07").json()["data"]
+    msgs = read_sse(d["events_stream_url"], d["events_token"], last_event_id="0")
+    assert statuses(msgs) == ["initialized", "declined", "initialized", "completed"]
+    final = wait_final(sim_ids, d["order_id"])
+    assert final["status"] == "completed" and final["payment_details"]["response_code"] == "00"
+    d = create(sim_ids, "SIM-SOFTDECLINE-CANCEL-07").json()["data"]
+    msgs = read_sse(d["events_stream_url"], d["events_token"], last_event_id="0")
+    assert statuses(msgs) == ["initialized", "declined", "initialized", "cancelled"]
+    final = wait_final(sim_ids, d["order_id"])  # the decline's code stays on the order
+    assert final["status"] == "cancelled" and final["payment_details"]["response_code"] == "65"
+
+
 def test_declined_has_reason(sim: SimulatorServer) -> None:
     d = create(sim, "SIM-DECLINE-01").json()["data"]
     deadline = time.monotonic() + 5
@@ -227,39 +257,53 @@ def test_cancel(sim: SimulatorServer) -> None:
     r = httpx.post(f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": KEY})
     assert r.status_code == 200
     assert r.json()["success"] is True and r.json()["data"]["status"] == "cancelled"
-    assert set(r.json()["data"]) == {
-        "costs",
-        "created",
-        "custom_info",
-        "fastcheckout",
-        "financial_status",
-        "modified",
-        "payment_details",
-        "payment_methods",
-        "status",
-    }
+    # the keys of MultiSafepay's documented cancel answer (vendored vector)
+    assert set(r.json()["data"]) == set(vector_json("cancel-order-response.json")["data"])
     r = httpx.post(f"{sim.base_url}orders/{d['order_id']}/cancel", headers={"api_key": KEY})
-    assert r.status_code == 409 and r.json()["error_code"] == 1042
+    assert r.status_code == 409 and r.json()["error_code"] == 1000  # no code documented
     r = httpx.post(f"{sim.base_url}orders/nope-404/cancel", headers={"api_key": KEY})
     assert r.status_code == 404 and r.json()["error_code"] == 1006
 
 
 def test_refunds(sim: SimulatorServer) -> None:
+    """MultiSafepay/docs: openapi/components/requestBody/Refund.yaml (currency required; no,
+    empty or 0 amount = full refund) and api/general/error-reference.md (1034)."""
     d = create(sim, "SIM-APPROVE-09", amount=1000).json()["data"]
     url = f"{sim.base_url}orders/{d['order_id']}/refunds"
     h = {"api_key": KEY}
     wait_final(sim, d["order_id"])
+    r = httpx.post(url, headers=h, json={"amount": 300})
+    assert r.status_code == 400 and r.json()["error_code"] == 1002  # currency is required
     r = httpx.post(url, headers=h, json={"currency": "EUR", "amount": 300, "description": "x"})
-    assert r.status_code == 200 and set(r.json()["data"]) == {"transaction_id", "refund_id"}
+    assert r.status_code == 200 and r.json()["data"]["order_id"] == d["order_id"]
+    assert set(r.json()["data"]) == {"order_id", "transaction_id"}  # refundOrder.json
     data = httpx.get(f"{sim.base_url}orders/{d['order_id']}", headers=h).json()["data"]
     assert (data["status"], data["amount_refunded"]) == ("partial_refunded", 300)
+    r = httpx.post(url, headers=h, json={"currency": "EUR", "amount": 300})
+    assert r.status_code == 400 and r.json()["error_code"] == 1034  # same amount within 5 min
     r = httpx.post(url, headers=h, json={"currency": "EUR", "amount": 701})
-    assert r.status_code == 400 and r.json()["error_code"] == 1044
-    assert httpx.post(url, headers=h, json={"currency": "EUR", "amount": 700}).status_code == 200
+    assert r.status_code == 400 and r.json()["error_code"] == 1034  # more than remains
+    r = httpx.post(url, headers=h, json={"currency": "EUR", "amount": 200})
+    assert r.status_code == 200
+    r = httpx.post(url, headers=h, json={"currency": "EUR", "amount": 0})  # 0: what remains
+    assert r.status_code == 200
     data = httpx.get(f"{sim.base_url}orders/{d['order_id']}", headers=h).json()["data"]
     assert (data["status"], data["amount_refunded"]) == ("refunded", 1000)
-    r = httpx.post(url, headers=h, json={"currency": "EUR", "amount": 1})
-    assert r.status_code == 409 and r.json()["error_code"] == 1043
+    assert [t["amount"] for t in data["related_transactions"]] == [300, 200, 500]
+    r = httpx.post(url, headers=h, json={"currency": "EUR"})
+    assert r.status_code == 400 and r.json()["error_code"] == 1034  # already refunded
+    # a missing or empty amount is a full refund too
+    for amount in ({}, {"amount": ""}):
+        d3 = create(sim, "SIM-APPROVE-09", amount=1000).json()["data"]
+        wait_final(sim, d3["order_id"])
+        r = httpx.post(
+            f"{sim.base_url}orders/{d3['order_id']}/refunds",
+            headers=h,
+            json={"currency": "EUR"} | amount,
+        )
+        assert r.status_code == 200
+        data = httpx.get(f"{sim.base_url}orders/{d3['order_id']}", headers=h).json()["data"]
+        assert (data["status"], data["amount_refunded"]) == ("refunded", 1000)
     # not refundable before completion
     d2 = create(sim, "SIM-TIMEOUT-03").json()["data"]
     r = httpx.post(
@@ -267,25 +311,31 @@ def test_refunds(sim: SimulatorServer) -> None:
         headers=h,
         json={"currency": "EUR", "amount": 1},
     )
-    assert r.status_code == 409
+    assert r.status_code == 400 and r.json()["error_code"] == 1034
     httpx.post(f"{sim.base_url}orders/{d2['order_id']}/cancel", headers=h)
 
 
 def test_terminals_paging(sim: SimulatorServer) -> None:
+    """As MultiSafepay/docs: openapi/components/examples/responses/listTerminals.json."""
     h = {"api_key": KEY}
     first = httpx.get(sim.base_url + "terminals", headers=h, params={"page": 1, "limit": 5}).json()
     assert first["success"] and len(first["data"]) == 5
+    assert set(first["pager"]) == {"total_items"}  # all the pager documents
     total = first["pager"]["total_items"]
-    seen = []
-    for page in range(1, first["pager"]["page_count"] + 1):
+    seen: list[dict] = []
+    for page in range(1, total // 5 + 2):
         seen += httpx.get(
             sim.base_url + "terminals", headers=h, params={"page": page, "limit": 5}
         ).json()["data"]
     assert len(seen) == total and len({t["id"] for t in seen}) == total
     ids = {t["id"] for t in seen}
     assert {"SIM-APPROVE-01", "SIM-DECLINE-01", "SIM-DROP-01", "0000004D"} <= ids
+    documented = set(vector_json("list-terminals.json")["data"][0])
     for t in seen:
-        assert {"id", "provider", "name", "active", "group_id", "country"} <= set(t)
+        assert set(t) == documented
+        assert t["provider"] in ("SMARTPOS", "VERIFONE")
+    assert {t["provider"] for t in seen} == {"SMARTPOS", "VERIFONE"}
+    assert [t["id"] for t in seen if not t["active"]] == ["00000LQT"]
     group = seen[0]["group_id"]
     g = httpx.get(
         f"{sim.base_url}terminal-groups/{group}/terminals", headers=h, params={"limit": 100}
@@ -296,12 +346,12 @@ def test_terminals_paging(sim: SimulatorServer) -> None:
 
 def test_admin_api(sim: SimulatorServer, reset_variants: None) -> None:
     v = httpx.get(sim.url + "_sim/variants").json()["data"]
-    assert v["sse_ids"] == "on" and v["token_ttl"] == 600
+    assert v["sse_ids"] == "off" and v["keepalive"] == "data" and v["token_ttl"] == 600
     r = httpx.put(sim.url + "_sim/variants", json={"field_spelling": "event", "events_url": "off"})
     assert r.json()["data"]["field_spelling"] == "event"
     assert httpx.put(sim.url + "_sim/variants", json={"sse_ids": "sometimes"}).status_code == 400
     d = create(sim, "SIM-APPROVE-10").json()["data"]
-    assert set(d) == {"order_id", "session_id", "event_token", "event_stream_url"}
+    assert set(d) == {"order_id", "session_id", "payment_url", "event_token", "event_stream_url"}
     orders = httpx.get(sim.url + "_sim/orders").json()["data"]
     assert any(o["order_id"] == d["order_id"] for o in orders)
     assert httpx.post(sim.url + "_sim/orders/none/drop").status_code == 404

@@ -80,7 +80,11 @@ def test_what_each_button_does() -> None:
     assert plan(Action.TAP_SOFT_DECLINED, Screen.PRESENT_CARD)[-1] == Step(
         AUTHORIZE, "declined", "soft"
     )
-    assert plan(Action.PIN, Screen.ENTER_PIN, "123456") == [Step(AUTHORIZE, "completed")]
+    # the PIN starts the step-up transaction (pos-card-payment-flow.md)
+    assert plan(Action.PIN, Screen.ENTER_PIN, "123456") == [
+        Step(0.0, "initialized"),
+        Step(AUTHORIZE, "completed"),
+    ]
     assert plan(Action.CANCEL, Screen.ENTER_PIN) == [Step(0.0, "cancelled", "customer")]
     assert plan(Action.WALK_AWAY, Screen.PRESENT_CARD) == [Step(0.0, "cancelled", "expired")]
     assert plan(Action.DROP, Screen.PROCESSING) == [Step(0.0, None)]

@@ -6,77 +6,16 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx
-import pytest
 
 from bridge.simulator import SimulatorServer
 from bridge.simulator.clock import Clock
 from bridge.simulator.webhooks import RESEND_INTERVAL, RESENDS, WebhookSender
-from tests.simulator.conftest import KEY, order_body
-
-
-class Receiver:
-    """A tiny webhook endpoint: records requests; answers `OK` unless told to refuse."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.refuse: set[str] = set()  # statuses to refuse (answer 500)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
-                parts = urlsplit(self.path)
-                status = json.loads(raw)["status"]
-                receiver.requests.append(
-                    {
-                        "path": parts.path,
-                        "query": parse_qs(parts.query),
-                        "headers": dict(self.headers),
-                        "raw": raw,
-                        "status": status,
-                        "at": time.monotonic(),
-                    }
-                )
-                if status in receiver.refuse:
-                    self.send_response(500)
-                    body = b"not now"
-                else:
-                    self.send_response(200)
-                    body = b"OK"
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def wait(self, predicate: Any, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, self.requests
-            time.sleep(0.01)
-
-
-@pytest.fixture()
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
+from tests.simulator.conftest import KEY, Receiver, order_body
 
 
 def verify(req: dict[str, Any], key: str) -> bool:
@@ -183,3 +122,23 @@ def test_a_refused_notification_is_sent_four_times_then_given_up(receiver: Recei
     assert [r["status"] for r in receiver.requests] == ["completed"] * (RESENDS + 1)
     assert len({r["query"]["timestamp"][0] for r in receiver.requests}) == RESENDS + 1
     assert all(verify(r, KEY) for r in receiver.requests)
+
+
+def test_notification_method_get_is_honoured(receiver: Receiver) -> None:
+    """``notification_method: GET`` (MultiSafepay/docs: content/payment-management/webhook.md,
+    "We do support GET"): ``GET {url}?transactionid=..&timestamp=..`` with no body; the receiver
+    fetches the order. Unsigned: the docs sign POST notifications only (assumed)."""
+    with SimulatorServer(speed=200) as sim:
+        body = order_body(
+            "SIM-APPROVE-01",
+            payment_options={"notification_url": receiver.url, "notification_method": "GET"},
+        )
+        httpx.post(sim.base_url + "orders", headers={"api_key": KEY}, json=body)
+        receiver.wait(lambda: len(receiver.requests) == 2)
+        for req in receiver.requests:
+            assert req["method"] == "GET" and req["raw"] == b""
+            assert req["query"]["transactionid"] == [body["order_id"]]
+            assert req["query"]["timestamp"][0].isdigit()
+            assert "Auth" not in req["headers"]
+        attempts = httpx.get(sim.url + "_sim/webhooks").json()["data"]
+        assert {a["method"] for a in attempts} == {"GET"}
