@@ -283,6 +283,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="freeze: gc.freeze() the daemon's start-up heap (an experiment)",
     )
     p.add_argument(
+        "--fuzz",
+        action="store_true",
+        help="instead: hostile commands, notifications and upstream messages against real "
+        "daemon processes; reports crashes, unanswered inputs, payments never ended, memory",
+    )
+    p.add_argument(
+        "--fuzz-commands", type=int, default=20000, metavar="N", help="with --fuzz (default: 20000)"
+    )
+    p.add_argument(
+        "--fuzz-notifications",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="with --fuzz (default: 10000)",
+    )
+    p.add_argument(
+        "--fuzz-payments",
+        type=int,
+        default=20,
+        metavar="N",
+        help="with --fuzz: hostile-upstream payments (default: 20)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="with --fuzz: the random seed (default: 1)")
+    p.add_argument(
         "--faults",
         action="store_true",
         help="instead: payments on real processes while faults are injected (kill -9, "

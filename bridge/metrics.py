@@ -140,12 +140,19 @@ _COMMAND_TYPES = frozenset({"pay", "cancel", "refund", "watch", "receipt"})
 
 
 def command_type(fields: Mapping[str, str]) -> str:
-    """The ``type`` of a commands-stream entry, for a label (``invalid`` when unreadable)."""
-    try:
-        kind = json.loads(fields.get("command") or "")["type"]
-    except (ValueError, TypeError, KeyError):
+    """The ``type`` of a commands-stream entry, for a label (``invalid`` when unreadable).
+    Bounded like the parser: no entry can make this raise."""
+    from bridge.core.untrusted import MAX_JSON_DEPTH, json_depth
+
+    text = fields.get("command") or ""
+    if len(text) > 65536 or json_depth(text) > MAX_JSON_DEPTH:
         return "invalid"
-    return kind if kind in _COMMAND_TYPES else "invalid"
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "invalid"
+    kind = data.get("type") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) and kind in _COMMAND_TYPES else "invalid"
 
 
 def render() -> bytes:

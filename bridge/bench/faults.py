@@ -48,6 +48,13 @@ from bridge.simulator.server import SimulatorServer
 
 KINDS = ("kill", "redis", "drop", "takeover")
 API_KEY = "fault-suite-key-0123456789"
+#: ``[multisafepay]`` timings of every bench daemon: a local upstream answers at once.
+QUICK_UPSTREAM = """request_timeout = 2.0
+connect_timeout = 2.0
+stream_idle_timeout = 3.0
+reconnect_initial = 0.05
+reconnect_cap = 0.5
+poll_interval = 0.5"""
 # cents -> the simulator's scenario by amount (see README): approve, soft decline then approve,
 # retry after decline, customer cancels, stream dropped, soft decline then cancel
 AMOUNTS = (1250, 2002, 1507, 804, 906, 703)
@@ -172,12 +179,7 @@ class Rig:
         return f"""
 [multisafepay]
 api_base_url = "{self.sim.base_url}"
-request_timeout = 2.0
-connect_timeout = 2.0
-stream_idle_timeout = 3.0
-reconnect_initial = 0.05
-reconnect_cap = 0.5
-poll_interval = 0.5
+{QUICK_UPSTREAM}
 max_payment_age = 120.0
 create_retries = 2
 

@@ -795,6 +795,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def bench_command(args: argparse.Namespace) -> int:
     if getattr(args, "faults", False):
         return faults_command(args)
+    if getattr(args, "fuzz", False):
+        from bridge.bench.fuzz import fuzz_command
+
+        return fuzz_command(args)
     s = settings_from_args(args)
     progress = Progress()
     bench = Bench(s, progress)

@@ -210,18 +210,10 @@ class MultiSafepayConfig(_Model):
         Case-insensitive; a trailing dot and IPv6 brackets are ignored; an entry
         ``*.example.com`` allows every subdomain of example.com (not example.com itself).
         """
+        from bridge.core.watch import host_listed  # the one rule, also for watch URLs
+
         h = (host or "").strip().lower().strip("[]").rstrip(".")
-        if not h:
-            return False
-        if h == self.api_host:
-            return True
-        for allowed in self.events_hosts:
-            if allowed.startswith("*."):
-                if h.endswith(allowed[1:]) and len(h) > len(allowed) - 1:
-                    return True
-            elif h == allowed:
-                return True
-        return False
+        return bool(h) and (h == self.api_host or host_listed(h, self.events_hosts))
 
 
 class RedisConfig(_Model):
@@ -232,6 +224,7 @@ class RedisConfig(_Model):
     order_ttl: OrderTtl = 604800
     consumer_name: str = ""
     command_claim_idle: Seconds = 120.0
+    command_max_deliveries: Count = 5
 
     @field_validator("url")
     @classmethod
@@ -303,6 +296,9 @@ class WebhookConfig(_Listening, _Model):
     public_url: str = ""
     max_age: Seconds = 300.0
     max_body: BodyLimit = 65536
+    header_timeout: Seconds = 10.0
+    body_timeout: Seconds = 10.0
+    max_connections: Count = 256
 
     @field_validator("path")
     @classmethod

@@ -25,10 +25,19 @@ from pydantic import (
 )
 
 from bridge.core.normalize import canonical_terminal_id
+from bridge.core.untrusted import MAX_JSON_DEPTH, decode_untrusted, is_valid_text, json_depth, quote
 
 ORDER_ID_PATTERN = r"^[A-Za-z0-9/_-]{1,50}$"
 TERMINAL_ID_PATTERN = r"^[A-Za-z0-9-]{1,32}$"
 COMMAND_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"  # printable ASCII, no spaces
+COMMAND_TYPES = ("pay", "cancel", "refund", "watch", "receipt")
+
+#: The largest command accepted (characters). A ``watch`` with its token is about 2 KB.
+MAX_COMMAND_CHARS = 64 * 1024
+#: A refused command up to this size is still read for its terminal, to answer it there.
+_READABLE_CHARS = 4 * 1024 * 1024
+#: The longest error message an answer carries (characters).
+_MESSAGE_LIMIT = 300
 
 TerminalId = Annotated[str, Field(pattern=TERMINAL_ID_PATTERN)]
 OrderId = Annotated[str, Field(pattern=ORDER_ID_PATTERN)]
@@ -123,27 +132,63 @@ class InvalidCommand(ValueError):
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        loc = ".".join(
-            str(p) for p in err["loc"] if p not in ("pay", "cancel", "refund", "watch", "receipt")
-        )
+        loc = ".".join(quote(p, 40) for p in err["loc"] if p not in COMMAND_TYPES)
         parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
     return "; ".join(parts)
 
 
-def parse_command(raw: str | bytes) -> AnyCommand:
-    """Parse the JSON in a stream entry's ``command`` field. Raises :class:`InvalidCommand`."""
+def _load_object(text: str) -> dict[str, Any]:
+    """``text`` as a JSON object, its depth bounded before parsing (:class:`InvalidCommand`)."""
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise InvalidCommand(f"command nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidCommand(f"command is not JSON: {exc}") from exc
+        data = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, and ints too long to convert
+        raise InvalidCommand(f"command is not JSON: {quote(str(exc), 120)}") from exc
     if not isinstance(data, dict):
         raise InvalidCommand("command is not a JSON object")
+    return data
+
+
+_NAMED_MEMBER = re.compile(r'"(type|command_id|terminal_id|order_id)"\s*:\s*"([^"\\]{1,128})"')
+
+
+def readable_part(raw: str | bytes, message: str) -> InvalidCommand:
+    """What can be read of a command that will not be done (its terminal, command id, order
+    id), to answer it there with ``message``. When it does not parse (too deep, too large, not
+    JSON), the first ``"terminal_id": "…"`` (etc.) string members found in its first 4 MB."""
+    text = decode_untrusted(raw)[:_READABLE_CHARS]
     try:
-        return _COMMAND_ADAPTER.validate_python(data)
+        data: dict[str, Any] = _load_object(text)
+    except InvalidCommand:
+        data = {}
+        for match in _NAMED_MEMBER.finditer(text):
+            data.setdefault(match[1], match[2])
+    return InvalidCommand(message, data)
+
+
+def parse_command(raw: str | bytes) -> AnyCommand:
+    """Parse the JSON in a stream entry's ``command`` field. Raises :class:`InvalidCommand`,
+    and nothing else, whatever ``raw`` holds (any bytes, any JSON shape, any size)."""
+    text = decode_untrusted(raw)
+    if len(text) > MAX_COMMAND_CHARS:
+        raise readable_part(
+            text, f"command is {len(text)} characters long, more than {MAX_COMMAND_CHARS}"
+        )
+    if not is_valid_text(text):
+        raise readable_part(text, "command is not valid UTF-8")
+    try:
+        data = _load_object(text)
+    except InvalidCommand as exc:
+        raise readable_part(text, exc.message) from None
+    kind = data.get("type")
+    label = quote(kind, 32) if isinstance(kind, str) and kind else "command"
+    try:
+        command: AnyCommand = _COMMAND_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        raise InvalidCommand(
-            f"invalid {data.get('type') or 'command'}: {_describe(exc)}", data
-        ) from exc
+        message = quote(f"invalid {label}: {_describe(exc)}", _MESSAGE_LIMIT)
+        raise InvalidCommand(message, data) from exc
+    return command
 
 
 def command_fingerprint(command: _Command) -> str:

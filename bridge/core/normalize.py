@@ -15,6 +15,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from bridge.core.events import FINAL_STATUSES, Source
+from bridge.core.untrusted import MAX_JSON_DEPTH, json_depth
 
 _STATUS_RE = re.compile(r"^[a-z_]{1,32}$")
 
@@ -122,7 +123,10 @@ def _decode(raw: str | bytes | dict[str, Any]) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     try:
-        payload = json.loads(raw)
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        if json_depth(text) > MAX_JSON_DEPTH:  # before parsing: no RecursionError
+            raise MalformedPayload(f"nests deeper than {MAX_JSON_DEPTH} levels")
+        payload = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedPayload(f"not JSON: {exc}") from exc
     if not isinstance(payload, dict):

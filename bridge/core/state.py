@@ -83,6 +83,18 @@ class Verdict(StrEnum):
     UNROUTABLE = "unroutable"
     #: The stored state changes (e.g. a refund is asked for) but nothing is published yet.
     NOTE = "note"
+    #: A status word MultiSafepay does not document: logged, never published.
+    UNKNOWN_STATUS = "unknown_status"
+
+
+#: The order statuses MultiSafepay documents (MultiSafepay/docs:
+#: openapi/components/schemas/Status.yaml), and ``partial_refunded`` (assumed: seen in the
+#: refund flow). Any other word is not published: a till could not know what it means.
+KNOWN_STATUSES: frozenset[str] = (
+    FINAL_STATUSES
+    | REFUND_STATUSES
+    | frozenset({"initialized", "declined", "uncleared", "reserved", "shipped", "chargeback"})
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +209,30 @@ def order_failed(
         error=EventError(code=code, message=message),
     )
     return Decision(Verdict.NEW, state, (event,))
+
+
+def outcome_unknown(
+    current: OrderState | None,
+    *,
+    order_id: str,
+    terminal_id: str,
+    command_id: str | None,
+    now: datetime,
+) -> Decision:
+    """The payment's deadline passed, it was cancelled upstream, and still MultiSafepay did not
+    say how it ended (unreachable, or answering what cannot be read): end it, saying so."""
+    return order_failed(
+        current,
+        order_id=order_id,
+        terminal_id=terminal_id,
+        command_id=command_id,
+        amount=current.amount if current else None,
+        currency=current.currency if current else None,
+        code=ErrorCode.UPSTREAM_UNAVAILABLE,
+        message="outcome unknown: MultiSafepay did not confirm how the payment ended by its "
+        "deadline (max_payment_age), after a cancel was asked",
+        now=now,
+    )
 
 
 def _is_stale(state: OrderState, obs: Observation) -> bool:
@@ -338,6 +374,8 @@ def observe(
     not (a stream message never does); ``command_id`` (a ``watch``) is echoed in its events;
     ``refund_command_id``, for such an order, is the ``refund`` its first refund answers.
     """
+    if obs.status not in KNOWN_STATUSES:
+        return Decision(Verdict.UNKNOWN_STATUS, current)
     if current is None:
         terminal = obs.terminal_id or (terminal_id and canonical_terminal_id(terminal_id))
         if not terminal:

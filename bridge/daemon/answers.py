@@ -23,6 +23,7 @@ from bridge.core.state import (
     order_failed,
     utcnow,
 )
+from bridge.daemon.intake import dead_letter
 from bridge.multisafepay.api import ApiError
 from bridge.redis.sessions import SessionRecord
 
@@ -58,13 +59,7 @@ class Answers:
         self._ttl = config.redis.order_ttl
 
     async def _dead_letter(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
-        log.error("command.dead", entry_id=entry_id, reason=reason)
-        await self.redis.xadd(
-            self.keys.commands_dead,
-            {**{k: v[:4096] for k, v in fields.items()}, "entry_id": entry_id, "error": reason},
-            maxlen=10_000,
-            approximate=True,
-        )
+        await dead_letter(self.redis, self.keys, entry_id, fields, reason)
 
     async def _command_failed(
         self,

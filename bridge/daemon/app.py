@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import anyio
@@ -79,6 +80,10 @@ class Bridge:
     async def wait_stop_requested(self) -> None:
         await self._stop.wait()
 
+    def _group_of(self, terminal_id: str) -> str | None:
+        route = self.directory.route(terminal_id)
+        return route[0].name if route is not None else None
+
     def _key_for(self, group_name: str) -> str | None:
         for group in self.config.multisafepay.terminal_groups:
             if group.name == group_name:
@@ -91,6 +96,8 @@ class Bridge:
         async with AsyncExitStack() as stack:
             redis = connect(cfg.redis.url)
             stack.push_async_callback(redis.aclose)
+            command_reader = connect(cfg.redis.url, max_connections=8, decode_responses=False)
+            stack.push_async_callback(command_reader.aclose)
             # one TLS context for every client: building one per client (33 of them) costs
             # seconds of start-up on a loaded host, seconds a restarted daemon's payments wait
             tls = httpx.create_ssl_context()
@@ -159,7 +166,9 @@ class Bridge:
                 async with anyio.create_task_group() as servers:
                     async with anyio.create_task_group() as sessions_tg:
                         self.sessions = sessions = Sessions(sessions_tg, ctx, self._key_for)
-                        await self._serve(servers, redis, ctx, sessions, task_status)
+                        await self._serve(
+                            servers, (redis, command_reader), ctx, sessions, task_status
+                        )
                         sessions_tg.cancel_scope.cancel()
                     self._servers_stop.set()
                 root.cancel_scope.cancel()
@@ -168,26 +177,30 @@ class Bridge:
     async def _serve(
         self,
         servers: TaskGroup,
-        redis: Redis,
+        clients: tuple[Redis, Redis],
         ctx: SessionContext,
         sessions: Sessions,
         task_status: TaskStatus[Any],
     ) -> None:
-        """Take commands until asked to stop, then let the sessions drain or hand them over."""
+        """Take commands until asked to stop, then let the sessions drain or hand them over.
+        ``clients``: the daemon's Redis client, and one that reads the commands stream as bytes."""
+        redis, command_reader = clients
         cfg = self.config
         self.handlers = handlers = CommandHandlers(
             cfg, redis, ctx, sessions.start, sessions.__contains__, self.directory
         )
         if cfg.webhook.enabled:
-            await self._start_webhooks(servers, ctx, sessions)
+            await self._start_webhooks(servers, ctx, sessions, redis)
         self.ops = ops.Operations(self, redis)
         await self.ops.start(servers, self._servers_stop)
         self.intake = CommandIntake(
-            redis,
+            command_reader,
             self.keys,
             cfg.redis.effective_consumer_name,
             handlers.handle,
+            give_up=handlers.give_up,
             claim_idle=cfg.redis.command_claim_idle,
+            max_deliveries=cfg.redis.command_max_deliveries,
             consumer_gone=ctx.leases.presence.consumer_gone,
             claim_every=min(cfg.daemon.lease_ttl / 3, ORPHAN_SCAN_MAX),
             commands_maxlen=cfg.redis.commands_maxlen,
@@ -246,16 +259,29 @@ class Bridge:
             await anyio.sleep(REDISCOVER_EVERY)
             await self.directory.discover(api)
 
-    async def _start_webhooks(self, tg: TaskGroup, ctx: SessionContext, sessions: Sessions) -> None:
+    async def _start_webhooks(
+        self, tg: TaskGroup, ctx: SessionContext, sessions: Sessions, redis: Redis
+    ) -> None:
         hook = self.config.webhook
         sock = asgi.listen("webhook", hook.listen, hook.host, hook.port)
         receiver = WebhookReceiver(
             lambda: self.config,
             ctx,
             sessions.nudge,
+            redis=redis,
+            group_of=self._group_of,
             count=lambda result: metrics.WEBHOOKS.labels(result).inc(),
         )
-        tg.start_soon(asgi.serve, receiver.app(), sock, self._servers_stop)
+        tg.start_soon(
+            partial(
+                asgi.serve,
+                header_timeout=hook.header_timeout,
+                max_connections=hook.max_connections,
+            ),
+            receiver.app(),
+            sock,
+            self._servers_stop,
+        )
         log.info(
             "webhook.listening",
             listen=hook.listen,

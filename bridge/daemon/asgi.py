@@ -4,10 +4,16 @@ uvicorn normally owns the process's signals; here the daemon does, so uvicorn's 
 and the server stops when its task is cancelled or ``should_exit`` is set. The listening socket
 is bound before serving, so "listeners bound" is true when the daemon reports READY and a busy
 port is a clear error at start.
+
+Both listeners face clients the daemon does not control, so the HTTP protocol is guarded: a
+connection whose request headers are not all in within ``header_timeout`` (from its opening, or
+from the end of its previous response) is answered 408 and closed, however slowly it trickles
+bytes in; a connection beyond ``max_connections`` is answered 503 and closed at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
@@ -15,11 +21,66 @@ from typing import Any
 
 import anyio
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from bridge.errors import UserError
 from bridge.sockets import bind
 
 __all__ = ["bind", "serve"]
+
+HEADER_TIMEOUT = 10.0
+MAX_CONNECTIONS = 256
+
+_CLOSE = b"content-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline on request headers and a connection cap."""
+
+    header_timeout = HEADER_TIMEOUT
+    max_connections = MAX_CONNECTIONS
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self._refuse(b"HTTP/1.1 503 Service Unavailable\r\n")
+            return
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _refuse(self, status_line: bytes) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(status_line + _CLOSE)
+            self.transport.close()
+
+    def _headers_too_slow(self) -> None:
+        self._deadline = None
+        if self.cycle is None or self.cycle.response_complete:  # no request under way
+            self._refuse(b"HTTP/1.1 408 Request Timeout\r\n")
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disarm()  # the headers are in: the app's own timeouts apply to the body
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
 
 class _QuietServer(uvicorn.Server):
@@ -37,11 +98,24 @@ def listen(section: str, address: str, host: str, port: int) -> socket.socket:
         raise UserError(f"{section}: cannot listen on {address}: {exc.strerror or exc}") from exc
 
 
-async def serve(app: Any, sock: socket.socket, stop: anyio.Event) -> None:
+async def serve(
+    app: Any,
+    sock: socket.socket,
+    stop: anyio.Event,
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+) -> None:
     """Serve ``app`` on the bound ``sock`` until ``stop`` is set, then shut down gracefully
     (in-flight requests get ``timeout_graceful_shutdown`` seconds)."""
+    protocol = type(
+        "GuardedH11",
+        (_GuardedH11,),
+        {"header_timeout": header_timeout, "max_connections": max_connections},
+    )
     config = uvicorn.Config(
         app,
+        http=protocol,
         log_config=None,
         access_log=False,
         lifespan="off",

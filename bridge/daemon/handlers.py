@@ -26,6 +26,7 @@ from bridge.core.commands import (
     command_fingerprint,
     derive_order_id,
     parse_command,
+    readable_part,
 )
 from bridge.core.events import ErrorCode
 from bridge.daemon.intake import LeaveUnacknowledged
@@ -131,3 +132,19 @@ class CommandHandlers(PayHandler, OrderCommands):
             await self._command_failed(
                 exc.terminal_id, command_id, exc.order_id, ErrorCode.INVALID_COMMAND, exc.message
             )
+
+    async def give_up(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
+        """A command that will not be handled (a poison command): answered ``command.failed``
+        where it names a terminal, and dead-lettered with ``reason``."""
+        found = readable_part(fields.get("command") or "", reason)
+        if found.terminal_id is not None:
+            command_id = found.command_id or entry_id
+            await self._command_failed(
+                found.terminal_id,
+                command_id,
+                found.order_id,
+                ErrorCode.INVALID_COMMAND,
+                reason,
+                once=f"{command_id}:dead",
+            )
+        await self._dead_letter(entry_id, fields, reason)

@@ -6,11 +6,18 @@ of a consumer whose daemon is gone (:mod:`bridge.redis.presence`: its presence l
 process no longer exists on this host) are claimed at once, and any command held longer than
 ``command_claim_idle`` by a consumer is claimed too. Handlers are idempotent per command id, so
 a replay is harmless.
+
+Entries are read as bytes and decoded losslessly (invalid UTF-8 stays visible to the parser,
+which refuses it): no entry can fail the read itself. A command delivered more than
+``max_deliveries`` times (its handler crashed, or the daemon died on it, each time) is a poison
+command: it is handed to ``give_up`` (answered and dead-lettered) and acknowledged, so it
+cannot crash-loop the daemon. One its handler last left unacknowledged on purpose
+(``LeaveUnacknowledged``: MultiSafepay could not say yet) is marked so and keeps being retried.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -20,7 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from bridge import metrics
 from bridge.core.backoff import Backoff
-from bridge.redis.client import stream_entries
+from bridge.core.untrusted import decode_untrusted, printable_fields
 from bridge.redis.keys import COMMANDS_GROUP, Keys
 from bridge.redis.outage import RedisWaiters
 
@@ -33,9 +40,47 @@ class LeaveUnacknowledged(Exception):
 
 Handler = Callable[[str, dict[str, str]], Awaitable[None]]
 ConsumerGone = Callable[[str], Awaitable[bool]]
+GiveUp = Callable[[str, dict[str, str], str], Awaitable[None]]
+Entry = tuple[str, dict[str, str]]
+Delivery = tuple[str, dict[str, str], int]  # an entry, and how many times it was delivered
 
 _READ_BLOCK_MS = 1000  # also how quickly a stop request is noticed
 _BATCH = 64
+#: Deliveries of one command before it is a poison command (handed to ``give_up``).
+MAX_DELIVERIES = 5
+#: How much of each field of a dead-lettered entry is kept (characters).
+_DEAD_FIELD_LIMIT = 4096
+
+
+def _decoded(entries: list[Any]) -> list[Entry]:
+    """Stream entries read as bytes, as text: names and values decoded losslessly."""
+    return [
+        (
+            decode_untrusted(entry_id),
+            {decode_untrusted(k): decode_untrusted(v) for k, v in fields.items()},
+        )
+        for entry_id, fields in entries
+        if fields is not None
+    ]
+
+
+async def dead_letter(
+    client: Redis, keys: Keys, entry_id: str, fields: Mapping[str, str], reason: str
+) -> None:
+    """Copy a command that will not be done to ``{p}:commands:dead`` with the reason: fields
+    bounded and made encodable, events tokens masked."""
+    log.error("command.dead", entry_id=entry_id, reason=reason)
+    entry: dict[Any, Any] = {
+        **printable_fields(fields, _DEAD_FIELD_LIMIT),
+        "entry_id": entry_id,
+        "error": reason,
+    }
+    await client.xadd(
+        keys.commands_dead,
+        entry,
+        maxlen=10_000,
+        approximate=True,
+    )
 
 
 class CommandIntake:
@@ -48,15 +93,21 @@ class CommandIntake:
         *,
         claim_idle: float,
         waiters: RedisWaiters,
+        give_up: GiveUp | None = None,
         max_in_flight: int = 64,
         commands_maxlen: int = 100_000,
+        max_deliveries: int = MAX_DELIVERIES,
         consumer_gone: ConsumerGone | None = None,
         claim_every: float = 10.0,
     ) -> None:
-        self._consumer_gone = consumer_gone
-        self._claim_every = claim_every
+        """``client`` must not decode responses (``connect(..., decode_responses=False)``):
+        entries are decoded here, so that no bytes a till wrote can fail the read."""
         self._waiters = waiters
         self._client = client
+        self._give_up = give_up or self._dead_letter_only
+        self._max_deliveries = max_deliveries
+        self._claim_every = claim_every
+        self._consumer_gone = consumer_gone
         self._keys = keys
         self._consumer = consumer
         self._handler = handler
@@ -90,8 +141,8 @@ class CommandIntake:
                     entries = await self._read(backlog)
                     if anyio.current_time() - last_claim > self._claim_every:
                         last_claim = anyio.current_time()
-                        entries += await self._claim_from_gone()
                         entries += await self._claim_abandoned()
+                        entries += await self._claim_from_gone()
                         await self._client.xtrim(
                             self._keys.commands, maxlen=self._maxlen, approximate=True
                         )
@@ -113,17 +164,19 @@ class CommandIntake:
                 self.reading = True
                 if backlog and not entries:
                     backlog = False
-                for entry_id, fields in entries:
-                    await self._limit.acquire_on_behalf_of(entry_id)
-                    handlers.start_soon(self._handle, entry_id, fields)
                 if backlog:  # keep draining the backlog from after the last entry read
                     self._backlog_from = entries[-1][0] if entries else "0"
+                for entry_id, fields, deliveries in entries:
+                    await self._limit.acquire_on_behalf_of(entry_id)
+                    if deliveries > self._max_deliveries:
+                        handlers.start_soon(self._handle_or_bury, entry_id, fields, deliveries)
+                    else:
+                        handlers.start_soon(self._handle, entry_id, fields)
             self.reading = False
             log.info("intake.stopped", note="waiting for commands in progress")
 
-    async def _read(self, backlog: bool) -> list[tuple[str, dict[str, str]]]:
+    async def _read(self, backlog: bool) -> list[Delivery]:
         start = self._backlog_from if backlog else ">"
-        # redis-py types the reply as every protocol's shape at once; RESP2 (ours): a list
         reply: Any = await self._client.xreadgroup(
             COMMANDS_GROUP,
             self._consumer,
@@ -134,10 +187,27 @@ class CommandIntake:
         if not reply:
             return []
         _stream, entries = reply[0]
-        return stream_entries(entries)
+        if not backlog:
+            return [(entry_id, fields, 1) for entry_id, fields in _decoded(entries)]
+        return await self._with_deliveries(_decoded(entries))
 
-    async def _claim_abandoned(self) -> list[tuple[str, dict[str, str]]]:
-        _next, claimed, _deleted = await self._client.xautoclaim(
+    async def _with_deliveries(self, entries: list[Entry]) -> list[Delivery]:
+        """Each entry with how many times it has been delivered (XPENDING), this time included."""
+        if not entries:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for entry_id, _fields in entries:
+                pipe.xpending_range(
+                    self._keys.commands, COMMANDS_GROUP, min=entry_id, max=entry_id, count=1
+                )
+            replies: list[Any] = await pipe.execute()
+        return [
+            (entry_id, fields, int(reply[0]["times_delivered"]) if reply else 1)
+            for (entry_id, fields), reply in zip(entries, replies, strict=True)
+        ]
+
+    async def _claim_abandoned(self) -> list[Delivery]:
+        reply: Any = await self._client.xautoclaim(
             self._keys.commands,
             COMMANDS_GROUP,
             self._consumer,
@@ -145,24 +215,25 @@ class CommandIntake:
             start_id="0-0",
             count=_BATCH,
         )
+        claimed = reply[1]
         if claimed:
             log.warning(
                 "intake.claimed", count=len(claimed), note="commands of a consumer that stopped"
             )
-        return [(eid, fields) for eid, fields in claimed if fields is not None]
+        return await self._with_deliveries(_decoded(claimed))
 
-    async def _claim_from_gone(self) -> list[tuple[str, dict[str, str]]]:
+    async def _claim_from_gone(self) -> list[Delivery]:
         """Every pending command of a consumer whose daemon is gone, claimed without waiting
         for ``command_claim_idle``; the consumer is then deleted from the group (so tools
         that look at the group's consumers see the daemons that run)."""
         if self._consumer_gone is None:
             return []
-        claimed: list[tuple[str, dict[str, str]]] = []
+        claimed: list[Entry] = []
         consumers: list[dict[str, Any]] = await self._client.xinfo_consumers(
             self._keys.commands, COMMANDS_GROUP
         )
         for consumer in consumers:
-            name = str(consumer["name"])
+            name = decode_untrusted(consumer["name"])
             if name == self._consumer or not await self._consumer_gone(name):
                 continue
             if int(consumer.get("pending", 0)):
@@ -174,7 +245,7 @@ class CommandIntake:
                     entries: list[Any] = await self._client.xclaim(
                         self._keys.commands, COMMANDS_GROUP, self._consumer, 0, list(ids)
                     )
-                    claimed += [(str(e[0]), dict(e[1])) for e in entries if e[1] is not None]
+                    claimed += _decoded(entries)
                     log.warning(
                         "intake.claimed",
                         count=len(ids),
@@ -184,14 +255,61 @@ class CommandIntake:
                 if len(ids) >= _BATCH:
                     continue  # more next round; keep the consumer until it is drained
             await self._client.xgroup_delconsumer(self._keys.commands, COMMANDS_GROUP, name)
-        return claimed
+        return await self._with_deliveries(claimed)
+
+    async def _dead_letter_only(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
+        await dead_letter(self._client, self._keys, entry_id, fields, reason)
+
+    async def _mark_retrying(self, entry_id: str) -> None:
+        ttl = int(2 * self._claim_idle_ms / 1000 + 2 * self._claim_every + 60)
+        try:
+            await self._client.set(self._keys.command_retrying(entry_id), "1", ex=ttl)
+        except RedisError as exc:
+            log.warning("command.unmarked", entry_id=entry_id, error=str(exc))
+
+    async def _handle_or_bury(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
+        """Delivered too often: a poison command, unless its handler last left it on purpose."""
+        try:
+            retrying = bool(await self._client.exists(self._keys.command_retrying(entry_id)))
+        except RedisError as exc:
+            log.error("command.unfinished", entry_id=entry_id, error=str(exc))
+            self._limit.release_on_behalf_of(entry_id)
+            return
+        if retrying:
+            await self._handle(entry_id, fields)
+        else:
+            await self._bury(entry_id, fields, deliveries)
+
+    async def _bury(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
+        """A poison command: answered and dead-lettered instead of handled, then acknowledged."""
+        reason = (
+            f"delivered {deliveries} times without being handled (its handler failed or the "
+            f"daemon stopped on it each time): not tried again"
+        )
+        try:
+            await self._give_up(entry_id, fields, reason)
+            await self._client.xack(self._keys.commands, COMMANDS_GROUP, entry_id)
+            metrics.COMMANDS.labels(metrics.command_type(fields), "dead").inc()
+        except RedisError as exc:
+            log.error("command.unfinished", entry_id=entry_id, error=str(exc))
+        except Exception:
+            # Giving up must not fail either; the entry stays pending and is tried again later.
+            log.exception("command.crashed", entry_id=entry_id, note="while dead-lettering it")
+        finally:
+            self._limit.release_on_behalf_of(entry_id)
 
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
         try:
             await self._handler(entry_id, fields)
             await self._client.xack(self._keys.commands, COMMANDS_GROUP, entry_id)
             metrics.COMMANDS.labels(metrics.command_type(fields), "handled").inc()
-        except (RedisError, LeaveUnacknowledged) as exc:
+        except LeaveUnacknowledged as exc:
+            # Not done yet, on purpose (the outcome upstream is unknown, another daemon has it):
+            # read again later, and not a poison command however often that happens.
+            log.error("command.unfinished", entry_id=entry_id, error=str(exc))
+            metrics.COMMANDS.labels(metrics.command_type(fields), "unfinished").inc()
+            await self._mark_retrying(entry_id)
+        except RedisError as exc:
             # Not acknowledged: read again at our next start or claimed by another daemon.
             log.error("command.unfinished", entry_id=entry_id, error=str(exc))
             metrics.COMMANDS.labels(metrics.command_type(fields), "unfinished").inc()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 
@@ -28,8 +27,10 @@ from bridge.core.order_commands import (
     refund_precheck,
 )
 from bridge.core.state import refund_abandoned, refund_requested
+from bridge.core.watch import refuse_watch
 from bridge.daemon.answers import Answers
 from bridge.multisafepay.api import ApiError
+from bridge.multisafepay.tokens import token_claims
 from bridge.redis.sessions import SessionRecord
 
 log = structlog.get_logger("bridge.commands")
@@ -214,16 +215,19 @@ class OrderCommands(Answers):
     async def watch(self, command: WatchCommand, command_id: str) -> None:
         order_id = command.order_id
         upstream = self.config.multisafepay
-        for url in (command.events_stream_url, command.events_url):
-            if url and not upstream.allows_events_host(urlsplit(url).hostname):
-                await self._command_failed(
-                    command.terminal,
-                    command_id,
-                    order_id,
-                    ErrorCode.INVALID_COMMAND,
-                    f"events host {urlsplit(url).hostname} is not in events_hosts",
-                )
-                return
+        token = command.events_token.get_secret_value()
+        refusal = refuse_watch(
+            token,
+            token_claims(token),
+            (command.events_stream_url, command.events_url),
+            upstream.api_base_url,
+            upstream.events_hosts,
+        )
+        if refusal:  # before any connection, and before the session registry hears of it
+            await self._command_failed(
+                command.terminal, command_id, order_id, ErrorCode.INVALID_COMMAND, refusal
+            )
+            return
         route = await self._route_or_fail(
             command.terminal_id, command.terminal, command_id, order_id
         )

@@ -23,7 +23,7 @@ from bridge import metrics
 from bridge.core.backoff import Backoff
 from bridge.core.events import ErrorCode, Source
 from bridge.core.normalize import MalformedPayload, Observation, from_order, from_stream_message
-from bridge.core.state import OrderState, Verdict, observe, utcnow
+from bridge.core.state import OrderState, Verdict, observe, outcome_unknown, utcnow
 from bridge.multisafepay.api import ApiError, MultiSafepayApi
 from bridge.multisafepay.bus import BusProtocol
 from bridge.multisafepay.sse import StreamError, StreamRejected, sse_messages
@@ -195,7 +195,8 @@ class PaymentSession:
                 source=obs.source,
             )
         else:
-            self.log.debug(
+            level = "warning" if decision.verdict is Verdict.UNKNOWN_STATUS else "debug"
+            getattr(self.log, level)(
                 "upstream.ignored", verdict=decision.verdict, status=obs.status, source=obs.source
             )
         if self.final:
@@ -381,3 +382,29 @@ class PaymentSession:
             level = "info" if exc.code is ErrorCode.UPSTREAM_REJECTED else "warning"
             getattr(self.log, level)("payment.cancel_failed", error=exc.message)
         await self.reconcile()
+        upstream = self.ctx.upstream
+        await anyio.sleep(max(upstream.request_timeout, 3 * upstream.poll_interval))
+        if not self.final:  # the poller kept asking meanwhile, and learned nothing
+            await self._end_unknown()
+
+    async def _end_unknown(self) -> None:
+        now = utcnow()
+        async with self._commit_lock:
+            recorded = await self.ctx.redis_waiters.call(
+                lambda: self.ctx.store.record(
+                    self.order_id,
+                    lambda st: outcome_unknown(
+                        st,
+                        order_id=self.order_id,
+                        terminal_id=self.record.terminal_id,
+                        command_id=self.record.command_id,
+                        now=now,
+                    ),
+                    fence=self.fence,
+                ),
+                what="an unknown outcome",
+            )
+        self.state = recorded.decision.state or self.state
+        self.log.error("order.outcome_unknown", note="order.failed upstream_unavailable")
+        if self.final:
+            self._done.set()

@@ -9,16 +9,27 @@ while Redis is down the answer is 503, and MultiSafepay sends it again.
 A group's webhook also reports orders the bridge did not start (typed in on the terminal,
 started from an app, refunds from the dashboard): they are published on their terminal's
 channel too, so a till sees everything its terminal does.
+
+Hostile senders: a notification verified with one group's key may change only that group's
+orders, on the order's own terminal (else 401, nothing published); the same signed
+notification received twice changes nothing the second time (its ``Auth`` value is
+remembered for ``max_age``); an unsigned ``GET`` notification makes the bridge ask
+MultiSafepay only about an order id it knows for that group, percent-encoded, at a bounded
+rate (else 404/429, no upstream call); a body that does not arrive within ``body_timeout`` is
+answered 408. Header timeouts and the connection cap are the server's (``daemon/asgi.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import quote as percent_encode
 
 import anyio
 import structlog
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -27,6 +38,7 @@ from starlette.routing import Route
 
 from bridge.core.events import Source
 from bridge.core.normalize import MalformedPayload, Observation, from_order
+from bridge.core.notifications import KnownOrder, TokenBucket, refuse_for_group, valid_order_id
 from bridge.core.state import Verdict, observe, utcnow
 from bridge.multisafepay.api import ApiError
 from bridge.multisafepay.webhook import WebhookRejected, verify_webhook
@@ -43,6 +55,8 @@ ACK = "OK"
 _OWN_ORDER_WAIT = 5.0
 #: After the pay's registry record says ``created``, its ``order.created`` follows at once.
 _CREATED_GRACE = 0.25
+#: Unsigned GET notifications that may cost an upstream call, per group: per second, burst.
+GET_RATE, GET_BURST = 2.0, 20.0
 
 
 class _TooLarge(Exception):
@@ -67,18 +81,25 @@ class WebhookReceiver:
         config: Callable[[], Config],
         ctx: SessionContext,
         on_recorded: Callable[[str], None],
+        *,
+        redis: Redis,
+        group_of: Callable[[str], str | None],
         count: Callable[[str], None] = lambda result: None,
     ) -> None:
         self._config = config
         self._ctx = ctx
+        self._redis = redis
+        self._group_of = group_of  # a terminal's group name (config and discovery)
+        self._get_budget: dict[str, TokenBucket] = {}
         self._on_recorded = on_recorded  # tells a running session its order moved on
         self._count = count  # metrics: one call per request with its result
 
     def app(self) -> Starlette:
         path = self._config().webhook.path.rstrip("/")
         return Starlette(
-            routes=[
+            routes=[  # with and without a trailing slash: MultiSafepay follows no redirect
                 Route(f"{path}/{{group}}", self.receive, methods=["POST", "GET"]),
+                Route(f"{path}/{{group}}/", self.receive, methods=["POST", "GET"]),
             ]
         )
 
@@ -103,7 +124,10 @@ class WebhookReceiver:
             # notification_method GET: no body to trust; ask the API about the order.
             return await self._fetch_and_record(group, order_id)
         try:
-            raw = await _read_body(request, cfg.webhook.max_body)
+            with anyio.fail_after(cfg.webhook.body_timeout):
+                raw = await _read_body(request, cfg.webhook.max_body)
+        except TimeoutError:
+            return self._answer("body_timeout", 408, "request timeout", group=group.name)
         except _TooLarge:
             return self._answer("too_large", 413, "too large", group=group.name)
         except ClientDisconnect:
@@ -132,15 +156,54 @@ class WebhookReceiver:
                 group=group.name,
                 error="transactionid does not match the body's order_id",
             )
-        return await self._record(group, obs)
+        return await self._record_once(group, obs, request.headers.get("auth") or "")
+
+    async def _record_once(self, group: TerminalGroup, obs: Observation, auth: str) -> Response:
+        """Record a signed notification unless this very one (same ``Auth``: same timestamp,
+        same body) was recorded before: a replay changes nothing."""
+        digest = hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()
+        seen = self._ctx.store.keys.webhook_seen(digest)
+        ttl = int(self._config().webhook.max_age) + 60
+        try:
+            if not await self._redis.set(seen, "1", nx=True, ex=ttl):
+                return self._answer("replay", 200, ACK, order_id=obs.order_id, group=group.name)
+        except RedisError as exc:
+            return self._answer("redis_unavailable", 503, "try again", error=str(exc))
+        response = await self._record(group, obs)
+        if response.status_code != 200:  # not handled: its resend must be handled then
+            try:
+                await self._redis.delete(seen)
+            except RedisError as exc:
+                log.warning("webhook.unmark_failed", order_id=obs.order_id, error=str(exc))
+        return response
+
+    async def _known(self, order_id: str) -> KnownOrder | None:
+        """The order's terminal and group, as the bridge holds them (None: never seen)."""
+        state = await self._ctx.store.load(order_id)
+        if state is not None:
+            return KnownOrder(state.terminal_id, None)
+        record = await self._ctx.registry.load(order_id)
+        return KnownOrder(record.terminal_id, record.group) if record is not None else None
 
     async def _fetch_and_record(self, group: TerminalGroup, order_id: str | None) -> Response:
-        if not order_id:
+        if not valid_order_id(order_id) or order_id is None:
             return self._answer(
-                "malformed", 400, "bad request", group=group.name, error="no transactionid"
+                "malformed", 400, "bad request", group=group.name, error="no valid transactionid"
             )
         try:
-            data = await self._ctx.api.get_order(group.key.get_secret_value(), order_id)
+            known = await self._known(order_id)
+        except RedisError as exc:
+            return self._answer("redis_unavailable", 503, "try again", error=str(exc))
+        if known is None or refuse_for_group(group.name, known, None, self._group_of):
+            # an unsigned request may not make the bridge ask about orders it does not hold
+            return self._answer("unknown_order", 404, "not found", group=group.name)
+        budget = self._get_budget.setdefault(group.name, TokenBucket(GET_RATE, GET_BURST))
+        if not budget.take(time.monotonic()):
+            return self._answer("rate_limited", 429, "too many requests", group=group.name)
+        try:
+            data = await self._ctx.api.get_order(
+                group.key.get_secret_value(), percent_encode(order_id, safe="")
+            )
             obs = from_order(data, Source.WEBHOOK, self._ctx.tz, as_of=utcnow())
         except ApiError as exc:
             status = 404 if exc.http_status == 404 else 503
@@ -149,6 +212,8 @@ class WebhookReceiver:
             )
         except MalformedPayload as exc:
             return self._answer("malformed", 400, "bad request", order_id=order_id, error=str(exc))
+        if obs.order_id != order_id:
+            return self._answer("malformed", 400, "bad request", order_id=order_id)
         return await self._record(group, obs)
 
     async def _own_order_pending(self, order_id: str) -> bool:
@@ -181,24 +246,13 @@ class WebhookReceiver:
             if await self._own_order_pending(obs.order_id):
                 # not handled yet: MultiSafepay sends it again; the session follows the order
                 return self._answer("create_pending", 503, "try again", order_id=obs.order_id)
-            terminal = obs.terminal_id
-            if terminal is None:
-                # the body did not say; the order's published state or session does
-                state = await store.load(obs.order_id)
-                record = None if state else await self._ctx.registry.load(obs.order_id)
-                terminal = state.terminal_id if state else (record.terminal_id if record else None)
-            if (
-                terminal is not None
-                and group.terminals
-                and terminal.upper() not in group.terminal_ids
-            ):
-                log.warning(
-                    "webhook.foreign_terminal",
-                    group=group.name,
-                    terminal_id=terminal,
-                    order_id=obs.order_id,
-                    note="published on its terminal's channel anyway",
+            known = await self._known(obs.order_id)
+            refusal = refuse_for_group(group.name, known, obs.terminal_id, self._group_of)
+            if refusal:
+                return self._answer(
+                    "foreign_order", 401, "unauthorized", group=group.name, reason=refusal
                 )
+            terminal = known.terminal_id if known is not None else obs.terminal_id
             now = utcnow()
             recorded = await store.record(
                 obs.order_id, lambda st: observe(st, obs, now, terminal_id=terminal)

@@ -137,7 +137,7 @@ class MultiSafepayApi:
     def _answer(method: str, path: str, response: httpx.Response) -> Any:
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's limit
             body = None
         if response.status_code < 300 and isinstance(body, dict) and body.get("success") is True:
             return body.get("data")

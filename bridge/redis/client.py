@@ -11,16 +11,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
-def connect(url: str, *, max_connections: int = 64, socket_timeout: float | None = 10.0) -> Redis:
+def connect(
+    url: str,
+    *,
+    max_connections: int = 64,
+    socket_timeout: float | None = 10.0,
+    decode_responses: bool = True,
+) -> Redis:
     """A client that reconnects a dropped pooled connection instead of failing the first call
     after a Redis restart. Longer outages are the caller's to handle (and to log once).
 
     The pool blocks: under a burst, a caller waits (up to ``socket_timeout``) for one of the
     ``max_connections`` connections instead of failing with "too many connections".
+    ``decode_responses=False`` is for reading what others wrote (the commands stream): bytes
+    that are not UTF-8 must not fail the read.
     """
     pool = BlockingConnectionPool.from_url(
         url,
-        decode_responses=True,
+        decode_responses=decode_responses,
         max_connections=max_connections,
         timeout=socket_timeout,
         socket_connect_timeout=5.0,

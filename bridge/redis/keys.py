@@ -65,6 +65,14 @@ class Keys:
     def fence_counter(self) -> str:
         return f"{self.prefix}:fence"
 
+    def command_retrying(self, entry_id: str) -> str:
+        """A commands-stream entry its handler left unacknowledged on purpose, lately."""
+        return f"{self.prefix}:retrying:{entry_id}"
+
+    def webhook_seen(self, digest: str) -> str:
+        """A signed notification already handled (its ``Auth`` value's digest): replays."""
+        return f"{self.prefix}:webhook:seen:{digest}"
+
     def daemon(self, consumer: str) -> str:
         """A running daemon's presence (see :mod:`bridge.redis.presence`)."""
         return f"{self.prefix}:daemon:{consumer}"

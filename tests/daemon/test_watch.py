@@ -4,6 +4,7 @@ on the terminal, started from an app). Either way they reach the terminal's chan
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
@@ -250,3 +251,63 @@ async def test_watch_on_a_host_not_in_events_hosts_connects_nowhere(
     assert token not in json.dumps(events)
     assert "w-sse" in captured_logs.getvalue()
     assert token not in captured_logs.getvalue()
+
+
+def _jwt(claims: str) -> str:
+    payload = base64.urlsafe_b64encode(claims.encode()).decode().rstrip("=")
+    return f"eyJhbGciOiJIUzI1NiJ9.{payload}.c2lnbmF0dXJl"
+
+
+async def test_watches_the_bridge_must_not_follow_are_answered_and_connect_nowhere(
+    redis_server, redis_client: Redis, simulator
+) -> None:
+    """The API's host on another port (a Redis, say), userinfo, a refused port, no URL at all,
+    a token no header can carry, an ``exp`` that is no time: each is answered
+    ``invalid_command``, leaves no session, and nothing is connected to."""
+    till = Till(redis_client)
+    terminal = "TILL-A"
+    with ConnectionRecorder() as elsewhere:
+        other_port = f"http://127.0.0.1:{elsewhere.port}/events/stream/"
+        good_url = simulator.url + "events/stream/"
+        cases: dict[str, dict[str, Any]] = {
+            "api-host-other-port": {"events_stream_url": other_port},
+            "userinfo": {
+                "events_stream_url": f"http://evil.example.net@127.0.0.1:{elsewhere.port}/"
+            },
+            "userinfo-api-port": {"events_url": simulator.url.replace("http://", "ws://evil@")},
+            "refused-port": {"events_url": "ws://127.0.0.1:1/"},
+            "null-url": {"events_stream_url": None},
+            "garbage-url": {"events_stream_url": "http://[::1"},
+            "non-ascii-token": {"events_stream_url": good_url, "events_token": "tökén-ä"},
+            "absurd-exp": {
+                "events_stream_url": good_url,
+                "events_token": _jwt('{"exp": 1' + "0" * 400 + "}"),
+            },
+        }
+        async with running_bridge(bridge_config(redis_server.url, simulator.base_url)):
+            for name, fields in cases.items():
+                await till.send(
+                    {
+                        "type": "watch",
+                        "terminal_id": terminal,
+                        "order_id": f"w-{name}",
+                        "command_id": name,
+                        "events_token": "opaque-token-1",
+                        **fields,
+                    }
+                )
+            await till.wait_for(terminal, lambda ev: len(ev) >= len(cases))
+            await till.settled()  # each watch refused before any connection, then acknowledged
+            events = await till.events(terminal)
+            sessions = await redis_client.smembers(till.keys.sessions_index)
+            pending = await redis_client.xpending(till.keys.commands, "pos-bridge")
+        assert elsewhere.connections == 0
+    assert sorted((e["command_id"], e["type"], e["error"]["code"]) for e in events) == sorted(
+        (name, "command.failed", "invalid_command") for name in cases
+    )
+    assert not sessions and pending["pending"] == 0
+    by_command = {e["command_id"]: e["error"]["message"] for e in events}
+    assert f"port {elsewhere.port}" in by_command["api-host-other-port"]
+    assert "user information" in by_command["userinfo"]
+    assert "plausible" in by_command["absurd-exp"]
+    assert "printable ASCII" in by_command["non-ascii-token"]
