@@ -266,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the daemon's log level (default: info, as in production)",
     )
     p.add_argument(
+        "--poll-interval",
+        type=float,
+        metavar="S",
+        help="the daemon's polling of quiet orders (default: 10, the daemon's default; 0: off)",
+    )
+    p.add_argument(
+        "--hold",
+        type=float,
+        metavar="S",
+        help="seconds the opened payments are held quiet, to measure what holding costs "
+        "(default: 30; --quick: 20)",
+    )
+    p.add_argument(
         "--no-enrich",
         action="store_true",
         help="run the daemon with enrich_final = false (no GET before a final event)",

@@ -8,7 +8,8 @@ round robin over them for ``S`` seconds (``initialized``, ``declined``, ``initia
 each exactly as a payment session does it: the core's decision from the cached state and the
 Lua compare-and-set through :class:`~bridge.redis.publisher.EventStore`, one task per change,
 on the daemon's kind of connection pool. ``time.monotonic()`` is taken just before the
-decision; the tills process takes it on receipt. Writes ``{order_id: [t1, t2, ...]}`` to FILE.
+decision; the tills process takes it on receipt. Writes ``{order_id: [[status, t], ...]}`` to
+FILE.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ ORDER_PREFIX = "base-"
 
 async def run(
     url: str, prefix: str, orders: int, rate: float, duration: float
-) -> dict[str, list[float]]:
+) -> dict[str, list[tuple[str, float]]]:
     client = connect(url)
     store = EventStore(client, Keys(prefix), stream_maxlen=10_000, order_ttl=3600)
     ids = [f"{ORDER_PREFIX}{i:05d}" for i in range(orders)]
     states: dict[str, OrderState] = {}
-    sent: dict[str, list[float]] = {oid: [] for oid in ids}
+    sent: dict[str, list[tuple[str, float]]] = {oid: [] for oid in ids}
     locks = {oid: anyio.Lock() for oid in ids}
     try:
         now = utcnow()
@@ -56,7 +57,7 @@ async def run(
                 state = states[oid]
                 status = "declined" if state.status == "initialized" else "initialized"
                 times = sent[oid]
-                times.append(time.monotonic())
+                times.append((status, time.monotonic()))
                 obs = Observation(source=Source.STREAM, order_id=oid, status=status)
                 rec = await store.record(
                     oid,

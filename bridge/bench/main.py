@@ -7,6 +7,8 @@ floor, :mod:`bridge.bench.baseline`. The run:
 
 1. opens N payments on ``SIM-BENCH-*`` terminals (``pay`` commands on Redis, as tills send
    them): N upstream streams held by the daemon, which stay open;
+1b. hold: nothing happens for a while (the daemon polls quiet orders at its defaults): what
+   holding a payment costs;
 2. drive: the simulator changes M order statuses per second round robin over them for the
    duration (``initialized``, ``declined``, ``initialized``, ...: each a distinct transition),
    recording the monotonic time each is written to its stream;
@@ -15,254 +17,45 @@ floor, :mod:`bridge.bench.baseline`. The run:
 4. finish: every payment gets its final ``completed`` at the same rate; the streams close.
 
 Latency is the tills' receipt time minus the send time (``time.monotonic()`` is system-wide on
-Linux), joined on (order id, n-th status event of the order). Any event sent and not received
-is an error (exit 1).
+Linux); each received event is paired with the send that caused it (:mod:`bridge.bench.pairing`).
+Any event sent and not received, or received twice, is an error (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
 
-from bridge.bench.procs import connections_to, cpu_seconds, raise_nofile, rss_bytes, stop_process
+from bridge.bench.analysis import analyse, gc_pauses
+from bridge.bench.child import BenchError, Child, Progress, wait_for
+from bridge.bench.procs import connections_to, cpu_seconds, raise_nofile, rss_bytes
+from bridge.bench.profiler import start_profiler, stop_profiler
+from bridge.bench.report import Result, cpu_per_payment, table
+from bridge.bench.settings import (
+    DEFAULT_POLL_INTERVAL,
+    DEFAULTS,
+    OPEN_STALL,
+    ORDER,
+    PREFIX,
+    QUICK,
+    TERMINAL,
+    Settings,
+    daemon_config,
+)
 from bridge.errors import UserError
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer
-
-PREFIX = "bench"
-API_KEY = "bench-api-key-0123456789"
-TERMINAL = "SIM-BENCH-{:05d}"
-ORDER = "bench-{:05d}"
-# order.created + initialized, declined | initialized, completed: a typical payment
-EVENTS_PER_PAYMENT = 3
-OPEN_STALL = 60.0  # seconds without a new stream before opening is given up
-
-QUICK = {"streams": 200, "rate": 200.0, "duration": 10.0}
-DEFAULTS = {"streams": 1000, "rate": 1000.0, "duration": 30.0}
-
-
-@dataclass
-class Settings:
-    transport: str = "sse"
-    streams: int = 1000
-    rate: float = 1000.0
-    duration: float = 30.0
-    baseline_duration: float = 30.0
-    log_level: str = "info"
-    enrich_final: bool = True
-    keep: bool = False
-    profile: str | None = None
-    gc: str = "default"
-
-
-@dataclass
-class Result:
-    settings: dict[str, Any]
-    ok: bool = True
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    streams_requested: int = 0
-    streams_held: int = 0
-    streams_by_transport: dict[str, int] = field(default_factory=dict)
-    daemon_connections_to_upstream: int = 0
-    open_seconds: float = 0.0
-    payments_opened_per_s: float = 0.0
-    events_sent: int = 0
-    events_received: int = 0
-    events_lost: int = 0
-    drive_events: int = 0
-    drive_events_per_s: float = 0.0
-    target_rate: float = 0.0
-    implied_payments_per_s: float = 0.0
-    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-    ratio: dict[str, float] = field(default_factory=dict)
-    baseline_events: int = 0
-    baseline_events_per_s: float = 0.0
-    final_events: int = 0
-    daemon_rss_before_mb: float = 0.0
-    daemon_rss_streams_mb: float = 0.0
-    daemon_rss_peak_mb: float = 0.0
-    daemon_kb_per_stream: float = 0.0
-    daemon_cpu_s_per_1000_events: float = 0.0
-    daemon_cpu_utilisation: float = 0.0
-    #: CPU used while driven, as a share of one core, by every process of the run.
-    cpu_while_driven: dict[str, float] = field(default_factory=dict)
-    #: Garbage collections of 5 ms or more in the daemon over the whole run: count, longest.
-    daemon_gc_pauses: dict[str, float] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-
-
-# -- small helpers ------------------------------------------------------------------------------
-
-
-class Progress:
-    """One line on stderr: rewritten in place on a terminal, else printed every few seconds."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.tty = sys.stderr.isatty()
-        self.quiet = quiet
-        self._last = 0.0
-        self._shown = False
-
-    def __call__(self, text: str, force: bool = False) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            sys.stderr.write("\r\x1b[K" + text)
-            sys.stderr.flush()
-            self._shown = True
-        elif force or time.monotonic() - self._last >= 5.0:
-            self._last = time.monotonic()
-            print(text, file=sys.stderr, flush=True)
-
-    def done(self, text: str) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            sys.stderr.write("\r\x1b[K" + text + "\n")
-            sys.stderr.flush()
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    v = sorted(values)
-
-    def q(p: float) -> float:
-        return v[min(len(v) - 1, max(0, math.ceil(p * len(v)) - 1))]
-
-    return {
-        "n": len(v),
-        "p50": q(0.50),
-        "p90": q(0.90),
-        "p99": q(0.99),
-        "max": v[-1],
-        "mean": sum(v) / len(v),
-    }
-
-
-def _wait_for(pred: Any, timeout: float, what: str, tick: float = 0.1, on_tick: Any = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        if on_tick:
-            on_tick()
-        time.sleep(tick)
-
-
-class BenchError(Exception):
-    pass
-
-
-class Child:
-    """A child process with line-based stdin/stdout, stderr to a log file."""
-
-    def __init__(self, name: str, argv: list[str], logdir: Path, *, stdin: bool = False) -> None:
-        self.name = name
-        self.log_path = logdir / f"{name}.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed below, kept by the child
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-        )
-        log.close()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def readline(self, timeout: float) -> str:
-        import selectors
-
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout):
-                raise BenchError(f"{self.name}: no answer within {timeout:.0f} s ({self.tail()})")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise BenchError(f"{self.name} exited ({self.tail()})")
-        return line.strip()
-
-    def ask(self, command: str, timeout: float = 30.0) -> str:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.readline(timeout)
-
-    def tail(self, n: int = 600) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-        return " ".join(text.split())
-
-    def stop(self, timeout: float = 15.0) -> None:
-        stop_process(self.proc, timeout)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-
-
-def daemon_config(redis_url: str, api_base_url: str, s: Settings) -> str:
-    terminals = ",\n  ".join(f'"{TERMINAL.format(i)}"' for i in range(s.streams))
-    horizon = max(3600.0, 10 * (s.duration + s.baseline_duration) + s.streams)
-    return f"""# generated by pos-bridge bench
-[multisafepay]
-api_base_url = "{api_base_url}"
-transport = "{s.transport}"
-# Nothing but the stream may speak during the measurement: no polling, no deadline.
-poll_interval = {horizon}
-max_payment_age = {horizon}
-enrich_final = {str(s.enrich_final).lower()}
-
-[[multisafepay.terminal_groups]]
-name = "bench"
-api_key = "{API_KEY}"
-terminals = [
-  {terminals}
-]
-
-[redis]
-url = "{redis_url}"
-prefix = "{PREFIX}"
-order_ttl = 3600
-
-[http]
-enabled = false
-
-[log]
-level = "{s.log_level}"
-format = "json"
-"""
-
-
-# -- the run ------------------------------------------------------------------------------------
 
 
 class Bench:
@@ -307,7 +100,7 @@ class Bench:
             self.sim_port = int(base_url.split(":")[2].split("/")[0])
             self.http = httpx.Client(base_url=self.sim_root, timeout=60)
             stack.callback(self.http.close)
-            _wait_for(self._sim_up, 30, "the simulator")
+            wait_for(self._sim_up, 30, "the simulator")
 
             cfg = self.tmp / "config.toml"
             cfg.write_text(daemon_config(rs.url, base_url, self.s))
@@ -327,16 +120,14 @@ class Bench:
                 self.tmp,
             )
             stack.callback(self.daemon.stop)
-            _wait_for(
-                lambda: self._daemon_log_has('"daemon.started"'),
-                60,
-                "the daemon to start",
-                on_tick=self._check_alive,
-            )
+            # Ready once its intake reads the commands stream: a marker in Redis, not a log
+            # line, so any --log-level works.
+            wait_for(self._daemon_reading, 60, "the daemon to start", on_tick=self._check_alive)
             time.sleep(0.5)
             self.result.daemon_rss_before_mb = rss_bytes(self.daemon.pid) / 2**20
 
             self._open_streams()
+            self._hold()
             self._drive()
             self._baseline()
             self._finish()
@@ -352,8 +143,15 @@ class Bench:
             return False
 
     def _sim_status(self) -> dict[str, Any]:
-        status: dict[str, Any] = self.http.get("_sim/bench/status").json()["data"]
-        return status
+        data: dict[str, Any] = self.http.get("_sim/bench/status").json()["data"]
+        return data
+
+    def _daemon_reading(self) -> bool:
+        try:
+            groups = self.r.xinfo_groups(Keys(PREFIX).commands)
+        except redis.ResponseError:  # no such key yet
+            return False
+        return any(g.get("consumers", 0) > 0 for g in groups)
 
     def _daemon_log_has(self, text: str) -> bool:
         try:
@@ -383,6 +181,7 @@ class Bench:
         n = self.s.streams
         keys = Keys(PREFIX)
         t0 = time.monotonic()
+        cpu0 = cpu_seconds(self.daemon.pid)
         pipe = self.r.pipeline(transaction=False)
         for i in range(n):
             command = {
@@ -415,10 +214,19 @@ class Bench:
                 raise BenchError(f"no stream opened for {OPEN_STALL:.0f} s ({held} of {n} held)")
             return bool(held >= n)
 
-        _wait_for(opened, 3600, f"{n} streams to open", tick=0.5, on_tick=self._check_alive)
+        wait_for(opened, 3600, f"{n} streams to open", tick=0.5, on_tick=self._check_alive)
         res = self.result
         res.open_seconds = time.monotonic() - t0
         res.payments_opened_per_s = n / res.open_seconds
+        # Each opened stream is followed by one GET (what happened before it opened): let those
+        # land, so the opening's CPU and events are all counted here.
+        wait_for(
+            lambda: self._received("bench") >= n,
+            30 + n / 100,
+            "the status reported at opening",
+            tick=0.2,
+        )
+        self.open_cpu_ms = (cpu_seconds(self.daemon.pid) - cpu0) * 1000 / n
         self.progress.done(
             f"opened {n} payments and their streams in {res.open_seconds:.1f} s "
             f"({res.payments_opened_per_s:.0f} payments/s)"
@@ -440,9 +248,23 @@ class Bench:
                 f"{', '.join(res.streams_by_transport) or 'no'} streams"
             )
 
+    def _hold(self) -> None:
+        """Nothing happens for ``hold`` seconds: what holding quiet payments costs (polling)."""
+        cpu0, t0 = cpu_seconds(self.daemon.pid), time.monotonic()
+        while (el := time.monotonic() - t0) < self.s.hold:
+            self.progress(f"holding {self.s.streams} quiet payments: {el:.0f}/{self.s.hold:g} s")
+            self._check_alive()
+            time.sleep(min(0.5, max(0.0, self.s.hold - el)))
+        el = time.monotonic() - t0
+        self.hold_cpu_ms_per_minute = (
+            (cpu_seconds(self.daemon.pid) - cpu0) * 1000 * 60 / el / self.s.streams
+        )
+        self.progress.done(f"held {self.s.streams} quiet payments for {el:.0f} s")
+        self.unprompted = self._received("bench")  # the statuses published at opening (GET)
+
     def _drive(self) -> None:
         s, res = self.s, self.result
-        profiler = self._start_profiler()
+        profiler = start_profiler(s.profile, self.daemon.pid, res.notes)
         pids = {
             "daemon": self.daemon.pid,
             "simulator": self.sim.pid,
@@ -450,7 +272,6 @@ class Bench:
             "tills": self.tills.pid,
         }
         cpus0 = {k: cpu_seconds(p) for k, p in pids.items()}
-        cpu0 = cpus0["daemon"]
         r = self.http.post("_sim/bench/drive", json={"rate": s.rate, "duration": s.duration})
         if r.status_code != 200:
             raise BenchError(f"simulator refused to drive: {r.text}")
@@ -459,7 +280,7 @@ class Bench:
         while True:
             time.sleep(0.5)
             st = self._sim_status()
-            got = self._received("bench")
+            got = self._received("bench") - self.unprompted
             el = time.monotonic() - t0
             if el - last_sample >= 2.0:
                 last_sample = el
@@ -474,46 +295,33 @@ class Bench:
             if not st["driving"]:
                 break
         sent = st["sent"]
-        _wait_for(lambda: self._received("bench") >= sent, 30, "the last bridge events")
-        res.daemon_cpu_s_per_1000_events = (
-            (cpu_seconds(self.daemon.pid) - cpu0) * 1000 / max(1, sent)
+        wait_for(
+            lambda: self._received("bench") - self.unprompted >= sent,
+            30,
+            "the last bridge events",
         )
+        used = cpu_seconds(self.daemon.pid) - cpus0["daemon"]
+        self.event_cpu_ms = used * 1000 / max(1, sent)
+        res.daemon_cpu_s_per_1000_events = self.event_cpu_ms
         el = max(1e-9, time.monotonic() - t0)
-        res.daemon_cpu_utilisation = (cpu_seconds(self.daemon.pid) - cpu0) / el
+        res.daemon_cpu_utilisation = used / el
         res.cpu_while_driven = {
             k: round((cpu_seconds(p) - cpus0[k]) / el, 3) for k, p in pids.items()
         }
-        self._stop_profiler(profiler)
+        stop_profiler(profiler, s.profile, res.notes)
         self._sample_daemon()
         res.daemon_connections_to_upstream = max(
             res.daemon_connections_to_upstream, connections_to(self.daemon.pid, self.sim_port)
         )
-        self.progress.done(f"bridge: sent {sent}, received {self._received('bench')}")
+        self.progress.done(f"bridge: sent {sent}, received {got}")
 
     def _baseline(self) -> None:
         s = self.s
         out = self.tmp / "baseline.json"
-        base = Child(
-            "baseline",
-            [
-                self.py,
-                "-m",
-                "bridge.bench.baseline",
-                "--redis-url",
-                self.redis_url,
-                "--prefix",
-                PREFIX,
-                "--orders",
-                str(s.streams),
-                "--rate",
-                str(s.rate),
-                "--duration",
-                str(s.baseline_duration),
-                "--out",
-                str(out),
-            ],
-            self.tmp,
-        )
+        argv = [self.py, "-m", "bridge.bench.baseline", "--redis-url", self.redis_url]
+        argv += ["--prefix", PREFIX, "--orders", str(s.streams), "--rate", str(s.rate)]
+        argv += ["--duration", str(s.baseline_duration), "--out", str(out)]
+        base = Child("baseline", argv, self.tmp)
         t0 = time.monotonic()
         try:
             while base.alive():
@@ -526,11 +334,12 @@ class Bench:
             base.stop()
         self.baseline_sent = json.loads(out.read_text())
         total = sum(len(v) for v in self.baseline_sent.values())
-        _wait_for(lambda: self._received("base") >= total, 30, "the last baseline events")
+        wait_for(lambda: self._received("base") >= total, 30, "the last baseline events")
         self.progress.done(f"baseline: sent {total}, received {self._received('base')}")
 
     def _finish(self) -> None:
         s = self.s
+        cpu0 = cpu_seconds(self.daemon.pid)
         r = self.http.post("_sim/bench/drive", json={"rate": s.rate, "finish": True})
         if r.status_code != 200:
             raise BenchError(f"simulator refused to finish: {r.text}")
@@ -538,13 +347,14 @@ class Bench:
 
         def finished() -> bool:
             st = self._sim_status()
+            got = self._received("bench") - self.unprompted
             self.progress(
-                f"finish: {st['sent']} sent, {self._received('bench')} received, "
+                f"finish: {st['sent']} sent, {got} received, "
                 f"{sum(st['streams'].values())} streams open"
             )
-            return not st["driving"] and self._received("bench") >= st["sent"]
+            return not st["driving"] and got >= st["sent"]
 
-        _wait_for(
+        wait_for(
             finished,
             60 + 3 * s.streams / s.rate,
             "the final events",
@@ -552,11 +362,13 @@ class Bench:
             on_tick=self._check_alive,
         )
         try:
-            _wait_for(
+            wait_for(
                 lambda: sum(self._sim_status()["streams"].values()) == 0, 30, "the streams to close"
             )
         except BenchError as exc:
             self.result.notes.append(str(exc))
+        time.sleep(0.5)  # the sessions end (lease, registry) after their final
+        self.close_cpu_ms = (cpu_seconds(self.daemon.pid) - cpu0) * 1000 / s.streams
         self.progress.done(f"finish: every payment completed ({time.monotonic() - t0:.1f} s)")
 
     def _collect(self) -> None:
@@ -564,205 +376,22 @@ class Bench:
         dump = self.tmp / "received.json"
         if self.tills.ask(f"dump {dump}", timeout=120) != "ok":
             raise BenchError("tills could not write what they received")
-        received: dict[str, list[list[Any]]] = json.loads(dump.read_text())
-        sim_sent: dict[str, list[float]] = self.http.get("_sim/bench/sent").json()["data"]
+        received = json.loads(dump.read_text())
+        sim_sent = self.http.get("_sim/bench/sent").json()["data"]
         if self.s.keep:
             (self.tmp / "sent.json").write_text(json.dumps(sim_sent))
-
-        bridge_lat: list[float] = []
-        final_lat: list[float] = []
-        base_lat: list[float] = []
-        lost = unexpected = 0
-        recv_times = []
-        send_times = []
-        for sent_map, into in ((sim_sent, None), (self.baseline_sent, base_lat)):
-            for oid, sent in sent_map.items():
-                got = received.get(oid, [])
-                lost += max(0, len(sent) - len(got))
-                unexpected += max(0, len(got) - len(sent))
-                for t_send, (status, t_recv) in zip(sent, got, strict=False):
-                    ms = (t_recv - t_send) * 1000
-                    if into is not None:
-                        into.append(ms)
-                    elif status == "completed":
-                        final_lat.append(ms)
-                    else:
-                        bridge_lat.append(ms)
-                        send_times.append(t_send)
-                        recv_times.append(t_recv)
-        sent_total = sum(len(v) for v in sim_sent.values()) + sum(
-            len(v) for v in self.baseline_sent.values()
+        analyse(res, self.s.rate, sim_sent, self.baseline_sent, received)
+        res.cpu_ms_per_payment = cpu_per_payment(
+            self.open_cpu_ms, self.hold_cpu_ms_per_minute, self.event_cpu_ms, self.close_cpu_ms
         )
-        recv_total = sum(len(v) for v in received.values())
-        res.events_sent, res.events_received, res.events_lost = sent_total, recv_total, lost
-        res.drive_events = len(bridge_lat)
-        res.final_events = len(final_lat)
-        res.baseline_events = len(base_lat)
-        res.target_rate = self.s.rate
-        if send_times:
-            window = max(recv_times) - min(send_times)
-            res.drive_events_per_s = len(bridge_lat) / max(window, 1e-9)
-            res.implied_payments_per_s = res.drive_events_per_s / EVENTS_PER_PAYMENT
-        base_window = [t for v in self.baseline_sent.values() for t in v]
-        if base_window:
-            res.baseline_events_per_s = len(base_window) / max(
-                1e-9, max(base_window) - min(base_window) + 1 / self.s.rate
-            )
-        bridge, base = percentiles(bridge_lat), percentiles(base_lat)
-        res.latency_ms = {
-            "bridge": bridge,
-            "baseline": base,
-            "added": {
-                k: bridge[k] - base[k]
-                for k in ("p50", "p90", "p99", "max")
-                if k in bridge and k in base
-            },
-            "final (bridge)": percentiles(final_lat),
-        }
-        res.ratio = {
-            k: bridge[k] / base[k]
-            for k in ("p50", "p90", "p99", "max")
-            if k in bridge and k in base and base[k] > 0
-        }
-        if lost:
-            res.errors.append(f"{lost} events sent and never received")
-        if unexpected:
-            res.errors.append(
-                f"{unexpected} events received that were never sent (republished or duplicated)"
-            )
         if res.streams_held < self.s.streams:
             res.errors.append(f"only {res.streams_held} of {self.s.streams} streams held")
         for err in ("Traceback", '"level": "error"', '"level":"error"'):
             if self._daemon_log_has(err):
                 res.errors.append(f"the daemon logged errors (see {self.daemon.log_path})")
                 break
-        pauses = []
-        try:
-            for line in self.daemon.log_path.read_text(errors="replace").splitlines():
-                if line.startswith('{"event": "bench.gc_pause"'):
-                    pauses.append(json.loads(line)["ms"])
-        except (OSError, ValueError):
-            pass
-        res.daemon_gc_pauses = {
-            "count": len(pauses),
-            "max_ms": max(pauses, default=0.0),
-            "total_ms": round(sum(pauses), 1),
-        }
+        res.daemon_gc_pauses = gc_pauses(self.daemon.log_path)
         res.ok = not res.errors
-
-    # -- profiling (optional) ---------------------------------------------------------------
-    def _start_profiler(self) -> subprocess.Popen[bytes] | None:
-        if not self.s.profile:
-            return None
-        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        if not os.path.exists(spy):
-            self.result.notes.append("--profile: py-spy not found (pip install py-spy)")
-            return None
-        fmt = (
-            "speedscope"
-            if self.s.profile.endswith(".json")
-            else ("raw" if self.s.profile.endswith(".txt") else "flamegraph")
-        )
-        return subprocess.Popen(
-            [
-                spy,
-                "record",
-                "--pid",
-                str(self.daemon.pid),
-                "--output",
-                self.s.profile,
-                "--format",
-                fmt,
-                "--rate",
-                "250",
-                "--nonblocking",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def _stop_profiler(self, proc: subprocess.Popen[bytes] | None) -> None:
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            self.result.notes.append(f"daemon profile (drive phase): {self.s.profile}")
-
-
-# -- output -------------------------------------------------------------------------------------
-
-
-def table(res: Result) -> str:
-    s = res.settings
-    lat = res.latency_ms
-    lines = [
-        (
-            f"pos-bridge bench: {s['transport']}, {s['streams']} streams, {s['rate']:g} events/s "
-            f"for {s['duration']:g} s (baseline {s['baseline_duration']:g} s)"
-        ),
-        "",
-        (
-            f"  streams held           {res.streams_held} of {res.streams_requested}"
-            f"  ({', '.join(f'{k} {v}' for k, v in res.streams_by_transport.items())}; "
-            f"daemon TCP connections upstream {res.daemon_connections_to_upstream})"
-        ),
-        f"  payments opened        {res.payments_opened_per_s:.0f}/s  ({res.open_seconds:.1f} s)",
-        (
-            f"  events sent/received   {res.events_sent} / {res.events_received}  "
-            f"(lost {res.events_lost}; bridge {res.drive_events} + finals {res.final_events}, "
-            f"baseline {res.baseline_events})"
-        ),
-        (
-            f"  events/s achieved      {res.drive_events_per_s:.0f}  (target {res.target_rate:g}; "
-            f"baseline {res.baseline_events_per_s:.0f}) "
-            f"= {res.implied_payments_per_s:.0f} payments/s "
-            f"at {EVENTS_PER_PAYMENT} events each"
-        ),
-        "",
-        "  latency ms             p50      p90      p99      max",
-    ]
-    for name in ("bridge", "baseline", "added", "final (bridge)"):
-        row = lat.get(name, {})
-        if "p50" in row:
-            lines.append(
-                f"  {name:<20}" + "".join(f"{row[k]:>9.2f}" for k in ("p50", "p90", "p99", "max"))
-            )
-    if res.ratio:
-        lines.append(
-            f"  {'ratio bridge/base':<20}"
-            + "".join(
-                f"{res.ratio.get(k, float('nan')):>9.2f}" for k in ("p50", "p90", "p99", "max")
-            )
-        )
-    lines += [
-        "",
-        (
-            f"  daemon RSS             {res.daemon_rss_before_mb:.1f} MB idle, "
-            f"{res.daemon_rss_streams_mb:.1f} MB with the streams, "
-            f"peak {res.daemon_rss_peak_mb:.1f} MB"
-            f"  -> {res.daemon_kb_per_stream:.1f} KB per stream"
-        ),
-        (
-            f"  daemon CPU             {res.daemon_cpu_s_per_1000_events:.3f} s per 1000 events "
-            f"({res.daemon_cpu_utilisation * 100:.0f}% of a core while driven)"
-        ),
-        "  CPU while driven       "
-        + ", ".join(f"{k} {v * 100:.0f}%" for k, v in res.cpu_while_driven.items())
-        + " of a core",
-        (
-            f"  daemon GC pauses       {res.daemon_gc_pauses.get('count', 0):.0f} of 5 ms or more, "
-            f"longest {res.daemon_gc_pauses.get('max_ms', 0):.0f} ms (gc: {s['gc']})"
-        ),
-        f"  wall time              {res.wall_seconds:.0f} s",
-    ]
-    for note in res.notes:
-        lines.append(f"  note: {note}")
-    for err in res.errors:
-        lines.append(f"  ERROR: {err}")
-    lines.append("  result: " + ("OK" if res.ok else "FAILED"))
-    return "\n".join(lines)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -771,6 +400,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     rate = args.rate if getattr(args, "rate", None) is not None else preset["rate"]
     duration = args.duration if getattr(args, "duration", None) is not None else preset["duration"]
     base = getattr(args, "baseline_duration", None)
+    poll = getattr(args, "poll_interval", None)
+    hold = getattr(args, "hold", None)
     s = Settings(
         transport=getattr(args, "transport", None) or "sse",
         streams=int(streams),
@@ -778,6 +409,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         duration=float(duration),
         baseline_duration=float(base) if base is not None else min(float(duration), 30.0),
         log_level=getattr(args, "log_level", None) or "info",
+        poll_interval=float(poll if poll is not None else DEFAULT_POLL_INTERVAL),
+        hold=float(hold if hold is not None else preset["hold"]),
         enrich_final=not getattr(args, "no_enrich", False),
         keep=bool(getattr(args, "keep", False)),
         profile=getattr(args, "profile", None),
@@ -787,6 +420,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise UserError("--streams must be 1..99999")
     if s.rate <= 0 or s.duration <= 0 or s.baseline_duration <= 0:
         raise UserError("--rate, --duration and --baseline-duration must be > 0")
+    if s.poll_interval < 0 or s.hold < 0:
+        raise UserError("--poll-interval and --hold must be >= 0")
     if s.transport not in ("sse", "websocket"):
         raise UserError("--transport must be sse or websocket")
     return s

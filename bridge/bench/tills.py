@@ -4,9 +4,9 @@
 
 ``PSUBSCRIBE {p}:terminal:*`` on a plain socket read with hiredis (no event loop between the
 socket and the clock), and for every ``order.status`` event records ``time.monotonic()`` when
-its bytes arrived, keyed by (order id, n): the n-th status event of that order, which is also
-the n-th event the simulator (or the baseline) sent for it. Pub/sub keeps the order of one
-publisher's messages, and the bridge publishes an order's transitions in order.
+its bytes arrived, with the event's status, ``event_id`` and ``stream_id``, per order in arrival
+order (:mod:`bridge.bench.pairing` pairs them with what was sent). Pub/sub keeps the order of
+one publisher's messages, and the bridge publishes an order's transitions in order.
 
 Driven over stdin/stdout, one line each way: ``count`` answers ``{"status": {...}, ...}``
 (events by order-id prefix), ``dump PATH`` writes the records as JSON and answers ``ok``,
@@ -46,8 +46,9 @@ def main() -> None:
     sock.sendall(b"*2\r\n$10\r\nPSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(pattern), pattern))
     reader = hiredis.Reader()
 
-    # order_id -> [(status, t), ...] in arrival order; counts by (prefix, type)
-    received: dict[str, list[tuple[str, float]]] = {}
+    # order_id -> [(status, t, event_id, stream_id), ...] in arrival order; counts by
+    # (prefix, type)
+    received: dict[str, list[tuple[str, float, str, str]]] = {}
     counts: dict[str, dict[str, int]] = {}
     loads = json.loads
 
@@ -78,7 +79,14 @@ def main() -> None:
                         by = counts.setdefault(_prefix_of(oid), {})
                         by[typ] = by.get(typ, 0) + 1
                         if typ == "order.status":
-                            received.setdefault(oid, []).append((ev["status"], now))
+                            received.setdefault(oid, []).append(
+                                (
+                                    ev["status"],
+                                    now,
+                                    ev.get("event_id") or "",
+                                    ev.get("stream_id") or "",
+                                )
+                            )
                     elif kind == b"psubscribe" and not subscribed:
                         subscribed = True
                         out.write("ready\n")

@@ -10,11 +10,12 @@ it stays open, its streams stay open, and its status changes only when the admin
   instead gives every open bench order its final ``completed``, ``M`` per second.
 - ``GET /_sim/bench/status``: whether it is driving, how many changes were made and sent, and
   the streams open now (by transport) and at most.
-- ``GET /_sim/bench/sent``: ``{order_id: [t1, t2, ...]}``, the ``time.monotonic()`` at which
-  the n-th event of the order was written to its (first) stream. On Linux that clock is
-  system-wide, so another process on the machine can subtract its own readings from it.
+- ``GET /_sim/bench/sent``: ``{order_id: [[status, t], ...]}``, each status change of the order
+  with the ``time.monotonic()`` at which it was written to its (first) stream. On Linux that
+  clock is system-wide, so another process on the machine can subtract its own readings from it.
 
-Nothing is added to MultiSafepay's payloads: a reader joins on (order id, n).
+Nothing is added to MultiSafepay's payloads: a reader pairs on (order id, status, time; see
+:mod:`bridge.bench.pairing`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def is_driven(terminal_id: str) -> bool:
 
 
 def next_status(order: Order) -> str:
-    last = order.events[-1].status if order.events else None
-    return "declined" if last == "initialized" else "initialized"
+    """A status other than the order's current one (as ``GET`` reports it), so every change
+    driven is a transition the bridge publishes."""
+    return "declined" if order.status == "initialized" else "initialized"
 
 
 async def pace(rate: float, count: int | None, duration: float | None, step: Any) -> int:
@@ -87,7 +89,7 @@ class BenchDriver:
         self._start = start
         self._streamed_now = streamed
         self.orders: dict[str, Order] = {}  # open driven orders
-        self.sent_at: dict[str, list[float]] = {}
+        self.sent_at: dict[str, list[tuple[str, float]]] = {}
         self.changes = 0
         self.sent = 0
         self.driving = False
@@ -110,7 +112,7 @@ class BenchDriver:
         """The event ``ev`` is about to be written to one of the order's streams."""
         times = self.sent_at.get(order.order_id)
         if times is not None and len(times) == ev.id - 1:  # first stream to send it
-            times.append(time.monotonic())
+            times.append((ev.status, time.monotonic()))
             self.sent += 1
 
     # -- driving ----------------------------------------------------------------------------
