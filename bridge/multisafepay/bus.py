@@ -1,7 +1,10 @@
 """MultiSafepay's WebSocket message bus, the protocol alone (sans-I/O, like h11 or the protocol
 layer of ``websockets``): it builds the client's frames, reads the server's, and keeps the
-bookkeeping (pending requests, subscriptions, heartbeat timing). It never touches a socket or a
-clock: the caller passes text in, gets text and parse results out, and passes ``now`` in.
+bookkeeping (pending requests, subscriptions, heartbeat timing) and the timers of a connection
+(heartbeat, the subscription's acknowledgement, silence). It never touches a socket or a clock:
+the caller passes text in, gets text and parse results out, passes ``now`` in, and wakes the
+protocol at :meth:`BusProtocol.next_deadline` (``poll_timers``), as h11 and ``websockets``' own
+protocol layer leave timing to their caller.
 
 Wire format (``MULTISAFEPAY.md``, "WebSocket message bus"), JSON text frames:
 
@@ -19,6 +22,7 @@ for the caller to act on, log or skip.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -100,6 +104,13 @@ class Malformed:
 ParseResult = Acked | Refused | Unmatched | BusEvent | Malformed
 
 
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A timer of the connection ran out: the connection is dead (say why, then drop it)."""
+
+    reason: str
+
+
 def _excerpt(value: str | bytes) -> str:
     if isinstance(value, bytes):
         value = value[: _EXCERPT * 4].decode("utf-8", "replace")
@@ -144,6 +155,13 @@ class BusProtocol:
     confirmed: set[str] = field(default_factory=set)
     last_traffic: float | None = None
     _answered: OrderedDict[str, None] = field(default_factory=OrderedDict, repr=False)
+    # The timers of the current connection (see open_connection).
+    _ours: str | None = field(default=None, repr=False)
+    _subscribed: bool = field(default=False, repr=False)
+    _ack_deadline: float = field(default=math.inf, repr=False)
+    _ack_timeout: float = field(default=math.inf, repr=False)
+    _idle_timeout: float = field(default=math.inf, repr=False)
+    _quiet_since: float = field(default=0.0, repr=False)
 
     # -- client frames --------------------------------------------------------------------------
 
@@ -204,6 +222,8 @@ class BusProtocol:
         abandoned = list(self.pending.values())
         self.pending.clear()
         self.confirmed.clear()
+        self._ours, self._subscribed = None, False
+        self._ack_deadline = self._idle_timeout = math.inf
         return abandoned
 
     def resubscribe_frames(self, *, now: float) -> list[str]:
@@ -216,6 +236,55 @@ class BusProtocol:
         self.last_traffic = now
         wanted = list(self.subscriptions.items())
         return [self.subscribe(channel, flt, now=now) for channel, flt in wanted]
+
+    # -- a connection's timers -------------------------------------------------------------------
+
+    def open_connection(
+        self, channel: str, *, now: float, ack_timeout: float, idle_timeout: float
+    ) -> list[str]:
+        """A new connection is open: the frames to send first (every wanted channel again, and
+        ``channel``), and its timers start: ``channel``'s subscription must be acknowledged
+        within ``ack_timeout``, and the server may not be silent for ``idle_timeout``."""
+        if ack_timeout <= 0 or idle_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        frames = self.resubscribe_frames(now=now)
+        if channel not in self.subscriptions:
+            frames.append(self.subscribe(channel, now=now))
+        self._ours = next(
+            r.id for r in self.pending.values() if r.type == "subscribe" and r.channel == channel
+        )
+        self._subscribed = False
+        self._ack_timeout, self._ack_deadline = ack_timeout, now + ack_timeout
+        self._idle_timeout, self._quiet_since = idle_timeout, now
+        return frames
+
+    @property
+    def subscribed(self) -> bool:
+        """The subscription of :meth:`open_connection` was acknowledged on this connection."""
+        return self._subscribed
+
+    def next_deadline(self) -> float:
+        """When :meth:`poll_timers` has something to do next (``math.inf``: nothing)."""
+        deadline = min(self._quiet_since + self._idle_timeout, self.next_heartbeat_at or math.inf)
+        return deadline if self._subscribed else min(deadline, self._ack_deadline)
+
+    def poll_timers(self, now: float) -> str | Expired | None:
+        """At or after :meth:`next_deadline`: a heartbeat frame to send, the connection's
+        expiry, or nothing yet. Call again after sending a frame (more may be due)."""
+        if not self._subscribed and now >= self._ack_deadline:
+            return Expired(
+                f"message bus did not acknowledge the subscription within {self._ack_timeout:g} s"
+            )
+        if now >= self._quiet_since + self._idle_timeout:  # the same sum as next_deadline()
+            return Expired(f"message bus silent for {self._idle_timeout:g} s")
+        if self.heartbeat_due(now):
+            return self.heartbeat(now=now)
+        return None
+
+    def caught_up(self, now: float) -> None:
+        """The caller is back from handling a frame: time it spent is not server silence
+        (frames may have waited in the buffer meanwhile)."""
+        self._quiet_since = max(self._quiet_since, now)
 
     # -- heartbeat ------------------------------------------------------------------------------
 
@@ -235,10 +304,14 @@ class BusProtocol:
     def receive(self, data: str | bytes, *, now: float) -> ParseResult:
         """Read one server frame. Never raises."""
         self.last_traffic = now
+        self._quiet_since = max(self._quiet_since, now)
         try:
-            return self._parse(data)
+            result = self._parse(data)
         except Exception as exc:  # noqa: BLE001  # pragma: no cover - _parse is total; belt and braces
             return Malformed(f"unreadable frame ({type(exc).__name__})", "")
+        if isinstance(result, Acked) and result.request.id == self._ours:
+            self._subscribed = True
+        return result
 
     def _parse(self, data: str | bytes) -> ParseResult:
         if isinstance(data, (bytes, bytearray, memoryview)):

@@ -6,16 +6,16 @@ normally and raises :class:`StreamError` (reconnect, then ``GET`` the order) or
 :class:`StreamRejected` (the token or the subscription is refused: reconnecting will not help)
 for anything else. Reconnecting is the caller's job.
 
-The protocol bookkeeping is :class:`bridge.multisafepay.bus.BusProtocol` (pure); this module only
-moves its frames. Heartbeats and the idle watchdog are done by timing out the receive, so no
-background task outlives the generator (``websockets.asyncio`` runs on asyncio only).
+The protocol bookkeeping and its timers (heartbeat, acknowledgement, silence) are
+:class:`bridge.multisafepay.bus.BusProtocol` (pure); this module only moves its frames and sleeps
+until the protocol's next deadline by timing out the receive, so no background task outlives the
+generator (``websockets.asyncio`` runs on asyncio only).
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from urllib.parse import quote, urlsplit
 
@@ -33,10 +33,11 @@ from websockets.frames import CloseCode
 
 from bridge.multisafepay.bus import (
     HEARTBEAT_INTERVAL,
-    Acked,
     BusEvent,
     BusProtocol,
+    Expired,
     Malformed,
+    ParseResult,
     Refused,
     Unmatched,
 )
@@ -171,92 +172,47 @@ async def _follow(
     idle_timeout: float,
     clock: Callable[[], float],
     on_open: Callable[[], Awaitable[None]] | None = None,
-) -> AsyncGenerator[StreamMessage, None]:
-    now = clock()
-    # A new connection: whatever the protocol held (after a reconnect) is subscribed again.
-    frames = proto.resubscribe_frames(now=now)
-    if channel not in proto.subscriptions:
-        frames.append(proto.subscribe(channel, now=now))
-    ours = next(
-        r.id for r in proto.pending.values() if r.type == "subscribe" and r.channel == channel
+) -> AsyncIterator[StreamMessage]:
+    # A new connection: whatever the protocol held (after a reconnect) is subscribed again. The
+    # protocol keeps the timers; this loop only sleeps until its next deadline or a frame.
+    frames = proto.open_connection(
+        channel, now=clock(), ack_timeout=connect_timeout, idle_timeout=idle_timeout
     )
-    subscribed = False
-    subscribe_deadline = now + connect_timeout
-    # Since when the server has been silent while we listened. Time the caller spends on a
-    # yielded message does not count: frames may be waiting in the buffer meanwhile.
-    quiet_since = now
-    doing = "subscribing"
     try:
         for frame in frames:
             await ws.send(frame)
         while True:
-            now = clock()
-            if not subscribed and now >= subscribe_deadline:
-                raise StreamError(
-                    f"message bus did not acknowledge the subscription within {connect_timeout:g} s"
-                )
-            if now - quiet_since >= idle_timeout:
-                raise StreamError(f"message bus silent for {idle_timeout:g} s")
-            if proto.heartbeat_due(now):
-                await ws.send(proto.heartbeat(now=now))
+            due = proto.poll_timers(clock())
+            if isinstance(due, Expired):
+                raise StreamError(due.reason)
+            if due is not None:
+                await ws.send(due)  # a heartbeat
                 continue
-            wake = min(quiet_since + idle_timeout, proto.next_heartbeat_at or math.inf)
-            if not subscribed:
-                wake = min(wake, subscribe_deadline)
             data: str | bytes | None = None
             # recv() is cancellation-safe in websockets.asyncio: a timed-out wait loses nothing.
-            with anyio.move_on_after(max(0.0, wake - now)):
+            with anyio.move_on_after(max(0.0, proto.next_deadline() - clock())):
                 data = await ws.recv()
             if data is None:
                 continue
-            now = quiet_since = clock()
-            result = proto.receive(data, now=now)
-            if isinstance(result, BusEvent):
-                if result.channel == channel:
-                    yield StreamMessage(event=channel, data=json.dumps(result.payload), id=None)
-                    quiet_since = max(quiet_since, clock())
-                else:
-                    log.info(
-                        "bus.skipped_event",
-                        channel=result.channel[:64],
-                        subscribed=result.subscribed,
-                    )
-            elif isinstance(result, Acked):
-                if result.request.id == ours:
-                    subscribed = True
-                    doing = "reading"
-                    log.debug("bus.subscribed", channel=channel)
-                    if on_open is not None:
-                        await on_open()
-                        quiet_since = clock()
-            elif isinstance(result, Refused):
-                if result.request.id == ours:
-                    raise StreamRejected(
-                        f"message bus refused the subscription to {channel}: {result.message}"
-                    )
-                log.warning(
-                    "bus.refused",
-                    request=result.request.type,
-                    channel=result.request.channel,
-                    error=result.message,
-                )
-            elif isinstance(result, Unmatched):
-                log.warning(
-                    "bus.unmatched_reply",
-                    kind=result.kind,
-                    duplicate=result.duplicate,
-                    error=result.message,
-                )
-            elif isinstance(result, Malformed):
-                log.warning("bus.malformed_frame", reason=result.reason, excerpt=result.excerpt)
+            was_subscribed = proto.subscribed
+            message = _act_on(proto.receive(data, now=clock()), channel)
+            if message is not None:
+                yield message
+            elif proto.subscribed and not was_subscribed:
+                log.debug("bus.subscribed", channel=channel)
+                if on_open is not None:
+                    await on_open()
+            proto.caught_up(clock())
     except ConnectionClosedOK as exc:
+        subscribed = proto.subscribed
         proto.connection_lost()
         if subscribed and exc.rcvd is not None and exc.rcvd.code == CloseCode.NORMAL_CLOSURE:
             return  # the server ended the stream (e.g. after the final status)
-        raise _closed_error(exc, doing) from None
+        raise _closed_error(exc, _doing(subscribed)) from None
     except ConnectionClosed as exc:
+        subscribed = proto.subscribed
         proto.connection_lost()
-        raise _closed_error(exc, doing) from None
+        raise _closed_error(exc, _doing(subscribed)) from None
     except OSError as exc:
         proto.connection_lost()
         raise StreamError(
@@ -265,3 +221,37 @@ async def _follow(
     except BaseException:
         proto.connection_lost()
         raise
+
+
+def _doing(subscribed: bool) -> str:
+    return "reading" if subscribed else "subscribing"
+
+
+def _act_on(result: ParseResult, channel: str) -> StreamMessage | None:
+    """What one parsed server frame means here: a message to yield, a refusal of our
+    subscription (raised), or something to log and skip."""
+    if isinstance(result, BusEvent):
+        if result.channel == channel:
+            return StreamMessage(event=channel, data=json.dumps(result.payload), id=None)
+        log.info("bus.skipped_event", channel=result.channel[:64], subscribed=result.subscribed)
+    elif isinstance(result, Refused):
+        if result.request.type == "subscribe" and result.request.channel == channel:
+            raise StreamRejected(
+                f"message bus refused the subscription to {channel}: {result.message}"
+            )
+        log.warning(
+            "bus.refused",
+            request=result.request.type,
+            channel=result.request.channel,
+            error=result.message,
+        )
+    elif isinstance(result, Unmatched):
+        log.warning(
+            "bus.unmatched_reply",
+            kind=result.kind,
+            duplicate=result.duplicate,
+            error=result.message,
+        )
+    elif isinstance(result, Malformed):
+        log.warning("bus.malformed_frame", reason=result.reason, excerpt=result.excerpt)
+    return None

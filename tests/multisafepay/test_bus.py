@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -17,6 +17,7 @@ from bridge.multisafepay.bus import (
     Acked,
     BusEvent,
     BusProtocol,
+    Expired,
     Malformed,
     Refused,
     Request,
@@ -330,6 +331,105 @@ def test_heartbeat_due_after_silence_either_way() -> None:
     assert not p.heartbeat_due(170.0)
     p.heartbeat(now=180.0)  # traffic out
     assert not p.heartbeat_due(209.0) and p.heartbeat_due(210.0)
+
+
+# -- a connection's timers, on a fake clock --------------------------------------------------------
+
+
+def opened(heartbeat: float = 30.0, ack_timeout: float = 10.0, idle: float = 45.0) -> BusProtocol:
+    p = BusProtocol(heartbeat_interval=heartbeat)
+    frames = p.open_connection("session.order", now=0.0, ack_timeout=ack_timeout, idle_timeout=idle)
+    assert [json.loads(f)["type"] for f in frames] == ["subscribe"]
+    return p
+
+
+def ack_ours(p: BusProtocol, now: float) -> None:
+    (request,) = [r for r in p.pending.values() if r.type == "subscribe"]
+    assert isinstance(p.receive(ack(request.id), now=now), Acked)
+
+
+def test_the_subscription_must_be_acknowledged_in_time() -> None:
+    p = opened()
+    assert not p.subscribed and p.next_deadline() == 10.0
+    assert p.poll_timers(9.99) is None
+    assert p.poll_timers(10.0) == Expired(
+        "message bus did not acknowledge the subscription within 10 s"
+    )
+
+
+def test_heartbeat_after_silence_then_the_connection_expires() -> None:
+    p = opened()
+    ack_ours(p, now=1.0)
+    assert p.subscribed and p.next_deadline() == 31.0  # the heartbeat, before the silence
+    assert p.poll_timers(30.9) is None
+    beat = p.poll_timers(31.0)
+    assert isinstance(beat, str) and json.loads(beat)["type"] == "heartbeat"
+    assert p.next_deadline() == 46.0  # a heartbeat is traffic out, not a sign of life in
+    assert p.poll_timers(46.0) == Expired("message bus silent for 45 s")
+
+
+def test_traffic_in_defers_both_timers_and_handling_time_is_not_silence() -> None:
+    p = opened()
+    ack_ours(p, now=1.0)
+    p.receive(event(), now=20.0)
+    assert p.next_deadline() == 50.0
+    p.caught_up(60.0)  # the caller spent 40 s on that event (Redis was slow)
+    assert p.poll_timers(60.0) is not None  # the heartbeat is due: nothing was sent or read
+    assert p.next_deadline() == 90.0  # heartbeat at 60 + 30; silence counted from 60: 105
+    assert p.poll_timers(104.9) is not None  # heartbeat at 90
+    assert p.poll_timers(104.9) is None and p.poll_timers(105.0) == Expired(
+        "message bus silent for 45 s"
+    )
+
+
+def test_a_lost_connection_stops_its_timers_and_a_new_one_restarts_them() -> None:
+    p = opened()
+    ack_ours(p, now=1.0)
+    p.connection_lost()
+    assert not p.subscribed
+    frames = p.open_connection("session.order", now=100.0, ack_timeout=5.0, idle_timeout=45.0)
+    assert [json.loads(f)["channel"] for f in frames] == ["session.order"]  # subscribed again
+    assert p.next_deadline() == 105.0
+
+
+def test_bad_connection_timeouts() -> None:
+    with pytest.raises(ValueError):
+        BusProtocol().open_connection("c", now=0, ack_timeout=0, idle_timeout=1)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.floats(0.01, 100.0), max_size=30),
+    st.floats(1.0, 40.0),
+    st.floats(1.0, 60.0),
+)
+def test_timers_driven_by_a_loop_match_the_rules(
+    gaps: list[float], heartbeat: float, idle: float
+) -> None:
+    """A transport loop: sleep until the next deadline or the next server frame. The connection
+    expires exactly when the server was silent for ``idle``; no heartbeat is sent sooner than
+    ``heartbeat`` after other traffic."""
+    p = opened(heartbeat=heartbeat, idle=idle)
+    ack_ours(p, now=0.0)
+    arrivals = list(itertools.accumulate(gaps))
+    last_in = last_traffic = 0.0
+    expired_at = None
+    while True:
+        deadline = p.next_deadline()
+        if arrivals and arrivals[0] < deadline:
+            now = arrivals.pop(0)
+            p.receive(event(), now=now)
+            last_in = last_traffic = now
+            continue
+        due = p.poll_timers(deadline)
+        if isinstance(due, Expired):
+            expired_at = deadline
+            break
+        assert due is not None, "woken at a deadline with nothing due"
+        assert deadline - last_traffic >= heartbeat - 1e-9
+        last_traffic = deadline
+    assert expired_at is not None and expired_at == pytest.approx(last_in + idle)
+    assert not arrivals or arrivals[0] >= expired_at  # nothing was silent for idle before
 
 
 def test_heartbeat_interval_configurable() -> None:

@@ -134,7 +134,7 @@ async def test_simulator_admin_drop(sim: SimulatorServer) -> None:
 
     async def drop_after_first() -> None:
         with anyio.fail_after(5):
-            while not got:  # noqa: ASYNC110  # set by another task, no event; fail_after bounds it
+            while not got:  # noqa: ASYNC110 - polls what another task records
                 await anyio.sleep(0.01)
         async with httpx.AsyncClient() as client:
             await client.post(f"{sim.url}_sim/orders/{d['order_id']}/drop")
@@ -275,7 +275,6 @@ def test_bus_url() -> None:
 async def test_idle_connection_is_a_stream_error() -> None:
     rec = Recorder(ack_heartbeats=False)  # acks the subscription, then says nothing at all
     async with local_bus(rec) as url:
-        start = anyio.current_time()
         with pytest.raises(StreamError, match="silent for 0.3 s") as info:
             await collect(
                 bus_messages(
@@ -284,15 +283,19 @@ async def test_idle_connection_is_a_stream_error() -> None:
                 [],
                 limit=5,
             )
-        elapsed = anyio.current_time() - start
     assert not isinstance(info.value, StreamRejected)
-    assert 0.25 <= elapsed < 2
-    assert len(rec.of_type("heartbeat")) == 1  # it did try, once, before giving up
+    # When exactly it beats and gives up is the protocol's (tests/multisafepay/test_bus.py, on
+    # a fake clock); here, on a loaded machine, it may have woken after both were due.
+    assert len(rec.of_type("heartbeat")) <= 1
 
 
 async def test_heartbeat_sent_after_silence() -> None:
     async def then(ws: ServerConnection) -> None:
-        await anyio.sleep(0.55)  # silent (but acking heartbeats), then one event and a clean end
+        # silent (but acking heartbeats) until the client beat three times, then one event and
+        # a clean end: waits on what happens, not on the clock
+        with anyio.fail_after(5):
+            while len(rec.of_type("heartbeat")) < 3:  # noqa: ASYNC110 - polls what another task records
+                await anyio.sleep(0.01)
         await ws.send(json.dumps(ev()))
         await ws.close()
 
@@ -303,7 +306,7 @@ async def test_heartbeat_sent_after_silence() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(rec, ws)
             with anyio.fail_after(3):
-                while not rec.of_type("subscribe"):  # noqa: ASYNC110  # set by another task, no event; fail_after bounds it
+                while not rec.of_type("subscribe"):  # noqa: ASYNC110 - polls what another task records
                     await anyio.sleep(0.01)
             await then(ws)
 
@@ -314,7 +317,7 @@ async def test_heartbeat_sent_after_silence() -> None:
             limit=5,
         )
     beats = rec.of_type("heartbeat")
-    assert 3 <= len(beats) <= 7, beats
+    assert len(beats) >= 3, beats
     assert all(set(b) == {"id", "type"} and HEX16.match(b["id"]) for b in beats)
     assert len({b["id"] for b in rec.frames}) == len(rec.frames)
     assert statuses(got) == ["initialized"]
@@ -331,9 +334,11 @@ async def test_no_heartbeat_while_traffic_flows() -> None:
     async with local_bus(rec) as url:
         got: list[StreamMessage] = []
         await collect(
-            bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=1, heartbeat_interval=0.2),
+            # 50 ms between events, a heartbeat only after 2 s of quiet: only a stall of the
+            # whole machine for 2 s could make one due (the exact rule: test_bus.py)
+            bus_messages(url, TOKEN, connect_timeout=5, idle_timeout=5, heartbeat_interval=2),
             got,
-            limit=5,
+            limit=10,
         )
     assert len(got) == 8 and rec.of_type("heartbeat") == []
 
@@ -532,7 +537,7 @@ async def test_leaving_early_closes_the_connection() -> None:
             async for _ in s:
                 break
         with anyio.fail_after(3):
-            while not rec.close_codes:  # noqa: ASYNC110  # set by another task, no event; fail_after bounds it
+            while not rec.close_codes:  # noqa: ASYNC110 - polls what another task records
                 await anyio.sleep(0.01)
     assert rec.close_codes == [1000]
 
@@ -543,7 +548,7 @@ async def test_cancelled_reader_closes_the_connection() -> None:
         with anyio.move_on_after(0.3):
             await collect(bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=5), [])
         with anyio.fail_after(3):
-            while not rec.close_codes:  # noqa: ASYNC110  # set by another task, no event; fail_after bounds it
+            while not rec.close_codes:  # noqa: ASYNC110 - polls what another task records
                 await anyio.sleep(0.01)
     assert rec.close_codes == [1000]
 
