@@ -25,6 +25,9 @@ class EventType(StrEnum):
     ORDER_STATUS = "order.status"
     ORDER_FAILED = "order.failed"
     ORDER_REFUND = "order.refund"
+    #: Details of a final status learned after it was published (card, last4, authorization
+    #: code): non-final, once per order.
+    ORDER_DETAILS = "order.details"
     COMMAND_FAILED = "command.failed"
     #: An order's receipt (``bridge.core.receipt``): not final, changes nothing of the order.
     ORDER_RECEIPT = "order.receipt"

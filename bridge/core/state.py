@@ -12,7 +12,9 @@ The rules (DESIGN.md "Events" and "Guarantees"):
 - An observation equal to the current status is a duplicate, whichever channel it came from.
 - A non-final webhook or poll observation older than the last transition is stale: it may
   describe a status the order has already left.
-- After a final, only refunds are published: one ``order.refund`` per new ``amount_refunded``.
+- After a final, only refunds are published: one ``order.refund`` per new ``amount_refunded``,
+  and once the details of the final status when it was published without them (a stream
+  carries no card details): one ``order.details``. A final is never held back for its details.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class OrderState:
     #: The ``cancel`` command the bridge asked MultiSafepay to carry out: the order's final
     #: names it (``details.cancel_command_id``).
     cancel_command_id: str | None = None
+    #: The final status's details (card, last4, ...) are published, with it or after it.
+    details_published: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -284,6 +288,7 @@ def _status_transition(
         transaction_id=obs.transaction_id or state.transaction_id,
         last_transition_at=now.timestamp(),
         last_modified=_upstream_time(obs),
+        details_published=final and bool(obs.details),
     )
     event = _event(
         new,
@@ -359,6 +364,48 @@ def refund_abandoned(current: OrderState | None, command_id: str) -> Decision:
     return Decision(Verdict.NOTE, replace(current, seq=current.seq + 1, refund_command_id=None))
 
 
+def _details_transition(
+    state: OrderState, obs: Observation, now: datetime
+) -> tuple[OrderState, Event] | None:
+    """The final status published without details, now learned with them: ``order.details``."""
+    if state.details_published or not obs.details or obs.status != state.status:
+        return None
+    new = replace(
+        state,
+        seq=state.seq + 1,
+        details_published=True,
+        transaction_id=state.transaction_id or obs.transaction_id,
+    )
+    event = _event(
+        new,
+        EventType.ORDER_DETAILS,
+        obs.source,
+        now,
+        status=state.status,
+        financial_status=obs.financial_status,
+        occurred_at=obs.occurred_at,
+        details=_status_details(state, obs),
+    )
+    return new, event
+
+
+def _after_final(state: OrderState, obs: Observation, now: datetime) -> Decision:
+    status = obs.status
+    if state.status is None:
+        # order.failed said the payment was never created; upstream now says otherwise.
+        return Decision(Verdict.CONFLICT, state)
+    if status not in FINAL_STATUSES | REFUND_STATUSES:
+        return Decision(Verdict.AFTER_FINAL, state)
+    learned = _refund_transition(state, obs, now) or _details_transition(state, obs, now)
+    if learned is not None:
+        new, event = learned
+        return Decision(Verdict.NEW, new, (event,))
+    if status in REFUND_STATUSES or status == state.status:
+        # a refund already published, or a repeat of the final
+        return Decision(Verdict.DUPLICATE, state)
+    return Decision(Verdict.CONFLICT, state)
+
+
 def observe(
     current: OrderState | None,
     obs: Observation,
@@ -392,19 +439,7 @@ def observe(
     status = obs.status
 
     if state.final:
-        if state.status is None:
-            # order.failed said the payment was never created; upstream now says otherwise.
-            return Decision(Verdict.CONFLICT, current)
-        if status not in FINAL_STATUSES | REFUND_STATUSES:
-            return Decision(Verdict.AFTER_FINAL, current)
-        refund = _refund_transition(state, obs, now)
-        if refund is not None:
-            new, event = refund
-            return Decision(Verdict.NEW, new, (event,))
-        if status in REFUND_STATUSES or status == state.status:
-            # a refund already published, or a repeat of the final
-            return Decision(Verdict.DUPLICATE, current)
-        return Decision(Verdict.CONFLICT, current)
+        return _after_final(state, obs, now)
 
     if status == state.status:
         return Decision(Verdict.DUPLICATE, current)

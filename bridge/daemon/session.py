@@ -1,17 +1,21 @@
 """One payment in flight: follow its upstream stream until MultiSafepay gives a final status.
 
 A session owns one task group: the stream follower (reconnecting with backoff), a poller that
-asks ``GET orders/{id}`` whenever the order has been quiet for ``poll_interval``, and the
+asks ``GET orders/{id}`` whenever the order has been quiet for ``poll_interval`` (backing off
+while polls find nothing), and the
 deadline that cancels a payment left open too long. Every observation goes through the core's
-state machine and the Redis transition; the first final ends the session.
+state machine and the Redis transition; the first final ends the session. A final the stream
+gave is published at once, as the stream carried it; with ``enrich_final`` the session then asks
+``GET`` once for the card details, which the core publishes as ``order.details``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import tzinfo
 from typing import TYPE_CHECKING
 
@@ -40,6 +44,14 @@ if TYPE_CHECKING:
     from bridge.config import MultiSafepayConfig
 
 log = structlog.get_logger("bridge.session")
+_TRANSITIONS_LOG = logging.getLogger("bridge.session")
+
+#: A quiet order is polled after ``poll_interval``, then ever less often while polls find
+#: nothing: at most every ``POLL_BACKOFF_LIMIT`` intervals (60 s at the default 10 s).
+POLL_BACKOFF_LIMIT = 6
+
+#: Where a final comes without card details.
+STREAM_SOURCES = frozenset({Source.STREAM, Source.WEBSOCKET})
 
 #: Events of the stream the bridge acts on; others (e.g. ``session.qr``) are logged and skipped.
 ORDER_EVENT = "session.order"
@@ -101,6 +113,7 @@ class PaymentSession:
         self._commit_lock = anyio.Lock()
         self._lease_lost = False
         self._opened = False
+        self._final_from_stream = False
         self.reconnects = 0
 
     @property
@@ -123,6 +136,9 @@ class PaymentSession:
                     tg.start_soon(self._follow_nudges)
                     await self._done.wait()
                     tg.cancel_scope.cancel()
+            if self._details_wanted():
+                with anyio.move_on_after(self.ctx.upstream.connect_timeout):
+                    await self.reconcile()  # the details follow the final, never delay it
         except* LeaseLost:  # a commit was refused: the lease is someone else's now
             self._lease_lost = True
         finally:
@@ -141,6 +157,19 @@ class PaymentSession:
             await self.ctx.leases.release(self.order_id, self.fence)
         except RedisError as exc:  # it lapses by itself within its TTL
             self.log.info("session.lease_not_released", error=str(exc))
+
+    def _details_wanted(self) -> bool:
+        """The final came from a stream (no card details) and nobody has published them yet."""
+        st = self.state
+        return (
+            self.ctx.upstream.enrich_final
+            and not self._lease_lost
+            and st is not None
+            and st.final
+            and st.status is not None
+            and not st.details_published
+            and self._final_from_stream
+        )
 
     def lease_lost(self) -> None:
         """The daemon's lease renewal found the lease gone (it lapsed while this daemon was
@@ -178,9 +207,13 @@ class PaymentSession:
             waited = bool(waits_before or self.ctx.redis_waiters.waiting)
         decision = recorded.decision
         self.state = decision.state or self.state
+        if self.final and recorded.stream_ids and obs.source in STREAM_SOURCES:
+            self._final_from_stream = any(e.final for e in decision.events)
         if recorded.stream_ids:
-            for event in decision.events:
-                self.log.info(
+            # Per transition: debug only (the metrics count them). At info, one line per event
+            # was ~5 % of the daemon's CPU per event; skipped before structlog is even called.
+            for event in decision.events if _TRANSITIONS_LOG.isEnabledFor(logging.DEBUG) else ():
+                self.log.debug(
                     "order.transition",
                     type=event.type,
                     status=event.status,
@@ -203,27 +236,6 @@ class PaymentSession:
             self._done.set()
         elif waited and obs.source is not Source.POLL:
             await self.reconcile()  # Redis was away: what else happened meanwhile?
-
-    async def _with_details(self, obs: Observation) -> Observation:
-        """A stream message has no card details: take them from ``GET`` for the final event,
-        when ``GET`` already agrees on the status. Best effort, bounded in time."""
-        with anyio.move_on_after(self.ctx.upstream.connect_timeout):
-            try:
-                data = await self.ctx.api.get_order(self._api_key, self.order_id)
-                polled = from_order(data, Source.POLL, self.ctx.tz)
-            except (ApiError, MalformedPayload) as exc:
-                self.log.info("order.details_unavailable", error=str(exc))
-                return obs
-            if polled.status == obs.status:
-                return replace(
-                    obs,
-                    details=polled.details,
-                    amount=polled.amount,
-                    currency=polled.currency,
-                    terminal_id=polled.terminal_id,
-                    transaction_id=obs.transaction_id or polled.transaction_id,
-                )
-        return obs
 
     async def reconcile(self) -> None:
         """Ask ``GET orders/{id}`` what the stream may have missed."""
@@ -349,8 +361,6 @@ class PaymentSession:
                     self.log.warning("upstream.malformed", source="stream", error=str(exc))
                     metrics.UPSTREAM_ERRORS.labels("malformed").inc()
                     continue
-                if obs.final and self.ctx.upstream.enrich_final:
-                    obs = await self._with_details(obs)
                 await self.observe(obs)
                 if self.final:
                     return
@@ -364,11 +374,23 @@ class PaymentSession:
             await self.reconcile()
 
     async def _poll_when_quiet(self) -> None:
+        """``GET`` the order once it has been quiet for ``poll_interval``; while polls find
+        nothing new the wait doubles, up to ``POLL_BACKOFF_LIMIT`` times the interval, and any
+        transition (from any channel) brings it back to the interval."""
         interval = self.ctx.upstream.poll_interval
+        wait = interval
+        last_seq = self._seq()
         while True:
-            await anyio.sleep(interval)
-            if time.monotonic() - self._last_news >= interval:
-                await self.reconcile()
+            await anyio.sleep(max(0.0, self._last_news + wait - time.monotonic()))
+            if time.monotonic() - self._last_news < wait:
+                continue  # heard from meanwhile: quiet counts from then
+            await self.reconcile()
+            seq = self._seq()
+            wait = interval if seq != last_seq else min(wait * 2, interval * POLL_BACKOFF_LIMIT)
+            last_seq = seq
+
+    def _seq(self) -> int:
+        return self.state.seq if self.state is not None else 0
 
     async def _enforce_deadline(self) -> None:
         if not self.record.cancel_when_late:

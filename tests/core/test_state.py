@@ -177,6 +177,37 @@ def test_refunds_after_completed_one_event_per_new_amount() -> None:
     assert ds[-1].state is not None and ds[-1].state.status == "completed"
 
 
+def test_a_final_from_the_stream_is_published_at_once_its_details_follow_once() -> None:
+    card = {"card": "VISA", "last4": "1234", "authorization_code": "A1"}
+    ds = run(
+        created(),
+        (obs("completed"), 1),  # the stream carries no card details
+        (obs("completed", Source.POLL, details=card, transaction_id="890001"), 2),
+        (obs("completed", Source.WEBHOOK, details=card), 3),
+    )
+    assert [d.verdict for d in ds] == [Verdict.NEW, Verdict.NEW, Verdict.DUPLICATE]
+    final, details = ds[0].events[0], ds[1].events[0]
+    assert final.final and final.details == {}
+    assert (details.type, details.status, details.final) == (
+        EventType.ORDER_DETAILS,
+        "completed",
+        False,
+    )
+    assert details.details == card and details.transaction_id == "890001"
+    assert ds[1].state is not None and ds[1].state.details_published
+
+
+def test_a_final_with_its_details_gets_no_details_event() -> None:
+    card = {"card": "VISA", "last4": "1234"}
+    ds = run(
+        created(),
+        (obs("completed", Source.WEBHOOK, details=card), 1),
+        (obs("completed", Source.POLL, details=card), 2),
+    )
+    assert [d.verdict for d in ds] == [Verdict.NEW, Verdict.DUPLICATE]
+    assert ds[0].events[0].details == card
+
+
 def test_refund_seen_before_completion_says_completed_then_refund() -> None:
     (d,) = run(created(), (obs("refunded", Source.POLL, amount_refunded=1250), 5))
     assert [(e.type, e.status, e.final) for e in d.events] == [
@@ -277,7 +308,13 @@ def check_invariants(events: list) -> None:
     assert len(finals) <= 1, "two finals"
     if finals:
         after = events[events.index(finals[0]) + 1 :]
-        assert all(e.type is EventType.ORDER_REFUND for e in after), "non-final after final"
+        allowed = (EventType.ORDER_REFUND, EventType.ORDER_DETAILS)
+        assert all(e.type in allowed for e in after), "non-final after final"
+        details = [e for e in after if e.type is EventType.ORDER_DETAILS]
+        assert len(details) <= 1, "details twice"
+        assert all(e.status == finals[0].status and not e.final for e in details)
+        assert not (details and finals[0].details.get("card")), "details already in the final"
+    assert not [e for e in events if e.type is EventType.ORDER_DETAILS and not finals]
     assert len({e.event_id for e in events}) == len(events), "same transition twice"
     for a, b in zip(statuses, statuses[1:], strict=False):
         assert a.status != b.status, "a status repeated back to back"
@@ -294,6 +331,7 @@ observations = st.builds(
     amount_refunded=st.one_of(st.none(), st.integers(0, 1250)),
     modified=st.one_of(st.none(), st.integers(0, 100).map(at)),
     as_of=st.one_of(st.none(), st.integers(0, 100).map(at)),
+    details=st.sampled_from([{}, {"card": "VISA", "last4": "1234"}]),
 )
 
 

@@ -10,6 +10,7 @@ from helpers.harness import (
     Till,
     assert_faithful,
     bridge_config,
+    details_of,
     running_bridge,
     sim_orders,
     statuses,
@@ -54,23 +55,33 @@ async def test_every_scenario_reaches_its_final_once(
         assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
         async with running_bridge(config):
             command_id = await till.pay(terminal, 1250)
-            events = await till.until_final(terminal, command_id, timeout=20)
+            await till.until_final(terminal, command_id, timeout=20)
+        # the daemon has stopped: its sessions ended, details included
+        everything = [e for e in await till.events(terminal) if e["command_id"] == command_id]
         live = []
         while (m := await pubsub.get_message(timeout=0.2)) is not None:
             live.append(json.loads(m["data"]))
-    assert_faithful(events, expected)  # a status gone before the stream opened may be missing
-    # only the configured transport (or a poll) brought statuses; a poll may have been first for
-    # all of them on a loaded machine (a full run saw SIM-CUSTOMER-CANCEL-01 end so)
+    events = [e for e in everything if e["type"] != "order.details"]
+    assert statuses(events) == expected
     followed_by = "stream" if transport == "sse" else "websocket"
     assert {e["source"] for e in events[1:]} <= {followed_by, "poll"}
-    assert all(e["terminal_id"] == terminal.upper() for e in events)
+    assert [e["final"] for e in events] == [False] * (len(expected) - 1) + [True]
+    assert all(e["terminal_id"] == terminal.upper() for e in everything)
+    # a final the stream gave has no card details: they follow once, as order.details
+    details = details_of(everything)
+    assert everything[: len(events)] == events and len(details) <= 1
+    if events[-1]["source"] == followed_by and expected[-1] == "completed":
+        assert not events[-1]["details"].get("card")
+        assert [(d["status"], d["final"], bool(d["details"].get("card"))) for d in details] == [
+            ("completed", False, True)
+        ]
     # what a subscribed till saw live is the same, each with its stream id
     assert [(e["event_id"], e["stream_id"]) for e in live] == [
-        (e["event_id"], e["stream_id"]) for e in events
+        (e["event_id"], e["stream_id"]) for e in everything
     ]
     assert await redis_client.get(till.keys.terminal_active(terminal)) is None
-    final = json.loads(await redis_client.get(till.keys.order(events[0]["order_id"])))
-    assert final["event_id"] == events[-1]["event_id"]
+    latest = json.loads(await redis_client.get(till.keys.order(events[0]["order_id"])))
+    assert latest["event_id"] == everything[-1]["event_id"]
 
 
 # Each reading the docs leave open, beside the defaults ({}: no `id:` lines, `data: ping`).
