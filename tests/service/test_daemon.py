@@ -173,7 +173,8 @@ def test_metrics_move_after_a_payment(request, redis_server, start_daemon) -> No
     assert names[:2] == ["command.received", "order.created"] and names[-1] == "session.ended", (
         names
     )
-    assert names.count("order.transition") == 2, names
+    # transitions are counted by the metrics above; their log line is debug, off the hot path
+    assert "order.transition" not in names, names
     for line in steps:
         assert (
             line["terminal_id"] == "SIM-APPROVE-01" and line["order_id"] == events[0]["order_id"]
