@@ -43,24 +43,28 @@ def analyse(
     """Pair every event and fill the event counts, rates and latencies of ``res``."""
     receipts = _as_receipts(received)
     sends, base_sends = _as_sends(sim_sent), _as_sends(baseline_sent)
-    bridge = pair_all(sends, {k: v for k, v in receipts.items() if k.startswith("bench-")})
-    base = pair_all(base_sends, {k: v for k, v in receipts.items() if k.startswith("base-")})
-    drive_lat, final_lat, base_lat = (
-        _latencies(bridge, False),
-        _latencies(bridge, True),
-        _latencies(base, None),
-    )
-    res.events_sent = sum(map(len, sends.values())) + sum(map(len, base_sends.values()))
-    res.events_received = sum(map(len, receipts.values()))
+    bridge = pair_all(sends, _of(receipts, "bench-"))
+    base = pair_all(base_sends, _of(receipts, "base-"))
+    res.events_sent = _total(sends) + _total(base_sends)
+    res.events_received = _total(receipts)
     res.events_lost = bridge.lost + base.lost
     res.events_unprompted = bridge.unprompted + base.unprompted
     res.events_duplicated = bridge.duplicates + base.duplicates
     res.events_unexpected = bridge.unexpected + base.unexpected
-    res.drive_events, res.final_events, res.baseline_events = (
-        len(drive_lat),
-        len(final_lat),
-        len(base_lat),
-    )
+    _rates(res, rate, bridge, base_sends)
+    _latencies_into(res, bridge, base)
+    _errors(res)
+
+
+def _of(receipts: dict[str, list[Receipt]], prefix: str) -> dict[str, list[Receipt]]:
+    return {k: v for k, v in receipts.items() if k.startswith(prefix)}
+
+
+def _total(by_order: Mapping[str, Sequence[Any]]) -> int:
+    return sum(map(len, by_order.values()))
+
+
+def _rates(res: Result, rate: float, bridge: Pairing, base_sends: dict[str, list[Send]]) -> None:
     res.target_rate = rate
     drive_pairs = [p for v in bridge.pairs.values() for p in v if p[0] != FINAL]
     if drive_pairs:
@@ -69,9 +73,15 @@ def analyse(
         res.implied_payments_per_s = res.drive_events_per_s / EVENTS_PER_PAYMENT
     base_times = [t for v in base_sends.values() for _, t in v]
     if base_times:
-        res.baseline_events_per_s = len(base_times) / max(
-            1e-9, max(base_times) - min(base_times) + 1 / rate
-        )
+        span = max(base_times) - min(base_times) + 1 / rate
+        res.baseline_events_per_s = len(base_times) / max(1e-9, span)
+
+
+def _latencies_into(res: Result, bridge: Pairing, base: Pairing) -> None:
+    drive_lat, final_lat = _latencies(bridge, False), _latencies(bridge, True)
+    base_lat = _latencies(base, None)
+    res.drive_events, res.final_events = len(drive_lat), len(final_lat)
+    res.baseline_events = len(base_lat)
     drive_only = {k: [p for p in v if p[0] != FINAL] for k, v in bridge.pairs.items()}
     baseline_of = {k: "base-" + k.removeprefix("bench-") for k in drive_only}
     res.latency_ms = {
@@ -80,6 +90,9 @@ def analyse(
         "added": percentiles(added_latencies(drive_only, base.pairs, baseline_of)),
         "final (bridge)": percentiles(final_lat),
     }
+
+
+def _errors(res: Result) -> None:
     if res.events_lost:
         res.errors.append(f"{res.events_lost} events sent and never received")
     if res.events_duplicated:

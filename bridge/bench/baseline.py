@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from functools import partial
+from collections.abc import Callable
 
 import anyio
 
@@ -25,13 +25,17 @@ from bridge.bench.procs import raise_nofile
 from bridge.bench.transition import new_order
 from bridge.core.events import Source
 from bridge.core.normalize import Observation
-from bridge.core.state import OrderState, observe, utcnow
+from bridge.core.state import Decision, OrderState, observe, order_created, utcnow
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
 from bridge.redis.publisher import EventStore
 from bridge.simulator.bench import pace
 
 ORDER_PREFIX = "base-"
+
+
+def _always(decision: Decision) -> Callable[[OrderState | None], Decision]:
+    return lambda _state: decision
 
 
 async def run(
@@ -46,9 +50,16 @@ async def run(
     try:
         now = utcnow()
         for i, oid in enumerate(ids):
-            rec = await store.record(
-                oid, partial(new_order, oid, f"BASE-{i:05d}", now), known=None, trust_known=True
+            created = order_created(
+                order_id=oid,
+                terminal_id=f"BASE-{i:05d}",
+                command_id=oid,
+                amount=100,
+                currency="EUR",
+                session_id=None,
+                now=now,
             )
+            rec = await store.record(oid, _always(created), known=None, trust_known=True)
             assert rec.decision.state is not None
             states[oid] = rec.decision.state
 

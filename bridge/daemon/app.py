@@ -45,8 +45,6 @@ REDISCOVER_EVERY = 300.0
 ORPHAN_SCAN_MAX = 1.0
 #: How often remembered cancels whose pay never came are looked at (and answered).
 CANCEL_SWEEP_EVERY = 1.0
-#: Connection pools for event streams (see SessionContext.stream_clients).
-STREAM_POOLS = 32
 
 
 class Bridge:
@@ -123,23 +121,6 @@ class Bridge:
                     upstream.api_base_url,
                     api_key_in=upstream.api_key_in,
                     request_timeout=upstream.request_timeout,
-                ),
-                stream_clients=tuple(
-                    [
-                        await stack.enter_async_context(
-                            httpx.AsyncClient(
-                                verify=tls,
-                                timeout=httpx.Timeout(
-                                    upstream.request_timeout, connect=upstream.connect_timeout
-                                ),
-                                limits=httpx.Limits(
-                                    max_connections=None, max_keepalive_connections=0
-                                ),
-                                headers={"User-Agent": "pos-bridge/0.1"},
-                            )
-                        )
-                        for _ in range(STREAM_POOLS)
-                    ]
                 ),
                 store=store,
                 registry=SessionRegistry(redis, self.keys, ttl=cfg.redis.order_ttl),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import tzinfo
@@ -39,8 +38,6 @@ from bridge.redis.publisher import EventStore, LeaseLost
 from bridge.redis.sessions import SessionRecord, SessionRegistry
 
 if TYPE_CHECKING:
-    import httpx
-
     from bridge.config import MultiSafepayConfig
 
 log = structlog.get_logger("bridge.session")
@@ -62,10 +59,6 @@ class SessionContext:
     """What every session shares: clients, stores and the upstream settings."""
 
     api: MultiSafepayApi
-    #: Clients for event streams, each with its own connection pool: httpcore scans its whole
-    #: pool on every request, so one pool holding thousands of open streams makes every new
-    #: stream (and every REST call) slower. A payment's stream always uses the same shard.
-    stream_clients: tuple[httpx.AsyncClient, ...]
     store: EventStore
     registry: SessionRegistry
     upstream: MultiSafepayConfig
@@ -75,9 +68,6 @@ class SessionContext:
     @property
     def tz(self) -> tzinfo:
         return self.upstream.tzinfo
-
-    def stream_client(self, order_id: str) -> httpx.AsyncClient:
-        return self.stream_clients[zlib.crc32(order_id.encode()) % len(self.stream_clients)]
 
     def backoff(self) -> Backoff:
         u = self.upstream
@@ -338,7 +328,6 @@ class PaymentSession:
         else:
             assert r.events_stream_url
             messages = sse_messages(
-                self.ctx.stream_client(self.order_id),
                 r.events_stream_url,
                 r.events_token,
                 auth=upstream.events_auth,

@@ -1,26 +1,43 @@
-"""One order's server-sent event stream (``events_stream_url``), read with httpx.
+"""One order's server-sent event stream (``events_stream_url``), read by a small asyncio protocol.
 
 This only reads a stream; what a message means is the core's business and reconnecting is the
-session's. The bytes go through the project's bounded decoder (``sse_decoder``): httpx-sse's
-keeps an unfinished line without limit. Two ways a connection is declared dead: no bytes at all
-for ``idle_timeout`` (httpx's read timeout; keep-alive comments are bytes), or bytes that never
-complete a line for ``idle_timeout`` (a slow drip).
+session's. A long-lived stream needs little: one request, then bytes. So each stream is an
+:class:`asyncio.Protocol` on the shared event loop feeding two sans-I/O parsers, ``h11`` (the
+HTTP/1.1 response, as httpx itself uses) and the project's bounded :mod:`sse_decoder` (httpx-sse's
+keeps an unfinished line without limit). Compared with a reader on httpx (a client pool scanned
+on every new request, a response object, its byte-stream iterators and their buffers), it holds
+a few KB per stream and no pool. The REST calls keep httpx.
+
+Two ways a connection is declared dead: no bytes at all for ``idle_timeout`` (keep-alive
+comments are bytes), or bytes that never complete a line for ``idle_timeout`` (a slow drip).
+Not supported, as no MultiSafepay stream needs them: HTTP proxies, redirects, HTTP/2.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
+import ssl
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
+from urllib.parse import urlsplit
 
+import anyio
+import h11
 import httpx
 
-from bridge.multisafepay.sse_decoder import SSEDecoder, SSEProtocolError
+from bridge.multisafepay.sse_decoder import SSEDecoder, SSEMessage, SSEProtocolError
 
 #: Longest line and message the bridge reads; a real message is ~200 bytes.
 MAX_LINE_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024
+#: Longest response head (status line and headers) read.
+MAX_HEAD_BYTES = 16 * 1024
+#: Messages decoded but not yet taken before the socket stops being read (flow control).
+MAX_QUEUED = 64
+USER_AGENT = "pos-bridge/0.1"
 
 
 class StreamError(Exception):
@@ -43,8 +60,212 @@ def auth_header(token: str, mode: Literal["bearer", "raw"]) -> str:
     return f"Bearer {token}" if mode == "bearer" else token
 
 
+@cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every stream (building one loads the CA store: ~ms and ~KB each),
+    trusting what the REST client (httpx) trusts."""
+    return httpx.create_ssl_context()
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    host: str
+    port: int
+    tls: bool
+    host_header: str
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> _Target:
+        # Never quote the URL in an error: it may carry what the server treats as secret.
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise StreamError("invalid stream URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise StreamError("invalid stream URL (http or https with a host)")
+        tls = parts.scheme == "https"
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return cls(parts.hostname, port or (443 if tls else 80), tls, parts.netloc, path)
+
+
+class _StreamConnection(asyncio.Protocol):
+    """One stream's socket: bytes -> h11 -> SSE decoder -> :attr:`messages`.
+
+    Callbacks only parse and record; :meth:`wake` tells the one reader waiting.
+    """
+
+    __slots__ = (
+        "_http",
+        "_decoder",
+        "_request",
+        "_waiter",
+        "_paused",
+        "transport",
+        "status",
+        "content_type",
+        "content_encoding",
+        "messages",
+        "error",
+        "ended",
+        "bytes_at",
+        "line_at",
+    )
+
+    def __init__(self, request: bytes, now: float) -> None:
+        self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._decoder = SSEDecoder(max_line=MAX_LINE_BYTES, max_event=MAX_MESSAGE_BYTES)
+        self._request = request
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self.transport: asyncio.Transport | None = None
+        self.status: int | None = None
+        self.content_type = ""
+        self.content_encoding = "identity"
+        self.messages: deque[SSEMessage] = deque()
+        self.error: StreamError | None = None
+        self.ended = False
+        self.bytes_at = self.line_at = now
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_at = asyncio.get_running_loop().time()
+        self._http.receive_data(data)
+        self._read_events()
+
+    def eof_received(self) -> bool:
+        self._http.receive_data(b"")
+        self._read_events()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended and self.error is None:
+            why = f": {str(exc)[:200] or type(exc).__name__}" if exc else ""
+            self.error = StreamError(f"stream connection lost{why}")
+        self.transport = None
+        self.wake()
+
+    # -- parsing ----------------------------------------------------------------------------
+
+    def _read_events(self) -> None:
+        try:
+            while not self.ended and self.error is None:
+                event = self._http.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    break
+                self._on(event)
+        except h11.RemoteProtocolError as exc:
+            self.error = StreamError(f"stream answered garbage HTTP: {exc}")
+        except SSEProtocolError as exc:
+            self.error = StreamError(f"garbage on the stream: {exc}")
+        if len(self.messages) >= MAX_QUEUED and self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self.wake()
+
+    def _on(self, event: object) -> None:
+        if isinstance(event, h11.Response):
+            self.status = event.status_code
+            for name, value in event.headers:
+                if name == b"content-type":
+                    self.content_type = value.decode("latin-1").partition(";")[0].strip()
+                elif name == b"content-encoding":
+                    self.content_encoding = value.decode("latin-1").strip().lower()
+        elif isinstance(event, h11.Data):
+            lines = self._decoder.lines
+            self.messages.extend(self._decoder.feed(bytes(event.data)))
+            if self._decoder.lines != lines:
+                self.line_at = self.bytes_at
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            self._decoder.close()  # a half message at the end is dropped, garbage raised
+            self.ended = True
+
+    # -- the reader's side ------------------------------------------------------------------
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait_until(self, deadline: float) -> None:
+        """Until something happens, or the loop's clock reaches ``deadline``."""
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        with anyio.move_on_after(deadline - loop.time()):
+            await self._waiter
+        self._waiter = None
+
+    def take(self) -> SSEMessage:
+        message = self.messages.popleft()
+        if self._paused and len(self.messages) < MAX_QUEUED // 4 and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return message
+
+    def close(self) -> None:
+        self.ended = True
+        if self.transport is not None:
+            self.transport.abort()  # a stream has nothing to flush: drop it at once
+
+
+def _request(target: _Target, headers: list[tuple[str, str]]) -> bytes:
+    http = h11.Connection(h11.CLIENT)
+    head = [("Host", target.host_header), ("User-Agent", USER_AGENT), *headers]
+    return (http.send(h11.Request(method="GET", target=target.path, headers=head)) or b"") + (
+        http.send(h11.EndOfMessage()) or b""
+    )
+
+
+async def _open(
+    target: _Target, request: bytes, connect_timeout: float, idle_timeout: float
+) -> _StreamConnection:
+    loop = asyncio.get_running_loop()
+    conn = _StreamConnection(request, loop.time())
+    try:
+        with anyio.fail_after(connect_timeout):
+            await loop.create_connection(
+                lambda: conn,
+                target.host,
+                target.port,
+                ssl=_tls() if target.tls else None,
+                server_hostname=target.host if target.tls else None,
+            )
+    except TimeoutError:
+        conn.close()
+        raise StreamError(f"ConnectTimeout: no connection within {connect_timeout:g} s") from None
+    except OSError as exc:
+        raise StreamError(f"ConnectError: {str(exc)[:200] or type(exc).__name__}") from None
+    while conn.status is None and conn.error is None and not conn.ended:
+        if loop.time() - conn.bytes_at >= idle_timeout:
+            conn.close()
+            raise StreamError(f"stream silent for {idle_timeout:g} s")
+        await conn.wait_until(conn.bytes_at + idle_timeout)
+    return conn
+
+
+def _check_response(conn: _StreamConnection) -> None:
+    status = conn.status
+    if status is None:
+        raise conn.error or StreamError("stream closed before answering")
+    if status in (401, 403):
+        raise StreamRejected(f"stream refused the events token (HTTP {status})")
+    if status != 200:
+        raise StreamError(f"stream answered HTTP {status}")
+    if conn.content_encoding not in ("", "identity"):
+        raise StreamError(f"stream answered {conn.content_encoding[:32]!r}-encoded, not identity")
+    if conn.content_type != "text/event-stream":
+        raise StreamError(
+            f"stream answered {conn.content_type or 'no content type'}, not text/event-stream"
+        )
+
+
 async def sse_messages(
-    http: httpx.AsyncClient,
     url: str,
     token: str,
     *,
@@ -61,48 +282,37 @@ async def sse_messages(
     Raises :class:`StreamError` for anything that ends the stream other than its own end. Use
     with ``contextlib.aclosing`` so the connection closes when the caller stops early.
     """
-    headers = {
-        "Authorization": auth_header(token, auth),
-        "Accept": "text/event-stream",
-        # The bytes are read raw (``aiter_raw``): a compressed answer would decode to nothing.
-        "Accept-Encoding": "identity",
-        "Cache-Control": "no-store",
-    }
+    target = _Target.parse(url)
+    headers = [
+        ("Authorization", auth_header(token, auth)),
+        ("Accept", "text/event-stream"),
+        ("Cache-Control", "no-store"),
+        # The bytes are decoded as they come: a compressed answer would decode to nothing.
+        ("Accept-Encoding", "identity"),
+    ]
     if last_event_id:
-        headers["Last-Event-ID"] = last_event_id
-    timeout = httpx.Timeout(connect=connect_timeout, read=idle_timeout, write=10.0, pool=10.0)
-    decoder = SSEDecoder(max_line=MAX_LINE_BYTES, max_event=MAX_MESSAGE_BYTES)
+        headers.append(("Last-Event-ID", last_event_id))
+    conn = await _open(target, _request(target, headers), connect_timeout, idle_timeout)
+    loop = asyncio.get_running_loop()
     try:
-        async with http.stream("GET", url, headers=headers, timeout=timeout) as response:
-            status = response.status_code
-            if status in (401, 403):
-                raise StreamRejected(f"stream refused the events token (HTTP {status})")
-            if status != 200:
-                raise StreamError(f"stream answered HTTP {status}")
-            content_type = response.headers.get("content-type", "").partition(";")[0].strip()
-            if content_type != "text/event-stream":
-                raise StreamError(
-                    f"stream answered {content_type or 'no content type'}, not text/event-stream"
-                )
-            encoding = response.headers.get("content-encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise StreamError(f"stream answered {encoding[:32]!r}-encoded, not identity")
-            if on_open is not None:
-                await on_open()
-            lines, alive_at = 0, time.monotonic()
-            async for chunk in response.aiter_raw():
-                for message in decoder.feed(chunk):
-                    if message.event == "message" and message.data.strip() in ("ping", ""):
-                        continue
-                    yield StreamMessage(event=message.event, data=message.data, id=message.id)
-                if decoder.lines != lines:
-                    lines, alive_at = decoder.lines, time.monotonic()
-                elif time.monotonic() - alive_at > idle_timeout:
-                    raise StreamError(f"no complete line for {idle_timeout:g} s (a slow drip)")
-            decoder.close()
-    except SSEProtocolError as exc:
-        raise StreamError(f"garbage on the stream: {exc}") from exc
-    except httpx.ReadTimeout as exc:
-        raise StreamError(f"stream silent for {idle_timeout:g} s") from exc
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise StreamError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        _check_response(conn)
+        if on_open is not None:
+            await on_open()
+        while True:
+            while conn.messages:
+                message = conn.take()
+                if message.event == "message" and message.data.strip() in ("ping", ""):
+                    continue
+                yield StreamMessage(event=message.event, data=message.data, id=message.id)
+            if conn.error is not None:
+                raise conn.error
+            if conn.ended:
+                return
+            now = loop.time()
+            if now - conn.bytes_at >= idle_timeout:
+                raise StreamError(f"stream silent for {idle_timeout:g} s")
+            if now - conn.line_at >= idle_timeout:
+                raise StreamError(f"no complete line for {idle_timeout:g} s (a slow drip)")
+            await conn.wait_until(conn.line_at + idle_timeout)
+    finally:
+        conn.close()

@@ -15,7 +15,7 @@ generator (``websockets.asyncio`` runs on asyncio only).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from urllib.parse import quote, urlsplit
 
@@ -172,7 +172,7 @@ async def _follow(
     idle_timeout: float,
     clock: Callable[[], float],
     on_open: Callable[[], Awaitable[None]] | None = None,
-) -> AsyncIterator[StreamMessage]:
+) -> AsyncGenerator[StreamMessage, None]:
     # A new connection: whatever the protocol held (after a reconnect) is subscribed again. The
     # protocol keeps the timers; this loop only sleeps until its next deadline or a frame.
     frames = proto.open_connection(

@@ -14,7 +14,15 @@ from typing import Any, Self
 
 import httpx
 import pytest
-from helpers.harness import API_KEY, Till, bridge_config, running_bridge, sim_orders, statuses
+from helpers.harness import (
+    API_KEY,
+    Till,
+    bridge_config,
+    details_of,
+    running_bridge,
+    sim_orders,
+    statuses,
+)
 from redis.asyncio import Redis
 
 from bridge import logs
@@ -166,8 +174,8 @@ async def test_watch_follows_an_order_the_till_created(
                     }
                 )
                 await till.wait_for(terminal, final_seen("till-made-1"), timeout=15)
-                await till.finished("till-made-1")
-                events = await till.events(terminal)
+                # the final came from the stream: its card details follow as order.details
+                everything = await till.wait_for(terminal, details_of, timeout=15)
             live = []
             while (m := await pubsub.get_message(timeout=0.2)) is not None:
                 live.append(m["data"])
@@ -175,15 +183,18 @@ async def test_watch_follows_an_order_the_till_created(
 
     # the bridge was on the stream before the first step (0.375 s in): it saw every one, the
     # first possibly through the GET it makes once the stream is open
+    events = [e for e in everything if e["type"] != "order.details"]
     assert statuses(events) == ["initialized", "declined", "initialized", "completed"]
     assert [e["source"] for e in events][1:] == ["stream"] * 3
     assert events[0]["source"] in ("stream", "poll")
-    assert events[-1]["final"] is True and events[-1]["details"].get("card")  # enriched by GET
+    assert events[-1]["final"] is True and not events[-1]["details"].get("card")
+    (details,) = details_of(everything)
+    assert details["status"] == "completed" and details["details"].get("card")  # from GET
     assert sum(e["final"] for e in events) == 1
     assert all(e["order_id"] == "till-made-1" and e["terminal_id"] == terminal for e in events)
     assert "order.created" not in statuses(events)  # the bridge created nothing
     assert len(upstream) == 1  # following did not create or touch another order
-    assert [json.loads(m)["event_id"] for m in live] == [e["event_id"] for e in events]
+    assert [json.loads(m)["event_id"] for m in live] == [e["event_id"] for e in everything]
     # the token never leaves the daemon: not in what tills read, not in a log line
     published = (
         json.dumps(events)

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 
 import anyio
-import httpx
 import pytest
 from anyio.abc import SocketStream
 
@@ -44,14 +43,11 @@ async def server(behaviour: Behaviour) -> AsyncIterator[str]:
 
 
 async def read_all(url: str, idle: float = 0.5) -> list:
-    async with httpx.AsyncClient() as http:
-        got = []
-        async with aclosing(
-            sse_messages(http, url, "tok", idle_timeout=idle, connect_timeout=1)
-        ) as stream:
-            async for m in stream:
-                got.append(m)
-        return got
+    got = []
+    async with aclosing(sse_messages(url, "tok", idle_timeout=idle, connect_timeout=1)) as stream:
+        async for m in stream:
+            got.append(m)
+    return got
 
 
 async def garbage(c: SocketStream) -> None:
@@ -94,10 +90,9 @@ async def test_faults_raise_stream_error_after_the_good_messages(behaviour: Beha
     async with server(behaviour) as url:
         got: list = []
         with anyio.fail_after(10), pytest.raises(StreamError) as info:
-            async with httpx.AsyncClient() as http:
-                async with aclosing(sse_messages(http, url, "tok", idle_timeout=0.5)) as stream:
-                    async for m in stream:
-                        got.append(m)
+            async with aclosing(sse_messages(url, "tok", idle_timeout=0.5)) as stream:
+                async for m in stream:
+                    got.append(m)
     assert not isinstance(info.value, StreamRejected)
     assert len(got) == (0 if behaviour is not_sse else 1)
 
@@ -120,3 +115,34 @@ async def test_connection_refused_and_bad_url() -> None:
         await read_all("http://127.0.0.1:1/events/stream/")
     with pytest.raises(StreamError):
         await read_all("http://[bad/")
+
+
+async def test_a_slow_reader_gets_every_message_of_a_fast_stream() -> None:
+    """Flow control: the socket is paused while messages wait, and nothing is dropped."""
+    many = 500
+
+    async def burst(c: SocketStream) -> None:
+        await c.send(HEAD + GOOD * many)
+
+    async with server(burst) as url:
+        got = []
+        with anyio.fail_after(20):
+            async with aclosing(sse_messages(url, "tok", idle_timeout=5)) as stream:
+                async for m in stream:
+                    got.append(m)
+                    if len(got) % 50 == 0:
+                        await anyio.sleep(0.01)  # the reader falls behind now and then
+    assert len(got) == many
+
+
+async def test_chunked_response_and_keepalives() -> None:
+    async def chunked(c: SocketStream) -> None:
+        head = HEAD.replace(b"connection: close", b"transfer-encoding: chunked")
+        body = b"data: ping\n\n" + GOOD
+        await c.send(head + b"%x\r\n" % len(body) + body + b"\r\n")
+        await c.send(b"0\r\n\r\n")
+
+    async with server(chunked) as url:
+        with anyio.fail_after(10):
+            got = await read_all(url)
+    assert [m.event for m in got] == ["session.order"]
