@@ -3,6 +3,7 @@ a crash or unbounded memory."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 
@@ -143,6 +144,17 @@ async def test_chunked_response_and_keepalives() -> None:
         await c.send(b"0\r\n\r\n")
 
     async with server(chunked) as url:
+        with anyio.fail_after(10):
+            got = await read_all(url)
+    assert [m.event for m in got] == ["session.order"]
+
+
+@pytest.mark.parametrize(
+    "anyio_backend", [("asyncio", {"use_uvloop": True})], ids=["uvloop"], indirect=False
+)
+async def test_the_reader_on_uvloop_as_the_daemon_runs_it(anyio_backend: object) -> None:
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    async with server(cut_mid_message) as url:
         with anyio.fail_after(10):
             got = await read_all(url)
     assert [m.event for m in got] == ["session.order"]
