@@ -364,8 +364,9 @@ class PaymentSession:
 
     async def _poll_when_quiet(self) -> None:
         """``GET`` the order once it has been quiet for ``poll_interval``; while polls find
-        nothing new the wait doubles, up to ``POLL_BACKOFF_LIMIT`` times the interval, and any
-        transition (from any channel) brings it back to the interval."""
+        nothing new the wait doubles, up to ``POLL_BACKOFF_LIMIT`` times the interval; any
+        transition (from any channel) brings it back to the interval, and past the payment's
+        deadline it stays there."""
         interval = self.ctx.upstream.poll_interval
         wait = interval
         last_seq = self._seq()
@@ -375,7 +376,10 @@ class PaymentSession:
                 continue  # heard from meanwhile: quiet counts from then
             await self.reconcile()
             seq = self._seq()
-            wait = interval if seq != last_seq else min(wait * 2, interval * POLL_BACKOFF_LIMIT)
+            found = seq != last_seq
+            late = self.record.cancel_when_late and time.time() >= self.record.deadline
+            # past the deadline (cancelled upstream, outcome awaited): no backing off
+            wait = interval if found or late else min(wait * 2, interval * POLL_BACKOFF_LIMIT)
             last_seq = seq
 
     def _seq(self) -> int:
