@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -444,6 +445,8 @@ def bench_command(args: argparse.Namespace) -> int:
 
         return fuzz_command(args)
     s = settings_from_args(args)
+    # SIGTERM unwinds like Ctrl-C, so the children (redis, simulator, daemon) are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     progress = Progress()
     bench = Bench(s, progress)
     try:
