@@ -99,7 +99,9 @@ class PaymentSession:
         self._last_news = time.monotonic()
         self._done = anyio.Event()
         self._nudged = anyio.Event()
-        self._bus = BusProtocol()  # kept across reconnects: it re-subscribes its channels
+        # The message bus's protocol, kept across reconnects (it re-subscribes its channels);
+        # made on the first bus connection: an SSE stream never needs it.
+        self._bus: BusProtocol | None = None
         self._commit_lock = anyio.Lock()
         self._lease_lost = False
         self._opened = False
@@ -322,7 +324,7 @@ class PaymentSession:
                 r.events_token,
                 connect_timeout=upstream.connect_timeout,
                 idle_timeout=upstream.stream_idle_timeout,
-                protocol=self._bus,
+                protocol=self._bus_protocol(),
                 on_open=self._first_open,
             )
         else:
@@ -353,6 +355,11 @@ class PaymentSession:
                 await self.observe(obs)
                 if self.final:
                     return
+
+    def _bus_protocol(self) -> BusProtocol:
+        if self._bus is None:
+            self._bus = BusProtocol()
+        return self._bus
 
     async def _first_open(self) -> None:
         """A stream tells only what happens after it opens (no replay without Last-Event-ID):
