@@ -18,6 +18,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import anyio
 
@@ -34,7 +35,20 @@ from bridge.simulator.bench import pace
 ORDER_PREFIX = "base-"
 
 
-def _always(decision: Decision) -> Callable[[OrderState | None], Decision]:
+def bench_order(order_id: str, terminal_id: str, now: datetime) -> Decision:
+    """The ``order.created`` of a bench order (100 EUR cents, no session)."""
+    return order_created(
+        order_id=order_id,
+        terminal_id=terminal_id,
+        command_id=order_id,
+        amount=100,
+        currency="EUR",
+        session_id=None,
+        now=now,
+    )
+
+
+def always_decide(decision: Decision) -> Callable[[OrderState | None], Decision]:
     return lambda _state: decision
 
 
@@ -50,16 +64,12 @@ async def run(
     try:
         now = utcnow()
         for i, oid in enumerate(ids):
-            created = order_created(
-                order_id=oid,
-                terminal_id=f"BASE-{i:05d}",
-                command_id=oid,
-                amount=100,
-                currency="EUR",
-                session_id=None,
-                now=now,
+            rec = await store.record(
+                oid,
+                always_decide(bench_order(oid, f"BASE-{i:05d}", now)),
+                known=None,
+                trust_known=True,
             )
-            rec = await store.record(oid, _always(created), known=None, trust_known=True)
             assert rec.decision.state is not None
             states[oid] = rec.decision.state
 

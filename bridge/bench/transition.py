@@ -19,9 +19,10 @@ from functools import partial
 
 import anyio
 
+from bridge.bench.baseline import always_decide, bench_order
 from bridge.core.events import Source
 from bridge.core.normalize import Observation
-from bridge.core.state import Decision, OrderState, observe, order_created
+from bridge.core.state import observe
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
 from bridge.redis.publisher import EventStore
@@ -61,7 +62,10 @@ async def measure(url: str, events: int) -> dict[str, float]:
             oid = f"o{i}"
             t = time.perf_counter()
             rec = await store.record(
-                oid, partial(new_order, oid, f"T{i % 50}", now), known=None, trust_known=True
+                oid,
+                always_decide(bench_order(oid, f"T{i % 50}", now)),
+                known=None,
+                trust_known=True,
             )
             state = rec.decision.state
             for status in FLOW:
