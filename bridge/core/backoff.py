@@ -1,9 +1,14 @@
-"""Reconnect delays: exponential, capped, jittered. Pure; the caller sleeps."""
+"""Reconnect delays (exponential, capped, jittered) and the polling of quiet orders. Pure; the
+caller sleeps."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+
+#: One generator for every backoff: a ``random.Random`` holds ~2.5 KB of state and seeds from
+#: the OS, too much for each of thousands of payments (jitter needs no independence).
+_SHARED_RNG = random.Random()
 
 
 @dataclass(slots=True)
@@ -14,7 +19,7 @@ class Backoff:
     #: Fraction of the delay randomised (0.2: +-20 %), so many sessions that lost their
     #: streams at once do not reconnect in lockstep.
     jitter: float = 0.2
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = field(default_factory=lambda: _SHARED_RNG)
     attempts: int = 0
 
     def next(self) -> float:
@@ -25,3 +30,12 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+def next_poll_wait(wait: float, interval: float, *, found: bool, late: bool, limit: float) -> float:
+    """How long a quiet order waits before its next poll: ``interval`` after a poll that found
+    something (or past the payment's deadline), else twice the last wait, at most ``limit``
+    intervals."""
+    if found or late:
+        return interval
+    return min(wait * 2, interval * limit)

@@ -23,7 +23,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from bridge import metrics
-from bridge.core.backoff import Backoff
+from bridge.core.backoff import Backoff, next_poll_wait
 from bridge.core.events import ErrorCode, Source
 from bridge.core.normalize import MalformedPayload, Observation, from_order, from_stream_message
 from bridge.core.state import OrderState, Verdict, observe, outcome_unknown, utcnow
@@ -383,10 +383,11 @@ class PaymentSession:
                 continue  # heard from meanwhile: quiet counts from then
             await self.reconcile()
             seq = self._seq()
-            found = seq != last_seq
-            late = self.record.cancel_when_late and time.time() >= self.record.deadline
             # past the deadline (cancelled upstream, outcome awaited): no backing off
-            wait = interval if found or late else min(wait * 2, interval * POLL_BACKOFF_LIMIT)
+            late = self.record.cancel_when_late and time.time() >= self.record.deadline
+            wait = next_poll_wait(
+                wait, interval, found=seq != last_seq, late=late, limit=POLL_BACKOFF_LIMIT
+            )
             last_seq = seq
 
     def _seq(self) -> int:

@@ -1,0 +1,43 @@
+"""Backoff delays and the polling of quiet orders (pure)."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.core.backoff import Backoff, next_poll_wait
+
+
+def test_quiet_polls_back_off_to_the_limit_and_news_resets() -> None:
+    waits = [10.0]
+    for _ in range(5):
+        waits.append(next_poll_wait(waits[-1], 10.0, found=False, late=False, limit=6))
+    assert waits == [10.0, 20.0, 40.0, 60.0, 60.0, 60.0]
+    assert next_poll_wait(60.0, 10.0, found=True, late=False, limit=6) == 10.0
+    assert next_poll_wait(60.0, 10.0, found=False, late=True, limit=6) == 10.0
+
+
+@given(
+    st.floats(0.1, 100.0),
+    st.lists(st.tuples(st.booleans(), st.booleans()), max_size=20),
+    st.floats(1.0, 10.0),
+)
+def test_poll_wait_stays_between_the_interval_and_the_limit(
+    interval: float, polls: list[tuple[bool, bool]], limit: float
+) -> None:
+    wait = interval
+    for found, late in polls:
+        wait = next_poll_wait(wait, interval, found=found, late=late, limit=limit)
+        assert interval <= wait <= interval * limit + 1e-9
+        if found or late:
+            assert wait == interval
+
+
+def test_backoffs_share_one_generator_unless_given_one() -> None:
+    a, b = Backoff(), Backoff()
+    assert a.rng is b.rng
+    own = random.Random(7)
+    assert Backoff(rng=own).rng is own
+    assert 0.8 <= Backoff(initial=1.0, jitter=0.2).next() <= 1.2
