@@ -81,7 +81,10 @@ class Till:
         return [json.loads(fields["event"]) | {"stream_id": eid} for eid, fields in entries]
 
     async def wait_for(
-        self, terminal: str, predicate: Any, timeout: float = 15.0
+        self,
+        terminal: str,
+        predicate: Any,
+        timeout: float = 15.0,  # noqa: ASYNC109 - the test's failure budget, applied inside
     ) -> list[dict[str, Any]]:
         """Events of the terminal once ``predicate(events)`` holds (polling the stream)."""
         with anyio.fail_after(timeout):
@@ -115,7 +118,10 @@ class Till:
         return False
 
     async def until_final(
-        self, terminal: str, command_id: str, timeout: float = 15.0
+        self,
+        terminal: str,
+        command_id: str,
+        timeout: float = 15.0,  # noqa: ASYNC109 - the test's failure budget, passed on
     ) -> list[dict[str, Any]]:
         def done(events: list[dict[str, Any]]) -> bool:
             return any(e["final"] and e["command_id"] == command_id for e in events)
