@@ -46,6 +46,7 @@ from bridge.bench.report import Result, cpu_per_payment, table
 from bridge.bench.settings import (
     DEFAULT_POLL_INTERVAL,
     DEFAULTS,
+    OPEN_AHEAD,
     OPEN_STALL,
     ORDER,
     PREFIX,
@@ -179,13 +180,10 @@ class Bench:
         res.daemon_rss_peak_mb = max(res.daemon_rss_peak_mb, rss_bytes(pid) / 2**20)
 
     # -- phases -----------------------------------------------------------------------------
-    def _open_streams(self) -> None:
-        n = self.s.streams
+    def _send_pays(self, start: int, stop: int) -> None:
         keys = Keys(PREFIX)
-        t0 = time.monotonic()
-        cpu0 = cpu_seconds(self.daemon.pid)
         pipe = self.r.pipeline(transaction=False)
-        for i in range(n):
+        for i in range(start, stop):
             command = {
                 "type": "pay",
                 "command_id": f"bench-c-{i:05d}",
@@ -196,17 +194,29 @@ class Bench:
                 "description": "bench",
             }
             pipe.xadd(keys.commands, {"command": json.dumps(command)})
-            if len(pipe) >= 1000:
-                pipe.execute()
         pipe.execute()
 
+    def _open_streams(self) -> None:
+        n = self.s.streams
+        t0 = time.monotonic()
+        cpu0 = cpu_seconds(self.daemon.pid)
+        # Pays are sent as the daemon takes them, at most OPEN_AHEAD unanswered: all at once,
+        # the last would wait in the stream longer than a till's customer does (a pay older
+        # than 5 minutes is refused, as the contract says) whenever opening takes that long.
+        sent = min(n, OPEN_AHEAD)
+        self._send_pays(0, sent)
         seen = {"held": -1, "at": t0}
 
         def opened() -> bool:
+            nonlocal sent
             st = self._sim_status()
             held = sum(st["streams"].values())
             counts = self._counts().get("bench", {})
             created, failed = counts.get("order.created", 0), counts.get("order.failed", 0)
+            if sent < n and sent - created - failed < OPEN_AHEAD // 2:
+                more = min(n, created + failed + OPEN_AHEAD)
+                self._send_pays(sent, more)
+                sent = more
             now = time.monotonic()
             self.progress(
                 f"opening streams: {held}/{n} held, {created} orders created, {failed} failed "

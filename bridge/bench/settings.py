@@ -9,6 +9,7 @@ API_KEY = "bench-api-key-0123456789"
 TERMINAL = "SIM-BENCH-{:05d}"
 ORDER = "bench-{:05d}"
 OPEN_STALL = 60.0  # seconds without a new stream before opening is given up
+OPEN_AHEAD = 1000  # pay commands sent and not yet answered, at most, while opening
 #: The daemon's own default (``[multisafepay] poll_interval``): the bench measures at defaults.
 DEFAULT_POLL_INTERVAL = 10.0
 
