@@ -158,3 +158,30 @@ async def test_the_reader_on_uvloop_as_the_daemon_runs_it(anyio_backend: object)
         with anyio.fail_after(10):
             got = await read_all(url)
     assert [m.event for m in got] == ["session.order"]
+
+
+async def test_a_cancelled_reader_drops_its_connection() -> None:
+    closed = anyio.Event()
+    first = anyio.Event()
+
+    async def hold(c: SocketStream) -> None:
+        await c.send(HEAD + GOOD)
+        try:
+            await c.receive()  # nothing comes; returns or raises once the client hangs up
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+        closed.set()
+
+    async with server(hold) as url:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def read() -> None:
+                    async with aclosing(sse_messages(url, "tok", idle_timeout=30)) as stream:
+                        async for _ in stream:
+                            first.set()
+
+                tg.start_soon(read)
+                await first.wait()  # the reader now waits on a silent stream
+                tg.cancel_scope.cancel()
+            await closed.wait()
