@@ -17,8 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
-from datetime import datetime
+from functools import partial
 
 import anyio
 
@@ -26,30 +25,13 @@ from bridge.bench.procs import raise_nofile
 from bridge.bench.transition import new_order
 from bridge.core.events import Source
 from bridge.core.normalize import Observation
-from bridge.core.state import Decision, OrderState, observe, order_created, utcnow
+from bridge.core.state import OrderState, observe, utcnow
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
 from bridge.redis.publisher import EventStore
 from bridge.simulator.bench import pace
 
 ORDER_PREFIX = "base-"
-
-
-def bench_order(order_id: str, terminal_id: str, now: datetime) -> Decision:
-    """The ``order.created`` of a bench order (100 EUR cents, no session)."""
-    return order_created(
-        order_id=order_id,
-        terminal_id=terminal_id,
-        command_id=order_id,
-        amount=100,
-        currency="EUR",
-        session_id=None,
-        now=now,
-    )
-
-
-def always_decide(decision: Decision) -> Callable[[OrderState | None], Decision]:
-    return lambda _state: decision
 
 
 async def run(
@@ -65,10 +47,7 @@ async def run(
         now = utcnow()
         for i, oid in enumerate(ids):
             rec = await store.record(
-                oid,
-                always_decide(bench_order(oid, f"BASE-{i:05d}", now)),
-                known=None,
-                trust_known=True,
+                oid, partial(new_order, oid, f"BASE-{i:05d}", now), known=None, trust_known=True
             )
             assert rec.decision.state is not None
             states[oid] = rec.decision.state

@@ -66,7 +66,7 @@ def connections_to(pid: int, port: int) -> int:
     return n
 
 
-def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float) -> int:
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> int:
     """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

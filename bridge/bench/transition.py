@@ -19,10 +19,9 @@ from functools import partial
 
 import anyio
 
-from bridge.bench.baseline import always_decide, bench_order
 from bridge.core.events import Source
 from bridge.core.normalize import Observation
-from bridge.core.state import Decision, OrderState, observe
+from bridge.core.state import Decision, OrderState, observe, order_created
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
 from bridge.redis.publisher import EventStore
@@ -31,8 +30,17 @@ from bridge.redis.server import RedisServer
 FLOW = ["initialized", "declined", "initialized", "completed"]
 
 
-def _observe(st: OrderState | None, *, obs: Observation, now: datetime) -> Decision:
-    return observe(st, obs, now)
+def new_order(order_id: str, terminal_id: str, now: datetime, _: OrderState | None) -> Decision:
+    """The decision for a new bench order (its stored state is not read: there is none)."""
+    return order_created(
+        order_id=order_id,
+        terminal_id=terminal_id,
+        command_id=order_id,
+        amount=100,
+        currency="EUR",
+        session_id=None,
+        now=now,
+    )
 
 
 async def measure(url: str, events: int) -> dict[str, float]:
@@ -53,16 +61,13 @@ async def measure(url: str, events: int) -> dict[str, float]:
             oid = f"o{i}"
             t = time.perf_counter()
             rec = await store.record(
-                oid,
-                always_decide(bench_order(oid, f"T{i % 50}", now)),
-                known=None,
-                trust_known=True,
+                oid, partial(new_order, oid, f"T{i % 50}", now), known=None, trust_known=True
             )
             state = rec.decision.state
             for status in FLOW:
                 obs = Observation(source=Source.STREAM, order_id=oid, status=status)
                 rec = await store.record(
-                    oid, partial(_observe, obs=obs, now=now), known=state, trust_known=True
+                    oid, partial(observe, obs=obs, now=now), known=state, trust_known=True
                 )
                 state = rec.decision.state
             samples.append((time.perf_counter() - t) / (len(FLOW) + 1))

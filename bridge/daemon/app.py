@@ -309,7 +309,7 @@ class Bridge:
             return
         try:
             new = self.load_config()
-        except Exception as exc:  # noqa: BLE001 - a bad edit must not stop a running daemon
+        except (ConfigError, OSError) as exc:  # a bad edit must not stop a running daemon
             log.error("daemon.reload_failed", error=str(exc), note="keeping the running config")
             return
         logs.register_secrets(new.secrets())

@@ -81,10 +81,7 @@ class Till:
         return [json.loads(fields["event"]) | {"stream_id": eid} for eid, fields in entries]
 
     async def wait_for(
-        self,
-        terminal: str,
-        predicate: Any,
-        timeout: float = 15.0,  # noqa: ASYNC109 - the test's failure budget, applied inside
+        self, terminal: str, predicate: Any, timeout: float = 15.0
     ) -> list[dict[str, Any]]:
         """Events of the terminal once ``predicate(events)`` holds (polling the stream)."""
         with anyio.fail_after(timeout):
@@ -118,10 +115,7 @@ class Till:
         return False
 
     async def until_final(
-        self,
-        terminal: str,
-        command_id: str,
-        timeout: float = 15.0,  # noqa: ASYNC109 - the test's failure budget, passed on
+        self, terminal: str, command_id: str, timeout: float = 15.0
     ) -> list[dict[str, Any]]:
         def done(events: list[dict[str, Any]]) -> bool:
             return any(e["final"] and e["command_id"] == command_id for e in events)
@@ -158,3 +152,18 @@ def statuses(events: list[dict[str, Any]]) -> list[str]:
 
 def details_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == "order.details"]
+
+
+def assert_faithful(events: list[dict[str, Any]], happened: list[str]) -> None:
+    """What the bridge guarantees for one payment whose upstream went through ``happened``
+    (``order.created`` first): ``order.created``, then statuses in the order they happened, none
+    invented or repeated, and the final, once, last (``order.details`` aside: it may follow).
+    A status that came and went between two looks (before the stream opened, between polls)
+    may be missing: no exact sequence."""
+    events = [e for e in events if e["type"] != "order.details"]
+    got = statuses(events)
+    assert got[0] == "order.created" and got[-1] == happened[-1], (got, happened)
+    rest = iter(happened)
+    assert all(any(s == h for h in rest) for s in got), (got, happened)  # a subsequence
+    assert len({e["event_id"] for e in events}) == len(events), got
+    assert [e["final"] for e in events] == [False] * (len(events) - 1) + [True], got
