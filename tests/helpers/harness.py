@@ -117,11 +117,15 @@ class Till:
     async def until_final(
         self, terminal: str, command_id: str, timeout: float = 15.0
     ) -> list[dict[str, Any]]:
+        """The command's events up to and including its final one, once it came."""
+
         def done(events: list[dict[str, Any]]) -> bool:
             return any(e["final"] and e["command_id"] == command_id for e in events)
 
         events = await self.wait_for(terminal, done, timeout)
-        return [e for e in events if e["command_id"] == command_id]
+        mine = [e for e in events if e["command_id"] == command_id]
+        # up to the final: what may follow it (order.details, refunds) is read with events()
+        return mine[: next(i for i, e in enumerate(mine) if e["final"]) + 1]
 
 
 async def sim_orders(sim: SimulatorServer) -> list[dict[str, Any]]:
