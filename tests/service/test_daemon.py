@@ -159,8 +159,19 @@ def test_metrics_move_after_a_payment(request, redis_server, start_daemon) -> No
         ]
         assert sum(published) == 1, (status, dict(zip(upstream, published, strict=True)))
     assert moved("pos_bridge_commands_total", type="pay", result="handled") == 1
-    # the delay since upstream receipt is observed for each of those two events
-    assert sum(moved("pos_bridge_publish_delay_seconds_count", source=s) for s in upstream) == 2
+    # the delay since upstream receipt is observed for each of those two events, and for the
+    # final's card details (order.details) when the final came from the stream without them
+    details = sum(
+        moved(
+            "pos_bridge_events_published_total", source=s, type="order.details", status="completed"
+        )
+        for s in upstream
+    )
+    assert details <= 1
+    assert (
+        sum(moved("pos_bridge_publish_delay_seconds_count", source=s) for s in upstream)
+        == 2 + details
+    )
     assert sample(after, "pos_bridge_redis_outage") == 0
     assert sample(after, "pos_bridge_sessions_active") == 0
     assert "pos_bridge_command_queue_depth" in after
