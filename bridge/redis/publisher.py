@@ -55,11 +55,12 @@ class Recorded:
 def _order_key_args(before: OrderState | None, decision: Decision) -> tuple[str, str]:
     """What ``{p}:order:{id}`` gets: the 1-based index of the event it holds ("0": it keeps
     what it has), and the refunded total to write into it ("": none). The key holds the
-    payment's latest status (its final once there is one), never a refund: refunds are told
-    on the terminal's channel and stream, the key keeps ``details.amount_refunded`` current."""
+    payment's latest status (its final once there is one), never a refund nor the final's
+    later ``order.details``: they are told on the terminal's channel and stream, the key keeps
+    ``details.amount_refunded`` current."""
     index = 0
     for i, event in enumerate(decision.events, start=1):
-        if event.type is not EventType.ORDER_REFUND:
+        if event.type not in (EventType.ORDER_REFUND, EventType.ORDER_DETAILS):
             index = i
     state = decision.state
     refunded = state is not None and state.amount_refunded > (

@@ -106,11 +106,7 @@ class CommandWatch:
             return EXIT_NOT_COMPLETED
         if self.kind == "refund":
             return EXIT_COMPLETED if kind == "order.refund" else None
-        if kind == "order.details":
-            # it follows the final and repeats its status: read from the order key (the final
-            # itself trimmed away) it tells the outcome as well
-            kind = "order.status"
-        elif not event.get("final"):
+        if not event.get("final"):
             return None
         if self.kind == "cancel":
             done = kind == "order.status" and status in ("cancelled", "void")
