@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 
 import anyio
-import httpx
 import pytest
 from anyio.abc import SocketStream
 
@@ -63,14 +62,11 @@ async def gzip_server(*, always: bool) -> AsyncIterator[tuple[str, list[str]]]:
 
 
 async def read_all(url: str) -> list[StreamMessage]:
-    async with httpx.AsyncClient() as http:
-        got: list[StreamMessage] = []
-        async with aclosing(
-            sse_messages(http, url, "tok", idle_timeout=2, connect_timeout=2)
-        ) as stream:
-            async for message in stream:
-                got.append(message)
-        return got
+    got: list[StreamMessage] = []
+    async with aclosing(sse_messages(url, "tok", idle_timeout=2, connect_timeout=2)) as stream:
+        async for message in stream:
+            got.append(message)
+    return got
 
 
 async def test_the_stream_asks_for_identity_and_gets_its_messages() -> None:
