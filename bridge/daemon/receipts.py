@@ -62,6 +62,11 @@ class ReceiptFetcher:
         route = self.directory.route(terminal_id)
         return route[0].key.get_secret_value() if route is not None else None
 
+    def same_group(self, sender: str, order_terminal: str) -> bool:
+        """Whether ``sender`` is a terminal of the group ``order_terminal`` belongs to."""
+        a, b = self.directory.route(sender), self.directory.route(order_terminal)
+        return a is not None and b is not None and a[0].name == b[0].name
+
     async def fetch(self, key: str, order_id: str, attempts: int, *, retry_all: bool) -> Any:
         """The receipt's ``data``. ``retry_all``: also retry refusals (right after a final the
         receipt may not be there yet; assumed), not only an unreachable or failing API."""
@@ -113,6 +118,11 @@ class ReceiptRequests:
         if key is None:
             message = f"terminal {terminal} is in no configured terminal group"
             await self._failed(command, command_id, ErrorCode.UNKNOWN_TERMINAL, message, once)
+            return
+        if not self.fetcher.same_group(command.terminal, terminal):
+            # a key speaks only for its own group: a till of group A gets no receipt of group B
+            message = f"order {order_id} is not of terminal {command.terminal}'s terminal group"
+            await self._failed(command, command_id, ErrorCode.INVALID_COMMAND, message, once)
             return
         try:
             data = await self.fetcher.fetch(key, order_id, COMMAND_ATTEMPTS, retry_all=False)

@@ -15,7 +15,15 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from helpers.harness import Till, bridge_config, running_bridge, sim_orders, statuses
+from helpers.harness import (
+    API_KEY,
+    PLAIN_TERMINALS,
+    Till,
+    bridge_config,
+    running_bridge,
+    sim_orders,
+    statuses,
+)
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
@@ -175,6 +183,37 @@ async def test_unknown_order_is_not_found(redis_server, redis_client: Redis, sim
     assert codes[never_made] == ("command.failed", "not_found")
     assert codes[stranger] == ("command.failed", "unknown_terminal")
     assert receipts(a + z) == []
+
+
+async def test_receipt_is_refused_to_a_terminal_of_another_group(
+    redis_server, redis_client: Redis, simulator
+) -> None:
+    """A group's key speaks only for its own terminals: a till of another group is refused,
+    with nothing asked upstream; another terminal of the order's own group is answered."""
+    groups = [
+        {"name": "shop", "api_key": API_KEY, "terminals": PLAIN_TERMINALS},
+        {"name": "other", "api_key": "other-group-key-9876543210", "terminals": ["OTHER-01"]},
+    ]
+    two_groups = bridge_config(
+        redis_server.url, simulator.base_url, multisafepay={"terminal_groups": groups}
+    )
+    till = Till(redis_client)
+    async with running_bridge(two_groups):
+        await paid(till, "TILL-A", "rc-group")
+        served_before = (await sim_receipts(simulator))["served"].count("rc-group")
+        stranger = await till.send(
+            {"type": "receipt", "terminal_id": "OTHER-01", "order_id": "rc-group"}
+        )
+        refused = await till.wait_for("OTHER-01", lambda ev: len(ev) >= 1)
+        assert (await sim_receipts(simulator))["served"].count("rc-group") == served_before
+        neighbour = await till.send(
+            {"type": "receipt", "terminal_id": "TILL-B", "order_id": "rc-group"}
+        )
+        answered = await till.wait_for("TILL-B", lambda ev: bool(receipts(ev, neighbour)))
+    assert [(e["type"], e["command_id"]) for e in refused] == [("command.failed", stranger)]
+    assert refused[0]["error"]["code"] == "invalid_command"
+    assert receipts(answered, neighbour)[0]["order_id"] == "rc-group"
+    assert receipts(answered, neighbour)[0]["terminal_id"] == "TILL-B"
 
 
 async def test_replayed_receipt_is_answered_once_per_delivery(
