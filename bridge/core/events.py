@@ -5,12 +5,16 @@ Everything here is part of the contract in DESIGN.md (field names, types, error 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic_core import PydanticSerializationError
+
+from bridge.core.untrusted import replace_surrogates
 
 SCHEMA_VERSION = 1
 
@@ -100,8 +104,18 @@ class Event(BaseModel):
         return None if value is None else format_time(value)
 
     def to_json(self) -> str:
-        """The wire form, without ``stream_id`` (Redis adds it atomically when it publishes)."""
-        return self.model_dump_json(by_alias=True, exclude={"stream_id"})
+        """The wire form, without ``stream_id`` (Redis adds it atomically when it publishes).
+
+        Always UTF-8 text: any field from upstream (a status, a card type, a webhook body, a
+        receipt) may hold a lone surrogate, which JSON can write (``"\\ud800"``) but UTF-8
+        cannot; it is replaced with ``?`` here, for every event, so it can always be published.
+        """
+        try:
+            return self.model_dump_json(by_alias=True, exclude={"stream_id"})
+        except PydanticSerializationError:
+            fields = replace_surrogates(self.model_dump(by_alias=True))
+            safe = type(self).model_validate(fields)
+            return safe.model_dump_json(by_alias=True, exclude={"stream_id"})
 
 
 _EVENT_NAMESPACE = uuid.UUID("6f1c2d0e-8a4b-4d7e-9b3a-5c0f1e2d3a4b")
@@ -109,6 +123,8 @@ _EVENT_NAMESPACE = uuid.UUID("6f1c2d0e-8a4b-4d7e-9b3a-5c0f1e2d3a4b")
 
 def make_event_id(*parts: object) -> str:
     """A deterministic id: the same transition gets the same id on every daemon and channel."""
-    return str(
-        uuid.uuid5(_EVENT_NAMESPACE, "\x1f".join("" if p is None else str(p) for p in parts))
-    )
+    name = "\x1f".join("" if p is None else str(p) for p in parts)
+    # uuid5 by hand: uuid.uuid5 encodes strictly, and a part from upstream may hold a lone
+    # surrogate; "surrogatepass" gives valid text the very bytes (and id) uuid5 would
+    digest = hashlib.sha1(_EVENT_NAMESPACE.bytes + name.encode("utf-8", "surrogatepass"))
+    return str(uuid.UUID(bytes=digest.digest()[:16], version=5))

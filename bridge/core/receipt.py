@@ -289,30 +289,11 @@ def details_json_schema() -> dict[str, Any]:
     return schema
 
 
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    if isinstance(value, dict):
-        return {_scrub(k): _scrub(v) for k, v in value.items()}
-    return value
-
-
-def utf8_safe(data: Any) -> Any:
-    """``data`` with every lone surrogate (JSON can write ``"\\ud800"``; UTF-8 cannot) made
-    ``?``: such text could not be published at all."""
-    try:
-        json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return _scrub(data)
-    return data
-
-
 def bounded_raw(data: Any) -> Any:
     """The upstream object as it came, unless it is larger than :data:`MAX_RAW_BYTES`: then a
     note saying so (the normalized fields are bounded; this keeps the event bounded too)."""
-    size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    size = len(text.encode("utf-8", "replace"))  # a lone surrogate: "?" when published
     if size > MAX_RAW_BYTES:
         return {"omitted": True, "bytes": size, "limit": MAX_RAW_BYTES}
     return data
@@ -321,7 +302,6 @@ def bounded_raw(data: Any) -> Any:
 def receipt_details(data: Any, upstream_tz: tzinfo) -> dict[str, Any]:
     """What an ``order.receipt`` event carries in ``details``: the normalized receipt and,
     under ``raw``, MultiSafepay's object itself."""
-    data = utf8_safe(data)
     receipt = normalize_receipt(data, upstream_tz)
     return {**receipt.model_dump(mode="json"), "raw": bounded_raw(data)}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from itertools import accumulate
+from typing import Any
 
 #: How deep JSON from outside may nest. A command is 2 levels deep, an order a handful; Python's
 #: parser recurses per level and raises ``RecursionError`` near 1,000.
@@ -45,6 +46,19 @@ def is_valid_text(text: str) -> bool:
     """False when ``text`` came from invalid UTF-8 (holds lone surrogates): it cannot be
     encoded again, so it must not reach Redis or a log line as it is."""
     return _SURROGATE.search(text) is None
+
+
+def replace_surrogates(value: Any) -> Any:
+    """``value`` (text, or JSON-shaped lists and dicts of it, keys too) with every lone
+    surrogate made ``?``: JSON can write ``"\\ud800"`` and invalid UTF-8 decodes to one (see
+    :func:`decode_untrusted`), but no UTF-8 text can hold it. Anything else is left as it is."""
+    if isinstance(value, str):
+        return value if is_valid_text(value) else _SURROGATE.sub("?", value)
+    if isinstance(value, list | tuple):
+        return [replace_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {replace_surrogates(k): replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
