@@ -29,7 +29,7 @@ from bridge import metrics
 from bridge.core.backoff import Backoff
 from bridge.core.untrusted import decode_untrusted, printable_fields
 from bridge.redis.keys import COMMANDS_GROUP, Keys
-from bridge.redis.outage import RedisWaiters
+from bridge.redis.outage import RedisWaiters, is_outage
 
 log = structlog.get_logger("bridge.intake")
 
@@ -152,13 +152,13 @@ class CommandIntake:
                         backoff.reset()
                 except RedisError as exc:
                     self.reading = False
-                    if "NOGROUP" in str(
-                        exc
-                    ):  # Redis came back empty (no persistence): recreate the group
-                        backlog = True
-                    if not waiting:
+                    if "NOGROUP" in str(exc):  # Redis came back empty (no persistence)
+                        backlog = True  # recreate the group
+                    if is_outage(exc) and not waiting:
                         waiting = True
                         self._waiters.enter(exc, "commands")
+                    elif not is_outage(exc):
+                        waiting = self._refused(exc, waiting)
                     await anyio.sleep(backoff.next())
                     continue
                 self.reading = True
@@ -174,6 +174,21 @@ class CommandIntake:
                         handlers.start_soon(self._handle, entry_id, fields)
             self.reading = False
             log.info("intake.stopped", note="waiting for commands in progress")
+
+    def _refused(self, exc: RedisError, waiting: bool) -> bool:
+        """Redis answered the intake with an error (``WRONGTYPE``: ``{p}:commands`` is not a
+        stream; a script error; an ACL refusal): not an outage, so not counted as one, but
+        logged each time; reading is retried with backoff (an operator can fix the key).
+        Returns whether the intake still waits out an outage (no: Redis answered)."""
+        if waiting:
+            self._waiters.leave()
+        if "NOGROUP" not in str(exc):
+            log.error(
+                "intake.refused",
+                error=str(exc),
+                note="Redis answered with an error, not an outage: reading is retried",
+            )
+        return False
 
     async def _read(self, backlog: bool) -> list[Delivery]:
         start = self._backlog_from if backlog else ">"
@@ -310,8 +325,15 @@ class CommandIntake:
             metrics.COMMANDS.labels(metrics.command_type(fields), "unfinished").inc()
             await self._mark_retrying(entry_id)
         except RedisError as exc:
-            # Not acknowledged: read again at our next start or claimed by another daemon.
-            log.error("command.unfinished", entry_id=entry_id, error=str(exc))
+            # Not acknowledged: read again at our next start or claimed by another daemon. An
+            # error Redis answered (not an outage) would come again: after ``max_deliveries``
+            # the command is a poison command, answered and dead-lettered.
+            outage = is_outage(exc)
+            log.error(
+                "command.unfinished" if outage else "command.refused",
+                entry_id=entry_id,
+                error=str(exc),
+            )
             metrics.COMMANDS.labels(metrics.command_type(fields), "unfinished").inc()
         except Exception:
             # A bug must not take the daemon (and every payment in flight) down with it.
