@@ -165,6 +165,10 @@ class Simulator:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._feeds[order.order_id].discard(stream)
 
+    def open_streams(self, order_id: str) -> int:
+        """How many SSE/WebSocket streams follow the order now."""
+        return len(self._feeds.get(order_id, ()))
+
     def drop(self, order: Order) -> int:
         """Abruptly end every open stream of the order; returns how many there were."""
         n = len(self._feeds.get(order.order_id, ()))
@@ -366,7 +370,7 @@ class Simulator:
                     "transaction_id": o.transaction_id,
                     "amount_refunded": o.amount_refunded,
                     "events": [e.status for e in o.events],
-                    "open_streams": len(self._feeds.get(o.order_id, ())),
+                    "open_streams": self.open_streams(o.order_id),
                 }
                 for o in self.store.orders.values()
             ]

@@ -7,15 +7,26 @@ presence adds (manual terminals, card being processed) and asks the simulator to
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from bridge.simulator import terminal_face
-from bridge.simulator.orders import Order
+from bridge.simulator.changes import Changes
+from bridge.simulator.orders import Order, OrderStore
 from bridge.simulator.scenarios import Step
 from bridge.simulator.terminal_face import Action, ActionRefused, Screen
 
-if TYPE_CHECKING:
-    from bridge.simulator.app import Simulator
+
+class Simulator(Protocol):
+    """What the customers use of the simulator (``app.Simulator``), so they need not import it."""
+
+    changes: Changes
+    store: OrderStore
+
+    def drop(self, order: Order) -> int: ...
+
+    def take_over(self, order: Order, func: Any, *args: Any) -> None: ...
+
+    async def play_steps(self, order: Order, steps: list[Step]) -> None: ...
 
 
 class Customers:

@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 from starlette.requests import Request
@@ -23,11 +23,29 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bridge.simulator import scenarios
+from bridge.simulator.changes import Changes
+from bridge.simulator.clock import Clock
+from bridge.simulator.customers import Customers
+from bridge.simulator.orders import OrderStore
 from bridge.simulator.page_render import STATIC, TerminalCard, card_html, dom_id, page_html
 from bridge.simulator.terminal_face import TITLES, Action, ActionRefused
+from bridge.simulator.variants import Variants
+from bridge.simulator.webhooks import WebhookSender
 
-if TYPE_CHECKING:
-    from bridge.simulator.app import Simulator
+
+class Simulator(Protocol):
+    """What the page uses of the simulator (``app.Simulator``), so it need not import it."""
+
+    store: OrderStore
+    customers: Customers
+    webhooks: WebhookSender | None
+    variants: Variants
+    clock: Clock
+    changes: Changes
+    stopping: anyio.Event | None
+
+    def open_streams(self, order_id: str) -> int: ...
+
 
 KEEPALIVE = 15.0  # real seconds between comments on an idle page stream
 MAX_SPEED = 1000.0
@@ -50,7 +68,7 @@ def cards(sim: Simulator) -> list[TerminalCard]:
                 screen=sim.customers.screen(current),
                 order=current,
                 webhooks=[a for a in attempts if current and a["order_id"] == current.order_id],
-                open_streams=len(sim._feeds.get(current.order_id, ())) if current else 0,
+                open_streams=sim.open_streams(current.order_id) if current else 0,
             )
         )
     return result
