@@ -215,6 +215,11 @@ def validate_create(body: Any) -> dict[str, Any]:
     """
     if not isinstance(body, dict):
         raise MspError(400, E.MISSING_DATA, "Request body must be a JSON object")
+    return {**_payment_fields(body), **_terminal_fields(body)}
+
+
+def _payment_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """``order_id``, ``amount``, ``currency``, ``description`` and ``var1..3``, checked."""
     order_id = body.get("order_id")
     if not isinstance(order_id, str) or not ORDER_ID_RE.match(order_id):
         raise MspError(
@@ -231,24 +236,30 @@ def validate_create(body: Any) -> dict[str, Any]:
         raise MspError(
             400, E.INVALID_DESCRIPTION, "Invalid description: required, at most 200 characters"
         )
-    gi = body.get("gateway_info")
-    terminal_id = gi.get("terminal_id") if isinstance(gi, dict) else None
-    if not isinstance(terminal_id, str) or not terminal_id.strip():
-        raise MspError(400, E.MISSING_DATA, "Missing data: gateway_info.terminal_id")
-    po = body.get("payment_options")
-    url = po.get("notification_url") if isinstance(po, dict) else None
-    method = po.get("notification_method") if isinstance(po, dict) else None
-    # Absent or unknown: POST, what MultiSafepay recommends (assumed: the docs name no default).
-    method = "GET" if isinstance(method, str) and method.upper() == "GET" else "POST"
     return {
         "order_id": order_id,
         "amount": amount,
         "currency": currency.upper(),
         "description": description,
+        "var": tuple(body.get(f"var{i}") for i in (1, 2, 3)),
+    }
+
+
+def _terminal_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """``gateway_info.terminal_id`` (required) and where notifications go, checked."""
+    gi = body.get("gateway_info")
+    terminal_id = gi.get("terminal_id") if isinstance(gi, dict) else None
+    if not isinstance(terminal_id, str) or not terminal_id.strip():
+        raise MspError(400, E.MISSING_DATA, "Missing data: gateway_info.terminal_id")
+    po = body.get("payment_options")
+    po = po if isinstance(po, dict) else {}
+    url, method = po.get("notification_url"), po.get("notification_method")
+    # Absent or unknown: POST, what MultiSafepay recommends (assumed: the docs name no default).
+    method = "GET" if isinstance(method, str) and method.upper() == "GET" else "POST"
+    return {
         "terminal_id": terminal_id.strip(),
         "notification_url": url if isinstance(url, str) and url else None,
         "notification_method": method,
-        "var": tuple(body.get(f"var{i}") for i in (1, 2, 3)),
     }
 
 

@@ -69,6 +69,17 @@ def format_event(
     """One readable line: time (local; with the date when not today), terminal, order, type,
     status, ``FINAL``, amount, card or refund details, error code and message, ``[source]``
     and the stream id (what ``tail --since`` takes)."""
+    details = event.get("details")
+    parts = [
+        *_head_parts(event, tz, today),
+        *(_detail_parts(details) if isinstance(details, Mapping) else []),
+        *_tail_parts(event),
+    ]
+    return " ".join(parts).rstrip()
+
+
+def _head_parts(event: Mapping[str, Any], tz: tzinfo | None, today: date | None) -> list[str]:
+    """Time, terminal, order, type, status, ``FINAL`` and the amount."""
     parts = [
         _format_time(event.get("received_at"), tz, today),
         _clean(event.get("terminal_id") or "-"),
@@ -83,31 +94,39 @@ def format_event(
     money = format_money(event.get("amount"), event.get("currency"))
     if money:
         parts.append(money)
-    details = event.get("details")
-    if isinstance(details, Mapping):
-        brand: Any = details.get("card")
-        last4: Any = details.get("last4")
-        if isinstance(brand, Mapping):  # order.receipt: the receipt's own card object
-            parts.append(f"receipt {_clean(details.get('result') or '?')}")
-            brand, last4 = brand.get("brand"), brand.get("last4")
-        card = " ".join(
-            p
-            for p in (
-                _clean(brand) if brand else "",
-                f"****{_clean(last4)}" if last4 else "",
-            )
-            if p
-        )
-        if card:
-            parts.append(card)
-        if "amount_charged" in details:
-            parts.append("charged " + format_money(details["amount_charged"]))
-        if "refund_amount" in details:
-            parts.append("refund " + format_money(details["refund_amount"]))
-        if "amount_refunded" in details:
-            parts.append("refunded in all " + format_money(details["amount_refunded"]))
-        if details.get("reason"):
-            parts.append(f"reason: {_clean(details['reason'])}")
+    return parts
+
+
+#: ``details`` members shown as money, with what precedes them.
+_MONEY_DETAILS = (
+    ("amount_charged", "charged"),
+    ("refund_amount", "refund"),
+    ("amount_refunded", "refunded in all"),
+)
+
+
+def _detail_parts(details: Mapping[str, Any]) -> list[str]:
+    """The card (or the receipt's card and result), refund amounts and the reason."""
+    parts: list[str] = []
+    brand: Any = details.get("card")
+    last4: Any = details.get("last4")
+    if isinstance(brand, Mapping):  # order.receipt: the receipt's own card object
+        parts.append(f"receipt {_clean(details.get('result') or '?')}")
+        brand, last4 = brand.get("brand"), brand.get("last4")
+    card = [_clean(brand) if brand else "", f"****{_clean(last4)}" if last4 else ""]
+    if any(card):
+        parts.append(" ".join(p for p in card if p))
+    parts += [
+        f"{label} {format_money(details[key])}" for key, label in _MONEY_DETAILS if key in details
+    ]
+    if details.get("reason"):
+        parts.append(f"reason: {_clean(details['reason'])}")
+    return parts
+
+
+def _tail_parts(event: Mapping[str, Any]) -> list[str]:
+    """The error, a failed command's id, ``[source]`` and the stream id."""
+    parts: list[str] = []
     error = event.get("error")
     if isinstance(error, Mapping):
         parts.append(
@@ -119,7 +138,7 @@ def format_event(
         parts.append(f"[{_clean(event['source'])}]")
     if event.get("stream_id"):
         parts.append(f"id={_clean(event['stream_id'])}")
-    return " ".join(parts).rstrip()
+    return parts
 
 
 def event_json(event: Mapping[str, Any]) -> str:
