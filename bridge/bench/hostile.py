@@ -11,6 +11,7 @@ For the hostile-upstream tests and ``pos-bridge bench --fuzz``: real HTTP over r
 | ``DEEPTOKEN`` | payload nested 5,000 deep | 401 | ``initialized`` twice, then ``completed`` | ok |
 | ``MALFORMED`` | normal | 401 | a negative amount, always | 500 |
 | ``UNKNOWNSTATUS`` | normal | 401 | ``pending_weird`` twice, then ``completed`` | ok |
+| ``SURROGATE`` | normal | 401 | ``initialized`` x2, then ``completed``, card ``VI\\ud800SA`` | ok |
 
 Only what the bridge's client needs is served; anything else is 404.
 """
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-MODES = ("DEEPJSON", "ABSURDEXP", "DEEPTOKEN", "MALFORMED", "UNKNOWNSTATUS")
+MODES = ("DEEPJSON", "ABSURDEXP", "DEEPTOKEN", "MALFORMED", "UNKNOWNSTATUS", "SURROGATE")
 _DEEP = "[" * 5000 + "]" * 5000
 
 
@@ -84,7 +85,9 @@ class _Order:
             "modified": datetime.now(UTC).isoformat(),
             "payment_details": {"terminal_id": self.terminal},
         }
-        return json.dumps({"success": True, "data": data})
+        if self.mode == "SURROGATE":
+            data["payment_details"] = {"terminal_id": self.terminal, "type": "VI\ud800SA"}
+        return json.dumps({"success": True, "data": data})  # ASCII: "\ud800" escaped
 
 
 class _QuietServer(ThreadingHTTPServer):

@@ -49,6 +49,10 @@ async def test_every_hostile_payment_ends_with_one_final(
     # an undocumented status word is not published: the till sees only what it can act on
     assert "pending_weird" not in by_mode["UNKNOWNSTATUS"]
     assert by_mode["UNKNOWNSTATUS"][-1] == "completed", by_mode
+    # a lone surrogate in the card type (from GET orders) is published, made "?"
+    surrogate = ended["HOSTILE-SURROGATE-01"]
+    assert statuses(surrogate)[-1] == "completed", by_mode
+    assert surrogate[-1]["details"]["card"] == "VI?SA"
     # nothing could be learned and the cancel failed: the deadline ends it, outcome unknown
     malformed = ended["HOSTILE-MALFORMED-01"]
     assert malformed[-1]["type"] == "order.failed", by_mode
