@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 from bridge.bench.fuzz import FuzzReport, hostile_command, run_fuzz
+from bridge.bench.hostile import MODES
 from bridge.core.commands import InvalidCommand, parse_command
 
 
@@ -38,8 +39,9 @@ def test_any_trouble_makes_the_run_fail() -> None:
 
 
 def test_a_short_run_is_clean() -> None:
-    report = run_fuzz(commands=150, notifications=80, payments=5, seed=3)
+    payments = len(MODES)  # one to each misbehaviour of the hostile upstream
+    report = run_fuzz(commands=150, notifications=80, payments=payments, seed=3)
     assert report.commands + report.commands_skipped == 150
-    assert report.notifications == 80 and report.upstream_payments == 5
+    assert report.notifications == 80 and report.upstream_payments == payments
     assert report.clean, report
     assert report.rss_before_mb and report.rss_after_mb
