@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-enrich",
         action="store_true",
-        help="run the daemon with enrich_final = false (no GET before a final event)",
+        help="run the daemon with enrich_final = false (no GET for the card details after a final)",
     )
     p.add_argument(
         "--profile",
