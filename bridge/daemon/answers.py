@@ -25,11 +25,11 @@ from bridge.core.state import (
 )
 from bridge.daemon.intake import dead_letter
 from bridge.multisafepay.api import ApiError
-from bridge.redis.sessions import SessionRecord
+from bridge.redis.registry import SessionRecord
 
 if TYPE_CHECKING:
     from bridge.config import Config, TerminalGroup
-    from bridge.daemon.session import SessionContext
+    from bridge.daemon.payment import SessionContext
     from bridge.daemon.terminals import TerminalDirectory
 
 log = structlog.get_logger("bridge.commands")

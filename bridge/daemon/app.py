@@ -26,9 +26,9 @@ from bridge.config import Config, ConfigError
 from bridge.daemon import asgi, ops
 from bridge.daemon.handlers import CommandHandlers
 from bridge.daemon.intake import CommandIntake
+from bridge.daemon.ownership import Sessions
+from bridge.daemon.payment import SessionContext
 from bridge.daemon.receipts import AutoReceipts, ReceiptFetcher
-from bridge.daemon.session import SessionContext
-from bridge.daemon.sessions import Sessions
 from bridge.daemon.terminals import TerminalDirectory
 from bridge.daemon.webhooks import WebhookReceiver
 from bridge.multisafepay.api import MultiSafepayApi
@@ -36,7 +36,7 @@ from bridge.redis.client import connect
 from bridge.redis.keys import Keys
 from bridge.redis.leases import Leases
 from bridge.redis.outage import RedisWaiters
-from bridge.redis.sessions import SessionRegistry
+from bridge.redis.registry import SessionRegistry
 
 log = structlog.get_logger("bridge.daemon")
 

@@ -31,7 +31,7 @@ from bridge.core.watch import refuse_watch
 from bridge.daemon.answers import Answers
 from bridge.multisafepay.api import ApiError
 from bridge.multisafepay.tokens import token_claims
-from bridge.redis.sessions import SessionRecord
+from bridge.redis.registry import SessionRecord
 
 log = structlog.get_logger("bridge.commands")
 

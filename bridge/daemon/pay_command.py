@@ -17,9 +17,9 @@ from bridge.core.order_commands import plan_create_failure, wrong_terminal
 from bridge.core.state import Decision, OrderState, Verdict, order_created, utcnow
 from bridge.daemon.answers import Answers
 from bridge.daemon.intake import LeaveUnacknowledged
-from bridge.daemon.sessions import record_found_order
+from bridge.daemon.ownership import record_found_order
 from bridge.multisafepay.api import ApiError, CreatedOrder
-from bridge.redis.sessions import SessionRecord
+from bridge.redis.registry import SessionRecord
 
 log = structlog.get_logger("bridge.commands")
 

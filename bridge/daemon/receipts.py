@@ -32,7 +32,7 @@ from bridge.multisafepay.api import ApiError
 
 if TYPE_CHECKING:
     from bridge.core.commands import ReceiptCommand
-    from bridge.daemon.session import SessionContext
+    from bridge.daemon.payment import SessionContext
     from bridge.daemon.terminals import TerminalDirectory
 
 

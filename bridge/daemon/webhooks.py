@@ -45,7 +45,7 @@ from bridge.multisafepay.webhook import WebhookRejected, verify_webhook
 
 if TYPE_CHECKING:
     from bridge.config import Config, TerminalGroup
-    from bridge.daemon.session import SessionContext
+    from bridge.daemon.payment import SessionContext
 
 log = structlog.get_logger("bridge.webhook")
 

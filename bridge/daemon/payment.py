@@ -35,7 +35,7 @@ from bridge.multisafepay.websocket import bus_messages
 from bridge.redis.leases import Leases
 from bridge.redis.outage import RedisWaiters
 from bridge.redis.publisher import EventStore, LeaseLost
-from bridge.redis.sessions import SessionRecord, SessionRegistry
+from bridge.redis.registry import SessionRecord, SessionRegistry
 
 if TYPE_CHECKING:
     from bridge.config import MultiSafepayConfig

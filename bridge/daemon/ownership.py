@@ -21,10 +21,10 @@ from redis.exceptions import RedisError
 from bridge.core.events import ErrorCode, Source
 from bridge.core.normalize import MalformedPayload, from_order
 from bridge.core.state import Decision, OrderState, Verdict, observe, order_created, utcnow
-from bridge.daemon.session import PaymentSession, SessionContext
+from bridge.daemon.payment import PaymentSession, SessionContext
 from bridge.multisafepay.api import ApiError
 from bridge.redis.presence import Presence
-from bridge.redis.sessions import SessionRecord
+from bridge.redis.registry import SessionRecord
 
 log = structlog.get_logger("bridge.sessions")
 
