@@ -29,11 +29,9 @@ from bridge.config.sections import (
     TerminalGroup,
     WebhookConfig,
 )
-from bridge.config.settings import Config, load_config
+from bridge.config.settings import ENV_OVERRIDE_PREFIX, Config, load_config
 from bridge.config.sources import DEFAULT_CONFIG_PATH, ENV_CONFIG_PATH, resolve_config_path
 from bridge.config.types import MIN_ORDER_TTL, mask_url_password, parse_listen
-
-ENV_OVERRIDE_PREFIX = "POS_BRIDGE__"
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

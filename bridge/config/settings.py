@@ -44,6 +44,9 @@ from bridge.config.webhook_url import webhook_url_problems
 
 _log = logging.getLogger("bridge.config")
 
+# POS_BRIDGE__SECTION__KEY overrides [section] key of the file.
+ENV_OVERRIDE_PREFIX = "POS_BRIDGE__"
+
 
 class Config(BaseSettings):
     """The whole configuration. Build it with ``load_config`` or ``Config.from_mapping``.
@@ -53,7 +56,7 @@ class Config(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="POS_BRIDGE__",
+        env_prefix=ENV_OVERRIDE_PREFIX,
         env_nested_delimiter="__",
         case_sensitive=False,
         extra="forbid",
