@@ -35,7 +35,7 @@ import anyio
 import structlog
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.frames import CONT, DATA_OPCODES, Close, CloseCode, Frame
+from websockets.frames import BINARY, CONT, TEXT, Close, CloseCode, Frame
 from websockets.protocol import CONNECTING, OPEN
 from websockets.uri import WebSocketURI, parse_uri
 
@@ -161,7 +161,7 @@ class _BusConnection(asyncio.Protocol):
     def _on_frame(self, frame: Frame) -> None:
         # Control frames (ping, pong, close) are the library's business; sizes are bounded by
         # its max_size, fragments included (it fails the connection with 1009 beyond).
-        if frame.opcode in DATA_OPCODES:
+        if frame.opcode is TEXT or frame.opcode is BINARY:
             if frame.fin:
                 self.messages.append(bytes(frame.data))
             else:

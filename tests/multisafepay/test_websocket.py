@@ -173,7 +173,8 @@ async def test_simulator_refuses_unknown_channel(sim: SimulatorServer) -> None:
 
 
 async def test_simulator_answers_pings_and_heartbeats(sim: SimulatorServer) -> None:
-    # Why the library's keepalive pings stay on: the simulator (uvicorn) answers them.
+    # The bridge's liveness check is the bus heartbeat, acked like any request (it sends no
+    # WebSocket pings of its own); the simulator (uvicorn) answers both.
     d = await create_order(sim, "SIM-TIMEOUT-03")
     async with websockets.connect(bus_url(d["events_url"], d["events_token"])) as ws:
         with anyio.fail_after(2):
