@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import cast
 from urllib.parse import quote, urlsplit
@@ -34,8 +33,10 @@ from urllib.parse import quote, urlsplit
 import anyio
 import structlog
 from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import BINARY, CONT, TEXT, Close, CloseCode, Frame
+from websockets.http11 import Response
 from websockets.protocol import CONNECTING, OPEN
 from websockets.uri import WebSocketURI, parse_uri
 
@@ -108,8 +109,9 @@ class _BusConnection(asyncio.Protocol):
     def __init__(self, uri: WebSocketURI, max_size: int) -> None:
         self.ws = ClientProtocol(uri, max_size=max_size)
         self.transport: asyncio.Transport | None = None
-        #: Whole data messages (text or binary), as bytes: the bus protocol decodes them.
-        self.messages: deque[bytes] = deque()
+        #: Whole data messages (text or binary), as bytes: the bus protocol decodes them. A
+        #: list, not a deque: at most MAX_QUEUED long, and an empty deque costs ~600 bytes.
+        self.messages: list[bytes] = []
         self.lost = False
         #: Why we gave the connection up ourselves (not a close frame), if we did.
         self.failure: str | None = None
@@ -150,7 +152,10 @@ class _BusConnection(asyncio.Protocol):
         for event in self.ws.events_received():
             if isinstance(event, Frame):
                 self._on_frame(event)
-            # The handshake's Response needs nothing: ws.state and ws.handshake_exc tell.
+            elif isinstance(event, Response):
+                # Checked already (ws.state and ws.handshake_exc tell how it went); the parser
+                # keeps this object for the connection's life: drop its headers (~2 KB).
+                event.headers, event.body = Headers(), b""
         self._flush()  # pongs, the echo of a close frame, EOF
         transport = self.transport
         if len(self.messages) >= MAX_QUEUED and transport is not None and not self._paused:
@@ -214,7 +219,7 @@ class _BusConnection(asyncio.Protocol):
             self._waiter = None
 
     def take(self) -> bytes:
-        message = self.messages.popleft()
+        message = self.messages.pop(0)
         if self._paused and len(self.messages) < MAX_QUEUED // 4 and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
