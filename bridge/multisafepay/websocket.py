@@ -184,10 +184,13 @@ class _BusConnection(asyncio.Protocol):
                 continue
             if data:
                 transport.write(data)
-            elif transport.can_write_eof():  # the end of our side; not possible over TLS
-                transport.write_eof()
-            else:
+            elif not transport.can_write_eof():  # TLS: no half-close
                 transport.close()
+            else:  # the end of our side
+                try:
+                    transport.write_eof()
+                except (OSError, RuntimeError):  # the socket is gone (uvloop: RuntimeError)
+                    transport.close()
         if transport is not None and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             self.failure = f"message bus did not read {MAX_UNSENT_BYTES} bytes we sent"
             transport.abort()
