@@ -270,3 +270,21 @@ async def test_the_reader_on_uvloop_as_the_daemon_runs_it(anyio_backend: object)
     async with acking_bus(then) as url:
         got = await read_all(url)
     assert statuses(got) == ["initialized", "initialized"]
+
+
+async def test_a_reader_cancelled_during_the_handshake_drops_its_connection() -> None:
+    asked = anyio.Event()
+    hung_up = anyio.Event()
+
+    async def silent(_: bytes, reader: asyncio.StreamReader, __: asyncio.StreamWriter) -> None:
+        asked.set()
+        assert await reader.read() == b""  # the client hangs up; it sent nothing more
+        hung_up.set()
+
+    async with raw_server(silent) as url:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_all, url)  # connect_timeout 2 s: cancelled long before
+                await asked.wait()
+                tg.cancel_scope.cancel()
+            await hung_up.wait()
