@@ -288,3 +288,12 @@ async def test_a_reader_cancelled_during_the_handshake_drops_its_connection() ->
                 await asked.wait()
                 tg.cancel_scope.cancel()
             await hung_up.wait()
+
+
+@pytest.mark.parametrize("url", ["ws://h:99999/", "ws://\u00e9..x/", "ws://h/#f", "wss://"])
+async def test_hostile_urls_are_rejected_not_crashes(url: str) -> None:
+    # A port out of range and a host IDNA cannot encode raised ValueError / UnicodeError from
+    # the URL parser of websockets before: an exception the session does not expect.
+    with pytest.raises(StreamRejected, match="invalid message bus URL") as info:
+        await read_all(url)
+    assert TOKEN not in str(info.value)
