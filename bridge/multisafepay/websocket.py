@@ -327,7 +327,7 @@ async def bus_messages(
     connect_timeout: float = 10.0,
     idle_timeout: float = 45.0,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
-    clock: Callable[[], float] = anyio.current_time,
+    clock: Callable[[], float] | None = None,
     protocol: BusProtocol | None = None,
     on_open: Callable[[], Awaitable[None]] | None = None,
     max_size: int = MAX_MESSAGE_BYTES,
@@ -338,7 +338,8 @@ async def bus_messages(
     data=json.dumps(payload), id=None)``. Frames of other channels, malformed frames and stray
     replies are logged and skipped. A heartbeat is sent after ``heartbeat_interval`` seconds
     without traffic; ``idle_timeout`` seconds without any message from the server is a dead
-    connection. ``clock`` is in seconds (the protocol's timers run on it).
+    connection. ``clock`` is in seconds (the protocol's timers run on it); by default the
+    event loop's own (``loop.time``: anyio.current_time is that, through several calls).
 
     Pass the same ``protocol`` across reconnects to re-subscribe every channel it holds (and to
     keep its request ids unique); by default each call starts afresh. ``on_open`` is awaited
@@ -354,6 +355,7 @@ async def bus_messages(
         raise ValueError("timeouts must be positive")
     proto = protocol if protocol is not None else BusProtocol(heartbeat_interval=heartbeat_interval)
     proto.heartbeat_interval = heartbeat_interval
+    clock = clock or asyncio.get_running_loop().time
     conn = await _open(uri, connect_timeout, max_size)
     # A new connection: whatever the protocol held (after a reconnect) is subscribed again. The
     # protocol keeps the timers; this loop only sleeps until its next deadline or a message.
@@ -364,7 +366,8 @@ async def bus_messages(
         for frame in frames:
             conn.send(frame)
         while True:
-            due = proto.poll_timers(clock())
+            now = clock()
+            due = proto.poll_timers(now)
             if isinstance(due, Expired):
                 raise StreamError(due.reason)
             if due is not None and not conn.ended:
@@ -372,7 +375,7 @@ async def bus_messages(
                 continue
             if conn.messages:
                 was_subscribed = proto.subscribed
-                message = _act_on(proto.receive(conn.take(), now=clock()), channel)
+                message = _act_on(proto.receive(conn.take(), now=now), channel)
                 if message is not None:
                     yield message
                 elif proto.subscribed and not was_subscribed:
@@ -386,7 +389,7 @@ async def bus_messages(
                 if error is None:
                     return
                 raise error
-            await conn.wait(proto.next_deadline() - clock())
+            await conn.wait(proto.next_deadline() - now)  # nothing awaited since `now`
     finally:
         # Whichever way the generator is left (the caller's early exit, a cancellation, an
         # error of ours): a normal close, as no server fault (1000).
