@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon")
     _add_config(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N daemon processes under a supervisor, sharing the work through Redis; only "
+        "worker 0 serves [http] and [webhook] (default: 1, the daemon itself)",
+    )
 
     p = sub.add_parser(
         "check-config", help="validate a config file and print it with secrets masked"
