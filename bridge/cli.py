@@ -29,7 +29,7 @@ HANDLERS = {
     "receipt": "bridge.till.receipt:receipt_command",
     "tail": "bridge.till.tail:tail_command",
     "schema": "bridge.till.schema:schema_command",
-    "bench": "bridge.bench.main:bench_command",
+    "bench": "bridge.bench.command:bench_command",
 }
 
 
@@ -297,6 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="record the daemon with py-spy during the drive (.svg, .json, .txt)",
     )
     p.add_argument("--keep", action="store_true", help="keep the logs and data of the run")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run the daemon as `pos-bridge run --workers N`: CPU and memory are summed over "
+        "the supervisor and its workers (default: 1)",
+    )
+    p.add_argument(
+        "--peer",
+        action="store_true",
+        help="also run a naive bridge on MultiSafepay's official Python SDK (a thread per "
+        "payment, redis-py) on the same simulator and load, and report both side by side; "
+        "the SDK is installed from PyPI into its own virtualenv on first use",
+    )
     p.add_argument(
         "--daemon-gc",
         choices=["default", "freeze"],
