@@ -43,12 +43,18 @@ from multisafepay.api.paths.orders.request.order_request import (  # type: ignor
 FINAL = {"completed", "cancelled", "void", "expired"}  # the bridge's finals (README)
 #: The SDK's socket timeout on the event stream: a quiet payment is held, not given up.
 STREAM_TIMEOUT = 3600.0
+REDIS_CONNECTIONS = 64
 
 
 class Peer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.prefix = args.prefix
-        self.redis = redis.Redis.from_url(args.redis_url, decode_responses=True)
+        # redis-py's default pool refuses a 101st connection at once (MaxConnectionsError);
+        # threads publishing together wait for one of a bounded pool instead
+        pool = redis.BlockingConnectionPool.from_url(
+            args.redis_url, max_connections=REDIS_CONNECTIONS, timeout=None, decode_responses=True
+        )
+        self.redis = redis.Redis(connection_pool=pool)
         self.sdk = Sdk(api_key=args.api_key, is_production=False, base_url=args.api_base_url)
         self.stopping = threading.Event()
 

@@ -107,6 +107,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         gc=getattr(args, "daemon_gc", None) or "default",
         workers=int(getattr(args, "workers", None) or 1),
     )
+    _check(s)
+    return s
+
+
+def _check(s: Settings) -> None:
     if s.streams < 1 or s.streams > 99_999:
         raise UserError("--streams must be 1..99999")
     if s.rate <= 0 or s.duration <= 0 or s.baseline_duration <= 0:
@@ -117,4 +122,3 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise UserError("--workers must be 1..16")
     if s.transport not in ("sse", "websocket"):
         raise UserError("--transport must be sse or websocket")
-    return s

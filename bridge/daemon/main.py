@@ -17,7 +17,6 @@ import anyio
 import structlog
 
 from bridge.config import Config, load_config
-from bridge.daemon.app import Bridge
 from bridge.daemon.supervisor import WORKER_ENV, Supervisor
 from bridge.errors import UserError
 from bridge.logs import configure_logging
@@ -58,6 +57,8 @@ def run_command(args: argparse.Namespace) -> int:
         _die_with_parent()
     for warning in config.warnings:
         log.warning("config.warning", message=warning)
+    from bridge.daemon.app import Bridge  # here: a supervisor does without the daemon's imports
+
     bridge = Bridge(config)
     bridge.load_config = lambda: load_config(args.config, warn=None)
 
