@@ -102,8 +102,8 @@ def side_by_side(ours: Result, peer: Result) -> str:
     workers = ours.settings.get("workers", 1)
     us = "pos-bridge" + (f" ({workers} workers)" if workers > 1 else "")
     lines = [
-        f"  {'':<34}{us:>22}{'SDK peer':>14}",
-        *(f"  {name:<34}{_cell(a):>22}{_cell(b):>14}" for name, (a, b) in cmp["rows"].items()),
+        f"  {'':<38}{us:>24}{'SDK peer':>20}",
+        *(f"  {name:<38}{_cell(a):>24}{_cell(b):>20}" for name, (a, b) in cmp["rows"].items()),
         f"  streams per GB: pos-bridge holds {cmp['streams_per_gb_ratio']:.2f}x the peer's",
     ]
     return "\n".join(lines)
