@@ -246,6 +246,7 @@ class Supervisor:
             for w in self.workers:
                 if w.proc is not None and w.ready and time.monotonic() - w.last_ping > timeout:
                     log.error("supervisor.worker_hung", worker=w.index, pid=w.proc.pid)
+                    w.ready = False  # killed once; restarted when its exit is seen
                     w.proc.kill()
 
     # -- signals ------------------------------------------------------------------------------

@@ -72,7 +72,13 @@ class Supervised:
     """``pos-bridge run --workers N`` as systemd would start it."""
 
     def __init__(
-        self, tmp: Path, redis_url: str, api_base_url: str, workers: int, port: int | None
+        self,
+        tmp: Path,
+        redis_url: str,
+        api_base_url: str,
+        workers: int,
+        port: int | None,
+        watchdog_usec: int = 30_000_000,
     ) -> None:
         self.port = port or free_port()
         config = write_config(tmp / "config.toml", redis_url, api_base_url, self.port)
@@ -83,7 +89,7 @@ class Supervised:
             for k, v in os.environ.items()
             if not k.startswith(("POS_BRIDGE", "WATCHDOG_", "NOTIFY_"))
         }
-        env.update(NOTIFY_SOCKET=self.notify.name, WATCHDOG_USEC="10000000")
+        env.update(NOTIFY_SOCKET=self.notify.name, WATCHDOG_USEC=str(watchdog_usec))
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [POS_BRIDGE, "run", "--workers", str(workers), "--config", str(config)],
@@ -132,9 +138,9 @@ def supervised(tmp_path: Path) -> Iterator[Callable[..., Supervised]]:
     started: list[Supervised] = []
 
     def start(
-        redis_url: str, api_base_url: str, workers: int = 2, port: int | None = None
+        redis_url: str, api_base_url: str, workers: int = 2, port: int | None = None, **kw: Any
     ) -> Supervised:
-        s = Supervised(tmp_path, redis_url, api_base_url, workers, port)
+        s = Supervised(tmp_path, redis_url, api_base_url, workers, port, **kw)
         started.append(s)
         return s
 
@@ -274,6 +280,28 @@ def test_a_worker_that_cannot_start_stops_the_service_with_exit_2(fresh_redis, s
     failed = sup.events("supervisor.worker_failed")
     assert failed and failed[0]["worker"] == 0, sup.log()
     assert not sup.events("supervisor.worker_exited")  # not retried
+
+
+def test_a_hung_worker_is_killed_and_restarted(fresh_redis, supervised) -> None:
+    """A worker whose event loop stops pinging for WatchdogSec (here: stopped with SIGSTOP)."""
+    with SimulatorServer(speed=20) as sim:
+        sup = supervised(fresh_redis.url, sim.base_url, workers=2, watchdog_usec=2_000_000)
+        sup.notify.wait_for(lambda m: m.get("READY") == "1", timeout=90)
+        hung = next(line for line in sup.events("supervisor.worker_ready") if line["worker"] == 1)
+        os.kill(hung["pid"], signal.SIGSTOP)
+        sup.wait_log(
+            lambda: any(
+                line["worker"] == 1 and line["pid"] != hung["pid"]
+                for line in sup.events("supervisor.worker_ready")
+            ),
+            "the hung worker replaced",
+        )
+        assert [line["pid"] for line in sup.events("supervisor.worker_hung")] == [hung["pid"]]
+        exited = sup.events("supervisor.worker_exited")
+        assert exited[0]["pid"] == hung["pid"] and exited[0]["exit_code"] == -signal.SIGKILL
+        # the supervisor itself kept pinging systemd's watchdog all along
+        assert sup.notify.count("WATCHDOG") > 0
+        assert sup.terminate() == 0, sup.log()
 
 
 def test_worker_environment_names_and_listeners() -> None:
