@@ -17,7 +17,7 @@ import anyio
 import structlog
 
 from bridge.config import Config, load_config
-from bridge.daemon.supervisor import WORKER_ENV, Supervisor
+from bridge.daemon.supervisor import SUPERVISOR_PID_ENV, WORKER_ENV, Supervisor
 from bridge.errors import UserError
 from bridge.logs import configure_logging
 
@@ -86,7 +86,8 @@ def _die_with_parent() -> None:
             "worker.no_parent_death_signal", note="outlives its supervisor if that is killed"
         )
         return
-    if os.getppid() == 1:  # the supervisor died before the call above
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV, "")
+    if supervisor.isdigit() and os.getppid() != int(supervisor):  # it died before the call
         raise UserError("worker: the supervisor is gone", 1)
 
 

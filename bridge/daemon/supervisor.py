@@ -54,6 +54,9 @@ log = structlog.get_logger("bridge.supervisor")
 
 #: Set in a worker's environment: its index. ``pos-bridge run`` then logs it with every line.
 WORKER_ENV = "POS_BRIDGE_WORKER"
+#: Set in a worker's environment: the supervisor's PID (a worker whose parent is another is
+#: orphaned; PID 1 may be the supervisor itself, in a container).
+SUPERVISOR_PID_ENV = "POS_BRIDGE_SUPERVISOR_PID"
 
 #: A worker that ran this long before it exited starts again after the shortest delay.
 STABLE_AFTER = 60.0
@@ -89,6 +92,7 @@ def worker_environ(
     env = {k: v for k, v in environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID")}
     env["NOTIFY_SOCKET"] = notify_address
     env[WORKER_ENV] = str(index)
+    env[SUPERVISOR_PID_ENV] = str(os.getpid())
     env["POS_BRIDGE__REDIS__CONSUMER_NAME"] = f"{base}-w{index}"
     if index > 0:  # only worker 0 listens: no port is bound twice
         env["POS_BRIDGE__HTTP__ENABLED"] = "false"

@@ -304,11 +304,27 @@ def test_a_hung_worker_is_killed_and_restarted(fresh_redis, supervised) -> None:
         assert sup.terminate() == 0, sup.log()
 
 
+def test_workers_drain_when_the_supervisor_is_killed(fresh_redis, supervised) -> None:
+    client = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+    with SimulatorServer(speed=20) as sim:
+        sup = supervised(fresh_redis.url, sim.base_url, workers=2)
+        sup.notify.wait_for(lambda m: m.get("READY") == "1", timeout=90)
+        names = [KEYS.daemon(f"{CONSUMER}-w{i}") for i in (0, 1)]
+        assert client.exists(*names) == 2
+        sup.proc.kill()  # SIGKILL: nothing forwarded; PR_SET_PDEATHSIG tells the workers
+        sup.proc.wait()
+        # each worker stops as on SIGTERM: it withdraws its presence (a lapse would take 3 s
+        # and leave the key to expire; withdrawing deletes it at once) and logs its stop
+        wait_until(lambda: len(sup.events("daemon.stopped")) == 2, "workers stopped")
+        assert client.exists(*names) == 0
+
+
 def test_worker_environment_names_and_listeners() -> None:
     base = {"PATH": "/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_PID": "1"}
     first = worker_environ(base, 0, "shop", "@sup-w0")
     second = worker_environ(base, 1, "shop", "@sup-w1")
     assert first["NOTIFY_SOCKET"] == "@sup-w0" and "WATCHDOG_PID" not in first
+    assert first["POS_BRIDGE_SUPERVISOR_PID"] == str(os.getpid())  # PID 1 in a container
     assert first["POS_BRIDGE__REDIS__CONSUMER_NAME"] == "shop-w0"
     assert second["POS_BRIDGE__REDIS__CONSUMER_NAME"] == "shop-w1"
     assert "POS_BRIDGE__HTTP__ENABLED" not in first  # worker 0 serves as configured
