@@ -29,7 +29,7 @@ HANDLERS = {
     "receipt": "bridge.till.receipt:receipt_command",
     "tail": "bridge.till.tail:tail_command",
     "schema": "bridge.till.schema:schema_command",
-    "bench": "bridge.bench.main:bench_command",
+    "bench": "bridge.bench.command:bench_command",
 }
 
 
@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon")
     _add_config(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N daemon processes under a supervisor, sharing the work through Redis; only "
+        "worker 0 serves [http] and [webhook] (default: 1, the daemon itself)",
+    )
 
     p = sub.add_parser(
         "check-config", help="validate a config file and print it with secrets masked"
@@ -289,6 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="record the daemon with py-spy during the drive (.svg, .json, .txt)",
     )
     p.add_argument("--keep", action="store_true", help="keep the logs and data of the run")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run the daemon as `pos-bridge run --workers N`: CPU and memory are summed over "
+        "the supervisor and its workers (default: 1)",
+    )
+    p.add_argument(
+        "--peer",
+        action="store_true",
+        help="also run a naive bridge on MultiSafepay's official Python SDK (a thread per "
+        "payment, redis-py) on the same simulator and load, and report both side by side; "
+        "the SDK is installed from PyPI into its own virtualenv on first use",
+    )
     p.add_argument(
         "--daemon-gc",
         choices=["default", "freeze"],

@@ -44,16 +44,15 @@ from bridge.bench.procs import connections_to, cpu_seconds, raise_nofile, rss_by
 from bridge.bench.profiler import start_profiler, stop_profiler
 from bridge.bench.report import Result, cpu_per_payment, table
 from bridge.bench.settings import (
-    DEFAULT_POLL_INTERVAL,
-    DEFAULTS,
     OPEN_AHEAD,
     OPEN_STALL,
     ORDER,
     PREFIX,
-    QUICK,
     TERMINAL,
     Settings,
+    daemon_argv,
     daemon_config,
+    settings_from_args,
 )
 from bridge.errors import UserError
 from bridge.redis.keys import Keys
@@ -107,21 +106,8 @@ class Bench:
 
             cfg = self.tmp / "config.toml"
             cfg.write_text(daemon_config(rs.url, base_url, self.s))
-            self.daemon = Child(
-                "daemon",
-                [
-                    self.py,
-                    "-m",
-                    "bridge.bench.daemonproc",
-                    "--gc",
-                    self.s.gc,
-                    "--",
-                    "run",
-                    "--config",
-                    str(cfg),
-                ],
-                self.tmp,
-            )
+            self.api_base_url = base_url
+            self.daemon = self._start_daemon(cfg)
             stack.callback(self.daemon.stop)
             # Ready once its intake reads the commands stream: a marker in Redis, not a log
             # line, so any --log-level works.
@@ -139,6 +125,9 @@ class Bench:
         return self.result
 
     # -- plumbing ---------------------------------------------------------------------------
+    def _start_daemon(self, cfg: Path) -> Child:
+        return Child("daemon", daemon_argv(self.py, cfg, self.s), self.tmp)
+
     def _sim_up(self) -> bool:
         try:
             return self.http.get("_sim/bench/status").status_code == 200
@@ -154,7 +143,7 @@ class Bench:
             groups = self.r.xinfo_groups(Keys(PREFIX).commands)
         except redis.ResponseError:  # no such key yet
             return False
-        return any(g.get("consumers", 0) > 0 for g in groups)
+        return any(g.get("consumers", 0) >= self.s.workers for g in groups)
 
     def _daemon_log_has(self, text: str) -> bool:
         try:
@@ -411,40 +400,9 @@ class Bench:
                 res.errors.append(f"the daemon logged errors (see {self.daemon.log_path})")
                 break
         res.daemon_gc_pauses = gc_pauses(self.daemon.log_path)
+        if self.s.workers > 1:
+            res.notes.append("GC pauses: the supervisor's only (its workers are not watched)")
         res.ok = not res.errors
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    preset = QUICK if getattr(args, "quick", False) else DEFAULTS
-    streams = args.streams if getattr(args, "streams", None) is not None else preset["streams"]
-    rate = args.rate if getattr(args, "rate", None) is not None else preset["rate"]
-    duration = args.duration if getattr(args, "duration", None) is not None else preset["duration"]
-    base = getattr(args, "baseline_duration", None)
-    poll = getattr(args, "poll_interval", None)
-    hold = getattr(args, "hold", None)
-    s = Settings(
-        transport=getattr(args, "transport", None) or "sse",
-        streams=int(streams),
-        rate=float(rate),
-        duration=float(duration),
-        baseline_duration=float(base) if base is not None else min(float(duration), 30.0),
-        log_level=getattr(args, "log_level", None) or "info",
-        poll_interval=float(poll if poll is not None else DEFAULT_POLL_INTERVAL),
-        hold=float(hold if hold is not None else preset["hold"]),
-        enrich_final=not getattr(args, "no_enrich", False),
-        keep=bool(getattr(args, "keep", False)),
-        profile=getattr(args, "profile", None),
-        gc=getattr(args, "daemon_gc", None) or "default",
-    )
-    if s.streams < 1 or s.streams > 99_999:
-        raise UserError("--streams must be 1..99999")
-    if s.rate <= 0 or s.duration <= 0 or s.baseline_duration <= 0:
-        raise UserError("--rate, --duration and --baseline-duration must be > 0")
-    if s.poll_interval < 0 or s.hold < 0:
-        raise UserError("--poll-interval and --hold must be >= 0")
-    if s.transport not in ("sse", "websocket"):
-        raise UserError("--transport must be sse or websocket")
-    return s
 
 
 def bench_command(args: argparse.Namespace) -> int:

@@ -92,6 +92,11 @@ def table(res: Result) -> str:
         (
             f"pos-bridge bench: {s['transport']}, {s['streams']} streams, {s['rate']:g} events/s "
             f"for {s['duration']:g} s (baseline {s['baseline_duration']:g} s, {poll})"
+            + (
+                f"; daemon: {s['workers']} workers + supervisor, figures summed"
+                if s.get("workers", 1) > 1
+                else ""
+            )
         ),
         "",
         (

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.errors import UserError
 
 PREFIX = "bench"
 API_KEY = "bench-api-key-0123456789"
@@ -33,6 +37,18 @@ class Settings:
     keep: bool = False
     profile: str | None = None
     gc: str = "default"
+    #: Daemon processes (``pos-bridge run --workers N``); 1: the daemon itself.
+    workers: int = 1
+
+
+def daemon_argv(python: str, config: Path, s: Settings) -> list[str]:
+    """``pos-bridge run`` as the bench starts it (through :mod:`bridge.bench.daemonproc`, which
+    reports GC pauses; with workers, the supervisor's and not the workers')."""
+    argv = [python, "-m", "bridge.bench.daemonproc", "--gc", s.gc, "--", "run"]
+    argv += ["--config", str(config)]
+    if s.workers > 1:
+        argv += ["--workers", str(s.workers)]
+    return argv
 
 
 def daemon_config(redis_url: str, api_base_url: str, s: Settings) -> str:
@@ -66,3 +82,43 @@ enabled = false
 level = "{s.log_level}"
 format = "json"
 """
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    preset = QUICK if getattr(args, "quick", False) else DEFAULTS
+    streams = args.streams if getattr(args, "streams", None) is not None else preset["streams"]
+    rate = args.rate if getattr(args, "rate", None) is not None else preset["rate"]
+    duration = args.duration if getattr(args, "duration", None) is not None else preset["duration"]
+    base = getattr(args, "baseline_duration", None)
+    poll = getattr(args, "poll_interval", None)
+    hold = getattr(args, "hold", None)
+    s = Settings(
+        transport=getattr(args, "transport", None) or "sse",
+        streams=int(streams),
+        rate=float(rate),
+        duration=float(duration),
+        baseline_duration=float(base) if base is not None else min(float(duration), 30.0),
+        log_level=getattr(args, "log_level", None) or "info",
+        poll_interval=float(poll if poll is not None else DEFAULT_POLL_INTERVAL),
+        hold=float(hold if hold is not None else preset["hold"]),
+        enrich_final=not getattr(args, "no_enrich", False),
+        keep=bool(getattr(args, "keep", False)),
+        profile=getattr(args, "profile", None),
+        gc=getattr(args, "daemon_gc", None) or "default",
+        workers=int(getattr(args, "workers", None) or 1),
+    )
+    _check(s)
+    return s
+
+
+def _check(s: Settings) -> None:
+    if s.streams < 1 or s.streams > 99_999:
+        raise UserError("--streams must be 1..99999")
+    if s.rate <= 0 or s.duration <= 0 or s.baseline_duration <= 0:
+        raise UserError("--rate, --duration and --baseline-duration must be > 0")
+    if s.poll_interval < 0 or s.hold < 0:
+        raise UserError("--poll-interval and --hold must be >= 0")
+    if s.workers < 1 or s.workers > 16:
+        raise UserError("--workers must be 1..16")
+    if s.transport not in ("sse", "websocket"):
+        raise UserError("--transport must be sse or websocket")

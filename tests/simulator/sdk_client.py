@@ -1,6 +1,7 @@
 """Runs inside a separate virtualenv with MultiSafepay's official Python SDK (``multisafepay``,
-pinned in ``sdk-requirements.txt``; it needs pydantic 1): drives the simulator with the SDK's
-own code and prints one JSON line of what it saw. Not imported by the test suite.
+pinned in ``bridge/bench/sdk-requirements.txt``; it needs pydantic 1): drives the simulator
+with the SDK's own code and prints one JSON line of what it saw. Not imported by the test
+suite.
 
     python sdk_client.py flow BASE_URL API_KEY RUN_ID
     python sdk_client.py validate-webhook API_KEY  (stdin: {"body": ..., "auth": ...})

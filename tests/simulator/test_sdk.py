@@ -1,18 +1,17 @@
 """MultiSafepay's official Python SDK, in its own pinned virtualenv, against the simulator.
 
-The SDK (``multisafepay`` on PyPI, see ``sdk-requirements.txt``) is built into a virtualenv on
-first use (``$POS_BRIDGE_SDK_VENV``, default ``~/.cache/pos-bridge/sdk-venv-<hash of the
-requirements>``); PyPI must be reachable then. A failure to build it fails the test: it never
-skips. ``sdk_client.py`` runs in that virtualenv with the SDK's own code paths.
+The SDK (``multisafepay`` on PyPI, pinned in ``bridge/bench/sdk-requirements.txt``) is built
+into a virtualenv on first use by ``bridge.bench.sdkvenv`` (``$POS_BRIDGE_SDK_VENV``, default
+``~/.cache/pos-bridge/sdk-venv-<hash of the requirements>``); PyPI must be reachable then. A
+failure to build it fails the test: it never skips. ``sdk_client.py`` runs in that virtualenv
+with the SDK's own code paths.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
-import venv
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ import httpx
 import pytest
 from helpers.vectors import vector_json
 
+from bridge.bench.sdkvenv import SdkVenvError
+from bridge.bench.sdkvenv import sdk_python as sdk_venv_python
 from bridge.multisafepay.webhook import verify_webhook
 from bridge.simulator import SimulatorServer
 from tests.simulator.conftest import Receiver
@@ -29,37 +30,16 @@ pytestmark = pytest.mark.sdk
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "sdk_client.py"
-REQUIREMENTS = HERE / "sdk-requirements.txt"
 KEY = "sdk-key-123"
-
-
-def _venv_dir() -> Path:
-    configured = os.environ.get("POS_BRIDGE_SDK_VENV")
-    if configured:
-        return Path(configured)
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
-    return Path.home() / ".cache" / "pos-bridge" / f"sdk-venv-{digest}"
 
 
 @pytest.fixture(scope="module")
 def sdk_python() -> Path:
     """The SDK virtualenv's python, built on demand (once per requirements file)."""
-    root = _venv_dir()
-    python = root / "bin" / "python"
-    ready = root / ".installed"
-    if ready.exists() and ready.read_bytes() == REQUIREMENTS.read_bytes():
-        return python
-    venv.EnvBuilder(with_pip=True, clear=True).create(root)
-    r = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", REQUIREMENTS],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if r.returncode != 0:
-        pytest.fail(f"cannot install the multisafepay SDK from PyPI: {r.stderr.strip()[-600:]}")
-    ready.write_bytes(REQUIREMENTS.read_bytes())
-    return python
+    try:
+        return sdk_venv_python()
+    except SdkVenvError as exc:
+        pytest.fail(str(exc))
 
 
 def run_sdk(python: Path, *args: str, stdin: Any = None) -> Any:

@@ -1,0 +1,338 @@
+"""``pos-bridge run --workers N``: real worker processes under the supervisor, a private Redis,
+the simulator. Payments complete across workers, READY waits for every worker, SIGTERM drains
+all of them (exit 0), and a worker killed mid-payment is restarted while its payments are
+taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from bridge.daemon.supervisor import parse_notification, worker_environ
+from bridge.redis.keys import Keys
+from bridge.redis.server import RedisServer, free_port
+from bridge.simulator.server import SimulatorServer
+from tests.service.conftest import API_KEY, POS_BRIDGE, NotifySocket
+
+KEYS = Keys("pos")
+CONSUMER = "svc"
+MANUAL = [f"SIM-MANUAL-{i:02d}" for i in range(1, 7)]  # wait for a tap on the simulator
+APPROVE = [f"SIM-APPROVE-{i:02d}" for i in range(1, 5)]
+
+
+def write_config(path: Path, redis_url: str, api_base_url: str, http_port: int) -> Path:
+    path.write_text(f"""
+[multisafepay]
+api_base_url = "{api_base_url}"
+connect_timeout = 2.0
+request_timeout = 2.0
+stream_idle_timeout = 3.0
+reconnect_initial = 0.05
+reconnect_cap = 0.5
+poll_interval = 0.5
+max_payment_age = 120.0
+
+[[multisafepay.terminal_groups]]
+name = "shop"
+api_key = "{API_KEY}"
+terminals = {json.dumps(MANUAL + APPROVE)}
+
+[redis]
+url = "{redis_url}"
+order_ttl = 3600
+consumer_name = "{CONSUMER}"
+
+[daemon]
+lease_ttl = 3.0
+
+[http]
+enabled = true
+listen = "127.0.0.1:{http_port}"
+
+[log]
+level = "info"
+format = "json"
+""")
+    return path
+
+
+class Supervised:
+    """``pos-bridge run --workers N`` as systemd would start it."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        redis_url: str,
+        api_base_url: str,
+        workers: int,
+        port: int | None,
+        watchdog_usec: int = 30_000_000,
+    ) -> None:
+        self.port = port or free_port()
+        config = write_config(tmp / "config.toml", redis_url, api_base_url, self.port)
+        self.notify = NotifySocket()
+        self.log_path = tmp / "supervisor.log"
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("POS_BRIDGE", "WATCHDOG_", "NOTIFY_"))
+        }
+        env.update(NOTIFY_SOCKET=self.notify.name, WATCHDOG_USEC=str(watchdog_usec))
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [POS_BRIDGE, "run", "--workers", str(workers), "--config", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("event") == name]
+
+    def wait_log(self, pred: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert self.proc.poll() is None, f"supervisor exited: {self.log()}"
+            assert time.monotonic() < deadline, f"never saw {what}:\n{self.log()}"
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit {timeout} s after SIGTERM:\n{self.log()}") from None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # the workers follow (PR_SET_PDEATHSIG)
+            self.proc.wait()
+        self.notify.close()
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[Callable[..., Supervised]]:
+    started: list[Supervised] = []
+
+    def start(
+        redis_url: str, api_base_url: str, workers: int = 2, port: int | None = None, **kw: Any
+    ) -> Supervised:
+        s = Supervised(tmp_path, redis_url, api_base_url, workers, port, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()
+
+
+def pay(client: redis.Redis, terminal: str) -> str:
+    order_id = "w-" + uuid.uuid4().hex[:12]
+    command = {
+        "type": "pay",
+        "command_id": "c-" + order_id,
+        "terminal_id": terminal,
+        "amount": 1250,
+        "order_id": order_id,
+    }
+    client.xadd(KEYS.commands, {"command": json.dumps(command)})
+    return order_id
+
+
+def terminal_events(client: redis.Redis, terminal: str, order_id: str) -> list[dict[str, Any]]:
+    entries = client.xrange(KEYS.terminal_stream(terminal))
+    events = [json.loads(fields["event"]) for _id, fields in entries]
+    return [e for e in events if e["order_id"] == order_id]
+
+
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def final_of(client: redis.Redis, terminal: str, order_id: str) -> str | None:
+    finals = [e for e in terminal_events(client, terminal, order_id) if e["final"]]
+    assert len(finals) <= 1, finals
+    return finals[0]["status"] if finals else None
+
+
+@pytest.fixture
+def fresh_redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def test_two_workers_complete_payments_and_stop_cleanly(fresh_redis, supervised) -> None:
+    client = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+    with SimulatorServer(speed=20) as sim:
+        sup = supervised(fresh_redis.url, sim.base_url, workers=2)
+        ready = sup.notify.wait_for(lambda m: m.get("READY") == "1", timeout=90)
+        # READY only once both workers are: both announced their presence already
+        assert ready["STATUS"].startswith("2/2 workers ready"), ready
+        assert client.exists(KEYS.daemon(f"{CONSUMER}-w0"), KEYS.daemon(f"{CONSUMER}-w1")) == 2
+        # only worker 0 serves [http]: one port, no collision
+        assert httpx.get(f"http://127.0.0.1:{sup.port}/healthz", timeout=5).status_code == 200
+
+        orders = [(t, pay(client, t)) for t in APPROVE]
+        for terminal, order_id in orders:
+            wait_until(lambda t=terminal, o=order_id: final_of(client, t, o) is not None, order_id)
+            assert final_of(client, terminal, order_id) == "completed"
+
+        # SIGHUP reaches every worker: each reloads its config
+        sup.proc.send_signal(signal.SIGHUP)
+        sup.wait_log(
+            lambda: {line.get("worker") for line in sup.events("daemon.reloaded")} == {0, 1},
+            "both workers reloading",
+        )
+        assert sup.terminate() == 0, sup.log()
+    sup.notify.wait_for(lambda m: m.get("STOPPING") == "1", timeout=1)
+    stopped = sup.events("supervisor.stopped")
+    assert stopped and stopped[0]["clean"] is True, sup.log()
+    assert {line.get("worker") for line in sup.events("daemon.stopped")} == {0, 1}
+    assert not sup.events("supervisor.worker_exited")  # nothing crashed
+
+
+def test_a_killed_worker_is_replaced_and_its_payments_taken_over(fresh_redis, supervised) -> None:
+    client = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+    with SimulatorServer(speed=1) as sim:
+        sup = supervised(fresh_redis.url, sim.base_url, workers=2)
+        sup.notify.wait_for(lambda m: m.get("READY") == "1", timeout=90)
+        orders = [(t, pay(client, t)) for t in MANUAL]  # each waits for a tap
+        for terminal, order_id in orders:
+            wait_until(
+                lambda t=terminal, o=order_id: any(
+                    e["type"] == "order.created" for e in terminal_events(client, t, o)
+                ),
+                f"{order_id} created",
+            )
+            wait_until(lambda o=order_id: client.get(KEYS.lease(o)) is not None, "a lease")
+        holders = {o: client.get(KEYS.lease(o)) or "" for _t, o in orders}
+        victim_name = holders[orders[0][1]].rsplit("@", 1)[1]  # fence:incarnation@consumer
+        victim = json.loads(client.get(KEYS.daemon(victim_name)) or "{}")
+        victims_orders = [o for o, token in holders.items() if token.endswith("@" + victim_name)]
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        # every order it followed gets a new owner (another incarnation), at once
+        for order_id in victims_orders:
+            wait_until(
+                lambda o=order_id: (
+                    (client.get(KEYS.lease(o)) or "").split(":", 1)[-1]
+                    not in ("", holders[o].split(":", 1)[1])
+                ),
+                f"{order_id} taken over",
+            )
+        # and the worker is back, under its name, as a new process
+        index = victim_name.rsplit("-w", 1)[1]
+        sup.wait_log(
+            lambda: any(
+                line["worker"] == int(index) and line["pid"] != victim["pid"]
+                for line in sup.events("supervisor.worker_ready")
+            ),
+            "the worker restarted",
+        )
+        exited = sup.events("supervisor.worker_exited")
+        assert exited[0]["worker"] == int(index) and exited[0]["exit_code"] == -signal.SIGKILL
+        assert exited[0]["level"] == "error" and exited[0]["restart_in_s"] > 0
+
+        for terminal, _order_id in orders:
+            answer = httpx.post(
+                sim.url + "_sim/press", json={"terminal_id": terminal, "action": "tap"}
+            )
+            assert answer.status_code == 200, answer.text
+        for terminal, order_id in orders:
+            wait_until(lambda t=terminal, o=order_id: final_of(client, t, o) is not None, order_id)
+            assert final_of(client, terminal, order_id) == "completed"
+        assert sup.terminate() == 0, sup.log()
+
+
+def test_a_worker_that_cannot_start_stops_the_service_with_exit_2(fresh_redis, supervised) -> None:
+    with SimulatorServer(speed=20) as sim, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # worker 0's [http] port, taken: restarting cannot help
+        taken.listen()
+        sup = supervised(fresh_redis.url, sim.base_url, workers=2, port=taken.getsockname()[1])
+        assert sup.proc.wait(60) == 2, sup.log()
+    assert not sup.notify.count("READY")
+    failed = sup.events("supervisor.worker_failed")
+    assert failed and failed[0]["worker"] == 0, sup.log()
+    assert not sup.events("supervisor.worker_exited")  # not retried
+
+
+def test_a_hung_worker_is_killed_and_restarted(fresh_redis, supervised) -> None:
+    """A worker whose event loop stops pinging for WatchdogSec (here: stopped with SIGSTOP)."""
+    with SimulatorServer(speed=20) as sim:
+        sup = supervised(fresh_redis.url, sim.base_url, workers=2, watchdog_usec=2_000_000)
+        sup.notify.wait_for(lambda m: m.get("READY") == "1", timeout=90)
+        hung = next(line for line in sup.events("supervisor.worker_ready") if line["worker"] == 1)
+        os.kill(hung["pid"], signal.SIGSTOP)
+        sup.wait_log(
+            lambda: any(
+                line["worker"] == 1 and line["pid"] != hung["pid"]
+                for line in sup.events("supervisor.worker_ready")
+            ),
+            "the hung worker replaced",
+        )
+        assert [line["pid"] for line in sup.events("supervisor.worker_hung")] == [hung["pid"]]
+        exited = sup.events("supervisor.worker_exited")
+        assert exited[0]["pid"] == hung["pid"] and exited[0]["exit_code"] == -signal.SIGKILL
+        # the supervisor itself kept pinging systemd's watchdog all along
+        assert sup.notify.count("WATCHDOG") > 0
+        assert sup.terminate() == 0, sup.log()
+
+
+def test_workers_drain_when_the_supervisor_is_killed(fresh_redis, supervised) -> None:
+    client = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+    with SimulatorServer(speed=20) as sim:
+        sup = supervised(fresh_redis.url, sim.base_url, workers=2)
+        sup.notify.wait_for(lambda m: m.get("READY") == "1", timeout=90)
+        names = [KEYS.daemon(f"{CONSUMER}-w{i}") for i in (0, 1)]
+        assert client.exists(*names) == 2
+        sup.proc.kill()  # SIGKILL: nothing forwarded; PR_SET_PDEATHSIG tells the workers
+        sup.proc.wait()
+        # each worker stops as on SIGTERM: it withdraws its presence (a lapse would take 3 s
+        # and leave the key to expire; withdrawing deletes it at once) and logs its stop
+        wait_until(lambda: len(sup.events("daemon.stopped")) == 2, "workers stopped")
+        assert client.exists(*names) == 0
+
+
+def test_worker_environment_names_and_listeners() -> None:
+    base = {"PATH": "/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_PID": "1"}
+    first = worker_environ(base, 0, "shop", "@sup-w0")
+    second = worker_environ(base, 1, "shop", "@sup-w1")
+    assert first["NOTIFY_SOCKET"] == "@sup-w0" and "WATCHDOG_PID" not in first
+    assert first["POS_BRIDGE_SUPERVISOR_PID"] == str(os.getpid())  # PID 1 in a container
+    assert first["POS_BRIDGE__REDIS__CONSUMER_NAME"] == "shop-w0"
+    assert second["POS_BRIDGE__REDIS__CONSUMER_NAME"] == "shop-w1"
+    assert "POS_BRIDGE__HTTP__ENABLED" not in first  # worker 0 serves as configured
+    assert second["POS_BRIDGE__HTTP__ENABLED"] == "false"
+    assert second["POS_BRIDGE__WEBHOOK__ENABLED"] == "false"
+    assert base["NOTIFY_SOCKET"] == "/run/systemd/notify"  # the supervisor's own is untouched
+
+
+def test_notifications_parse() -> None:
+    assert parse_notification(b"READY=1\nSTATUS=a=b, c\njunk") == {"READY": "1", "STATUS": "a=b, c"}
+    assert parse_notification(b"\xff\xfe") == {}
