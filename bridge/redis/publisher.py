@@ -52,21 +52,25 @@ class Recorded:
         return self.decision.events if self.stream_ids else ()
 
 
-def _order_key_args(before: OrderState | None, decision: Decision) -> tuple[str, str]:
+def _order_key_args(before: OrderState | None, decision: Decision) -> tuple[str, str, str]:
     """What ``{p}:order:{id}`` gets: the 1-based index of the event it holds ("0": it keeps
-    what it has), and the refunded total to write into it ("": none). The key holds the
-    payment's latest status (its final once there is one), never a refund nor the final's
-    later ``order.details``: they are told on the terminal's channel and stream, the key keeps
-    ``details.amount_refunded`` current."""
-    index = 0
+    what it has), the refunded total to write into it ("": none), and the index of an
+    ``order.details`` whose details are merged into it ("0": none). The key holds the
+    payment's latest status (its final once there is one), never a refund nor an
+    ``order.details`` itself: they are told on the terminal's channel and stream; the key keeps
+    ``details.amount_refunded`` current and gains the final's details once they are known."""
+    index = merge = 0
     for i, event in enumerate(decision.events, start=1):
-        if event.type not in (EventType.ORDER_REFUND, EventType.ORDER_DETAILS):
+        if event.type is EventType.ORDER_DETAILS:
+            merge = i
+        elif event.type is not EventType.ORDER_REFUND:
             index = i
     state = decision.state
     refunded = state is not None and state.amount_refunded > (
         before.amount_refunded if before else 0
     )
-    return str(index), str(state.amount_refunded) if refunded and state is not None else ""
+    total = str(state.amount_refunded) if refunded and state is not None else ""
+    return str(index), total, str(merge)
 
 
 def _active_action(before: OrderState | None, decision: Decision) -> str:
@@ -197,7 +201,7 @@ class EventStore:
         state = decision.state
         assert state is not None and decision.commits, "only a state change is committed"
         keys = self.keys
-        order_key_index, refunded_total = _order_key_args(before, decision)
+        order_key_index, refunded_total, details_index = _order_key_args(before, decision)
         result = await self._batcher.call(
             [
                 keys.order_state(state.order_id),
@@ -218,6 +222,7 @@ class EventStore:
                 fence,
                 order_key_index,
                 refunded_total,
+                details_index,
                 *(event.to_json() for event in decision.events),
             ],
         )
