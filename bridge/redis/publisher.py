@@ -110,12 +110,12 @@ class _TransitionBatcher:
     next batch, sent by the first of them. Under load this turns N round trips (and N socket
     writes and reads, and up to N pooled connections) into one.
 
-    Only one batch is ever in flight, so the batcher keeps one connection of the client's pool
-    for itself and writes the batch on it directly: no pool checkout and release, no pipeline
-    object and its bookkeeping per commit (a third of a lone commit's CPU). A dropped
-    connection is retried by the client's own policy, as a pipeline would be; a transition
-    that ran before the drop is refused by its compare-and-set when sent again, and its caller
-    decides again from the stored state, as after any race.
+    A batch is written at once, packed here, on a connection of the client's pool: no
+    pipeline object, command stack and observability hooks per commit. A dropped connection is
+    retried by the client's own policy, as a pipeline would be; a transition that ran before
+    the drop is refused by its compare-and-set when sent again, and its caller decides again
+    from the stored state, as after any race. (The connection goes back to the pool after each
+    batch: kept by the batcher, it starved a client with a pool of one.)
     """
 
     def __init__(self, client: Redis, script: Any) -> None:
@@ -123,7 +123,6 @@ class _TransitionBatcher:
         self._script = script
         self._queue: list[_Pending] = []
         self._busy = False
-        self._conn: Any = None  # the batcher's own connection, taken at the first batch
 
     async def call(self, keys: list[str], args: list[Any]) -> Any:
         me = _Pending(keys, args)
@@ -159,7 +158,7 @@ class _TransitionBatcher:
                 self._busy = False
 
     async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Write ``commands`` at once on the batcher's connection and read every reply (an
+        """Write ``commands`` at once on a pooled connection and read every reply (an
         error reply as a value, like a pipeline with ``raise_on_error=False``)."""
         pool = getattr(self._client, "connection_pool", None)
         if pool is None:  # a client without one pool of plain connections: a pipeline
@@ -167,11 +166,8 @@ class _TransitionBatcher:
                 for command in commands:
                     pipe.execute_command(*command)
                 return list(await pipe.execute(raise_on_error=False))
-        if self._conn is None:
-            self._conn = await pool.get_connection()
-        conn = self._conn
-
         packed = b"".join(map(_resp, commands))
+        conn = await pool.get_connection()
 
         async def attempt() -> list[Any]:
             await conn.send_packed_command(packed)
@@ -186,7 +182,10 @@ class _TransitionBatcher:
         async def dropped(_error: Exception) -> None:
             await conn.disconnect()
 
-        replies: list[Any] = await conn.retry.call_with_retry(attempt, dropped)
+        try:
+            replies: list[Any] = await conn.retry.call_with_retry(attempt, dropped)
+        finally:
+            await pool.release(conn)
         return replies
 
     async def _send(self, batch: Sequence[_Pending], retry: bool = True) -> None:

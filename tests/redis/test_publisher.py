@@ -286,3 +286,19 @@ async def test_order_details_are_merged_into_the_kept_final(redis_client: Redis)
     assert kept["details"] == {**card, "amount_refunded": 500}
     types = [e["type"] for _, e in await stream_events(redis_client)]
     assert types[-3:] == ["order.status", "order.details", "order.refund"]
+
+
+async def test_commits_share_a_pool_of_one_connection(redis_server) -> None:
+    """The transition batcher borrows a pooled connection per batch and gives it back: a
+    client with a single connection still serves other commands between commits, and the
+    script's reload after a restart (it needs a connection of its own)."""
+    client = connect(redis_server.url, max_connections=1, socket_timeout=5.0)
+    try:
+        s = store(client)
+        await create(s)
+        assert await client.ping()
+        redis_server.restart()  # forgets the script (and the data): the commit loads it again
+        await create(s)
+        assert await client.get(KEYS.terminal_active("0000004D")) == "o-1"
+    finally:
+        await client.aclose()
