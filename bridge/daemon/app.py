@@ -31,7 +31,7 @@ from bridge.daemon.payment import SessionContext
 from bridge.daemon.receipts import AutoReceipts, ReceiptFetcher
 from bridge.daemon.terminals import TerminalDirectory
 from bridge.daemon.webhooks import WebhookReceiver
-from bridge.multisafepay.api import MultiSafepayApi
+from bridge.multisafepay.api import MultiSafepayApi, rest_clients
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
 from bridge.redis.leases import Leases
@@ -100,12 +100,11 @@ class Bridge:
             # seconds of start-up on a loaded host, seconds a restarted daemon's payments wait
             tls = httpx.create_ssl_context()
             http = await stack.enter_async_context(
-                httpx.AsyncClient(
+                rest_clients(
                     verify=tls,
                     timeout=httpx.Timeout(
                         upstream.request_timeout, connect=upstream.connect_timeout
                     ),
-                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
                     headers={"User-Agent": "pos-bridge/0.1"},
                 )
             )

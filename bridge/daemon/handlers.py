@@ -68,10 +68,12 @@ class CommandHandlers(PayHandler, OrderCommands):
             order_id=getattr(command, "order_id", None)
             or (derive_order_id(command_id) if isinstance(command, PayCommand) else None),
         )
-        if not await self._claim_command_id(command, command_id):
-            return
         if isinstance(command, PayCommand):
-            await self.pay(command, command_id)  # replays are told apart by the order's state
+            # claims the command id itself, in the same round trip as what it looks up first;
+            # replays are told apart by the order's state
+            await self.pay(command, command_id)
+            return
+        if not await self._claim_command_id(command, command_id):
             return
         if isinstance(command, ReceiptCommand):  # answered once per delivery: no "done" mark
             receipts = ReceiptRequests(self.ctx, self.directory, self.redis, self._command_failed)
@@ -100,17 +102,10 @@ class CommandHandlers(PayHandler, OrderCommands):
         previous = await self.redis.set(
             self.keys.command_record(command_id), fingerprint, nx=True, ex=int(self._ttl), get=True
         )
-        if previous is None or previous == fingerprint:
-            return True
-        await self._command_failed(
-            command.terminal,
-            command_id,
-            getattr(command, "order_id", None),
-            ErrorCode.INVALID_COMMAND,
-            f"command_id {command_id} was already used for a different command",
-            once=f"{command_id}:{fingerprint[:16]}",
+        previous_fingerprint = previous if isinstance(previous, str) else None
+        return await self._command_id_claimed(
+            command, command_id, fingerprint, previous_fingerprint
         )
-        return False
 
     async def _invalid(self, entry_id: str, raw: str, exc: InvalidCommand) -> None:
         command_id = exc.command_id or entry_id

@@ -5,13 +5,16 @@ decides), ``order.created``, and the session that follows the payment."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import structlog
+from redis.exceptions import RedisError
 
 from bridge import metrics
-from bridge.core.commands import PayCommand, derive_order_id
+from bridge.core.commands import AnyCommand, PayCommand, command_fingerprint, derive_order_id
 from bridge.core.events import ErrorCode
 from bridge.core.order_commands import plan_create_failure, wrong_terminal
 from bridge.core.state import Decision, OrderState, Verdict, order_created, utcnow
@@ -19,6 +22,7 @@ from bridge.daemon.answers import Answers
 from bridge.daemon.intake import LeaveUnacknowledged
 from bridge.daemon.ownership import record_found_order
 from bridge.multisafepay.api import ApiError, CreatedOrder
+from bridge.redis.client import text
 from bridge.redis.registry import SessionRecord
 
 log = structlog.get_logger("bridge.commands")
@@ -35,7 +39,56 @@ class OutcomeUnknown(LeaveUnacknowledged):
     """MultiSafepay could not say whether an order exists: the command stays unacknowledged."""
 
 
+@dataclass(frozen=True, slots=True)
+class _FirstLook:
+    """What a ``pay`` reads before it acts, in one round trip with the claim of its id."""
+
+    previous: str | None  # the fingerprint its command id had, if any
+    state: OrderState | None  # the order's, if it exists
+    active: str | None  # the order in flight on the terminal, if any
+    lease: str | None  # the token of the order's lease, if any
+
+
 class PayHandler(Answers):
+    async def _command_id_claimed(
+        self, command: AnyCommand, command_id: str, fingerprint: str, previous: str | None
+    ) -> bool:
+        """Whether the command id is this command's (``previous``: the fingerprint stored
+        before, if any); if it was used for another command, that is answered here."""
+        if previous is None or previous == fingerprint:
+            return True
+        await self._command_failed(
+            command.terminal,
+            command_id,
+            getattr(command, "order_id", None),
+            ErrorCode.INVALID_COMMAND,
+            f"command_id {command_id} was already used for a different command",
+            once=f"{command_id}:{fingerprint[:16]}",
+        )
+        return False
+
+    async def _first_look(
+        self, command: PayCommand, command_id: str, order_id: str, fingerprint: str
+    ) -> _FirstLook:
+        """Claim the command id (``SET NX GET``) and read the order's state, the terminal's
+        order in flight and the order's lease: four independent commands, one round trip
+        (they were four). Nothing here is written but the claim, as before."""
+        keys = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(
+                keys.command_record(command_id), fingerprint, nx=True, ex=int(self._ttl), get=True
+            )
+            pipe.hget(keys.order_state(order_id), "state")
+            pipe.get(keys.terminal_active(command.terminal))
+            pipe.get(keys.lease(order_id))
+            previous, raw_state, active, lease = await pipe.execute()
+        return _FirstLook(
+            previous=text(previous),
+            state=OrderState.from_json(raw_state) if raw_state else None,
+            active=text(active),
+            lease=text(lease),
+        )
+
     async def _pay_failed(
         self, command: PayCommand, command_id: str, order_id: str, code: ErrorCode, message: str
     ) -> None:
@@ -51,7 +104,11 @@ class PayHandler(Answers):
 
     async def pay(self, command: PayCommand, command_id: str) -> None:
         order_id = command.order_id or derive_order_id(command_id)
-        state = await self.ctx.store.load(order_id)
+        fingerprint = command_fingerprint(command)
+        look = await self._first_look(command, command_id, order_id, fingerprint)
+        if not await self._command_id_claimed(command, command_id, fingerprint, look.previous):
+            return
+        state = look.state
         if state is not None:
             if state.command_id == command_id:  # a replay: already handled
                 if not state.final and not self._running(order_id):
@@ -78,7 +135,7 @@ class PayHandler(Answers):
             )
             return
         group, upstream_terminal = route
-        busy_with = await self._busy_with(command.terminal, order_id)
+        busy_with = await self._busy_with(command.terminal, order_id, look.active)
         if busy_with:
             await self._pay_failed(
                 command,
@@ -89,9 +146,56 @@ class PayHandler(Answers):
                 "(that payment goes on)",
             )
             return
-        fence = await self._claim_lease(order_id)
+        # no lease at all (the usual case): take it at once, without asking again who holds it
+        fence = None if look.lease else await self.ctx.leases.acquire(order_id)
+        fence = fence or await self._claim_lease(order_id)
         if fence is None:  # another daemon holds this very order (the same command, replayed)
             raise LeaveUnacknowledged(f"order {order_id} is being handled by another daemon")
+        await self._while_leased(
+            order_id,
+            fence,
+            lambda: self._open(command, command_id, order_id, group, upstream_terminal, fence),
+        )
+
+    async def _while_leased(
+        self, order_id: str, fence: str, work: Callable[[], Awaitable[None]]
+    ) -> None:
+        """``work()`` with the order's lease renewed every third of its TTL meanwhile: a create
+        can outlast the lease (a slow answer, retries, a loaded host), and the daemon's own
+        renewal covers a payment only once its session runs. Without this, the orphan scan took
+        the lapsed lease of a pay still creating its order, whose commit then failed."""
+        failed: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._renew_lease, order_id, fence)
+            try:
+                await work()
+            except Exception as exc:  # noqa: BLE001 - raised again below, not wrapped in a group
+                failed.append(exc)
+            finally:
+                tg.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+
+    async def _renew_lease(self, order_id: str, fence: str) -> None:
+        leases = self.ctx.leases
+        while True:
+            await anyio.sleep(leases.ttl_ms / 3000)
+            try:
+                if not await leases.renew(order_id, fence):
+                    return  # lost (or released): the commit that needs it says so
+            except RedisError as exc:  # nobody can take it over while Redis is away either
+                log.debug("pay.lease_not_renewed", order_id=order_id, error=str(exc))
+
+    async def _open(
+        self,
+        command: PayCommand,
+        command_id: str,
+        order_id: str,
+        group: Any,
+        upstream_terminal: str,
+        fence: str,
+    ) -> None:
+        """The payment's intent in the registry, the create, ``order.created``, its session."""
         now = time.time()
         record = SessionRecord(
             order_id=order_id,
@@ -157,8 +261,13 @@ class PayHandler(Answers):
                 now=utcnow(),
             )
 
+        # The order had no state when the pay looked, and the lease is ours since: commit
+        # without reading it again (a wrong guess costs the compare-and-set one more try).
         recorded = await waiters.call(
-            lambda: self.ctx.store.record(order_id, created, fence=fence), what="a created order"
+            lambda: self.ctx.store.record(
+                order_id, created, known=None, trust_known=True, fence=fence
+            ),
+            what="a created order",
         )
         state = recorded.decision.state
         log.info(
@@ -201,13 +310,12 @@ class PayHandler(Answers):
             await anyio.sleep(0.1)
         return None
 
-    async def _busy_with(self, terminal: str, order_id: str) -> str | None:
-        """The order in flight on ``terminal``, if another one is. Before refusing, MultiSafepay
-        is asked (``GET``): a payment that ended while nobody listened (its daemon was killed,
-        its stream not yet caught up) is published, and does not refuse the next customer.
-        One no live daemon follows is taken over here at once."""
-        raw = await self.redis.get(self.keys.terminal_active(terminal))
-        active = str(raw) if raw else None
+    async def _busy_with(self, terminal: str, order_id: str, active: str | None) -> str | None:
+        """The order in flight on ``terminal`` (``active``: its ``:active`` key), if another
+        one is. Before refusing, MultiSafepay is asked (``GET``): a payment that ended while
+        nobody listened (its daemon was killed, its stream not yet caught up) is published, and
+        does not refuse the next customer. One no live daemon follows is taken over here at
+        once."""
         if active is None or active == order_id:
             return None
         state = await self.ctx.store.load(active)

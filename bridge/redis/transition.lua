@@ -4,7 +4,10 @@
 -- order publish each transition once; then for each event: XADD to the terminal's durable
 -- stream, and PUBLISH it with the new entry's id as `stream_id` (written before announced).
 -- The order key holds the payment's latest status event (its final once there is one); a
--- refund is not stored there, it only updates the kept event's `details.amount_refunded`. Events arrive as JSON objects built by the daemon; the
+-- refund is not stored there, it only updates the kept event's `details.amount_refunded`, and
+-- an `order.details` (the final's card details, learned after it) is merged into the kept
+-- event's `details` (and fills its `transaction_id` if it had none): the key keeps the final,
+-- with its details. Events arrive as JSON objects built by the daemon; the
 -- stream id is spliced in before the closing brace rather than decoded and re-encoded.
 --
 -- A session's commits are also fenced: they carry the token of the order's lease, and a
@@ -18,7 +21,8 @@
 -- ARGV[8] order id       ARGV[9] fencing token ("" for a commit outside a session)
 -- ARGV[10] index of the event the order key gets ("0": it keeps its event)
 -- ARGV[11] refunded total to write into the order key's event ("" for none)
--- ARGV[12..] events (JSON); none for a state change that publishes nothing
+-- ARGV[12] index of an `order.details` event to merge into the order key's event ("0": none)
+-- ARGV[13..] events (JSON); none for a state change that publishes nothing
 -- Returns {1, stream ids...} when applied, {0, current seq, current state JSON} when the
 -- stored state moved on (the caller decides again from it), {-1} when fenced out.
 if ARGV[9] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[9] then
@@ -30,8 +34,9 @@ if seq ~= tonumber(ARGV[1]) then
 end
 local result = {1}
 local kept
-local keep = tonumber(ARGV[10]) + 11
-for i = 12, #ARGV do
+local keep = tonumber(ARGV[10]) + 12
+local merge = tonumber(ARGV[12]) + 12
+for i = 13, #ARGV do
   local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[i])
   local message = string.sub(ARGV[i], 1, -2) .. ',"stream_id":"' .. id .. '"}'
   redis.call('PUBLISH', ARGV[6], message)
@@ -40,14 +45,27 @@ for i = 12, #ARGV do
     kept = message
   end
 end
-if ARGV[11] ~= '' then
+if ARGV[11] ~= '' or merge > 12 then
   local base = kept or redis.call('GET', KEYS[3])
   if base then
     local event = cjson.decode(base)
     if type(event['details']) ~= 'table' then
       event['details'] = {}
     end
-    event['details']['amount_refunded'] = tonumber(ARGV[11])
+    if merge > 12 then
+      local learned = cjson.decode(ARGV[merge])
+      if type(learned['details']) == 'table' then
+        for name, value in pairs(learned['details']) do
+          event['details'][name] = value
+        end
+      end
+      if event['transaction_id'] == nil or event['transaction_id'] == cjson.null then
+        event['transaction_id'] = learned['transaction_id']
+      end
+    end
+    if ARGV[11] ~= '' then
+      event['details']['amount_refunded'] = tonumber(ARGV[11])
+    end
     kept = cjson.encode(event)
   end
 end

@@ -10,6 +10,7 @@ from helpers.harness import Till, bridge_config, running_bridge, sim_orders, sta
 from redis.asyncio import Redis
 
 from bridge.core.commands import derive_order_id
+from bridge.metrics import REGISTRY
 from bridge.simulator.server import SimulatorServer
 
 pytestmark = pytest.mark.anyio
@@ -258,3 +259,35 @@ async def test_cancel_and_refund_from_another_terminal_are_refused(
     assert not any(e["type"] == "command.failed" for e in await till.events(terminal))
     upstream = {o["order_id"]: o for o in await sim_orders(simulator)}
     assert upstream["mine"]["status"] == "completed"
+
+
+def _pay_commands(result: str) -> float:
+    sample = REGISTRY.get_sample_value(
+        "pos_bridge_commands_total", {"type": "pay", "result": result}
+    )
+    return sample or 0.0
+
+
+async def test_a_create_slower_than_the_lease_keeps_it(redis_server, redis_client: Redis) -> None:
+    """The daemon renews a running session's lease; a pay still creating its order (here each
+    answer takes 4 s, the lease 1 s) renews its own, so the orphan scan does not take it and
+    the pay's commit is not refused (it crashed with LeaseLost and was left for a retry)."""
+    till = Till(redis_client)
+    crashed, unfinished = _pay_commands("crashed"), _pay_commands("unfinished")
+    with SimulatorServer(speed=1) as sim:
+        config = bridge_config(
+            redis_server.url,
+            sim.base_url,
+            multisafepay={"request_timeout": 10.0, "connect_timeout": 10.0},
+            daemon={"lease_ttl": 1.0},
+        )
+        async with running_bridge(config):
+            pay = await till.pay("SIM-SLOW-01", 1250, order_id="slow-order")
+            events = await till.until_final("SIM-SLOW-01", pay, timeout=60)
+            await till.settled(timeout=30)  # the pay was acknowledged (not left for a retry)
+    # initialized may come and go while the first (4 s) GET is answered
+    assert statuses(events) in (
+        ["order.created", "initialized", "completed"],
+        ["order.created", "completed"],
+    )
+    assert (_pay_commands("crashed"), _pay_commands("unfinished")) == (crashed, unfinished)

@@ -81,9 +81,11 @@ async def test_every_scenario_reaches_its_final_once(
         (e["event_id"], e["stream_id"]) for e in everything
     ]
     assert await redis_client.get(till.keys.terminal_active(terminal)) is None
-    # the order key keeps the final (order.details only go on the channel and stream)
+    # the order key keeps the final, with the details that followed it merged in
     latest = json.loads(await redis_client.get(till.keys.order(events[0]["order_id"])))
-    assert latest["event_id"] == events[-1]["event_id"]
+    assert latest["event_id"] == events[-1]["event_id"] and latest["final"]
+    for later in details:
+        assert later["details"].items() <= latest["details"].items()
 
 
 # Each reading the docs leave open, beside the defaults ({}: no `id:` lines, `data: ping`).

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from bridge.core.events import ErrorCode
-from bridge.multisafepay.api import ApiError, MultiSafepayApi, _path
+from bridge.multisafepay.api import ApiError, MultiSafepayApi, _path, rest_clients
 from bridge.simulator import SimulatorServer
 
 pytestmark = pytest.mark.anyio
@@ -104,3 +104,29 @@ async def test_an_id_that_looks_like_a_path_reaches_its_own_order(api: MultiSafe
         await api.cancel_order(KEY, "X31/cancel")
     assert err.value.code is ErrorCode.NOT_FOUND
     assert (await api.get_order(KEY, "X31"))["status"] == "completed"
+
+
+async def test_calls_go_to_the_least_busy_of_the_rest_clients(sim: SimulatorServer) -> None:
+    """Calls in flight together are spread over the clients (each pool stays short); one call
+    at a time always uses the first (its connections are reused)."""
+    used: list[int] = []
+
+    def hook(shard: int) -> Any:
+        async def record(_request: httpx.Request) -> None:
+            used.append(shard)
+
+        return record
+
+    async with rest_clients(shards=3) as clients:
+        for shard, client in enumerate(clients):
+            client.event_hooks["request"] = [hook(shard)]
+        api = MultiSafepayApi(clients, sim.base_url, request_timeout=10.0)
+        await _create(api, "shards-1", "SIM-APPROVE-01")
+        for _ in range(3):
+            await api.get_order(KEY, "shards-1")
+        assert used == [0, 0, 0, 0]
+        used.clear()
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(api.get_order, KEY, "shards-1")
+        assert sorted(used) == [0, 1, 2]

@@ -244,3 +244,61 @@ async def test_scripts_survive_a_redis_restart(redis_server, redis_client: Redis
         lambda st: observe(st, obs("initialized", Source.POLL), now(), terminal_id="0000004D"),
     )
     assert recorded.stream_ids
+
+
+async def test_order_details_are_merged_into_the_kept_final(redis_client: Redis) -> None:
+    """The order key keeps the final the stream gave; its card details, learned afterwards
+    (``order.details``), are merged into it, and a later refund keeps both."""
+    s = store(redis_client)
+    await create(s)
+    for status in ("initialized", "completed"):
+        await s.record("o-1", lambda st, status=status: observe(st, obs(status), now()))
+    final = json.loads(await redis_client.get(KEYS.order("o-1")))
+    assert final["status"] == "completed" and final["details"] == {}
+    assert final["transaction_id"] is None
+
+    card = {"card": "VISA", "last4": "1234", "authorization_code": "A1/\u00e9"}
+    polled = Observation(
+        source=Source.POLL,
+        order_id="o-1",
+        status="completed",
+        transaction_id="890001",
+        details=card,
+    )
+    recorded = await s.record("o-1", lambda st: observe(st, polled, now()))
+    assert [e.type for e in recorded.published] == [EventType.ORDER_DETAILS]
+    kept = json.loads(await redis_client.get(KEYS.order("o-1")))
+    # still the final itself (its event and stream ids, final, status), now with its details
+    same = ("event_id", "stream_id", "type", "status", "final", "source", "command_id")
+    assert {k: kept[k] for k in same} == {k: final[k] for k in same}
+    assert kept["details"] == card and kept["transaction_id"] == "890001"
+    # said once: the same details again change nothing
+    again = await s.record("o-1", lambda st: observe(st, polled, now()))
+    assert not again.published
+
+    refund = Observation(
+        source=Source.POLL, order_id="o-1", status="completed", amount_refunded=500
+    )
+    recorded = await s.record("o-1", lambda st: observe(st, refund, now()))
+    assert [e.type for e in recorded.published] == [EventType.ORDER_REFUND]
+    kept = json.loads(await redis_client.get(KEYS.order("o-1")))
+    assert kept["event_id"] == final["event_id"]
+    assert kept["details"] == {**card, "amount_refunded": 500}
+    types = [e["type"] for _, e in await stream_events(redis_client)]
+    assert types[-3:] == ["order.status", "order.details", "order.refund"]
+
+
+async def test_commits_share_a_pool_of_one_connection(redis_server) -> None:
+    """The transition batcher borrows a pooled connection per batch and gives it back: a
+    client with a single connection still serves other commands between commits, and the
+    script's reload after a restart (it needs a connection of its own)."""
+    client = connect(redis_server.url, max_connections=1, socket_timeout=5.0)
+    try:
+        s = store(client)
+        await create(s)
+        assert await client.ping()
+        redis_server.restart()  # forgets the script (and the data): the commit loads it again
+        await create(s)
+        assert await client.get(KEYS.terminal_active("0000004D")) == "o-1"
+    finally:
+        await client.aclose()
