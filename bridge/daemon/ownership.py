@@ -22,6 +22,7 @@ from bridge.core.events import ErrorCode, Source
 from bridge.core.normalize import MalformedPayload, from_order
 from bridge.core.state import Decision, OrderState, Verdict, observe, order_created, utcnow
 from bridge.daemon.payment import PaymentSession, SessionContext
+from bridge.daemon.scheduler import Scheduler
 from bridge.multisafepay.api import ApiError
 from bridge.redis.presence import Presence
 from bridge.redis.registry import SessionRecord
@@ -83,6 +84,9 @@ class Sessions:
         self._crashed: dict[str, float] = {}
         self._idle = anyio.Event()
         self._idle.set()
+        #: Every payment's timers, and the jobs they start, in the payments' task group.
+        self.timers = Scheduler(tg)
+        tg.start_soon(self.timers.run, name="payment timers")
 
     @property
     def presence(self) -> Presence:
@@ -111,7 +115,7 @@ class Sessions:
             fence = await self._ctx.leases.claim(record.order_id)
             if fence is None:
                 return False
-        session = PaymentSession(self._ctx, record, key, state, fence=fence)
+        session = PaymentSession(self._ctx, record, key, state, fence=fence, timers=self.timers)
         self.running[record.order_id] = session
         if self._idle.is_set():
             self._idle = anyio.Event()
