@@ -130,18 +130,27 @@ class Leases:
         return bool(await self._renew(keys=[self._keys.lease(order_id)], args=[token, self.ttl_ms]))
 
     async def renew_all(self, held: dict[str, str], batch: int = 500) -> set[str]:
-        """Extend every lease in ``held`` (order id -> token) in a few round trips, however many
-        payments the daemon follows. Returns the orders whose lease is no longer ours."""
-        lost: set[str] = set()
+        """Extend every lease in ``held`` (order id -> token), however many payments the daemon
+        follows, in one round trip: one pipeline of one script call per ``batch`` leases (each
+        call short, so Redis serves others between them). Returns the orders whose lease is no
+        longer ours."""
         items = list(held.items())
-        for start in range(0, len(items), batch):
-            chunk = items[start : start + batch]
-            indexes = await self._renew_many(
-                keys=[self._keys.lease(order_id) for order_id, _ in chunk],
-                args=[self.ttl_ms, *(token for _, token in chunk)],
-            )
-            lost.update(chunk[int(i) - 1][0] for i in indexes)
-        return lost
+        chunks = [items[start : start + batch] for start in range(0, len(items), batch)]
+        if not chunks:
+            return set()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for chunk in chunks:
+                await self._renew_many(
+                    keys=[self._keys.lease(order_id) for order_id, _ in chunk],
+                    args=[self.ttl_ms, *(token for _, token in chunk)],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return {
+            chunk[int(i) - 1][0]
+            for chunk, indexes in zip(chunks, replies, strict=True)
+            for i in indexes
+        }
 
     async def release(self, order_id: str, token: str) -> None:
         """Give the order up at once (a clean stop), so another daemon can continue it."""
