@@ -84,6 +84,9 @@ class Sessions:
         self._crashed: dict[str, float] = {}
         self._idle = anyio.Event()
         self._idle.set()
+        up = ctx.upstream
+        #: The longest a pay may hold a lease before its session runs: its create's attempts.
+        self._opening_max = up.connect_timeout + up.request_timeout * (up.create_retries + 2)
         #: Every payment's timers, and the jobs they start, in the payments' task group.
         self.timers = Scheduler(tg)
         tg.start_soon(self.timers.run, name="payment timers")
@@ -212,14 +215,32 @@ class Sessions:
             return None
 
     def keep_leases(self, interval: float) -> None:
-        """Renew the leases of every payment this daemon follows, all at once, every
-        ``interval`` seconds (a third of their TTL), for the daemon's life."""
+        """Renew every lease this daemon holds, all at once, every ``interval`` seconds (a
+        third of their TTL), for the daemon's life: those of the payments it follows, and
+        those of payments being opened (a ``POST orders`` under load can outlast a TTL; a
+        lease lapsed there let this daemon's own orphan scan take the payment over mid-open)."""
         self._tg.start_soon(self._keep_leases, interval, name="lease renewal")
+
+    def _leases_to_renew(self) -> dict[str, str]:
+        """Order id -> token of the leases to renew now. A lease held for no running session
+        (a payment being opened) is renewed for ``_opening_max`` at most, then left to lapse:
+        one whose holder failed without releasing it must not stay held while this daemon
+        lives (nobody would take the payment over)."""
+        leases = self._ctx.leases
+        oldest = time.monotonic() - self._opening_max
+        renew: dict[str, str] = {}
+        for order_id, (token, since) in list(leases.held.items()):
+            session = self.running.get(order_id)
+            if (session is not None and session.fence == token) or since > oldest:
+                renew[order_id] = token
+            elif session is None:
+                leases.forget(order_id, token)
+        return renew
 
     async def _keep_leases(self, interval: float) -> None:
         while True:
             await anyio.sleep(interval)
-            held = {order_id: session.fence for order_id, session in self.running.items()}
+            held = self._leases_to_renew()
             try:
                 await self._ctx.leases.presence.announce()
                 if not held:
@@ -228,6 +249,7 @@ class Sessions:
             except RedisError:
                 continue  # nobody can take a payment over while Redis is away either
             for order_id in lost:
+                self._ctx.leases.forget(order_id, held[order_id])
                 session = self.running.get(order_id)
                 if session is not None and session.fence == held[order_id]:
                     session.lease_lost()

@@ -9,6 +9,8 @@ cannot publish once another has taken the order over.
 
 from __future__ import annotations
 
+import time
+
 from redis.asyncio import Redis
 
 from bridge.redis.client import text
@@ -63,12 +65,25 @@ class Leases:
         self._renew = client.register_script(_RENEW)
         self._renew_many = client.register_script(_RENEW_MANY)
         self._release = client.register_script(_RELEASE)
+        #: Every lease this daemon was granted and has not released: order id -> (token, when
+        #: granted, monotonic). The renewal keeps them (see ``Sessions``), also while a payment
+        #: is being opened, before its session runs.
+        self.held: dict[str, tuple[str, float]] = {}
+
+    def _granted(self, order_id: str, token: str) -> str:
+        self.held[order_id] = (token, time.monotonic())
+        return token
+
+    def forget(self, order_id: str, token: str) -> None:
+        """No longer renew ``token`` (lost, released or left to lapse)."""
+        if self.held.get(order_id, ("",))[0] == token:
+            del self.held[order_id]
 
     async def acquire(self, order_id: str) -> str | None:
         """A new token if the order had no owner, else None."""
         token = f"{await self._client.incr(self._keys.fence_counter)}:{self._owner}"
         taken = await self._client.set(self._keys.lease(order_id), token, nx=True, px=self.ttl_ms)
-        return token if taken else None
+        return self._granted(order_id, token) if taken else None
 
     async def take_over(self, order_id: str, dead_token: str) -> str | None:
         """A new token in place of ``dead_token`` (its daemon is gone), if it still holds.
@@ -77,7 +92,7 @@ class Leases:
         taken = await self._take_over(
             keys=[self._keys.lease(order_id)], args=[dead_token, token, self.ttl_ms]
         )
-        return token if taken else None
+        return self._granted(order_id, token) if taken else None
 
     async def orphaned(self, order_id: str) -> str | None:
         """The lease token of ``order_id`` when its daemon is gone ("" when there is no
@@ -154,6 +169,7 @@ class Leases:
 
     async def release(self, order_id: str, token: str) -> None:
         """Give the order up at once (a clean stop), so another daemon can continue it."""
+        self.forget(order_id, token)
         await self._release(keys=[self._keys.lease(order_id)], args=[token])
 
     async def holder(self, order_id: str) -> str | None:

@@ -12,8 +12,10 @@ import anyio
 import pytest
 from helpers.harness import Till, bridge_config, running_bridge, statuses
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from bridge.daemon.ownership import Sessions
+from bridge.simulator.server import SimulatorServer
 
 pytestmark = pytest.mark.anyio
 
@@ -90,3 +92,27 @@ async def test_a_stop_hands_a_quiet_payment_over(
     assert f"session {order_id}" not in task_names()
     assert await redis_client.get(till.keys.lease(order_id)) is None
     assert await redis_client.sismember(till.keys.sessions_index, order_id)
+
+
+async def test_a_lease_outlives_a_create_slower_than_its_ttl(
+    redis_server, redis_client: Redis
+) -> None:
+    """The lease is taken before ``POST orders``; a create that takes four times the lease's
+    TTL must not let it lapse (this daemon's own orphan scan would then take the payment over
+    mid-open, and the pay's commit be refused)."""
+    with SimulatorServer(speed=1) as sim:  # SIM-SLOW: every answer about the order takes 4 s
+        config = bridge_config(
+            redis_server.url,
+            sim.base_url,
+            multisafepay={"request_timeout": 20.0},
+            daemon={"lease_ttl": 1.0},
+        )
+        till = Till(redis_client)
+        with capture_logs() as logs:
+            async with running_bridge(config):
+                command_id = await till.pay("SIM-SLOW-01", 1250)
+                events = await till.until_final("SIM-SLOW-01", command_id, timeout=90)
+    assert statuses(events)[0] == "order.created" and events[-1]["status"] == "completed"
+    lapsed = [e for e in logs if e["event"] in ("session.adopted", "session.lease_lost")]
+    assert not lapsed, lapsed
+    assert not [e for e in logs if e["event"] == "command.crashed"]

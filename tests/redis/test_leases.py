@@ -88,6 +88,22 @@ async def test_renewing_all_leases_at_once_reports_the_lost(redis_client: Redis)
     assert await redis_client.pttl(KEYS.lease("o0")) > 4000  # renewed to the full TTL
 
 
+async def test_a_daemon_knows_which_leases_it_holds(redis_client: Redis) -> None:
+    """What the renewal loop renews: every grant not yet released or forgotten."""
+    a, b = Leases(redis_client, KEYS, 30.0, "a"), Leases(redis_client, KEYS, 30.0, "b")
+    first = await a.acquire("o1")
+    second = await a.acquire("o2")
+    assert first and second and await a.acquire("o1") is None
+    assert {o: t for o, (t, _) in a.held.items()} == {"o1": first, "o2": second}
+    await a.release("o1", first)
+    a.forget("o2", "not-the-token")  # another grant's token forgets nothing
+    assert set(a.held) == {"o2"} and not b.held
+    taken = await b.take_over("o2", second)
+    assert taken and b.held["o2"][0] == taken
+    a.forget("o2", second)
+    assert not a.held
+
+
 def dead_pid() -> int:
     """A process id that ran on this host and no longer does."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
