@@ -9,6 +9,7 @@ restart, in one mechanism.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -245,7 +246,7 @@ class Sessions:
                 await self._ctx.leases.presence.announce()
                 if not held:
                     continue
-                lost = await self._ctx.leases.renew_all(held)
+                lost, revived = await self._ctx.leases.renew_all(held)
             except RedisError:
                 continue  # nobody can take a payment over while Redis is away either
             for order_id in lost:
@@ -253,6 +254,24 @@ class Sessions:
                 session = self.running.get(order_id)
                 if session is not None and session.fence == held[order_id]:
                     session.lease_lost()
+            if revived:
+                await self._revived(revived, held)
+
+    async def _revived(self, revived: set[str], held: dict[str, str]) -> None:
+        """Leases that had lapsed (this daemon stalled past their TTL) and were set again.
+        One released meanwhile (its payment ended or was handed over) is released again, so
+        the renewal never holds what nobody here follows."""
+        leases = self._ctx.leases
+        log.warning(
+            "leases.revived",
+            count=len(revived),
+            note="renewal came later than the lease TTL (a stalled or starved daemon)",
+        )
+        for order_id in revived:
+            token = held[order_id]
+            if leases.held.get(order_id, ("",))[0] != token:
+                with contextlib.suppress(RedisError):  # it lapses by itself within its TTL
+                    await leases.release(order_id, token)
 
     def watch_orphans(self, interval: float, *, until: anyio.Event) -> None:
         """Look for payments nobody follows every ``interval`` seconds, until the daemon

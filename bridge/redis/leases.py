@@ -24,16 +24,24 @@ end
 return 0
 """
 
+# A lease that lapsed while nobody took it (this daemon stalled past its TTL: a GC pause, a
+# starved CPU) is set again with the same token, as any daemon's SET NX could have set it: no
+# other token held it meanwhile, and every commit is still a compare-and-set on the order's
+# version, so nothing is decided from a stale state. Returns {lost indexes, revived indexes}.
 _RENEW_MANY = """
-local lost = {}
+local lost, revived = {}, {}
 for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+  local held = redis.call('GET', KEYS[i])
+  if held == ARGV[i + 1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  elseif not held then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+    revived[#revived + 1] = i
   else
     lost[#lost + 1] = i
   end
 end
-return lost
+return {lost, revived}
 """
 
 _TAKE_OVER = """
@@ -144,15 +152,18 @@ class Leases:
         """Extend the lease; False if it is no longer ours."""
         return bool(await self._renew(keys=[self._keys.lease(order_id)], args=[token, self.ttl_ms]))
 
-    async def renew_all(self, held: dict[str, str], batch: int = 500) -> set[str]:
+    async def renew_all(self, held: dict[str, str], batch: int = 500) -> tuple[set[str], set[str]]:
         """Extend every lease in ``held`` (order id -> token), however many payments the daemon
         follows, in one round trip: one pipeline of one script call per ``batch`` leases (each
-        call short, so Redis serves others between them). Returns the orders whose lease is no
-        longer ours."""
+        call short, so Redis serves others between them). Returns the orders whose lease is
+        another's now (lost), and those whose lease had lapsed with nobody taking it (set
+        again: revived)."""
         items = list(held.items())
         chunks = [items[start : start + batch] for start in range(0, len(items), batch)]
+        lost: set[str] = set()
+        revived: set[str] = set()
         if not chunks:
-            return set()
+            return lost, revived
         async with self._client.pipeline(transaction=False) as pipe:
             for chunk in chunks:
                 await self._renew_many(
@@ -161,11 +172,10 @@ class Leases:
                     client=pipe,
                 )
             replies = await pipe.execute()
-        return {
-            chunk[int(i) - 1][0]
-            for chunk, indexes in zip(chunks, replies, strict=True)
-            for i in indexes
-        }
+        for chunk, (lost_at, revived_at) in zip(chunks, replies, strict=True):
+            lost.update(chunk[int(i) - 1][0] for i in lost_at)
+            revived.update(chunk[int(i) - 1][0] for i in revived_at)
+        return lost, revived
 
     async def release(self, order_id: str, token: str) -> None:
         """Give the order up at once (a clean stop), so another daemon can continue it."""

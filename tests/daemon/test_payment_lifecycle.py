@@ -116,3 +116,28 @@ async def test_a_lease_outlives_a_create_slower_than_its_ttl(
     lapsed = [e for e in logs if e["event"] in ("session.adopted", "session.lease_lost")]
     assert not lapsed, lapsed
     assert not [e for e in logs if e["event"] == "command.crashed"]
+
+
+async def test_a_lease_that_lapsed_with_nobody_taking_it_is_renewed(
+    redis_server, redis_client: Redis, simulator
+) -> None:
+    """As after a stall past the TTL (a GC pause, a starved CPU) with no other daemon taking
+    the payment: the renewal sets the lease again and the payment goes on, not lost and
+    taken over again by this very daemon."""
+    config = bridge_config(redis_server.url, simulator.base_url)
+    till = Till(redis_client)
+    with capture_logs() as logs:
+        async with running_bridge(config) as bridge:
+            sessions = bridge.sessions
+            assert isinstance(sessions, Sessions)
+            order_id = await quiet_payment(till)
+            lease = till.keys.lease(order_id)
+            token = await redis_client.get(lease)
+            await redis_client.delete(lease)  # lapsed
+            with anyio.fail_after(15):
+                while not await redis_client.exists(lease):  # noqa: ASYNC110 - Redis state
+                    await anyio.sleep(0.02)
+            assert await redis_client.get(lease) == token
+            assert order_id in sessions
+    assert [e["count"] for e in logs if e["event"] == "leases.revived"] == [1]
+    assert not [e for e in logs if e["event"] in ("session.lease_lost", "session.adopted")]

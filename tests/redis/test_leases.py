@@ -81,11 +81,14 @@ async def test_renewing_all_leases_at_once_reports_the_lost(redis_client: Redis)
     held = {f"o{i}": await leases.acquire(f"o{i}") for i in range(1200)}
     await redis_client.delete(KEYS.lease("o7"), KEYS.lease("o1100"))  # lapsed...
     await redis_client.set(KEYS.lease("o1100"), "999:b")  # ... and one taken over
-    lost = await leases.renew_all(held)  # type: ignore[arg-type]
-    assert lost == {"o7", "o1100"}
+    lost, revived = await leases.renew_all(held)  # type: ignore[arg-type]
+    assert lost == {"o1100"}  # another token holds it: lost
+    assert revived == {"o7"}  # lapsed with nobody taking it: set again, with its token
+    assert await redis_client.get(KEYS.lease("o7")) == held["o7"]
     await redis_client.pexpire(KEYS.lease("o0"), 50)
-    assert await leases.renew_all(held) == {"o7", "o1100"}  # type: ignore[arg-type]
+    assert await leases.renew_all(held) == ({"o1100"}, set())  # type: ignore[arg-type]
     assert await redis_client.pttl(KEYS.lease("o0")) > 4000  # renewed to the full TTL
+    assert await redis_client.pttl(KEYS.lease("o7")) > 4000
 
 
 async def test_a_daemon_knows_which_leases_it_holds(redis_client: Redis) -> None:
