@@ -259,19 +259,19 @@ class Sessions:
 
     async def _revived(self, revived: set[str], held: dict[str, str]) -> None:
         """Leases that had lapsed (this daemon stalled past their TTL) and were set again.
-        One released meanwhile (its payment ended or was handed over) is released again, so
-        the renewal never holds what nobody here follows."""
+        One released while the renewal was in flight (its payment ended or was handed over)
+        is released again: the renewal never holds what nobody here follows."""
         leases = self._ctx.leases
-        log.warning(
-            "leases.revived",
-            count=len(revived),
-            note="renewal came later than the lease TTL (a stalled or starved daemon)",
-        )
-        for order_id in revived:
-            token = held[order_id]
-            if leases.held.get(order_id, ("",))[0] != token:
-                with contextlib.suppress(RedisError):  # it lapses by itself within its TTL
-                    await leases.release(order_id, token)
+        released = {o for o in revived if leases.held.get(o, ("",))[0] != held[o]}
+        if len(released) < len(revived):
+            log.warning(
+                "leases.revived",
+                count=len(revived) - len(released),
+                note="renewed later than the lease TTL (a stalled or starved daemon)",
+            )
+        for order_id in released:
+            with contextlib.suppress(RedisError):  # it lapses by itself within its TTL
+                await leases.release(order_id, held[order_id])
 
     def watch_orphans(self, interval: float, *, until: anyio.Event) -> None:
         """Look for payments nobody follows every ``interval`` seconds, until the daemon
