@@ -9,6 +9,7 @@ restart, in one mechanism.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from bridge.core.events import ErrorCode, Source
 from bridge.core.normalize import MalformedPayload, from_order
 from bridge.core.state import Decision, OrderState, Verdict, observe, order_created, utcnow
 from bridge.daemon.payment import PaymentSession, SessionContext
+from bridge.daemon.scheduler import Scheduler
 from bridge.multisafepay.api import ApiError
 from bridge.redis.presence import Presence
 from bridge.redis.registry import SessionRecord
@@ -83,6 +85,12 @@ class Sessions:
         self._crashed: dict[str, float] = {}
         self._idle = anyio.Event()
         self._idle.set()
+        up = ctx.upstream
+        #: The longest a pay may hold a lease before its session runs: its create's attempts.
+        self._opening_max = up.connect_timeout + up.request_timeout * (up.create_retries + 2)
+        #: Every payment's timers, and the jobs they start, in the payments' task group.
+        self.timers = Scheduler(tg)
+        tg.start_soon(self.timers.run, name="payment timers")
 
     @property
     def presence(self) -> Presence:
@@ -111,7 +119,7 @@ class Sessions:
             fence = await self._ctx.leases.claim(record.order_id)
             if fence is None:
                 return False
-        session = PaymentSession(self._ctx, record, key, state, fence=fence)
+        session = PaymentSession(self._ctx, record, key, state, fence=fence, timers=self.timers)
         self.running[record.order_id] = session
         if self._idle.is_set():
             self._idle = anyio.Event()
@@ -208,25 +216,62 @@ class Sessions:
             return None
 
     def keep_leases(self, interval: float) -> None:
-        """Renew the leases of every payment this daemon follows, all at once, every
-        ``interval`` seconds (a third of their TTL), for the daemon's life."""
+        """Renew every lease this daemon holds, all at once, every ``interval`` seconds (a
+        third of their TTL), for the daemon's life: those of the payments it follows, and
+        those of payments being opened (a ``POST orders`` under load can outlast a TTL; a
+        lease lapsed there let this daemon's own orphan scan take the payment over mid-open)."""
         self._tg.start_soon(self._keep_leases, interval, name="lease renewal")
+
+    def _leases_to_renew(self) -> dict[str, str]:
+        """Order id -> token of the leases to renew now. A lease held for no running session
+        (a payment being opened) is renewed for ``_opening_max`` at most, then left to lapse:
+        one whose holder failed without releasing it must not stay held while this daemon
+        lives (nobody would take the payment over)."""
+        leases = self._ctx.leases
+        oldest = time.monotonic() - self._opening_max
+        renew: dict[str, str] = {}
+        for order_id, (token, since) in list(leases.held.items()):
+            session = self.running.get(order_id)
+            if (session is not None and session.fence == token) or since > oldest:
+                renew[order_id] = token
+            elif session is None:
+                leases.forget(order_id, token)
+        return renew
 
     async def _keep_leases(self, interval: float) -> None:
         while True:
             await anyio.sleep(interval)
-            held = {order_id: session.fence for order_id, session in self.running.items()}
+            held = self._leases_to_renew()
             try:
                 await self._ctx.leases.presence.announce()
                 if not held:
                     continue
-                lost = await self._ctx.leases.renew_all(held)
+                lost, revived = await self._ctx.leases.renew_all(held)
             except RedisError:
                 continue  # nobody can take a payment over while Redis is away either
             for order_id in lost:
+                self._ctx.leases.forget(order_id, held[order_id])
                 session = self.running.get(order_id)
                 if session is not None and session.fence == held[order_id]:
                     session.lease_lost()
+            if revived:
+                await self._revived(revived, held)
+
+    async def _revived(self, revived: set[str], held: dict[str, str]) -> None:
+        """Leases that had lapsed (this daemon stalled past their TTL) and were set again.
+        One released while the renewal was in flight (its payment ended or was handed over)
+        is released again: the renewal never holds what nobody here follows."""
+        leases = self._ctx.leases
+        released = {o for o in revived if leases.held.get(o, ("",))[0] != held[o]}
+        if len(released) < len(revived):
+            log.warning(
+                "leases.revived",
+                count=len(revived) - len(released),
+                note="renewed later than the lease TTL (a stalled or starved daemon)",
+            )
+        for order_id in released:
+            with contextlib.suppress(RedisError):  # it lapses by itself within its TTL
+                await leases.release(order_id, held[order_id])
 
     def watch_orphans(self, interval: float, *, until: anyio.Event) -> None:
         """Look for payments nobody follows every ``interval`` seconds, until the daemon

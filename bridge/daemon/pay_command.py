@@ -5,13 +5,11 @@ decides), ``order.created``, and the session that follows the payment."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import structlog
-from redis.exceptions import RedisError
 
 from bridge import metrics
 from bridge.core.commands import AnyCommand, PayCommand, command_fingerprint, derive_order_id
@@ -151,40 +149,9 @@ class PayHandler(Answers):
         fence = fence or await self._claim_lease(order_id)
         if fence is None:  # another daemon holds this very order (the same command, replayed)
             raise LeaveUnacknowledged(f"order {order_id} is being handled by another daemon")
-        await self._while_leased(
-            order_id,
-            fence,
-            lambda: self._open(command, command_id, order_id, group, upstream_terminal, fence),
-        )
-
-    async def _while_leased(
-        self, order_id: str, fence: str, work: Callable[[], Awaitable[None]]
-    ) -> None:
-        """``work()`` with the order's lease renewed every third of its TTL meanwhile: a create
-        can outlast the lease (a slow answer, retries, a loaded host), and the daemon's own
-        renewal covers a payment only once its session runs. Without this, the orphan scan took
-        the lapsed lease of a pay still creating its order, whose commit then failed."""
-        failed: list[Exception] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._renew_lease, order_id, fence)
-            try:
-                await work()
-            except Exception as exc:  # noqa: BLE001 - raised again below, not wrapped in a group
-                failed.append(exc)
-            finally:
-                tg.cancel_scope.cancel()
-        if failed:
-            raise failed[0]
-
-    async def _renew_lease(self, order_id: str, fence: str) -> None:
-        leases = self.ctx.leases
-        while True:
-            await anyio.sleep(leases.ttl_ms / 3000)
-            try:
-                if not await leases.renew(order_id, fence):
-                    return  # lost (or released): the commit that needs it says so
-            except RedisError as exc:  # nobody can take it over while Redis is away either
-                log.debug("pay.lease_not_renewed", order_id=order_id, error=str(exc))
+        # The lease is renewed from here on with every other lease this daemon holds
+        # (ownership: one round trip per tick), however long the create takes.
+        await self._open(command, command_id, order_id, group, upstream_terminal, fence)
 
     async def _open(
         self,

@@ -9,6 +9,8 @@ cannot publish once another has taken the order over.
 
 from __future__ import annotations
 
+import time
+
 from redis.asyncio import Redis
 
 from bridge.redis.client import text
@@ -22,16 +24,24 @@ end
 return 0
 """
 
+# A lease that lapsed while nobody took it (this daemon stalled past its TTL: a GC pause, a
+# starved CPU) is set again with the same token, as any daemon's SET NX could have set it: no
+# other token held it meanwhile, and every commit is still a compare-and-set on the order's
+# version, so nothing is decided from a stale state. Returns {lost indexes, revived indexes}.
 _RENEW_MANY = """
-local lost = {}
+local lost, revived = {}, {}
 for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+  local held = redis.call('GET', KEYS[i])
+  if held == ARGV[i + 1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  elseif not held then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+    revived[#revived + 1] = i
   else
     lost[#lost + 1] = i
   end
 end
-return lost
+return {lost, revived}
 """
 
 _TAKE_OVER = """
@@ -63,12 +73,25 @@ class Leases:
         self._renew = client.register_script(_RENEW)
         self._renew_many = client.register_script(_RENEW_MANY)
         self._release = client.register_script(_RELEASE)
+        #: Every lease this daemon was granted and has not released: order id -> (token, when
+        #: granted, monotonic). The renewal keeps them (see ``Sessions``), also while a payment
+        #: is being opened, before its session runs.
+        self.held: dict[str, tuple[str, float]] = {}
+
+    def _granted(self, order_id: str, token: str) -> str:
+        self.held[order_id] = (token, time.monotonic())
+        return token
+
+    def forget(self, order_id: str, token: str) -> None:
+        """No longer renew ``token`` (lost, released or left to lapse)."""
+        if self.held.get(order_id, ("",))[0] == token:
+            del self.held[order_id]
 
     async def acquire(self, order_id: str) -> str | None:
         """A new token if the order had no owner, else None."""
         token = f"{await self._client.incr(self._keys.fence_counter)}:{self._owner}"
         taken = await self._client.set(self._keys.lease(order_id), token, nx=True, px=self.ttl_ms)
-        return token if taken else None
+        return self._granted(order_id, token) if taken else None
 
     async def take_over(self, order_id: str, dead_token: str) -> str | None:
         """A new token in place of ``dead_token`` (its daemon is gone), if it still holds.
@@ -77,7 +100,7 @@ class Leases:
         taken = await self._take_over(
             keys=[self._keys.lease(order_id)], args=[dead_token, token, self.ttl_ms]
         )
-        return token if taken else None
+        return self._granted(order_id, token) if taken else None
 
     async def orphaned(self, order_id: str) -> str | None:
         """The lease token of ``order_id`` when its daemon is gone ("" when there is no
@@ -129,22 +152,34 @@ class Leases:
         """Extend the lease; False if it is no longer ours."""
         return bool(await self._renew(keys=[self._keys.lease(order_id)], args=[token, self.ttl_ms]))
 
-    async def renew_all(self, held: dict[str, str], batch: int = 500) -> set[str]:
-        """Extend every lease in ``held`` (order id -> token) in a few round trips, however many
-        payments the daemon follows. Returns the orders whose lease is no longer ours."""
-        lost: set[str] = set()
+    async def renew_all(self, held: dict[str, str], batch: int = 500) -> tuple[set[str], set[str]]:
+        """Extend every lease in ``held`` (order id -> token), however many payments the daemon
+        follows, in one round trip: one pipeline of one script call per ``batch`` leases (each
+        call short, so Redis serves others between them). Returns the orders whose lease is
+        another's now (lost), and those whose lease had lapsed with nobody taking it (set
+        again: revived)."""
         items = list(held.items())
-        for start in range(0, len(items), batch):
-            chunk = items[start : start + batch]
-            indexes = await self._renew_many(
-                keys=[self._keys.lease(order_id) for order_id, _ in chunk],
-                args=[self.ttl_ms, *(token for _, token in chunk)],
-            )
-            lost.update(chunk[int(i) - 1][0] for i in indexes)
-        return lost
+        chunks = [items[start : start + batch] for start in range(0, len(items), batch)]
+        lost: set[str] = set()
+        revived: set[str] = set()
+        if not chunks:
+            return lost, revived
+        async with self._client.pipeline(transaction=False) as pipe:
+            for chunk in chunks:
+                await self._renew_many(
+                    keys=[self._keys.lease(order_id) for order_id, _ in chunk],
+                    args=[self.ttl_ms, *(token for _, token in chunk)],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        for chunk, (lost_at, revived_at) in zip(chunks, replies, strict=True):
+            lost.update(chunk[int(i) - 1][0] for i in lost_at)
+            revived.update(chunk[int(i) - 1][0] for i in revived_at)
+        return lost, revived
 
     async def release(self, order_id: str, token: str) -> None:
         """Give the order up at once (a clean stop), so another daemon can continue it."""
+        self.forget(order_id, token)
         await self._release(keys=[self._keys.lease(order_id)], args=[token])
 
     async def holder(self, order_id: str) -> str | None:

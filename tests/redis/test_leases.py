@@ -81,11 +81,30 @@ async def test_renewing_all_leases_at_once_reports_the_lost(redis_client: Redis)
     held = {f"o{i}": await leases.acquire(f"o{i}") for i in range(1200)}
     await redis_client.delete(KEYS.lease("o7"), KEYS.lease("o1100"))  # lapsed...
     await redis_client.set(KEYS.lease("o1100"), "999:b")  # ... and one taken over
-    lost = await leases.renew_all(held)  # type: ignore[arg-type]
-    assert lost == {"o7", "o1100"}
+    lost, revived = await leases.renew_all(held)  # type: ignore[arg-type]
+    assert lost == {"o1100"}  # another token holds it: lost
+    assert revived == {"o7"}  # lapsed with nobody taking it: set again, with its token
+    assert await redis_client.get(KEYS.lease("o7")) == held["o7"]
     await redis_client.pexpire(KEYS.lease("o0"), 50)
-    assert await leases.renew_all(held) == {"o7", "o1100"}  # type: ignore[arg-type]
+    assert await leases.renew_all(held) == ({"o1100"}, set())  # type: ignore[arg-type]
     assert await redis_client.pttl(KEYS.lease("o0")) > 4000  # renewed to the full TTL
+    assert await redis_client.pttl(KEYS.lease("o7")) > 4000
+
+
+async def test_a_daemon_knows_which_leases_it_holds(redis_client: Redis) -> None:
+    """What the renewal loop renews: every grant not yet released or forgotten."""
+    a, b = Leases(redis_client, KEYS, 30.0, "a"), Leases(redis_client, KEYS, 30.0, "b")
+    first = await a.acquire("o1")
+    second = await a.acquire("o2")
+    assert first and second and await a.acquire("o1") is None
+    assert {o: t for o, (t, _) in a.held.items()} == {"o1": first, "o2": second}
+    await a.release("o1", first)
+    a.forget("o2", "not-the-token")  # another grant's token forgets nothing
+    assert set(a.held) == {"o2"} and not b.held
+    taken = await b.take_over("o2", second)
+    assert taken and b.held["o2"][0] == taken
+    a.forget("o2", second)
+    assert not a.held
 
 
 def dead_pid() -> int:
