@@ -104,6 +104,8 @@ async def test_receipt_by_command_arrives_on_the_channel(
     till = Till(redis_client)
     async with running_bridge(config(redis_server.url, simulator)):
         final = await paid(till, "TILL-A", "rc-1")
+        # its card details (order.details) are merged into the order key after the final
+        await till.finished("rc-1")
         order_key = await redis_client.get(till.keys.order("rc-1"))
         state = await redis_client.hget(till.keys.order_state("rc-1"), "state")
         async with subscribed(redis_client, till.keys.terminal_channel("TILL-A")) as pubsub:
@@ -222,6 +224,7 @@ async def test_replayed_receipt_is_answered_once_per_delivery(
     till = Till(redis_client)
     async with running_bridge(config(redis_server.url, simulator)) as bridge:
         await paid(till, "TILL-A", "rc-replay")
+        await till.finished("rc-replay")  # its order.details, merged into the order key, too
         order_key = await redis_client.get(till.keys.order("rc-replay"))
         upstream_before = await sim_orders(simulator)
         command = {
@@ -264,6 +267,7 @@ async def test_auto_receipt_follows_the_final_without_delaying_it(
                     break
                 await anyio.sleep(0.05)
         assert receipts(await till.events("TILL-A")) == []
+        await till.finished("rc-auto")  # its order.details, merged into the order key, too
         order_key = await redis_client.get(till.keys.order("rc-auto"))
         await sim_receipts(simulator, {"hold": False})
         events = await till.wait_for("TILL-A", lambda ev: bool(receipts(ev)))
