@@ -109,6 +109,27 @@ class NotifySocket:
         self.sock.close()
 
 
+def start_as_systemd(
+    args: list[str], notify: NotifySocket, log_path: Path, watchdog_usec: int
+) -> subprocess.Popen[bytes]:
+    """``pos-bridge ARGS`` as systemd starts it: ``$NOTIFY_SOCKET`` and ``$WATCHDOG_USEC`` set,
+    no ``POS_BRIDGE__`` overrides inherited from the test's environment, output to a file."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POS_BRIDGE", "WATCHDOG_", "NOTIFY_"))
+    }
+    env.update(NOTIFY_SOCKET=notify.name, WATCHDOG_USEC=str(watchdog_usec))
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [POS_BRIDGE, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
 class Daemon:
     """``pos-bridge run`` as a child process, its log captured to a file."""
 
@@ -122,20 +143,9 @@ class Daemon:
         )
         self.notify = NotifySocket()
         self.log_path = tmp / "daemon.log"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("POS_BRIDGE", "WATCHDOG_", "NOTIFY_"))
-        }
-        env.update(NOTIFY_SOCKET=self.notify.name, WATCHDOG_USEC=str(watchdog_usec))
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [POS_BRIDGE, "run", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        self.proc = start_as_systemd(
+            ["run", "--config", str(self.config)], self.notify, self.log_path, watchdog_usec
+        )
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(self.url + path, timeout=5)

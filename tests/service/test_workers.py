@@ -24,7 +24,7 @@ from bridge.daemon.supervisor import parse_notification, worker_environ
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer, free_port
 from bridge.simulator.server import SimulatorServer
-from tests.service.conftest import API_KEY, POS_BRIDGE, NotifySocket
+from tests.service.conftest import API_KEY, NotifySocket, start_as_systemd
 
 KEYS = Keys("pos")
 CONSUMER = "svc"
@@ -84,20 +84,12 @@ class Supervised:
         config = write_config(tmp / "config.toml", redis_url, api_base_url, self.port)
         self.notify = NotifySocket()
         self.log_path = tmp / "supervisor.log"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("POS_BRIDGE", "WATCHDOG_", "NOTIFY_"))
-        }
-        env.update(NOTIFY_SOCKET=self.notify.name, WATCHDOG_USEC=str(watchdog_usec))
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [POS_BRIDGE, "run", "--workers", str(workers), "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        self.proc = start_as_systemd(
+            ["run", "--workers", str(workers), "--config", str(config)],
+            self.notify,
+            self.log_path,
+            watchdog_usec,
+        )
 
     def lines(self) -> list[dict[str, Any]]:
         out = []
