@@ -161,6 +161,10 @@ class Sessions:
             if order_id not in self.running and order_id not in self._crashed
         ]
         for order_id, dead_token in (await ctx.leases.orphans(candidates)).items():
+            if order_id in self.running:
+                # Started here since the candidates were listed (a pay being opened then): a
+                # stall past its lease TTL makes it look orphaned, but its renewal revives it.
+                continue
             if dead_token:  # its daemon is gone (e.g. killed and restarted here): no waiting
                 fence = await ctx.leases.take_over(order_id, dead_token)
             else:
