@@ -129,6 +129,7 @@ class Bridge:
                 ),
                 redis_waiters=RedisWaiters(metrics.REDIS_WAITING.set),
             )
+            store.revive = ctx.leases.revive
             self._api = ctx.api
             async with anyio.create_task_group() as root:
                 root.start_soon(self._watch_signals, root)

@@ -177,6 +177,13 @@ class Leases:
             revived.update(chunk[int(i) - 1][0] for i in revived_at)
         return lost, revived
 
+    async def revive(self, order_id: str, token: str) -> bool:
+        """Set ``token``'s lease again if it lapsed and nobody took it; True when the lease is
+        (again) ``token``'s. A commit fenced out by a lapse, not by another daemon, then goes
+        on: every commit is still a compare-and-set on the order's version."""
+        lost, _revived = await self.renew_all({order_id: token})
+        return order_id not in lost
+
     async def release(self, order_id: str, token: str) -> None:
         """Give the order up at once (a clean stop), so another daemon can continue it."""
         self.forget(order_id, token)

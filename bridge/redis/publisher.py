@@ -8,7 +8,7 @@ racing on one order therefore publish each transition once, with one ``event_id`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -238,13 +238,21 @@ class EventStore:
         self._transition = client.register_script(TRANSITION_LUA)
         self._announce = client.register_script(ANNOUNCE_LUA)
         self._batcher = _TransitionBatcher(client, self._transition)
+        #: ``revive(order_id, token)``: set a lapsed lease again for its token, True when the
+        #: lease is (again) that token's. A fenced commit asks it before giving up.
+        self.revive: Callable[[str, str], Awaitable[bool]] | None = None
 
     async def load(self, order_id: str) -> OrderState | None:
         raw = await self._client.hget(self.keys.order_state(order_id), "state")
         return OrderState.from_json(raw) if raw else None
 
     async def commit(
-        self, before: OrderState | None, decision: Decision, fence: str = ""
+        self,
+        before: OrderState | None,
+        decision: Decision,
+        fence: str = "",
+        *,
+        revived: bool = False,
     ) -> tuple[bool, tuple[str, ...], OrderState | None]:
         """Commit ``decision`` if the stored state is still ``before`` (and, with ``fence``,
         only while the order's lease holds that token: else :class:`LeaseLost`).
@@ -280,7 +288,11 @@ class EventStore:
             ],
         )
         if int(result[0]) == -1:
-            raise LeaseLost(f"order {state.order_id}: lease token {fence} no longer holds")
+            if revived or self.revive is None or not await self.revive(state.order_id, fence):
+                raise LeaseLost(f"order {state.order_id}: lease token {fence} no longer holds")
+            # The lease had lapsed with nobody taking it (this daemon stalled past its TTL) and
+            # is ours again: nothing was applied, so the same compare-and-set is tried once more.
+            return await self.commit(before, decision, fence, revived=True)
         if int(result[0]) == 1:
             return True, tuple(_text(r) for r in result[1:]), None
         stored = _text(result[2])

@@ -76,6 +76,43 @@ async def test_commits_are_fenced_by_the_lease(redis_client: Redis) -> None:
     assert await redis_client.xlen(KEYS.terminal_stream("T")) == 2
 
 
+async def test_a_commit_fenced_out_by_a_lapse_revives_the_lease(redis_client: Redis) -> None:
+    """A lease that lapsed with nobody taking it (the daemon stalled past its TTL) does not
+    refuse its holder's next commit: the lease is set again and the commit applies. Taken by
+    another daemon meanwhile, it still refuses."""
+    store = EventStore(redis_client, KEYS, stream_maxlen=100, order_ttl=600)
+    leases_a, leases_b = Leases(redis_client, KEYS, 10, "a"), Leases(redis_client, KEYS, 10, "b")
+    store.revive = leases_a.revive
+    now = datetime.now(UTC)
+    token_a = await leases_a.acquire("o2")
+    assert token_a
+    await store.record(
+        "o2",
+        lambda st: order_created(
+            order_id="o2",
+            terminal_id="T2",
+            command_id="c",
+            amount=1,
+            currency="EUR",
+            session_id=None,
+            now=now,
+        ),
+        fence=token_a,
+    )
+    await redis_client.delete(KEYS.lease("o2"))  # lapsed; nobody took it
+    obs = Observation(source=Source.STREAM, order_id="o2", status="initialized")
+    done = await store.record("o2", lambda st: observe(st, obs, now), fence=token_a)
+    assert done.stream_ids  # applied
+    assert await redis_client.get(KEYS.lease("o2")) == token_a
+    assert 0 < await redis_client.pttl(KEYS.lease("o2")) <= 10_000
+    await redis_client.delete(KEYS.lease("o2"))  # lapsed again, and b takes it this time
+    assert await leases_b.acquire("o2")
+    later = Observation(source=Source.STREAM, order_id="o2", status="completed")
+    with pytest.raises(LeaseLost):
+        await store.record("o2", lambda st: observe(st, later, now), fence=token_a)
+    assert await redis_client.xlen(KEYS.terminal_stream("T2")) == 2
+
+
 async def test_renewing_all_leases_at_once_reports_the_lost(redis_client: Redis) -> None:
     leases = Leases(redis_client, KEYS, 5.0, "a")
     held = {f"o{i}": await leases.acquire(f"o{i}") for i in range(1200)}
