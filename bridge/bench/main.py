@@ -68,12 +68,19 @@ class Bench:
         self.py = sys.executable
         self.open_failed = 0
 
+    def _remove_tmp_unless_failed(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """The logs of a failed run (its errors name ``daemon.log``) stay to be read."""
+        if exc_type is None and self.result.ok and not self.result.errors:
+            shutil.rmtree(self.tmp, True)
+        else:
+            print(f"pos-bridge bench: logs kept in {self.tmp}", file=sys.stderr)
+
     def run(self) -> Result:
         t_start = time.monotonic()
         raise_nofile()  # inherited by every child
         with ExitStack() as stack:
             if not self.s.keep:
-                stack.callback(shutil.rmtree, self.tmp, True)
+                stack.push(self._remove_tmp_unless_failed)
             else:
                 self.result.notes.append(f"logs and data kept in {self.tmp}")
             rs = RedisServer()
