@@ -1,43 +1,193 @@
-"""One way to open Redis, so every part of the bridge retries a dropped connection alike."""
+"""One way to open Redis, so every part of the bridge retries a dropped connection alike,
+reaches it the same way (a single node or a Sentinel deployment, TLS or not: a
+:class:`~bridge.redis.target.RedisTarget`), and waits for replicas after a commit alike.
+
+**What a commit waits for.** With ``wait_replicas`` > 0 (``[redis] wait_replicas``), every
+commit (``EVALSHA``/``EVAL``, as the transition, announcement and lease scripts are, and
+``XADD``, as a till's command is) is followed on the same connection by
+``WAIT wait_replicas timeout``: the caller's await returns only once that many replicas hold
+the write (or the timeout passed). A webhook is answered and a command acknowledged after
+their commit returns, so what the bridge acknowledged is on a replica a failover can promote.
+A ``WAIT`` that times out is counted and logged (``redis.wait_short``), not failed: the write
+is on the master, and refusing payments because a replica is slow would stop the shop. An
+operator who prefers refusal sets ``min-replicas-to-write`` on the master.
+"""
 
 from __future__ import annotations
 
-from typing import Any, overload
+from typing import Any, cast, overload
 
+import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bridge.redis.target import RedisTarget
+
+__all__ = ["BridgeRedis", "RedisTarget", "connect", "stream_entries", "text"]
+
+log = structlog.get_logger("bridge.redis")
+
+#: The commands after which ``WAIT`` runs (see the module docstring).
+COMMITS = frozenset({"EVALSHA", "EVAL", "EVALSHA_RO", "FCALL", "XADD"})
+
+
+def _is_commit(args: tuple[Any, ...]) -> bool:
+    name = args[0] if args else ""
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return isinstance(name, str) and name.upper() in COMMITS
+
+
+class ReplicaWait:
+    """``WAIT`` settings of one client, and how often a ``WAIT`` came back short."""
+
+    def __init__(self, replicas: int, timeout: float) -> None:
+        self.replicas = replicas
+        self.timeout_ms = max(1, int(timeout * 1000))
+        self.short = 0  # WAITs that came back with fewer replicas (a counter: never reset)
+        self._was_short = False
+
+    def check(self, acked: Any) -> None:
+        """Count (and log on a change, not per call) a ``WAIT`` answered by too few replicas."""
+        got = int(acked) if isinstance(acked, int | str | bytes) else 0
+        short = got < self.replicas
+        if short:
+            self.short += 1
+        if short != self._was_short:
+            self._was_short = short
+            if short:
+                log.warning(
+                    "redis.wait_short",
+                    wanted=self.replicas,
+                    acknowledged=got,
+                    timeout_ms=self.timeout_ms,
+                    note="commits are on the master only until a replica catches up",
+                )
+            else:
+                log.info("redis.wait_ok", replicas=got)
+
+
+class _WaitingPipeline(Pipeline):
+    """A pipeline that ends with ``WAIT`` when it holds a commit (never inside MULTI)."""
+
+    replica_wait: ReplicaWait | None = None
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        wait = self.replica_wait
+        if (
+            wait is None
+            or self.is_transaction
+            or not any(_is_commit(args) for args, _ in self.command_stack)
+        ):
+            return await super().execute(raise_on_error)
+        # redis-py leaves it unannotated; it queues the command on this pipeline
+        self.pipeline_execute_command("WAIT", wait.replicas, wait.timeout_ms)  # type: ignore[no-untyped-call]
+        results = await super().execute(raise_on_error)
+        wait.check(results.pop())
+        return results
+
+
+class BridgeRedis(Redis):
+    """The client :func:`connect` returns: a ``Redis`` that knows its target, closes its
+    sentinels with itself, and waits for replicas after a commit when told to."""
+
+    target: RedisTarget
+    replica_wait: ReplicaWait | None = None
+    sentinels: Sentinel | None = None  # closed with the client
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = _WaitingPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+        pipe.replica_wait = self.replica_wait
+        return pipe
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.replica_wait is None or not _is_commit(args):
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call] # redis-py: unannotated
+        async with self.pipeline(transaction=False) as pipe:  # one connection: WAIT covers it
+            pipe.pipeline_execute_command(*args, **options)  # type: ignore[no-untyped-call] # redis-py: unannotated
+            return (await pipe.execute())[0]
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinels is not None:
+                await self.sentinels.aclose()
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's master-following pool, blocking like the single-node one under a burst."""
+
 
 def connect(
-    url: str,
+    target: RedisTarget | str,
     *,
     max_connections: int = 64,
     socket_timeout: float | None = 10.0,
     decode_responses: bool = True,
-) -> Redis:
-    """A client that reconnects a dropped pooled connection instead of failing the first call
-    after a Redis restart. Longer outages are the caller's to handle (and to log once).
+) -> BridgeRedis:
+    """A client of ``target`` (a :class:`RedisTarget`, or a bare URL: a single node) that
+    reconnects a dropped pooled connection instead of failing the first call after a Redis
+    restart, and, with sentinels, follows the master through a failover (a connection to a
+    demoted master fails as a lost connection and is retried on the new one). Longer outages
+    are the caller's to handle (and to log once).
 
     The pool blocks: under a burst, a caller waits (up to ``socket_timeout``) for one of the
     ``max_connections`` connections instead of failing with "too many connections".
     ``decode_responses=False`` is for reading what others wrote (the commands stream): bytes
     that are not UTF-8 must not fail the read.
     """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        decode_responses=decode_responses,
-        max_connections=max_connections,
-        timeout=socket_timeout,
-        socket_connect_timeout=5.0,
-        socket_timeout=socket_timeout,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
-    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+    t = RedisTarget.of(target)
+    common: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "max_connections": max_connections,
+        "timeout": socket_timeout,
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        **t.tls_kwargs(),
+    }
+    client: BridgeRedis
+    if t.sentinel:
+        sentinel = Sentinel(  # type: ignore[no-untyped-call] # redis-py: unannotated
+            list(t.sentinels),
+            sentinel_kwargs={
+                "socket_connect_timeout": 5.0,
+                "socket_timeout": 5.0,
+                "username": t.sentinel_username,
+                "password": t.sentinel_password,
+                **({"ssl": True, **t.tls_kwargs()} if t.tls else {}),
+            },
+        )
+        client = cast(
+            BridgeRedis,
+            sentinel.master_for(
+                t.master_name,
+                redis_class=BridgeRedis,
+                connection_pool_class=_BlockingSentinelPool,
+                ssl=t.tls,
+                **t.node_kwargs(),
+                **common,
+            ),
+        )
+        client.sentinels = sentinel
+    else:
+        pool = BlockingConnectionPool.from_url(t.url, **common)
+        # the client owns the pool: aclose() closes both
+        client = cast(BridgeRedis, BridgeRedis.from_pool(pool))
+    client.target = t
+    if t.wait_replicas > 0:
+        client.replica_wait = ReplicaWait(t.wait_replicas, t.wait_timeout)
+    return client
 
 
 @overload
