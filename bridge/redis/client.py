@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.redis.target import RedisTarget
@@ -44,13 +45,22 @@ def _is_commit(args: tuple[Any, ...]) -> bool:
 
 
 class ReplicaWait:
-    """``WAIT`` settings of one client, and how often a ``WAIT`` came back short."""
+    """``WAIT`` settings of one client, and how often a ``WAIT`` came back short.
+
+    While the last ``WAIT`` was short (no replica to wait for: it is down, or being resynced
+    after a failover), the next ones wait a twentieth of the timeout (at least 10 ms): each
+    commit must not pay the whole timeout while there is nothing to wait for, and the first
+    ``WAIT`` a replica answers again restores it."""
 
     def __init__(self, replicas: int, timeout: float) -> None:
         self.replicas = replicas
         self.timeout_ms = max(1, int(timeout * 1000))
         self.short = 0  # WAITs that came back with fewer replicas (a counter: never reset)
         self._was_short = False
+
+    @property
+    def current_timeout_ms(self) -> int:
+        return max(10, self.timeout_ms // 20) if self._was_short else self.timeout_ms
 
     def check(self, acked: Any) -> None:
         """Count (and log on a change, not per call) a ``WAIT`` answered by too few replicas."""
@@ -86,9 +96,22 @@ class _WaitingPipeline(Pipeline):
         ):
             return await super().execute(raise_on_error)
         # redis-py leaves it unannotated; it queues the command on this pipeline
-        self.pipeline_execute_command("WAIT", wait.replicas, wait.timeout_ms)  # type: ignore[no-untyped-call]
-        results = await super().execute(raise_on_error)
-        wait.check(results.pop())
+        self.pipeline_execute_command("WAIT", wait.replicas, wait.current_timeout_ms)  # type: ignore[no-untyped-call]
+        results = await super().execute(raise_on_error=False)
+        acked = results.pop()
+        if isinstance(acked, ResponseError):
+            if "replica" not in str(acked):
+                raise acked
+            # the node was demoted (SENTINEL FAILOVER) and no write of ours failed READONLY
+            # first: forget its connections, as redis-py does on READONLY, and let the caller
+            # retry on the new master as after a lost connection
+            await self.connection_pool.disconnect(inuse_connections=False)
+            raise RedisConnectionError("the master was demoted to a replica (WAIT refused)")
+        wait.check(acked)
+        if raise_on_error:
+            error = next((r for r in results if isinstance(r, Exception)), None)
+            if error is not None:
+                raise error
         return results
 
 

@@ -84,6 +84,10 @@ class RedisServer:
     def log_path(self) -> Path:
         return self._dir / "redis.log"
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def start(self, timeout: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
