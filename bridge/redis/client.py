@@ -3,8 +3,9 @@ reaches it the same way (a single node or a Sentinel deployment, TLS or not: a
 :class:`~bridge.redis.target.RedisTarget`), and waits for replicas after a commit alike.
 
 **What a commit waits for.** With ``wait_replicas`` > 0 (``[redis] wait_replicas``), every
-commit (``EVALSHA``/``EVAL``, as the transition, announcement and lease scripts are, and
-``XADD``, as a till's command is) is followed on the same connection by
+commit (``EVALSHA``/``EVAL``, as the transition, announcement and lease scripts are; ``SET
+... NX``, as the once-only markers of commands and refunds are; and ``XADD``, as a till's
+command is) is followed on the same connection by
 ``WAIT wait_replicas timeout``: the caller's await returns only once that many replicas hold
 the write (or the timeout passed). A webhook is answered and a command acknowledged after
 their commit returns, so what the bridge acknowledged is on a replica a failover can promote.
@@ -33,15 +34,21 @@ __all__ = ["BridgeRedis", "RedisTarget", "connect", "stream_entries", "text"]
 
 log = structlog.get_logger("bridge.redis")
 
-#: The commands after which ``WAIT`` runs (see the module docstring).
-COMMITS = frozenset({"EVALSHA", "EVAL", "EVALSHA_RO", "FCALL", "XADD"})
+#: The commands after which ``WAIT`` runs (see the module docstring), and ``SET ... NX``.
+COMMITS = frozenset({"EVALSHA", "EVAL", "FCALL", "XADD"})
+
+
+def _upper(arg: Any) -> str:
+    if isinstance(arg, bytes):
+        return arg.decode(errors="replace").upper()
+    return arg.upper() if isinstance(arg, str) else ""
 
 
 def _is_commit(args: tuple[Any, ...]) -> bool:
-    name = args[0] if args else ""
-    if isinstance(name, bytes):
-        name = name.decode(errors="replace")
-    return isinstance(name, str) and name.upper() in COMMITS
+    name = _upper(args[0]) if args else ""
+    if name == "SET":  # a once-only marker (a command's record, a refund's): SET ... NX
+        return any(_upper(a) == "NX" for a in args[3:])
+    return name in COMMITS
 
 
 class ReplicaWait:

@@ -69,6 +69,10 @@ async def test_no_replica_is_counted_not_failed(alone: BridgeRedis) -> None:
     assert wait.short == 1
     await alone.xadd("s", {"f": "v"})
     assert wait.short == 2
+    assert await alone.set("marker", "1", nx=True, ex=60)  # a once-only marker is a commit
+    assert wait.short == 3
+    assert await alone.set("NX", "NX", ex=60)  # a key or value called NX is not the flag
+    assert wait.short == 3
 
 
 async def test_no_wait_by_default(redis_client: BridgeRedis) -> None:
