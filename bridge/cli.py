@@ -358,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Redis restart, stream drops, takeover); audits every final",
     )
     p.add_argument(
+        "--redis-failover",
+        action="store_true",
+        help="instead: payments on a Redis Sentinel deployment (master, replica, 3 sentinels) "
+        "whose master is failed over (SENTINEL FAILOVER, then kill -9) every round; reports "
+        "finals lost, duplicates and how long a till could not send (--rounds, --terminals)",
+    )
+    p.add_argument(
         "--scenario",
         action="append",
         choices=["kill", "redis", "drop", "takeover"],
