@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.config.files import expand_path, unreadable_pem
 from bridge.config.secrets import ApiKey, resolve_api_key
 from bridge.config.types import (
     HOSTNAME_RE,
@@ -318,7 +319,7 @@ class RedisConfig(_Model):
         for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
             path = getattr(self, name)
             if path is not None:
-                reason = _unreadable(Path(path).expanduser())
+                reason = unreadable_pem(Path(path).expanduser())
                 if reason:
                     problems.append((f"redis.{name}", f"{path}: {reason}"))
         if self.sentinel_password_file is not None or self.sentinel_password_env is not None:
@@ -356,9 +357,9 @@ class RedisConfig(_Model):
         pw = self.sentinel_password
         return RedisTarget(
             url=self.url,
-            tls_ca_file=_expand(self.tls_ca_file),
-            tls_cert_file=_expand(self.tls_cert_file),
-            tls_key_file=_expand(self.tls_key_file),
+            tls_ca_file=expand_path(self.tls_ca_file),
+            tls_cert_file=expand_path(self.tls_cert_file),
+            tls_key_file=expand_path(self.tls_key_file),
             sentinels=tuple(parse_host_port(s) for s in self.sentinels),
             master_name=self.master_name,
             sentinel_username=self.sentinel_username,
@@ -386,28 +387,6 @@ class RedisConfig(_Model):
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         for k, v in super().__repr_args__():
             yield (k, self.masked_url) if k == "url" else (k, v)
-
-
-def _expand(path: str | None) -> str | None:
-    return str(Path(path).expanduser()) if path is not None else None
-
-
-def _unreadable(path: Path) -> str | None:
-    """Why ``path`` cannot be read as a TLS file, or None (it can)."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-    except FileNotFoundError:
-        return "no such file"
-    except IsADirectoryError:
-        return "is a directory"
-    except PermissionError:
-        return "permission denied"
-    except OSError as exc:
-        return f"cannot read ({type(exc).__name__})"
-    if b"-----BEGIN " not in head:
-        return "not a PEM file (no -----BEGIN line)"
-    return None
 
 
 class _Listening:
