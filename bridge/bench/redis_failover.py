@@ -19,6 +19,7 @@ between two sends that got through).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 import uuid
@@ -71,6 +72,7 @@ class FailoverRig(Rig):
         self.redis.close()  # the single node of the base rig is never started
         self.deployment = SentinelDeployment(replicas=1, sentinels=3)
         self.target = self.deployment.target(wait_replicas=1)
+        self.keep = False  # the daemon's log, kept when the audit found a problem
 
     def __enter__(self) -> FailoverRig:
         self.deployment.start()
@@ -82,6 +84,8 @@ class FailoverRig(Rig):
             daemon.kill()
         self.sim.stop()
         self.deployment.close()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def _config(self, name: str) -> str:
         single = f'url = "{self.redis.url}"'
@@ -89,8 +93,7 @@ class FailoverRig(Rig):
         sentinel = (
             'url = "redis://127.0.0.1:6379/0"\n'
             f"sentinels = [{sentinels}]\n"
-            f'master_name = "{self.deployment.master_name}"\n'
-            "wait_replicas = 1\nwait_timeout = 1.0"
+            f'master_name = "{self.deployment.master_name}"'
         )
         config = super()._config(name)
         assert single in config
@@ -195,6 +198,7 @@ async def run_failovers(
         rig.daemon("d1").stop()
         report.failovers_seen = rig.failovers_logged()
         if not report.audit.clean:
+            rig.keep = True
             report.audit.problems.append("daemon logs: " + str(rig.dir))
             report.audit.problems += [
                 line for line in rig.logs().splitlines() if '"level":"error"' in line

@@ -243,7 +243,7 @@ class RedisConfig(_Model):
     sentinel_password_file: str | None = None
     sentinel_password_env: EnvName | None = None
     wait_replicas: int | None = Field(default=None, ge=0, le=16)
-    wait_timeout: Seconds = 1.0
+    wait_timeout: Seconds = 10.0
 
     _sentinel_password: ApiKey | None = PrivateAttr(default=None)
 

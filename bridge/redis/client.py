@@ -51,23 +51,34 @@ def _is_commit(args: tuple[Any, ...]) -> bool:
     return name in COMMITS
 
 
+#: A ``WAIT``'s timeout while the master has no replica at all (``ReplicaWait.alone``).
+ALONE_WAIT_MS = 50
+
+
 class ReplicaWait:
     """``WAIT`` settings of one client, and how often a ``WAIT`` came back short.
 
-    While the last ``WAIT`` was short (no replica to wait for: it is down, or being resynced
-    after a failover), the next ones wait a twentieth of the timeout (at least 10 ms): each
-    commit must not pay the whole timeout while there is nothing to wait for, and the first
-    ``WAIT`` a replica answers again restores it."""
+    The timeout must outlast the moment of a failover when the old master still takes writes
+    but its replica was promoted: a ``WAIT`` there is short, and what it waited for is lost
+    when the sentinels demote the old master. Demoting it unblocks the ``WAIT`` with an error
+    (``UNBLOCKED``), and a ``WAIT`` sent to it afterwards is refused: both are a lost
+    connection, so the caller writes again on the new master.
+
+    While the master has no replica at all (``alone``, set by the health probe from ``INFO
+    replication``: the replica is down, or a killed master's replica was promoted and nothing
+    follows it yet) there is nothing a failover could promote, and each ``WAIT`` is bounded by
+    ``ALONE_WAIT_MS`` instead, so commits do not each pay the timeout."""
 
     def __init__(self, replicas: int, timeout: float) -> None:
         self.replicas = replicas
         self.timeout_ms = max(1, int(timeout * 1000))
         self.short = 0  # WAITs that came back with fewer replicas (a counter: never reset)
+        self.alone = False
         self._was_short = False
 
     @property
     def current_timeout_ms(self) -> int:
-        return max(10, self.timeout_ms // 20) if self._was_short else self.timeout_ms
+        return min(ALONE_WAIT_MS, self.timeout_ms) if self.alone else self.timeout_ms
 
     def check(self, acked: Any) -> None:
         """Count (and log on a change, not per call) a ``WAIT`` answered by too few replicas."""
@@ -107,13 +118,13 @@ class _WaitingPipeline(Pipeline):
         results = await super().execute(raise_on_error=False)
         acked = results.pop()
         if isinstance(acked, ResponseError):
-            if "replica" not in str(acked):
+            if not any(m in str(acked) for m in ("replica", "UNBLOCKED")):
                 raise acked
-            # the node was demoted (SENTINEL FAILOVER) and no write of ours failed READONLY
-            # first: forget its connections, as redis-py does on READONLY, and let the caller
-            # retry on the new master as after a lost connection
+            # the node was demoted (a failover) while or before we waited: what we wrote may
+            # be lost with it. Forget its connections, as redis-py does on READONLY, and let
+            # the caller write again on the new master, as after a lost connection.
             await self.connection_pool.disconnect(inuse_connections=False)
-            raise RedisConnectionError("the master was demoted to a replica (WAIT refused)")
+            raise RedisConnectionError(f"the master was demoted to a replica: {acked}")
         wait.check(acked)
         if raise_on_error:
             error = next((r for r in results if isinstance(r, Exception)), None)

@@ -49,7 +49,23 @@ class RedisHealth:
             metrics.REDIS_FAILOVERS.inc()
             log.warning("redis.failover", previous=self.master, master=node, role=self.role)
         self.master = node
+        self._set_alone(self.replicas == 0 and self.role == "master")
         self._count_short_waits()
+
+    def _set_alone(self, alone: bool) -> None:
+        """Tell the client's ``WAIT`` whether the master has a replica to wait for."""
+        wait = getattr(self._client, "replica_wait", None)
+        if wait is None or wait.alone == alone:
+            return
+        wait.alone = alone
+        if alone:
+            log.warning(
+                "redis.no_replica",
+                master=self.master,
+                note="no replica follows the master: commits are on it alone until one does",
+            )
+        else:
+            log.info("redis.replica_back", master=self.master, replicas=self.replicas)
 
     def _count_short_waits(self) -> None:
         wait = getattr(self._client, "replica_wait", None)

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 #: ``WAIT`` timeout when the target asks for replicas but names no timeout.
-DEFAULT_WAIT_TIMEOUT = 1.0
+DEFAULT_WAIT_TIMEOUT = 10.0
 
 
 def parse_host_port(value: str, default_port: int = 26379) -> tuple[str, int]:

@@ -63,7 +63,6 @@ async def test_no_replica_is_counted_not_failed(alone: BridgeRedis) -> None:
     await alone.delete("k")
     assert await script(keys=["k"]) == "1"  # written all the same
     assert wait.short == 1
-    assert wait.current_timeout_ms < wait.timeout_ms  # the next ones do not pay it in full
     await alone.get("k")
     await alone.set("plain", "1")  # not a commit: no WAIT
     assert wait.short == 1
@@ -73,6 +72,21 @@ async def test_no_replica_is_counted_not_failed(alone: BridgeRedis) -> None:
     assert wait.short == 3
     assert await alone.set("NX", "NX", ex=60)  # a key or value called NX is not the flag
     assert wait.short == 3
+
+
+async def test_alone_the_master_waits_briefly(redis_server: RedisServer) -> None:
+    """The probe finds no replica at all: WAITs are bounded short (nothing to wait for)."""
+    client = connect(RedisTarget(url=redis_server.url, wait_replicas=1, wait_timeout=600))
+    try:
+        wait = client.replica_wait
+        assert wait is not None and wait.current_timeout_ms == 600_000
+        probe = RedisProbe(client, "pos:commands")
+        assert await probe.check()
+        assert wait.alone and wait.current_timeout_ms == 50
+        await client.xadd("alone", {"f": "v"})  # returns: not after 600 s
+        assert wait.short == 1
+    finally:
+        await client.aclose()
 
 
 async def test_no_wait_by_default(redis_client: BridgeRedis) -> None:
@@ -89,6 +103,7 @@ async def test_probe_names_the_master_and_its_replicas(
             probe = RedisProbe(client, "pos:commands")
             assert await probe.check()
             health = probe.health.as_dict()
+            assert client.replica_wait is None  # no WAITs asked for: nothing to tell
             assert health["master"] == f"{server.host}:{server.port}"
             assert (health["role"], health["replicas"], health["failovers"]) == (
                 role,
