@@ -83,6 +83,18 @@ def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_RED
     g.add_argument(
         "--tls-key-file", metavar="PEM", help="with rediss://: its private key (default: none)"
     )
+    g.add_argument(
+        "--wait-replicas",
+        type=int,
+        metavar="N",
+        help="after sending, WAIT for N replicas (default: 1 with --sentinel, else 0)",
+    )
+    g.add_argument(
+        "--wait-timeout",
+        type=float,
+        metavar="S",
+        help="at most S seconds (default: 10)",
+    )
 
 
 EXIT_CODES = (

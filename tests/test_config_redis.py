@@ -160,8 +160,11 @@ def test_till_flags_build_the_same_target() -> None:
     t = redis_target(args)
     assert t.sentinels == (("h1", 26379), ("h2", 26379)) and t.master_name == "pos"
     assert t.wait_replicas == 1
+    args.wait_replicas, args.wait_timeout = 0, 2.5
+    assert (redis_target(args).wait_replicas, redis_target(args).wait_timeout) == (0, 2.5)
     hint = tail_hint(args, "T1", None)
     assert "--sentinel h1:26379 --sentinel h2 --master-name pos" in hint
+    assert "--wait-replicas 0 --wait-timeout 2.5" in hint
     assert "pw" not in hint.replace("***", "")
 
 

@@ -186,6 +186,9 @@ def connect(
     that are not UTF-8 must not fail the read.
     """
     t = RedisTarget.of(target)
+    if t.wait_replicas > 0 and socket_timeout is not None:
+        # a WAIT's answer comes after up to wait_timeout: the read must not give up first
+        socket_timeout = max(socket_timeout, t.wait_timeout + 5.0)
     common: dict[str, Any] = {
         "decode_responses": decode_responses,
         "max_connections": max_connections,

@@ -28,6 +28,8 @@ REDIS_FLAG_KEYS = (
     "tls_key_file",
     "sentinel_username",
     "sentinel_password_env",
+    "wait_replicas",
+    "wait_timeout",
 )
 
 
@@ -38,7 +40,7 @@ def redis_section(args: argparse.Namespace, url: str | None = None) -> dict[str,
         section["sentinels"] = list(args.sentinel)
     for key in REDIS_FLAG_KEYS:
         value = getattr(args, key, None)
-        if value:
+        if value is not None and value != "":
             section[key] = value
     return section
 
@@ -75,8 +77,8 @@ def connection_options(args: argparse.Namespace) -> list[str]:
         options += ["--sentinel", sentinel]
     for key in REDIS_FLAG_KEYS:
         value = getattr(args, key, None)
-        if value:
-            options += ["--" + key.replace("_", "-"), value]
+        if value is not None and value != "":
+            options += ["--" + key.replace("_", "-"), str(value)]
     prefix = getattr(args, "prefix", None)
     if prefix and prefix != DEFAULT_PREFIX:
         options += ["--prefix", prefix]

@@ -112,3 +112,16 @@ async def test_probe_names_the_master_and_its_replicas(
             )
         finally:
             await client.aclose()
+
+
+async def test_reads_outlast_the_wait(redis_server: RedisServer) -> None:
+    """A WAIT answers after up to wait_timeout: the socket must not time out first (that
+    would send the commit again, and a retried commit that changes nothing waits for nothing)."""
+    client = connect(RedisTarget(url=redis_server.url, wait_replicas=1, wait_timeout=30))
+    plain = connect(redis_server.url)
+    try:
+        assert client.connection_pool.connection_kwargs["socket_timeout"] >= 35
+        assert plain.connection_pool.connection_kwargs["socket_timeout"] == 10.0
+    finally:
+        await client.aclose()
+        await plain.aclose()
