@@ -64,10 +64,11 @@ class ReplicaWait:
     (``UNBLOCKED``), and a ``WAIT`` sent to it afterwards is refused: both are a lost
     connection, so the caller writes again on the new master.
 
-    While the master has no replica at all (``alone``, set by the health probe from ``INFO
-    replication``: the replica is down, or a killed master's replica was promoted and nothing
-    follows it yet) there is nothing a failover could promote, and each ``WAIT`` is bounded by
-    ``ALONE_WAIT_MS`` instead, so commits do not each pay the timeout."""
+    While the master has no replica a failover could promote (``alone``, set by the health
+    probe: with sentinels, from what they say of its replicas, never while they fail it over;
+    else from ``INFO replication``), e.g. the replica is down, or a killed master's replica was
+    promoted and nothing follows it yet, each ``WAIT`` is bounded by ``ALONE_WAIT_MS``
+    instead, so commits do not each pay the timeout."""
 
     def __init__(self, replicas: int, timeout: float) -> None:
         self.replicas = replicas

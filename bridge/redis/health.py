@@ -16,11 +16,21 @@ from urllib.parse import urlsplit
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bridge import metrics
 from bridge.redis.client import BridgeRedis
 
 log = structlog.get_logger("bridge.redis")
+
+
+def _promotable(replica: dict[str, Any]) -> bool:
+    """A replica the sentinels see up (its ``master-link-status`` in their view lags by up to
+    their INFO period, so it is not asked: one that is up but resyncing counts, and commits
+    wait for it, the safe side)."""
+    return not (
+        replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
+    )
 
 
 class RedisHealth:
@@ -49,8 +59,28 @@ class RedisHealth:
             metrics.REDIS_FAILOVERS.inc()
             log.warning("redis.failover", previous=self.master, master=node, role=self.role)
         self.master = node
-        self._set_alone(self.replicas == 0 and self.role == "master")
+        self._set_alone(await self._alone())
         self._count_short_waits()
+
+    async def _alone(self) -> bool:
+        """Does the master have no replica a failover could promote (so a ``WAIT`` has
+        nothing to wait for)? With sentinels, *they* say so, not the master: while they fail
+        it over, the old master has no replica either (it was promoted), and writes it takes
+        then are lost when it is demoted, so they must wait in full."""
+        client = self._client
+        if not (isinstance(client, BridgeRedis) and client.sentinels is not None):
+            return self.replicas == 0 and self.role == "master"
+        sentinel = client.sentinels.sentinels[0]  # the one that answered discover_master
+        name = client.target.master_name
+        try:
+            # parsed by redis-py's SENTINEL callbacks; execute_command is unannotated there
+            master: Any = await sentinel.execute_command("SENTINEL MASTER", name)  # type: ignore[no-untyped-call]
+            replicas: Any = await sentinel.execute_command("SENTINEL SLAVES", name)  # type: ignore[no-untyped-call]
+        except RedisError:
+            return False  # not known: wait in full
+        if "failover_in_progress" in str(master.get("flags", "")):
+            return False
+        return not any(_promotable(r) for r in replicas)
 
     def _set_alone(self, alone: bool) -> None:
         """Tell the client's ``WAIT`` whether the master has a replica to wait for."""
