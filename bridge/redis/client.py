@@ -16,6 +16,7 @@ operator who prefers refusal sets ``min-replicas-to-write`` on the master.
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast, overload
 
 import structlog
@@ -25,7 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.redis.target import RedisTarget
@@ -53,6 +54,33 @@ def _is_commit(args: tuple[Any, ...]) -> bool:
 
 #: A ``WAIT``'s timeout while the master has no replica at all (``ReplicaWait.alone``).
 ALONE_WAIT_MS = 50
+#: How often (at most) a client asks the sentinels whether the master is alone (seconds).
+ALONE_CHECK_EVERY = 1.0
+
+
+def _promotable(replica: dict[str, Any]) -> bool:
+    """A replica the sentinels see up (its ``master-link-status`` in their view lags by up to
+    their INFO period, so it is not asked: one that is up but resyncing counts, and commits
+    wait for it, the safe side)."""
+    return not (
+        replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
+    )
+
+
+async def sentinels_say_alone(sentinel: Sentinel, master_name: str) -> bool:
+    """Do the sentinels know no replica of the master they could promote (and are they not
+    failing it over)? Not known (no sentinel answers) is "no": commits then wait in full."""
+    for node in sentinel.sentinels:
+        try:
+            # parsed by redis-py's SENTINEL callbacks; execute_command is unannotated there
+            master: Any = await node.execute_command("SENTINEL MASTER", master_name)  # type: ignore[no-untyped-call]
+            replicas: Any = await node.execute_command("SENTINEL SLAVES", master_name)  # type: ignore[no-untyped-call]
+        except (RedisError, OSError):
+            continue
+        if "failover_in_progress" in str(master.get("flags", "")):
+            return False
+        return not any(_promotable(r) for r in replicas)
+    return False
 
 
 class ReplicaWait:
@@ -64,18 +92,34 @@ class ReplicaWait:
     (``UNBLOCKED``), and a ``WAIT`` sent to it afterwards is refused: both are a lost
     connection, so the caller writes again on the new master.
 
-    While the master has no replica a failover could promote (``alone``, set by the health
-    probe: with sentinels, from what they say of its replicas, never while they fail it over;
-    else from ``INFO replication``), e.g. the replica is down, or a killed master's replica was
-    promoted and nothing follows it yet, each ``WAIT`` is bounded by ``ALONE_WAIT_MS``
-    instead, so commits do not each pay the timeout."""
+    While the master has no replica a failover could promote (``alone``), e.g. the replica is
+    down, or a killed master's replica was promoted and nothing follows it yet, each ``WAIT``
+    is bounded by ``ALONE_WAIT_MS`` instead, so commits do not each pay the timeout. With
+    sentinels the client asks *them* (before a commit, at most every ``ALONE_CHECK_EVERY``
+    seconds), never the master: while they fail it over, the old master has no replica either
+    (it was just promoted), and what it takes then is lost when it is demoted, so the master
+    never counts as alone during a failover. Without sentinels the health probe sets it from
+    ``INFO replication``."""
 
     def __init__(self, replicas: int, timeout: float) -> None:
         self.replicas = replicas
         self.timeout_ms = max(1, int(timeout * 1000))
         self.short = 0  # WAITs that came back with fewer replicas (a counter: never reset)
         self.alone = False
+        self.checked_at = -ALONE_CHECK_EVERY  # monotonic time of the last look at the sentinels
         self._was_short = False
+
+    def set_alone(self, alone: bool) -> None:
+        if alone == self.alone:
+            return
+        self.alone = alone
+        if alone:
+            log.warning(
+                "redis.no_replica",
+                note="no replica follows the master: commits are on it alone until one does",
+            )
+        else:
+            log.info("redis.replica_back")
 
     @property
     def current_timeout_ms(self) -> int:
@@ -105,6 +149,7 @@ class _WaitingPipeline(Pipeline):
     """A pipeline that ends with ``WAIT`` when it holds a commit (never inside MULTI)."""
 
     replica_wait: ReplicaWait | None = None
+    owner: BridgeRedis | None = None
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         wait = self.replica_wait
@@ -114,6 +159,8 @@ class _WaitingPipeline(Pipeline):
             or not any(_is_commit(args) for args, _ in self.command_stack)
         ):
             return await super().execute(raise_on_error)
+        if self.owner is not None:
+            await self.owner.check_alone()
         # redis-py leaves it unannotated; it queues the command on this pipeline
         self.pipeline_execute_command("WAIT", wait.replicas, wait.current_timeout_ms)  # type: ignore[no-untyped-call]
         results = await super().execute(raise_on_error=False)
@@ -147,7 +194,19 @@ class BridgeRedis(Redis):
             self.connection_pool, self.response_callbacks, transaction, shard_hint
         )
         pipe.replica_wait = self.replica_wait
+        pipe.owner = self
         return pipe
+
+    async def check_alone(self) -> None:
+        """With sentinels, ask them whether the master is alone (see ``ReplicaWait``), at most
+        every ``ALONE_CHECK_EVERY`` seconds."""
+        wait = self.replica_wait
+        now = time.monotonic()
+        if wait is None or self.sentinels is None or now - wait.checked_at < ALONE_CHECK_EVERY:
+            return
+        wait.checked_at = now  # before the await: concurrent commits do not all ask
+        await follow_master(self)
+        wait.set_alone(await sentinels_say_alone(self.sentinels, self.target.master_name))
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if self.replica_wait is None or not _is_commit(args):
@@ -162,6 +221,20 @@ class BridgeRedis(Redis):
         finally:
             if self.sentinels is not None:
                 await self.sentinels.aclose()
+
+
+async def follow_master(client: BridgeRedis) -> tuple[str, int]:
+    """Ask the sentinels where the master is; when it moved, drop every connection to the old
+    one, those in use too: a commit blocked there in ``WAIT`` (the old master takes writes
+    until the sentinels demote it, seconds later, and loses them then) fails as a lost
+    connection and is made again on the new master at once, instead of when the demotion
+    unblocks it. Returns the master's address."""
+    pool: Any = client.connection_pool
+    before = pool.master_address
+    host, port = await pool.get_master_address()  # also drops idle connections when it moved
+    if before is not None and (host, port) != tuple(before):
+        await pool.disconnect(inuse_connections=True)
+    return host, port
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):

@@ -16,21 +16,11 @@ from urllib.parse import urlsplit
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from bridge import metrics
-from bridge.redis.client import BridgeRedis
+from bridge.redis.client import BridgeRedis, follow_master
 
 log = structlog.get_logger("bridge.redis")
-
-
-def _promotable(replica: dict[str, Any]) -> bool:
-    """A replica the sentinels see up (its ``master-link-status`` in their view lags by up to
-    their INFO period, so it is not asked: one that is up but resyncing counts, and commits
-    wait for it, the safe side)."""
-    return not (
-        replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
-    )
 
 
 class RedisHealth:
@@ -59,43 +49,16 @@ class RedisHealth:
             metrics.REDIS_FAILOVERS.inc()
             log.warning("redis.failover", previous=self.master, master=node, role=self.role)
         self.master = node
-        self._set_alone(await self._alone())
+        self._set_alone()
         self._count_short_waits()
 
-    async def _alone(self) -> bool:
-        """Does the master have no replica a failover could promote (so a ``WAIT`` has
-        nothing to wait for)? With sentinels, *they* say so, not the master: while they fail
-        it over, the old master has no replica either (it was promoted), and writes it takes
-        then are lost when it is demoted, so they must wait in full."""
+    def _set_alone(self) -> None:
+        """Without sentinels, whether the master has a replica is what it says (with them the
+        client asks the sentinels itself: ``ReplicaWait``)."""
         client = self._client
-        if not (isinstance(client, BridgeRedis) and client.sentinels is not None):
-            return self.replicas == 0 and self.role == "master"
-        sentinel = client.sentinels.sentinels[0]  # the one that answered discover_master
-        name = client.target.master_name
-        try:
-            # parsed by redis-py's SENTINEL callbacks; execute_command is unannotated there
-            master: Any = await sentinel.execute_command("SENTINEL MASTER", name)  # type: ignore[no-untyped-call]
-            replicas: Any = await sentinel.execute_command("SENTINEL SLAVES", name)  # type: ignore[no-untyped-call]
-        except RedisError:
-            return False  # not known: wait in full
-        if "failover_in_progress" in str(master.get("flags", "")):
-            return False
-        return not any(_promotable(r) for r in replicas)
-
-    def _set_alone(self, alone: bool) -> None:
-        """Tell the client's ``WAIT`` whether the master has a replica to wait for."""
-        wait = getattr(self._client, "replica_wait", None)
-        if wait is None or wait.alone == alone:
-            return
-        wait.alone = alone
-        if alone:
-            log.warning(
-                "redis.no_replica",
-                master=self.master,
-                note="no replica follows the master: commits are on it alone until one does",
-            )
-        else:
-            log.info("redis.replica_back", master=self.master, replicas=self.replicas)
+        wait = getattr(client, "replica_wait", None)
+        if wait is not None and getattr(client, "sentinels", None) is None:
+            wait.set_alone(self.replicas == 0 and self.role == "master")
 
     def _count_short_waits(self) -> None:
         wait = getattr(self._client, "replica_wait", None)
@@ -107,7 +70,7 @@ class RedisHealth:
         client = self._client
         pool: Any = client.connection_pool
         if isinstance(client, BridgeRedis) and client.target.sentinel:
-            host, port = await pool.get_master_address()  # asks the sentinels; see the docstring
+            host, port = await follow_master(client)  # asks the sentinels; see the docstring
             return f"{host}:{port}"
         kwargs = pool.connection_kwargs
         if "path" in kwargs:

@@ -17,7 +17,7 @@ from helpers.harness import Till, bridge_config, running_bridge
 from redis.asyncio import Redis
 
 from bridge.daemon.app import Bridge
-from bridge.redis.client import BridgeRedis, connect
+from bridge.redis.client import BridgeRedis, connect, sentinels_say_alone
 from bridge.redis.deployment import SentinelDeployment
 from bridge.simulator.server import SimulatorServer
 
@@ -127,12 +127,29 @@ async def test_payments_across_a_failover_and_a_killed_master(
 
 
 async def failovers_seen(bridge: Bridge, count: int, master: str) -> None:
+    """The daemon saw ``count`` failovers, names ``master``, and is ready again (its command
+    intake may still be backing off after the kill: waited for, as the probe is)."""
     ops = bridge.ops
     assert ops is not None
     with anyio.fail_after(30):
-        while ops.redis_health()["failovers"] < count:  # noqa: ASYNC110 # the probe's state
+        while ops.redis_health()["failovers"] < count or not ops.readiness()[0]:  # noqa: ASYNC110 # the probe's state
             await anyio.sleep(0.1)
     health = ops.redis_health()
     assert health["failovers"] == count and health["master"] == master
     assert health["role"] == "master"
-    assert ops.readiness() == (True, "ok")
+
+
+async def test_alone_is_what_the_sentinels_say(
+    deployment: SentinelDeployment, master: BridgeRedis
+) -> None:
+    """The master is alone (WAITs bounded short) only while the sentinels know no replica of it
+    they could promote: after its replica's host died, not before, and not once it is back."""
+    sentinels = master.sentinels
+    assert sentinels is not None
+    assert not await sentinels_say_alone(sentinels, deployment.master_name)
+    killed, _now = await anyio.to_thread.run_sync(deployment.kill_master)
+    with anyio.fail_after(60):  # the sentinels mark the killed node down within a second or so
+        while not await sentinels_say_alone(sentinels, deployment.master_name):  # noqa: ASYNC110 # the sentinels state
+            await anyio.sleep(0.1)
+    await anyio.to_thread.run_sync(deployment.revive, killed)
+    assert not await sentinels_say_alone(sentinels, deployment.master_name)
