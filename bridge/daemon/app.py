@@ -172,7 +172,7 @@ class Bridge:
         )
         if cfg.webhook.enabled:
             await self._start_webhooks(servers, ctx, sessions, redis)
-        self.ops = ops.Operations(self, redis)
+        self.ops = ops.Operations(self, redis, followers=[command_reader])
         await self.ops.start(servers, self._servers_stop)
         self.intake = CommandIntake(
             command_reader,

@@ -33,12 +33,13 @@ from starlette.routing import Route
 from bridge import metrics
 from bridge.daemon import asgi
 from bridge.daemon.notify import Notifier
+from bridge.redis.client import BridgeRedis, follow_master
 from bridge.redis.health import RedisHealth
 from bridge.redis.keys import COMMANDS_GROUP
 from bridge.redis.publisher import EventStore, Recorded
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from anyio.abc import TaskGroup
     from redis.asyncio import Redis
@@ -103,8 +104,12 @@ class RedisProbe:
         *,
         interval: float = PROBE_INTERVAL,
         timeout: float = PROBE_TIMEOUT,
+        followers: Sequence[Redis] = (),
     ) -> None:
         self._redis = redis
+        #: Other clients of the daemon moved to a new master with the probed one (the command
+        #: reader only reads: nothing else would tell it before the old master is demoted).
+        self._followers = followers
         self._commands_key = commands_key
         self.interval = interval
         self.timeout = timeout
@@ -124,6 +129,9 @@ class RedisProbe:
             with anyio.fail_after(self.timeout):
                 await self._redis.ping()
                 await self._check_health()
+                for client in self._followers:
+                    if isinstance(client, BridgeRedis) and client.sentinels is not None:
+                        await follow_master(client)
             ok, error = True, None
         except TimeoutError:
             ok, error = False, f"no answer to PING within {self.timeout:g} s"
@@ -173,9 +181,12 @@ class Operations:
         *,
         environ: Mapping[str, str] | None = None,
         probe_interval: float = PROBE_INTERVAL,
+        followers: Sequence[Redis] = (),
     ) -> None:
         self.bridge = bridge
-        self.probe = RedisProbe(redis, bridge.keys.commands, interval=probe_interval)
+        self.probe = RedisProbe(
+            redis, bridge.keys.commands, interval=probe_interval, followers=followers
+        )
         self.notifier = Notifier.from_environ(environ)
         self.started_at = time.time()
         self.port: int | None = None  # the HTTP port, once bound

@@ -59,12 +59,13 @@ ALONE_CHECK_EVERY = 1.0
 
 
 def _promotable(replica: dict[str, Any]) -> bool:
-    """A replica the sentinels see up (its ``master-link-status`` in their view lags by up to
-    their INFO period, so it is not asked: one that is up but resyncing counts, and commits
-    wait for it, the safe side)."""
-    return not (
-        replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
-    )
+    """A replica the sentinels see up and reporting itself a replica. Not one that still says
+    it is a master: right after a failover that is the old master, not yet demoted, and the
+    new master's writes must not wait (seconds, until the demotion) for it. (Its
+    ``master-link-status`` in their view lags by up to their INFO period, so it is not asked:
+    one that is up but resyncing counts, and commits wait for it, the safe side.)"""
+    down = replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
+    return not down and replica.get("role-reported", "slave") == "slave"
 
 
 async def sentinels_say_alone(sentinel: Sentinel, master_name: str) -> bool:
