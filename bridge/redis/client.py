@@ -150,7 +150,7 @@ class _WaitingPipeline(Pipeline):
     """A pipeline that ends with ``WAIT`` when it holds a commit (never inside MULTI)."""
 
     replica_wait: ReplicaWait | None = None
-    owner: BridgeRedis | None = None
+    owner: _WaitingRedis | None = None
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         wait = self.replica_wait
@@ -183,12 +183,24 @@ class _WaitingPipeline(Pipeline):
 
 
 class BridgeRedis(Redis):
-    """The client :func:`connect` returns: a ``Redis`` that knows its target, closes its
-    sentinels with itself, and waits for replicas after a commit when told to."""
+    """The client :func:`connect` returns: a ``Redis`` that knows its target and closes its
+    sentinels with itself. Without ``wait_replicas`` it is redis-py's client unchanged (no
+    cost on the single-node path); with it, :class:`_WaitingRedis`."""
 
     target: RedisTarget
     replica_wait: ReplicaWait | None = None
     sentinels: Sentinel | None = None  # closed with the client
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinels is not None:
+                await self.sentinels.aclose()
+
+
+class _WaitingRedis(BridgeRedis):
+    """A client that waits for replicas after a commit (see the module docstring)."""
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         pipe = _WaitingPipeline(
@@ -215,13 +227,6 @@ class BridgeRedis(Redis):
         async with self.pipeline(transaction=False) as pipe:  # one connection: WAIT covers it
             pipe.pipeline_execute_command(*args, **options)  # type: ignore[no-untyped-call] # redis-py: unannotated
             return (await pipe.execute())[0]
-
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        try:
-            await super().aclose(close_connection_pool)
-        finally:
-            if self.sentinels is not None:
-                await self.sentinels.aclose()
 
 
 async def follow_master(client: BridgeRedis) -> tuple[str, int]:
@@ -276,6 +281,7 @@ def connect(
         **t.tls_kwargs(),
     }
     client: BridgeRedis
+    cls = _WaitingRedis if t.wait_replicas > 0 else BridgeRedis
     if t.sentinel:
         sentinel = Sentinel(  # type: ignore[no-untyped-call] # redis-py: unannotated
             list(t.sentinels),
@@ -291,7 +297,7 @@ def connect(
             BridgeRedis,
             sentinel.master_for(
                 t.master_name,
-                redis_class=BridgeRedis,
+                redis_class=cls,
                 connection_pool_class=_BlockingSentinelPool,
                 ssl=t.tls,
                 **t.node_kwargs(),
@@ -302,7 +308,7 @@ def connect(
     else:
         pool = BlockingConnectionPool.from_url(t.url, **common)
         # the client owns the pool: aclose() closes both
-        client = cast(BridgeRedis, BridgeRedis.from_pool(pool))
+        client = cast(BridgeRedis, cls.from_pool(pool))
     client.target = t
     if t.wait_replicas > 0:
         client.replica_wait = ReplicaWait(t.wait_replicas, t.wait_timeout)
