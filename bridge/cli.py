@@ -51,6 +51,50 @@ def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_RED
     p.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"key prefix (default: {DEFAULT_PREFIX})"
     )
+    g = p.add_argument_group("Redis Sentinel and TLS (as [redis] in the daemon's config)")
+    g.add_argument(
+        "--sentinel",
+        action="append",
+        metavar="HOST:PORT",
+        help="a sentinel to ask where the master is (repeatable; --redis-url then gives only "
+        "scheme, user, password and database; default: none, --redis-url is the node)",
+    )
+    g.add_argument(
+        "--master-name", metavar="NAME", help="the master the sentinels monitor (default: none)"
+    )
+    g.add_argument(
+        "--sentinel-username", metavar="USER", help="the sentinels' ACL user (default: none)"
+    )
+    g.add_argument(
+        "--sentinel-password-env",
+        metavar="VAR",
+        help="environment variable holding the sentinels' password (default: none)",
+    )
+    g.add_argument(
+        "--tls-ca-file",
+        metavar="PEM",
+        help="with rediss://: the CA of Redis's certificate (default: the system's CAs)",
+    )
+    g.add_argument(
+        "--tls-cert-file",
+        metavar="PEM",
+        help="with rediss://: a client certificate (default: none)",
+    )
+    g.add_argument(
+        "--tls-key-file", metavar="PEM", help="with rediss://: its private key (default: none)"
+    )
+    g.add_argument(
+        "--wait-replicas",
+        type=int,
+        metavar="N",
+        help="after sending, WAIT for N replicas (default: 1 with --sentinel, else 0)",
+    )
+    g.add_argument(
+        "--wait-timeout",
+        type=float,
+        metavar="S",
+        help="at most S seconds (default: 10)",
+    )
 
 
 EXIT_CODES = (
@@ -346,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: payments on real processes while faults are injected (kill -9, "
         "Redis restart, stream drops, takeover); audits every final",
+    )
+    p.add_argument(
+        "--redis-failover",
+        action="store_true",
+        help="instead: payments on a Redis Sentinel deployment (master, replica, 3 sentinels) "
+        "whose master is failed over (SENTINEL FAILOVER, then kill -9) every round; reports "
+        "finals lost, duplicates and how long a till could not send (--rounds, --terminals)",
     )
     p.add_argument(
         "--scenario",

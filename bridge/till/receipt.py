@@ -124,7 +124,7 @@ def show(printer: Printer, event: dict[str, Any], *, width: int, text: bool = Fa
 async def _receipt(args: argparse.Namespace, printer: Printer) -> int:
     keys = Keys(args.prefix)
     order_id = _check_order_id(args.order_id)
-    client = _open(args.redis_url)
+    client = _open(args)
     try:
         try:
             terminal = (

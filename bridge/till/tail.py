@@ -39,6 +39,7 @@ from redis.typing import KeyT, StreamIdT
 from bridge.errors import UserError
 from bridge.redis.client import connect, text
 from bridge.redis.keys import Keys
+from bridge.till.options import redis_target
 from bridge.till.output import Printer, describe_error, redis_failure, warn
 
 STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
@@ -253,7 +254,7 @@ async def _stop_on_signals(scope: anyio.CancelScope) -> None:
 
 async def _tail(args: argparse.Namespace, printer: Printer, since: str | None) -> None:
     try:
-        client = connect(args.redis_url)
+        client = connect(redis_target(args))
     except ValueError as exc:
         raise UserError(f"invalid Redis URL: {describe_error(exc, args.redis_url)}") from None
     try:
