@@ -39,6 +39,7 @@ from redis.typing import KeyT, StreamIdT
 from bridge.errors import UserError
 from bridge.redis.client import connect, text
 from bridge.redis.keys import Keys
+from bridge.till.options import till_keys
 from bridge.till.output import Printer, describe_error, redis_failure, warn
 
 STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
@@ -156,10 +157,9 @@ class Tail:
         #: stream key -> id of the last entry printed (or the position to read after)
         self.positions: dict[str, str] = {}
         self._next_scan = 0.0
-        self._stream_prefix = f"{keys.prefix}:terminal:"
 
     def _terminal_of(self, stream: str) -> str:
-        return stream[len(self._stream_prefix) : -len(":events")]
+        return self.keys.terminal_of_stream(stream) or stream
 
     async def _initial_position(self, stream: str) -> str:
         if self.from_start:
@@ -169,7 +169,7 @@ class Tail:
         return await last_entry_id(self.client, stream)
 
     async def _scan(self) -> list[str]:
-        pattern = _glob_escape(self._stream_prefix) + "*:events"
+        pattern = _glob_escape(self.keys.terminal_stream_prefix) + "*:events"
         found = [
             key async for key in self.client.scan_iter(match=pattern, count=1000, _type="stream")
         ]
@@ -253,13 +253,13 @@ async def _stop_on_signals(scope: anyio.CancelScope) -> None:
 
 async def _tail(args: argparse.Namespace, printer: Printer, since: str | None) -> None:
     try:
-        client = connect(args.redis_url)
+        client = connect(args.redis_url, cluster=bool(getattr(args, "cluster", False)))
     except ValueError as exc:
         raise UserError(f"invalid Redis URL: {describe_error(exc, args.redis_url)}") from None
     try:
         tail = Tail(
             client,
-            Keys(args.prefix),
+            till_keys(args),
             printer,
             terminal=args.terminal,
             since=since,
