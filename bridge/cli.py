@@ -51,6 +51,12 @@ def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_RED
     p.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"key prefix (default: {DEFAULT_PREFIX})"
     )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the Redis is a Redis Cluster (--redis-url: any node): keys in the cluster layout "
+        "({prefix}:...), sharded pub/sub",
+    )
 
 
 EXIT_CODES = (

@@ -219,6 +219,8 @@ class MultiSafepayConfig(_Model):
 class RedisConfig(_Model):
     url: str = "redis://127.0.0.1:6379/0"
     prefix: KeyPrefix = "pos"
+    #: "single" (one server) or "cluster" (a Redis Cluster: bridge.redis.keys, .cluster)
+    layout: Literal["single", "cluster"] = "single"
     stream_maxlen: Count = 10000
     commands_maxlen: Count = 100000
     order_ttl: OrderTtl = 604800
@@ -244,6 +246,16 @@ class RedisConfig(_Model):
         elif not parts.hostname:
             raise ValueError("must name a host, e.g. redis://127.0.0.1:6379/0")
         return v
+
+    @model_validator(mode="after")
+    def _check_cluster_url(self) -> RedisConfig:
+        if self.layout == "cluster":
+            parts = urlsplit(self.url)
+            if parts.scheme == "unix":
+                raise ValueError("url: a Redis Cluster is reached over TCP, not a unix:// socket")
+            if parts.path.strip("/") not in ("", "0"):
+                raise ValueError("url: a Redis Cluster has only database 0")
+        return self
 
     @field_validator("consumer_name")
     @classmethod

@@ -10,6 +10,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bridge.redis.cluster import connect_cluster
+
 
 def connect(
     url: str,
@@ -17,6 +19,7 @@ def connect(
     max_connections: int = 64,
     socket_timeout: float | None = 10.0,
     decode_responses: bool = True,
+    cluster: bool = False,
 ) -> Redis:
     """A client that reconnects a dropped pooled connection instead of failing the first call
     after a Redis restart. Longer outages are the caller's to handle (and to log once).
@@ -24,8 +27,16 @@ def connect(
     The pool blocks: under a burst, a caller waits (up to ``socket_timeout``) for one of the
     ``max_connections`` connections instead of failing with "too many connections".
     ``decode_responses=False`` is for reading what others wrote (the commands stream): bytes
-    that are not UTF-8 must not fail the read.
+    that are not UTF-8 must not fail the read. ``cluster``: ``url`` is a node of a Redis
+    Cluster (:mod:`bridge.redis.cluster`).
     """
+    if cluster:
+        return connect_cluster(
+            url,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            decode_responses=decode_responses,
+        )
     pool = BlockingConnectionPool.from_url(
         url,
         decode_responses=decode_responses,

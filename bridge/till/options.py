@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bridge.redis.keys import Keys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "pos"
@@ -24,7 +28,16 @@ def connection_options(args: argparse.Namespace) -> list[str]:
     prefix = getattr(args, "prefix", None)
     if prefix and prefix != DEFAULT_PREFIX:
         options += ["--prefix", prefix]
+    if getattr(args, "cluster", False):
+        options.append("--cluster")
     return options
+
+
+def till_keys(args: argparse.Namespace) -> Keys:
+    """The key names of ``--prefix``, in the cluster layout with ``--cluster``."""
+    from bridge.redis.keys import Keys  # lazily: the CLI imports this module
+
+    return Keys(args.prefix, "cluster" if getattr(args, "cluster", False) else "single")
 
 
 def tail_hint(args: argparse.Namespace, terminal: str, since: str | None) -> str:

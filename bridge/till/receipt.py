@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from bridge.errors import UserError
 from bridge.redis.keys import Keys
+from bridge.till.options import till_keys
 from bridge.till.output import Printer, describe_error, redis_failure, warn
 from bridge.till.pay import (
     _check_order_id,
@@ -122,9 +123,9 @@ def show(printer: Printer, event: dict[str, Any], *, width: int, text: bool = Fa
 
 
 async def _receipt(args: argparse.Namespace, printer: Printer) -> int:
-    keys = Keys(args.prefix)
+    keys = till_keys(args)
     order_id = _check_order_id(args.order_id)
-    client = _open(args.redis_url)
+    client = _open(args)
     try:
         try:
             terminal = (
