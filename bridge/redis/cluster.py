@@ -83,8 +83,9 @@ def message_type(keys: Keys) -> str:
 
 def dropped_type(keys: Keys) -> str:
     """The type of the push Redis sends when it ends a subscription itself: a cluster node
-    sends ``sunsubscribe`` when the channel's slot moved away from its shard."""
-    return "sunsubscribe" if keys.cluster else "unsubscribe"
+    sends ``sunsubscribe`` when the channel's slot moved away from its shard ("" for a single
+    node, which never does)."""
+    return "sunsubscribe" if keys.cluster else ""
 
 
 async def subscribe_terminal(client: Redis, keys: Keys, terminal: str) -> PubSub:

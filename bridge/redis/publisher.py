@@ -152,7 +152,9 @@ class _TransitionBatcher:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for p in batch:
-                    pipe.evalsha(sha, len(p.keys), *p.keys, *p.args)
+                    # the command itself, not pipe.evalsha(): a cluster pipeline refuses that
+                    # method (its keys could span slots; ours never do: bridge.redis.keys)
+                    pipe.execute_command("EVALSHA", sha, len(p.keys), *p.keys, *p.args)
                 results = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # noqa: BLE001 - each caller gets it, as from its own call
             for p in batch:

@@ -209,7 +209,7 @@ async def _send(
             if wait:
                 # Subscribe first, then note where the stream ends: whatever answers the
                 # command is either published to us or written after that id.
-                pubsub = await subscribe(client, watch.channel, SUBSCRIBE_TIMEOUT)
+                pubsub = await subscribe(client, watch, SUBSCRIBE_TIMEOUT)
                 watch.last_id = await last_entry_id(client, watch.stream)
             entry_id = await client.xadd(watch.keys.commands, {"command": json.dumps(command)})
         except (RedisError, OSError, TimeoutError) as exc:

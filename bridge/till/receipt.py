@@ -87,7 +87,7 @@ async def ask_receipt(
         printer=printer,
         kind="receipt",
     )
-    pubsub = await subscribe(client, watch.channel, SUBSCRIBE_TIMEOUT)
+    pubsub = await subscribe(client, watch, SUBSCRIBE_TIMEOUT)
     try:
         watch.last_id = await last_entry_id(client, watch.stream)
         await client.xadd(keys.commands, {"command": json.dumps(command)})

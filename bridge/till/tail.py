@@ -31,20 +31,20 @@ from typing import Any
 
 import anyio
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import KeyT, StreamIdT
 
 from bridge.errors import UserError
 from bridge.redis.client import connect, text
 from bridge.redis.keys import Keys
+from bridge.redis.outage import OUTAGE_ERRORS
 from bridge.till.options import till_keys
 from bridge.till.output import Printer, describe_error, redis_failure, warn
 
 STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
-#: Errors after which a till tool reconnects and resumes (rather than gives up).
-CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Errors after which a till tool reconnects and resumes (rather than gives up): a lost
+#: connection, and a Redis Cluster failing a master over.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, OSError)
 
 RESCAN_INTERVAL = 2.0  # seconds between scans for new terminals' streams (all-terminals mode)
 BLOCK_MS = 1000  # XREAD BLOCK: well under the client's socket timeout
