@@ -236,12 +236,12 @@ async def follow(
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 return
-            if check_readers_at is not None and anyio.current_time() >= check_readers_at:
-                check_readers_at = None
-                why = await no_reader(client, watch.keys)
-                if why is not None:
-                    warn(f"{why}: the command waits in the stream until a daemon runs")
             try:
+                if check_readers_at is not None and anyio.current_time() >= check_readers_at:
+                    why = await no_reader(client, watch.keys)  # Redis may be away right now
+                    check_readers_at = None
+                    if why is not None:
+                        warn(f"{why}: the command waits in the stream until a daemon runs")
                 if pubsub is None:
                     pubsub = await subscribe_terminal(client, watch.keys, watch.terminal)
                 message = await pubsub.get_message(timeout=min(remaining, 1.0))
