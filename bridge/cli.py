@@ -41,7 +41,9 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_REDIS_URL) -> None:
+def _add_redis(
+    p: argparse.ArgumentParser, default_url: str | None = DEFAULT_REDIS_URL, *, cluster: bool = True
+) -> None:
     p.add_argument(
         "--redis-url",
         default=default_url,
@@ -51,6 +53,8 @@ def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_RED
     p.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"key prefix (default: {DEFAULT_PREFIX})"
     )
+    if not cluster:
+        return
     p.add_argument(
         "--cluster",
         action="store_true",
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("demo", help="simulator + private Redis + daemon, one payment per scenario")
-    _add_redis(p, default_url=None)
+    _add_redis(p, default_url=None, cluster=False)  # the demo runs on one redis-server
     p.add_argument("--speed", type=float, default=20.0, help="simulator speed (default: 20)")
 
     p = sub.add_parser(
