@@ -59,7 +59,7 @@ def _add_redis(
         "--cluster",
         action="store_true",
         help="the Redis is a Redis Cluster (--redis-url: any node): keys in the cluster layout "
-        "({prefix}:...), sharded pub/sub",
+        "({prefix}:...), sharded pub/sub (default: a single Redis server)",
     )
 
 
