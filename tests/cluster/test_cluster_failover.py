@@ -53,7 +53,7 @@ async def test_a_master_killed_mid_payment(
             assert answer.status_code == 200, answer.text
 
     logs: list[str] = []
-    async with running_bridge(config):
+    async with running_bridge(config) as bridge:
         code, out, err = await run_cli(
             pay_argv(till_url, MANUAL, "--order-id", "till7-f1"),
             capsys,
@@ -77,6 +77,10 @@ async def test_a_master_killed_mid_payment(
         ], logs
         await till.finished("till7-f1", timeout=60)
         await till.finished("till7-f2", timeout=60)
+        # /readyz: the probe's PING reaches every node the cluster client knows now
+        assert bridge.ops is not None
+        assert await bridge.ops.probe.check(), bridge.ops.probe.error
+        assert bridge.ops.readiness() == (True, "ok")
 
     # nothing lost, nothing twice: each transition once in the durable stream, in order
     events = [e for e in await till.events(MANUAL) if e["type"] != "order.details"]
