@@ -26,6 +26,8 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 
 from bridge.redis.keys import Keys
 
@@ -33,6 +35,19 @@ from bridge.redis.keys import Keys
 #: (it fails with "too many connections"), so the bound is set well above the daemon's
 #: concurrency instead of at the single-node pool's size.
 CLUSTER_CONNECTIONS_PER_NODE = 1024
+
+
+class _Cluster(RedisCluster):
+    """``RedisCluster``, except that failing to learn the cluster's layout (no node answers,
+    or the slots they report do not cover the cluster yet) is a lost connection, as it is for
+    one server: the daemon waits it out (:mod:`bridge.redis.outage`) instead of failing a
+    start or a task on redis-py's ``RedisClusterException``, which is no ``RedisError``."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"cannot learn the Redis Cluster's layout: {exc}") from exc
 
 
 def connect_cluster(
@@ -44,7 +59,7 @@ def connect_cluster(
     Typed as :class:`Redis`: ``RedisCluster`` has the same command methods, and the bridge
     calls only commands that work on both (every key in one slot).
     """
-    client = RedisCluster.from_url(
+    client = _Cluster.from_url(
         url,
         decode_responses=decode_responses,
         max_connections=max(max_connections, CLUSTER_CONNECTIONS_PER_NODE),
