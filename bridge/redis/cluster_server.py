@@ -13,9 +13,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -40,6 +43,10 @@ def _free_cluster_port(host: str, taken: set[int]) -> int:
             continue
         return port
     raise UserError("no free port pair (port, port + 10000) for a cluster node")
+
+
+def _command(client: redis.Redis, *args: object) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 
 
 @dataclass
@@ -89,6 +96,9 @@ class RedisClusterServer:
     def _client(self, port: int) -> redis.Redis:
         return redis.Redis(host=self.host, port=port, decode_responses=True, socket_timeout=2.0)
 
+    def _ping(self, port: int) -> bool:
+        return bool(self._client(port).ping())
+
     def _start_node(self, node: _Node) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -124,11 +134,11 @@ class RedisClusterServer:
         )
         log.close()
 
-    def _wait(self, what: str, ready: object, timeout: float) -> None:
+    def _wait(self, what: str, ready: Callable[[], object], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if ready():  # type: ignore[operator]
+                if ready():
                     return
             except (redis.RedisError, OSError):
                 pass
@@ -140,7 +150,7 @@ class RedisClusterServer:
         for node in self.nodes:
             self._start_node(node)
         for node in self.nodes:
-            self._wait(f"start node {node.port}", lambda n=node: self._client(n.port).ping(), 10)
+            self._wait(f"start node {node.port}", partial(self._ping, node.port), 10)
         binary = shutil.which("redis-cli")
         if binary is None:
             raise UserError("redis-cli is not installed (it comes with redis-server)")
@@ -195,6 +205,22 @@ class RedisClusterServer:
         """The ports of ``port``'s replicas."""
         role = self._client(port).role()  # ["master", offset, [[ip, port, offset], ...]]
         return [int(replica[1]) for replica in role[2]]
+
+    def move_slot(self, key: str, to: int) -> None:
+        """Move ``key``'s slot, with its keys, to the master on port ``to``: what an operator's
+        resharding does (``CLUSTER SETSLOT`` IMPORTING/MIGRATING, ``MIGRATE``, ``SETSLOT
+        NODE``), one slot at a time."""
+        source = self._client(self.master_of(key))
+        target = self._client(to)
+        slot = int(source.cluster("keyslot", key))
+        source_id, target_id = source.cluster("myid"), target.cluster("myid")
+        _command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        _command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := _command(source, "CLUSTER", "GETKEYSINSLOT", slot, 100):
+            _command(source, "MIGRATE", self.host, to, "", 0, 5000, "KEYS", *keys)
+        for node in self.nodes:
+            if node.running and self._client(node.port).role()[0] == "master":
+                _command(self._client(node.port), "CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
     def kill(self, port: int) -> None:
         """SIGKILL the node on ``port``: a lost host (nothing flushed, no goodbye)."""

@@ -41,7 +41,7 @@ async def test_a_master_killed_mid_payment(
         # written, so this tests the failover, not Redis's window of loss (the bridge does
         # not WAIT for replicas; see the README)
         master = redis.Redis(host=redis_cluster.host, port=owner)
-        assert master.execute_command("WAIT", 1, 10_000) == 1  # type: ignore[no-untyped-call]
+        assert master.execute_command("WAIT", 1, 10_000) == 1  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         redis_cluster.kill(owner)
         took_over.append(
             await anyio.to_thread.run_sync(redis_cluster.wait_failover, "{pos}", owner)

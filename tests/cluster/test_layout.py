@@ -107,7 +107,7 @@ def test_every_cluster_name_is_in_the_prefix_slot(prefix: str, order: str, termi
 @given(prefix=PREFIXES, terminal=st.text("ABC0189-", min_size=1, max_size=32))
 def test_a_stream_name_gives_back_its_terminal(prefix: str, terminal: str) -> None:
     for layout in ("single", "cluster"):
-        keys = Keys(prefix, layout)  # type: ignore[arg-type]
+        keys = Keys(prefix, layout)  # type: ignore[arg-type]  # a str, one of the two layouts
         assert keys.terminal_of_stream(keys.terminal_stream(terminal)) == terminal.upper()
         assert keys.terminal_of_stream(keys.terminal_active(terminal)) is None
         assert keys.terminal_of_stream(keys.commands) is None
@@ -118,7 +118,7 @@ def test_a_prefix_that_cannot_be_a_hash_tag_is_refused(prefix: str) -> None:
     with pytest.raises(ValueError, match="hash tag"):
         Keys(prefix, "cluster")
     with pytest.raises(ValueError, match="layout"):
-        Keys("pos", "sharded")  # type: ignore[arg-type]
+        Keys("pos", "sharded")  # type: ignore[arg-type]  # not a layout: the point of the test
 
 
 def _scripts() -> dict[str, str]:
