@@ -86,8 +86,10 @@ class RedisClusterServer:
 
     @property
     def url(self) -> str:
-        """A seed node's URL (any node will do: the client learns the others from it)."""
-        return f"redis://{self.host}:{self.nodes[0].port}"
+        """A seed node's URL: the first running node (any will do: the client learns the
+        others from it, but only a node that answers can tell it)."""
+        node = next((n for n in self.nodes if n.running), self.nodes[0])
+        return f"redis://{self.host}:{node.port}"
 
     @property
     def ports(self) -> list[int]:
@@ -228,6 +230,16 @@ class RedisClusterServer:
         if node.proc is not None:
             node.proc.kill()
             node.proc.wait()
+
+    def restart(self, port: int, timeout: float = 60.0) -> None:
+        """Start a killed node again: it rejoins the cluster (its ``nodes.conf`` remembers it)
+        as a replica of the master that took its slots over. Returns once every master has
+        its replicas again."""
+        node = next(n for n in self.nodes if n.port == port)
+        if node.running:
+            return
+        self._start_node(node)
+        self._wait(f"start node {port} again", lambda: self._healthy(replicated=True), timeout)
 
     def wait_failover(self, key: str, dead: int, timeout: float = 60.0) -> int:
         """Wait until ``key``'s slot is served by a master other than ``dead`` and every
