@@ -171,6 +171,10 @@ async def run_cluster_faults(
                     await anyio.sleep(0.2)
         rig.daemons["d1"].stop()
         if not report.audit.clean:
+            kept = Path(tempfile.mkdtemp(prefix="pos-bridge-cluster-faults-logs-"))
+            for log in rig.dir.glob("*.log"):
+                shutil.copy(log, kept)
+            report.audit.problems.append(f"daemon logs kept in {kept}")
             report.audit.problems += [
                 line for line in rig.logs().splitlines() if '"level":"error"' in line
             ][:10]

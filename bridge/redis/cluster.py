@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Connection, ConnectionPool, Redis, SSLConnection
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -35,6 +35,43 @@ from bridge.redis.keys import Keys
 #: (it fails with "too many connections"), so the bound is set well above the daemon's
 #: concurrency instead of at the single-node pool's size.
 CLUSTER_CONNECTIONS_PER_NODE = 1024
+
+
+class _WriteGuard:
+    """A cluster node's connection whose write on a transport closed under it is a lost
+    connection. redis-py's cluster client closes every node connection when it re-learns the
+    cluster (after a failed node, a failed refresh), including connections another task is
+    writing on at that moment; under uvloop that write raises ``RuntimeError`` ("the handler is
+    closed"), which no caller expects from Redis and which ended a daemon in the fault run."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]  # a mixin of Connection
+        except RuntimeError as exc:
+            raise RedisConnectionError(f"connection closed while writing: {exc}") from exc
+
+
+class _GuardedConnection(_WriteGuard, Connection):
+    pass
+
+
+class _GuardedSSLConnection(_WriteGuard, SSLConnection):
+    pass
+
+
+def _guard_writes(client: RedisCluster) -> None:
+    """Make every node connection, present and future, a guarded one (redis-py's cluster
+    client takes no connection class: it picks Connection or SSLConnection itself)."""
+    kwargs = client.nodes_manager.connection_kwargs
+    guarded: type[Connection] = (
+        _GuardedSSLConnection
+        if issubclass(kwargs.get("connection_class", Connection), SSLConnection)
+        else _GuardedConnection
+    )
+    kwargs["connection_class"] = guarded
+    client.connection_kwargs["connection_class"] = guarded
+    for node in [*client.startup_nodes, *client.nodes_manager.startup_nodes.values()]:
+        node.connection_class = guarded
 
 
 class _Cluster(RedisCluster):
@@ -68,6 +105,7 @@ def connect_cluster(
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
     )
+    _guard_writes(client)
     return cast(Redis, client)
 
 
