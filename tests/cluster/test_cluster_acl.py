@@ -3,6 +3,8 @@ till pays with it, and cannot read the daemon's keys (sessions hold events token
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis
 from helpers.cluster import KEYS, pay_argv, run_cli
@@ -24,8 +26,8 @@ TILL_ACL = (
 
 
 def test_the_readme_prints_this_acl() -> None:
-    with open("README.md", encoding="utf-8") as readme:
-        assert "user " + TILL_ACL.replace("till-password", "TILL-PASSWORD") in readme.read()
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "user " + TILL_ACL.replace("till-password", "TILL-PASSWORD") in readme
 
 
 async def test_a_till_pays_with_its_acl_and_reads_no_daemon_key(
