@@ -41,7 +41,9 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_REDIS_URL) -> None:
+def _add_redis(
+    p: argparse.ArgumentParser, default_url: str | None = DEFAULT_REDIS_URL, *, cluster: bool = True
+) -> None:
     p.add_argument(
         "--redis-url",
         default=default_url,
@@ -51,7 +53,7 @@ def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_RED
     p.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"key prefix (default: {DEFAULT_PREFIX})"
     )
-    g = p.add_argument_group("Redis Sentinel and TLS (as [redis] in the daemon's config)")
+    g = p.add_argument_group("Redis Sentinel, TLS and Cluster (as [redis] in the daemon's config)")
     g.add_argument(
         "--sentinel",
         action="append",
@@ -94,6 +96,15 @@ def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_RED
         type=float,
         metavar="S",
         help="at most S seconds (default: 10)",
+    )
+    if not cluster:
+        return
+    g.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the Redis is a Redis Cluster (--redis-url: any node): keys in the cluster layout "
+        "({prefix}:...), sharded pub/sub; not with --sentinel or --wait-replicas "
+        "(default: a single Redis server)",
     )
 
 
@@ -174,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("demo", help="simulator + private Redis + daemon, one payment per scenario")
-    _add_redis(p, default_url=None)
+    _add_redis(p, default_url=None, cluster=False)  # the demo runs on one redis-server
     p.add_argument("--speed", type=float, default=20.0, help="simulator speed (default: 20)")
 
     p = sub.add_parser(

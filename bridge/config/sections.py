@@ -222,12 +222,16 @@ class MultiSafepayConfig(_Model):
 
 
 class RedisConfig(_Model):
-    """``[redis]``: one node (``url``, the default) or a Sentinel deployment (``sentinels``,
-    ``master_name``; ``url`` then gives only the scheme, credentials and database), TLS with
-    ``rediss://`` and the ``tls_*`` files, and what a commit waits for (``wait_replicas``)."""
+    """``[redis]``: one node (``url``, the default), a Sentinel deployment (``sentinels``,
+    ``master_name``; ``url`` then gives only the scheme, credentials and database) or a Redis
+    Cluster (``layout = "cluster"``, ``url`` any node; neither sentinels nor wait_replicas),
+    TLS with ``rediss://`` and the ``tls_*`` files, and what a commit waits for
+    (``wait_replicas``)."""
 
     url: str = "redis://127.0.0.1:6379/0"
     prefix: KeyPrefix = "pos"
+    #: "single" (one server) or "cluster" (a Redis Cluster: bridge.redis.keys, .cluster)
+    layout: Literal["single", "cluster"] = "single"
     stream_maxlen: Count = 10000
     commands_maxlen: Count = 100000
     order_ttl: OrderTtl = 604800
@@ -307,10 +311,22 @@ class RedisConfig(_Model):
             raise ValueError('master_name needs sentinels = ["host:port", ...]')
         if self.sentinels and scheme == "unix":
             raise ValueError("with sentinels, url must be redis:// or rediss:// (not unix://)")
+        if self.layout == "cluster":
+            self._check_cluster(scheme)
         sentinel_auth = (self.sentinel_password_file, self.sentinel_password_env)
         if any(a is not None for a in sentinel_auth) and not self.sentinels:
             raise ValueError("sentinel_password_file/_env need sentinels")
         return self
+
+    def _check_cluster(self, scheme: str) -> None:
+        if self.sentinels:
+            raise ValueError('layout = "cluster" and sentinels do not go together (pick one)')
+        if self.wait_replicas:
+            raise ValueError('wait_replicas is not supported with layout = "cluster"')
+        if scheme == "unix":
+            raise ValueError("url: a Redis Cluster is reached over TCP, not a unix:// socket")
+        if urlsplit(self.url).path.strip("/") not in ("", "0"):
+            raise ValueError("url: a Redis Cluster has only database 0")
 
     def resolve_files(self, environ: Mapping[str, str]) -> list[tuple[str, str]]:
         """Check the TLS files and resolve the sentinel password (the step after validation);
@@ -366,6 +382,7 @@ class RedisConfig(_Model):
             sentinel_password=pw.get_secret_value() if pw is not None else None,
             wait_replicas=self.effective_wait_replicas,
             wait_timeout=self.wait_timeout,
+            cluster=self.layout == "cluster",
         )
 
     @property

@@ -51,7 +51,7 @@ class Bridge:
     def __init__(self, config: Config) -> None:
         self.config = config
         logs.register_secrets(config.secrets())  # masked in every log line from here on
-        self.keys = Keys(config.redis.prefix)
+        self.keys = Keys(config.redis.prefix, config.redis.layout)
         self._stop = anyio.Event()
         self.intake: CommandIntake | None = None
         self.sessions: Sessions | None = None

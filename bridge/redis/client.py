@@ -1,6 +1,6 @@
 """One way to open Redis, so every part of the bridge retries a dropped connection alike,
-reaches it the same way (a single node or a Sentinel deployment, TLS or not: a
-:class:`~bridge.redis.target.RedisTarget`), and waits for replicas after a commit alike.
+reaches it the same way (a single node, a Sentinel deployment or a Redis Cluster, TLS or not:
+a :class:`~bridge.redis.target.RedisTarget`), and waits for replicas after a commit alike.
 
 **What a commit waits for.** With ``wait_replicas`` > 0 (``[redis] wait_replicas``), every
 commit (``EVALSHA``/``EVAL``, as the transition, announcement and lease scripts are; ``SET
@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bridge.redis.cluster import connect_cluster
 from bridge.redis.target import RedisTarget
 
 __all__ = ["BridgeRedis", "RedisTarget", "connect", "stream_entries", "text"]
@@ -263,9 +264,21 @@ def connect(
     The pool blocks: under a burst, a caller waits (up to ``socket_timeout``) for one of the
     ``max_connections`` connections instead of failing with "too many connections".
     ``decode_responses=False`` is for reading what others wrote (the commands stream): bytes
-    that are not UTF-8 must not fail the read.
+    that are not UTF-8 must not fail the read. A cluster target gets redis-py's cluster
+    client (:func:`bridge.redis.cluster.connect_cluster`; no sentinels, no ``WAIT``: the
+    target refuses both), typed as ``BridgeRedis`` as the bridge calls it.
     """
     t = RedisTarget.of(target)
+    if t.cluster:
+        return cast(
+            BridgeRedis,
+            connect_cluster(
+                t,
+                max_connections=max_connections,
+                socket_timeout=socket_timeout,
+                decode_responses=decode_responses,
+            ),
+        )
     if t.wait_replicas > 0 and socket_timeout is not None:
         # a WAIT's answer comes after up to wait_timeout: the read must not give up first
         socket_timeout = max(socket_timeout, t.wait_timeout + 5.0)

@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from bridge.core.events import Event, EventType
 from bridge.core.state import Decision, OrderState
+from bridge.redis.cluster import publishing
 from bridge.redis.keys import Keys
 
 _MAX_RACES = 16
@@ -164,6 +165,8 @@ class _TransitionBatcher:
         if pool is None:  # a client without one pool of plain connections: a pipeline
             async with self._client.pipeline(transaction=False) as pipe:
                 for command in commands:
+                    # the command itself, not pipe.evalsha(): a cluster client (no one pool)
+                    # refuses that method (keys could span slots; ours never do: Keys)
                     pipe.execute_command(*command)
                 return list(await pipe.execute(raise_on_error=False))
         packed = b"".join(map(_resp, commands))
@@ -235,8 +238,8 @@ class EventStore:
         self.keys = keys
         self._stream_maxlen = str(stream_maxlen)
         self._ttl_ms = str(int(order_ttl * 1000))
-        self._transition = client.register_script(TRANSITION_LUA)
-        self._announce = client.register_script(ANNOUNCE_LUA)
+        self._transition = client.register_script(publishing(TRANSITION_LUA, keys))
+        self._announce = client.register_script(publishing(ANNOUNCE_LUA, keys))
         self._batcher = _TransitionBatcher(client, self._transition)
 
     async def load(self, order_id: str) -> OrderState | None:

@@ -2,10 +2,13 @@
 
 ``RedisTarget`` is built from ``[redis]`` (``RedisConfig.target``) or from a bare URL (a till
 tool's ``--redis-url``); :func:`bridge.redis.client.connect` opens it. One kind of target per
-deployment: a single node (``url``, the default), or a Sentinel deployment (``sentinels`` +
-``master_name``; ``url`` then gives only the scheme, the credentials and the database). TLS
-(``rediss://``) applies to either, with the same CA file and client certificate for the
-sentinels as for the data nodes. A Redis Cluster target can be added beside them.
+deployment: a single node (``url``, the default), a Sentinel deployment (``sentinels`` +
+``master_name``; ``url`` then gives only the scheme, the credentials and the database), or a
+Redis Cluster (``cluster``; ``url`` is any node, :mod:`bridge.redis.cluster`). TLS
+(``rediss://``) applies to each, with the same CA file and client certificate for the
+sentinels as for the data nodes. A cluster has no sentinels, and its commits wait for no
+replica (``WAIT`` answers for one node's connection, and the cluster client routes a
+keyless command to any node): both are refused (:meth:`RedisTarget.check`).
 
 No I/O here: the files named are read by the TLS layer when connecting (and checked to exist
 when the config is loaded).
@@ -62,6 +65,21 @@ class RedisTarget:
     #: After a commit (a Lua script, a stream append): ``WAIT`` for this many replicas.
     wait_replicas: int = 0
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    #: A Redis Cluster: ``url`` is any node of it.
+    cluster: bool = False
+
+    def __post_init__(self) -> None:
+        problem = self.check()
+        if problem:
+            raise ValueError(problem)
+
+    def check(self) -> str | None:
+        """What makes this target impossible (one line), or None."""
+        if self.cluster and self.sentinels:
+            return "a Redis Cluster has no sentinels: use layout = cluster or sentinels, not both"
+        if self.cluster and self.wait_replicas > 0:
+            return "wait_replicas is not supported with a Redis Cluster (set it to 0)"
+        return None
 
     @classmethod
     def of(cls, target: RedisTarget | str) -> RedisTarget:
@@ -81,6 +99,8 @@ class RedisTarget:
         from bridge.config.types import mask_url_password  # lazily: a till tool stays light
 
         url = mask_url_password(self.url)
+        if self.cluster:
+            return f"cluster via {url}"
         if not self.sentinels:
             return url
         where = ",".join(f"{h}:{p}" for h, p in self.sentinels)

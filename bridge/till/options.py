@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 from bridge.errors import UserError
 
 if TYPE_CHECKING:
+    from bridge.redis.keys import Keys
     from bridge.redis.target import RedisTarget
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "pos"
 
 #: The ``[redis]`` keys a till tool takes as flags (``--tls-ca-file`` for ``tls_ca_file``...),
-#: besides ``--redis-url`` and ``--sentinel`` (repeatable: ``sentinels``).
+#: besides ``--redis-url``, ``--sentinel`` (repeatable: ``sentinels``) and ``--cluster``
+#: (``layout = "cluster"``).
 REDIS_FLAG_KEYS = (
     "master_name",
     "tls_ca_file",
@@ -38,6 +40,8 @@ def redis_section(args: argparse.Namespace, url: str | None = None) -> dict[str,
     section: dict[str, Any] = {"url": url or getattr(args, "redis_url", None) or DEFAULT_REDIS_URL}
     if getattr(args, "sentinel", None):
         section["sentinels"] = list(args.sentinel)
+    if getattr(args, "cluster", False):
+        section["layout"] = "cluster"
     for key in REDIS_FLAG_KEYS:
         value = getattr(args, key, None)
         if value is not None and value != "":
@@ -82,7 +86,16 @@ def connection_options(args: argparse.Namespace) -> list[str]:
     prefix = getattr(args, "prefix", None)
     if prefix and prefix != DEFAULT_PREFIX:
         options += ["--prefix", prefix]
+    if getattr(args, "cluster", False):
+        options.append("--cluster")
     return options
+
+
+def till_keys(args: argparse.Namespace) -> Keys:
+    """The key names of ``--prefix``, in the cluster layout with ``--cluster``."""
+    from bridge.redis.keys import Keys  # lazily: the CLI imports this module
+
+    return Keys(args.prefix, "cluster" if getattr(args, "cluster", False) else "single")
 
 
 def tail_hint(args: argparse.Namespace, terminal: str, since: str | None) -> str:

@@ -36,8 +36,7 @@ from bridge.core.commands import (
 )
 from bridge.errors import UserError
 from bridge.redis.client import connect
-from bridge.redis.keys import Keys
-from bridge.till.options import redis_target, tail_hint
+from bridge.till.options import redis_target, tail_hint, till_keys
 from bridge.till.output import Printer, describe_error, format_money, redis_failure, warn
 from bridge.till.tail import last_entry_id
 from bridge.till.watch import (
@@ -209,7 +208,7 @@ async def _send(
             if wait:
                 # Subscribe first, then note where the stream ends: whatever answers the
                 # command is either published to us or written after that id.
-                pubsub = await subscribe(client, watch.channel, SUBSCRIBE_TIMEOUT)
+                pubsub = await subscribe(client, watch, SUBSCRIBE_TIMEOUT)
                 watch.last_id = await last_entry_id(client, watch.stream)
             entry_id = await client.xadd(watch.keys.commands, {"command": json.dumps(command)})
         except (RedisError, OSError, TimeoutError) as exc:
@@ -261,7 +260,7 @@ def _run(
 
 def _watch(args: argparse.Namespace, command: dict[str, Any], order_id: str) -> CommandWatch:
     return CommandWatch(
-        keys=Keys(args.prefix),
+        keys=till_keys(args),
         terminal=command["terminal_id"],
         command_id=command["command_id"],
         order_id=order_id,
@@ -288,7 +287,7 @@ def pay_command(args: argparse.Namespace, after_completed: AfterSuccess | None =
 
 
 async def _order_terminal(args: argparse.Namespace, order_id: str) -> str:
-    keys = Keys(args.prefix)
+    keys = till_keys(args)
     client = _open(args)
     try:
         try:
