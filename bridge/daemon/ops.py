@@ -116,7 +116,7 @@ class RedisProbe:
         self.ok: bool | None = None  # None: not probed yet
         self.error: str | None = None
         self.changed_at = time.time()
-        self.health = RedisHealth(redis)
+        self.health = RedisHealth(redis, commands_key)
         self._health_refused = False
 
     async def run(self) -> None:

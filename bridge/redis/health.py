@@ -5,17 +5,21 @@ With sentinels, every check asks them where the master is (through the client's 
 then also moves its idle connections there: a connection still open to a demoted master
 would read from a replica). A different answer than last time is a failover: logged once
 (``redis.failover``, from and to) and counted (``pos_bridge_redis_failovers_total``). The
-single node of a plain ``url`` is named by its address.
+single node of a plain ``url`` is named by its address. On a Redis Cluster the master is that of
+the deployment's one slot (where all its keys are), as the cluster client knows it: a replica
+taking that slot over is a failover.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge import metrics
 from bridge.redis.client import BridgeRedis, follow_master
@@ -26,8 +30,11 @@ log = structlog.get_logger("bridge.redis")
 class RedisHealth:
     """The last check's findings; :meth:`check` raises what the client raised."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, key: str = "") -> None:
         self._client = client
+        #: On a Redis Cluster, a key of the deployment: its slot's master is the one checked
+        #: (every name of a deployment is in that slot: :mod:`bridge.redis.keys`).
+        self._key = key
         self.master: str | None = None  # "host:port" of the master (None: not checked yet)
         self.role: str | None = None  # what the node the client writes to says it is
         self.replicas: int | None = None
@@ -36,8 +43,11 @@ class RedisHealth:
         self._wait_short_seen = 0
 
     async def check(self) -> None:
-        node = await self._master_address()
-        info = await self._client.info("replication")
+        if isinstance(self._client, RedisCluster):
+            node, info = await self._cluster_master()
+        else:
+            node = await self._master_address()
+            info = await self._client.info("replication")
         self.role = str(info.get("role"))
         self.replicas = int(info.get("connected_slaves") or 0)
         metrics.REDIS_REPLICAS.set(self.replicas)
@@ -79,6 +89,17 @@ class RedisHealth:
             parts = urlsplit(client.target.url)
             return f"{parts.hostname}:{parts.port or 6379}"
         return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+    async def _cluster_master(self) -> tuple[str, dict[str, Any]]:
+        """The master of the deployment's slot, as the cluster client knows it now (it learns
+        a failover from the lost connection or a ``MOVED``), and what that master says."""
+        cluster = cast(RedisCluster, self._client)
+        await cluster.exists(self._key)  # a keyed read: a moved slot is learnt before we ask
+        node = cluster.get_node_from_key(self._key)
+        if node is None:
+            raise RedisConnectionError(f"no cluster node serves the slot of {self._key}")
+        info: Any = await cluster.info("replication", target_nodes=node)
+        return str(node.name), dict(info)
 
     def as_dict(self) -> dict[str, Any]:
         wait = getattr(self._client, "replica_wait", None)
