@@ -177,3 +177,40 @@ def test_till_flags_are_checked_in_one_line(tmp_path: Path) -> None:
             _till_args("--redis-url", "rediss://h/0", "--tls-ca-file", str(tmp_path / "no"))
         )
     assert "redis.tls_ca_file" in info.value.message and "no such file" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("redis", "reason"),
+    [
+        (
+            'layout = "cluster"\nsentinels = ["h:1"]\nmaster_name = "m"',
+            'layout = "cluster" and sentinels do not go together',
+        ),
+        ('layout = "cluster"\nwait_replicas = 1', "wait_replicas is not supported"),
+    ],
+)
+def test_cluster_refuses_sentinels_and_replica_waits(
+    tmp_path: Path, redis: str, reason: str
+) -> None:
+    assert reason in error_of(tmp_path, redis)
+
+
+def test_cluster_target(tmp_path: Path) -> None:
+    cfg = load(tmp_path, 'url = "rediss://h:7000"\nlayout = "cluster"\nwait_replicas = 0')
+    t = cfg.redis.target
+    assert t.cluster and not t.sentinel and t.wait_replicas == 0 and t.tls
+    assert str(t) == "cluster via rediss://h:7000"
+    with pytest.raises(ValueError, match="no sentinels"):
+        RedisTarget(url="redis://h:7000", cluster=True, sentinels=(("h", 1),), master_name="m")
+    with pytest.raises(ValueError, match="wait_replicas"):
+        RedisTarget(url="redis://h:7000", cluster=True, wait_replicas=1)
+
+
+def test_till_cluster_flag() -> None:
+    args = _till_args("--redis-url", "redis://h:7000", "--cluster")
+    assert redis_target(args).cluster
+    assert tail_hint(args, "T1", None).endswith("--cluster")
+    for extra in (("--sentinel", "h1", "--master-name", "m"), ("--wait-replicas", "1")):
+        with pytest.raises(UserError) as info:
+            redis_target(_till_args("--redis-url", "redis://h:7000", "--cluster", *extra))
+        assert "cluster" in info.value.message and "\n" not in info.value.message

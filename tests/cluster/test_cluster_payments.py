@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 
 import anyio
 import pytest
@@ -14,9 +15,11 @@ from helpers.harness import assert_faithful, bridge_config, running_bridge
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from bridge.core.state import order_created
 from bridge.redis.client import RedisTarget, connect
 from bridge.redis.cluster import subscribe_terminal
 from bridge.redis.cluster_server import RedisClusterServer
+from bridge.redis.publisher import EventStore
 from bridge.simulator.server import SimulatorServer
 from bridge.till.output import Printer
 from bridge.till.tail import Tail
@@ -145,3 +148,42 @@ async def test_orders_and_commands_from_any_node(
             await tail.step()
     lines = [json.loads(line) for line in printed.getvalue().splitlines()]
     assert [e["order_id"] for e in lines] == ["till7-c1"] * len(lines)
+
+
+async def test_batched_transitions_through_a_cluster_pipeline(cluster_client: Redis) -> None:
+    """The transition batcher writes a batch on a pooled connection of a single-node client;
+    a cluster client has no one pool, so the batch goes as a cluster pipeline of EVALSHA
+    commands (pipe.evalsha() is refused there). Many orders at once (batches of several),
+    after the scripts were flushed on every master (each batch's NOSCRIPT is answered by
+    loading the script and sending those calls again)."""
+    assert getattr(cluster_client, "connection_pool", None) is None  # the pipeline path
+    events = EventStore(cluster_client, KEYS, stream_maxlen=1000, order_ttl=3600)
+    await cluster_client.script_flush()  # every master
+    terminals = [f"T{n:03d}" for n in range(12)]
+    stream_ids: dict[str, tuple[str, ...]] = {}
+
+    async def create(terminal: str) -> None:
+        order_id = f"batch-{terminal}"
+        recorded = await events.record(
+            order_id,
+            lambda _state: order_created(
+                order_id=order_id,
+                terminal_id=terminal,
+                command_id=f"c-{terminal}",
+                amount=100,
+                currency="EUR",
+                session_id="s",
+                now=datetime.now(UTC),
+            ),
+        )
+        stream_ids[terminal] = recorded.stream_ids
+
+    async with anyio.create_task_group() as tg:
+        for terminal in terminals:
+            tg.start_soon(create, terminal)
+    for terminal in terminals:
+        assert len(stream_ids[terminal]) == 1, terminal
+        entries = await cluster_client.xrange(KEYS.terminal_stream(terminal))
+        assert [eid for eid, _ in entries] == list(stream_ids[terminal])
+        stored = json.loads(await cluster_client.get(KEYS.order(f"batch-{terminal}")))
+        assert stored["type"] == "order.created" and stored["terminal_id"] == terminal
