@@ -162,7 +162,10 @@ class _TransitionBatcher:
         """Write ``commands`` at once on a pooled connection and read every reply (an
         error reply as a value, like a pipeline with ``raise_on_error=False``)."""
         pool = getattr(self._client, "connection_pool", None)
-        if pool is None:  # a client without one pool of plain connections: a pipeline
+        # A pipeline instead for a client without one pool of plain connections (a cluster
+        # client), and for one that waits for replicas after a commit (its pipeline ends
+        # with WAIT: bridge.redis.client); a raw write here would skip that WAIT.
+        if pool is None or getattr(self._client, "replica_wait", None) is not None:
             async with self._client.pipeline(transaction=False) as pipe:
                 for command in commands:
                     # the command itself, not pipe.evalsha(): a cluster client (no one pool)

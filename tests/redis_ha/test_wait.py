@@ -4,11 +4,16 @@ on real nodes: a master with a replica, and one without."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
+import anyio
 import pytest
 
+from bridge.core.state import order_created
 from bridge.daemon.ops import RedisProbe
 from bridge.redis.client import BridgeRedis, RedisTarget, connect
+from bridge.redis.keys import Keys
+from bridge.redis.publisher import EventStore
 from bridge.redis.server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -125,3 +130,42 @@ async def test_reads_outlast_the_wait(redis_server: RedisServer) -> None:
     finally:
         await client.aclose()
         await plain.aclose()
+
+
+async def test_transitions_wait_for_the_replica(pair: tuple[RedisServer, RedisServer]) -> None:
+    """The transition batcher writes its batches on a pooled connection of its own (no
+    pipeline): with wait_replicas it must still end each batch with WAIT, or a transition the
+    bridge acknowledged could be lost in a failover."""
+    master, replica = pair
+    client = connect(RedisTarget(url=master.url, wait_replicas=1, wait_timeout=30))
+    reader = connect(replica.url)
+    keys = Keys("waitbatch")
+    events = EventStore(client, keys, stream_maxlen=100, order_ttl=3600)
+    try:
+        before = await client.info("commandstats")
+
+        async def create(n: int) -> None:
+            await events.record(
+                f"o-{n}",
+                lambda _state: order_created(
+                    order_id=f"o-{n}",
+                    terminal_id=f"T{n}",
+                    command_id=f"c-{n}",
+                    amount=100,
+                    currency="EUR",
+                    session_id="s",
+                    now=datetime.now(UTC),
+                ),
+            )
+            # WAIT returned: the replica holds the order key already, no polling needed
+            assert await reader.get(keys.order(f"o-{n}")) is not None
+
+        async with anyio.create_task_group() as tg:
+            for n in range(6):
+                tg.start_soon(create, n)
+        after = await client.info("commandstats")
+        waits = after["cmdstat_wait"]["calls"] - before.get("cmdstat_wait", {}).get("calls", 0)
+        assert waits >= 1
+    finally:
+        await client.aclose()
+        await reader.aclose()
