@@ -19,6 +19,7 @@ from bridge.core.state import order_created
 from bridge.redis.client import RedisTarget, connect
 from bridge.redis.cluster import subscribe_terminal
 from bridge.redis.cluster_server import RedisClusterServer
+from bridge.redis.leases import Leases
 from bridge.redis.publisher import EventStore
 from bridge.simulator.server import SimulatorServer
 from bridge.till.output import Printer
@@ -187,3 +188,20 @@ async def test_batched_transitions_through_a_cluster_pipeline(cluster_client: Re
         assert [eid for eid, _ in entries] == list(stream_ids[terminal])
         stored = json.loads(await cluster_client.get(KEYS.order(f"batch-{terminal}")))
         assert stored["type"] == "order.created" and stored["terminal_id"] == terminal
+
+
+async def test_leases_renewed_together_on_a_cluster(cluster_client: Redis) -> None:
+    """Every lease a daemon holds is renewed in one pipeline of script calls; on a cluster
+    that pipeline refuses ``.evalsha()`` (a daemon following a payment past a renewal ended
+    on it), so the calls are EVALSHA commands, and after SCRIPT FLUSH the script is loaded
+    and the chunks that missed it are sent again."""
+    leases = Leases(cluster_client, KEYS, 5.0, "a")
+    held = {f"o{i}": await leases.acquire(f"o{i}") for i in range(12)}
+    await cluster_client.delete(KEYS.lease("o7"))  # lapsed, nobody took it
+    await cluster_client.set(KEYS.lease("o3"), "999:b")  # taken over
+    await cluster_client.pexpire(KEYS.lease("o0"), 50)
+    await cluster_client.script_flush()  # every master
+    lost, revived = await leases.renew_all(held, batch=5)  # type: ignore[arg-type]
+    assert (lost, revived) == ({"o3"}, {"o7"})
+    assert await cluster_client.pttl(KEYS.lease("o0")) > 4000  # renewed to the full TTL
+    assert await cluster_client.get(KEYS.lease("o7")) == held["o7"]
