@@ -41,7 +41,9 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_REDIS_URL) -> None:
+def _add_redis(
+    p: argparse.ArgumentParser, default_url: str | None = DEFAULT_REDIS_URL, *, cluster: bool = True
+) -> None:
     p.add_argument(
         "--redis-url",
         default=default_url,
@@ -50,6 +52,59 @@ def _add_redis(p: argparse.ArgumentParser, default_url: str | None = DEFAULT_RED
     )
     p.add_argument(
         "--prefix", default=DEFAULT_PREFIX, help=f"key prefix (default: {DEFAULT_PREFIX})"
+    )
+    g = p.add_argument_group("Redis Sentinel, TLS and Cluster (as [redis] in the daemon's config)")
+    g.add_argument(
+        "--sentinel",
+        action="append",
+        metavar="HOST:PORT",
+        help="a sentinel to ask where the master is (repeatable; --redis-url then gives only "
+        "scheme, user, password and database; default: none, --redis-url is the node)",
+    )
+    g.add_argument(
+        "--master-name", metavar="NAME", help="the master the sentinels monitor (default: none)"
+    )
+    g.add_argument(
+        "--sentinel-username", metavar="USER", help="the sentinels' ACL user (default: none)"
+    )
+    g.add_argument(
+        "--sentinel-password-env",
+        metavar="VAR",
+        help="environment variable holding the sentinels' password (default: none)",
+    )
+    g.add_argument(
+        "--tls-ca-file",
+        metavar="PEM",
+        help="with rediss://: the CA of Redis's certificate (default: the system's CAs)",
+    )
+    g.add_argument(
+        "--tls-cert-file",
+        metavar="PEM",
+        help="with rediss://: a client certificate (default: none)",
+    )
+    g.add_argument(
+        "--tls-key-file", metavar="PEM", help="with rediss://: its private key (default: none)"
+    )
+    g.add_argument(
+        "--wait-replicas",
+        type=int,
+        metavar="N",
+        help="after sending, WAIT for N replicas (default: 1 with --sentinel, else 0)",
+    )
+    g.add_argument(
+        "--wait-timeout",
+        type=float,
+        metavar="S",
+        help="at most S seconds (default: 10)",
+    )
+    if not cluster:
+        return
+    g.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the Redis is a Redis Cluster (--redis-url: any node): keys in the cluster layout "
+        "({prefix}:...), sharded pub/sub; not with --sentinel or --wait-replicas "
+        "(default: a single Redis server)",
     )
 
 
@@ -130,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("demo", help="simulator + private Redis + daemon, one payment per scenario")
-    _add_redis(p, default_url=None)
+    _add_redis(p, default_url=None, cluster=False)  # the demo runs on one redis-server
     p.add_argument("--speed", type=float, default=20.0, help="simulator speed (default: 20)")
 
     p = sub.add_parser(
@@ -346,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: payments on real processes while faults are injected (kill -9, "
         "Redis restart, stream drops, takeover); audits every final",
+    )
+    p.add_argument(
+        "--redis-failover",
+        action="store_true",
+        help="instead: payments on a Redis Sentinel deployment (master, replica, 3 sentinels) "
+        "whose master is failed over (SENTINEL FAILOVER, then kill -9) every round; reports "
+        "finals lost, duplicates and how long a till could not send (--rounds, --terminals)",
     )
     p.add_argument(
         "--scenario",

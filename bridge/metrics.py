@@ -27,7 +27,10 @@ __all__ = [
     "CONTENT_TYPE",
     "EVENTS_PUBLISHED",
     "PUBLISH_DELAY",
+    "REDIS_FAILOVERS",
     "REDIS_OUTAGE",
+    "REDIS_REPLICAS",
+    "REDIS_WAIT_SHORT",
     "REDIS_WAITING",
     "REGISTRY",
     "SESSIONS_ACTIVE",
@@ -119,6 +122,25 @@ REDIS_WAITING = Gauge(
     "pos_bridge_redis_waiting",
     "Tasks waiting for Redis to come back: each session holding upstream news, and the "
     "command intake",
+    registry=REGISTRY,
+)
+
+REDIS_FAILOVERS = Counter(
+    "pos_bridge_redis_failovers_total",
+    "Times the Redis master changed (the sentinels named another node) while the daemon ran",
+    registry=REGISTRY,
+)
+
+REDIS_WAIT_SHORT = Counter(
+    "pos_bridge_redis_wait_short_total",
+    "Commits whose WAIT for [redis] wait_replicas replicas timed out (the write was on the "
+    "master only)",
+    registry=REGISTRY,
+)
+
+REDIS_REPLICAS = Gauge(
+    "pos_bridge_redis_replicas",
+    "Replicas connected to the Redis master (its INFO replication), at the last probe",
     registry=REGISTRY,
 )
 

@@ -415,6 +415,10 @@ class Bench:
 def bench_command(args: argparse.Namespace) -> int:
     if getattr(args, "faults", False):
         return faults_command(args)
+    if getattr(args, "redis_failover", False):
+        from bridge.bench.redis_failover import redis_failover_command
+
+        return redis_failover_command(args)
     if getattr(args, "fuzz", False):
         from bridge.bench.fuzz import fuzz_command
 

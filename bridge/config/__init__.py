@@ -13,7 +13,8 @@ Loading registers nothing with the log redaction: the caller passes ``config.sec
 ``bridge.logs.register_secrets``.
 
 Modules: ``types`` (value types, ``parse_listen``), ``sections`` (one model per TOML table),
-``sources`` (the TOML file and the environment), ``secrets`` (API keys), ``settings``
+``sources`` (the TOML file and the environment), ``secrets`` (API keys, the sentinel
+password), ``files`` (TLS files), ``settings``
 (``Config``, ``load_config``), ``errors`` (messages), ``check`` (the command).
 """
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
@@ -25,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from bridge.config.secrets import ApiKey
+from bridge.config.files import expand_path, unreadable_pem
+from bridge.config.secrets import ApiKey, resolve_api_key
 from bridge.config.types import (
     HOSTNAME_RE,
     TERMINAL_ID_RE,
@@ -44,6 +46,9 @@ from bridge.config.types import (
     mask_url_password,
     parse_listen,
 )
+
+if TYPE_CHECKING:
+    from bridge.redis.target import RedisTarget
 
 _LEVEL_ALIASES = {"warn": "warning", "err": "error"}
 
@@ -217,14 +222,41 @@ class MultiSafepayConfig(_Model):
 
 
 class RedisConfig(_Model):
+    """``[redis]``: one node (``url``, the default), a Sentinel deployment (``sentinels``,
+    ``master_name``; ``url`` then gives only the scheme, credentials and database) or a Redis
+    Cluster (``layout = "cluster"``, ``url`` any node; neither sentinels nor wait_replicas),
+    TLS with ``rediss://`` and the ``tls_*`` files, and what a commit waits for
+    (``wait_replicas``)."""
+
     url: str = "redis://127.0.0.1:6379/0"
     prefix: KeyPrefix = "pos"
+    #: "single" (one server) or "cluster" (a Redis Cluster: bridge.redis.keys, .cluster)
+    layout: Literal["single", "cluster"] = "single"
     stream_maxlen: Count = 10000
     commands_maxlen: Count = 100000
     order_ttl: OrderTtl = 604800
     consumer_name: str = ""
     command_claim_idle: Seconds = 120.0
     command_max_deliveries: Count = 5
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    sentinels: list[str] = Field(default_factory=list)
+    master_name: str = ""
+    sentinel_username: str | None = None
+    sentinel_password_file: str | None = None
+    sentinel_password_env: EnvName | None = None
+    wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    wait_timeout: Seconds = 10.0
+
+    _sentinel_password: ApiKey | None = PrivateAttr(default=None)
+
+    @field_validator(
+        "tls_ca_file", "tls_cert_file", "tls_key_file", "sentinel_password_file", mode="before"
+    )
+    @classmethod
+    def _pathlike(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
 
     @field_validator("url")
     @classmethod
@@ -245,12 +277,113 @@ class RedisConfig(_Model):
             raise ValueError("must name a host, e.g. redis://127.0.0.1:6379/0")
         return v
 
+    @field_validator("sentinels")
+    @classmethod
+    def _check_sentinels(cls, v: list[str]) -> list[str]:
+        from bridge.redis.target import parse_host_port  # pure parsing, no I/O
+
+        for entry in v:
+            parse_host_port(entry)
+        if len(set(v)) != len(v):
+            raise ValueError("lists a sentinel twice")
+        return v
+
     @field_validator("consumer_name")
     @classmethod
     def _check_consumer(cls, v: str) -> str:
         if len(v) > 200 or any(c.isspace() or not c.isprintable() for c in v):
             raise ValueError("must be at most 200 printable characters without spaces")
         return v
+
+    @model_validator(mode="after")
+    def _check_modes(self) -> RedisConfig:
+        scheme = urlsplit(self.url).scheme
+        tls_files = [
+            k for k in ("tls_ca_file", "tls_cert_file", "tls_key_file") if getattr(self, k)
+        ]
+        if tls_files and scheme != "rediss":
+            raise ValueError(f"{', '.join(tls_files)} need a rediss:// url (TLS)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together (a client certificate)")
+        if self.sentinels and not self.master_name:
+            raise ValueError("sentinels need master_name (the name the sentinels monitor)")
+        if self.master_name and not self.sentinels:
+            raise ValueError('master_name needs sentinels = ["host:port", ...]')
+        if self.sentinels and scheme == "unix":
+            raise ValueError("with sentinels, url must be redis:// or rediss:// (not unix://)")
+        if self.layout == "cluster":
+            self._check_cluster(scheme)
+        sentinel_auth = (self.sentinel_password_file, self.sentinel_password_env)
+        if any(a is not None for a in sentinel_auth) and not self.sentinels:
+            raise ValueError("sentinel_password_file/_env need sentinels")
+        return self
+
+    def _check_cluster(self, scheme: str) -> None:
+        if self.sentinels:
+            raise ValueError('layout = "cluster" and sentinels do not go together (pick one)')
+        if self.wait_replicas:
+            raise ValueError('wait_replicas is not supported with layout = "cluster"')
+        if scheme == "unix":
+            raise ValueError("url: a Redis Cluster is reached over TCP, not a unix:// socket")
+        if urlsplit(self.url).path.strip("/") not in ("", "0"):
+            raise ValueError("url: a Redis Cluster has only database 0")
+
+    def resolve_files(self, environ: Mapping[str, str]) -> list[tuple[str, str]]:
+        """Check the TLS files and resolve the sentinel password (the step after validation);
+        return the problems, one line each."""
+        problems: list[tuple[str, str]] = []
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path is not None:
+                reason = unreadable_pem(Path(path).expanduser())
+                if reason:
+                    problems.append((f"redis.{name}", f"{path}: {reason}"))
+        if self.sentinel_password_file is not None or self.sentinel_password_env is not None:
+            key = resolve_api_key(
+                "redis-sentinel",
+                None,
+                self.sentinel_password_file,
+                self.sentinel_password_env,
+                environ,
+            )
+            if isinstance(key, ApiKey):
+                self._sentinel_password = key
+            else:
+                field = key.field.replace("api_key", "sentinel_password") or "sentinels"
+                problems.append((f"redis.{field}", key.reason.replace("API key", "password")))
+        return problems
+
+    @property
+    def sentinel_password(self) -> SecretStr | None:
+        """The resolved sentinel password (``sentinel_password_file`` or ``_env``), if any."""
+        return self._sentinel_password.value if self._sentinel_password else None
+
+    @property
+    def effective_wait_replicas(self) -> int:
+        """``wait_replicas``, else 1 with sentinels (there is a replica to wait for), else 0."""
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        return 1 if self.sentinels else 0
+
+    @property
+    def target(self) -> RedisTarget:
+        """What :func:`bridge.redis.client.connect` opens."""
+        from bridge.redis.target import RedisTarget, parse_host_port
+
+        pw = self.sentinel_password
+        return RedisTarget(
+            url=self.url,
+            tls_ca_file=expand_path(self.tls_ca_file),
+            tls_cert_file=expand_path(self.tls_cert_file),
+            tls_key_file=expand_path(self.tls_key_file),
+            sentinels=tuple(parse_host_port(s) for s in self.sentinels),
+            master_name=self.master_name,
+            sentinel_username=self.sentinel_username,
+            sentinel_password=pw.get_secret_value() if pw is not None else None,
+            wait_replicas=self.effective_wait_replicas,
+            wait_timeout=self.wait_timeout,
+            cluster=self.layout == "cluster",
+        )
 
     @property
     def password(self) -> SecretStr | None:

@@ -119,6 +119,7 @@ class Config(BaseSettings):
             problems = validation_errors(exc, overrides.overridden if overrides else {})
             raise ConfigError(source, (overrides.errors if overrides else []) + problems) from None
         problems = (overrides.errors if overrides else []) + cfg.resolve_keys(environ, source)
+        problems += cfg.redis.resolve_files(environ)
         problems += webhook_url_problems(cfg.webhook, [g.name for g in cfg.terminal_groups])
         if problems:
             raise ConfigError(source, problems)
@@ -202,6 +203,9 @@ class Config(BaseSettings):
             raw = urlsplit(self.redis.url).password
             if raw and raw != pw.get_secret_value():
                 out.append(raw)
+        sentinel_pw = self.redis.sentinel_password
+        if sentinel_pw is not None and sentinel_pw.get_secret_value():
+            out.append(sentinel_pw.get_secret_value())
         return list(dict.fromkeys(out))
 
     def masked_dict(self) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class Bridge:
     def __init__(self, config: Config) -> None:
         self.config = config
         logs.register_secrets(config.secrets())  # masked in every log line from here on
-        self.keys = Keys(config.redis.prefix)
+        self.keys = Keys(config.redis.prefix, config.redis.layout)
         self._stop = anyio.Event()
         self.intake: CommandIntake | None = None
         self.sessions: Sessions | None = None
@@ -92,9 +92,9 @@ class Bridge:
         cfg = self.config
         upstream = cfg.multisafepay
         async with AsyncExitStack() as stack:
-            redis = connect(cfg.redis.url)
+            redis = connect(cfg.redis.target)
             stack.push_async_callback(redis.aclose)
-            command_reader = connect(cfg.redis.url, max_connections=8, decode_responses=False)
+            command_reader = connect(cfg.redis.target, max_connections=8, decode_responses=False)
             stack.push_async_callback(command_reader.aclose)
             # one TLS context for every client: building one per client (33 of them) costs
             # seconds of start-up on a loaded host, seconds a restarted daemon's payments wait
@@ -172,7 +172,7 @@ class Bridge:
         )
         if cfg.webhook.enabled:
             await self._start_webhooks(servers, ctx, sessions, redis)
-        self.ops = ops.Operations(self, redis)
+        self.ops = ops.Operations(self, redis, followers=[command_reader])
         await self.ops.start(servers, self._servers_stop)
         self.intake = CommandIntake(
             command_reader,

@@ -2,8 +2,9 @@
 
 ``Operations`` lives in the daemon's task group beside the sessions:
 
-- a **Redis probe** (``PING`` every second, and the commands queue's depth): readiness, the
-  ``pos_bridge_redis_outage`` gauge and systemd's ``STATUS=`` line all follow it;
+- a **Redis probe** (``PING`` every second, the commands queue's depth, and Redis's own health,
+  ``bridge.redis.health``: which node is master, failovers seen, replicas): readiness, the
+  ``pos_bridge_redis_*`` metrics and systemd's ``STATUS=`` line all follow it;
 - the **HTTP endpoints** on ``[http].listen`` (when ``[http].enabled``), a Starlette app served
   by uvicorn inside the task group (uvicorn's signal handling off: the daemon owns signals):
   ``/healthz`` 200 while the event loop answers; ``/readyz`` 200 when Redis is reachable and
@@ -32,11 +33,13 @@ from starlette.routing import Route
 from bridge import metrics
 from bridge.daemon import asgi
 from bridge.daemon.notify import Notifier
+from bridge.redis.client import BridgeRedis, follow_master
+from bridge.redis.health import RedisHealth
 from bridge.redis.keys import COMMANDS_GROUP
 from bridge.redis.publisher import EventStore, Recorded
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from anyio.abc import TaskGroup
     from redis.asyncio import Redis
@@ -101,14 +104,20 @@ class RedisProbe:
         *,
         interval: float = PROBE_INTERVAL,
         timeout: float = PROBE_TIMEOUT,
+        followers: Sequence[Redis] = (),
     ) -> None:
         self._redis = redis
+        #: Other clients of the daemon moved to a new master with the probed one (the command
+        #: reader only reads: nothing else would tell it before the old master is demoted).
+        self._followers = followers
         self._commands_key = commands_key
         self.interval = interval
         self.timeout = timeout
         self.ok: bool | None = None  # None: not probed yet
         self.error: str | None = None
         self.changed_at = time.time()
+        self.health = RedisHealth(redis, commands_key)
+        self._health_refused = False
 
     async def run(self) -> None:
         while True:
@@ -119,6 +128,10 @@ class RedisProbe:
         try:
             with anyio.fail_after(self.timeout):
                 await self._redis.ping()
+                await self._check_health()
+                for client in self._followers:
+                    if isinstance(client, BridgeRedis) and client.sentinels is not None:
+                        await follow_master(client)
             ok, error = True, None
         except TimeoutError:
             ok, error = False, f"no answer to PING within {self.timeout:g} s"
@@ -131,6 +144,16 @@ class RedisProbe:
         if ok:
             await self._queue_depth()
         return ok
+
+    async def _check_health(self) -> None:
+        """Which node is master and failovers (``RedisHealth``). Refused (an ACL without
+        ``INFO``) is said once and left unknown: Redis answered, so it is reachable."""
+        try:
+            await self.health.check()
+        except ResponseError as exc:
+            if not self._health_refused:
+                self._health_refused = True
+                log.warning("redis.health_unknown", error=str(exc) or type(exc).__name__)
 
     async def _queue_depth(self) -> None:
         try:
@@ -158,9 +181,12 @@ class Operations:
         *,
         environ: Mapping[str, str] | None = None,
         probe_interval: float = PROBE_INTERVAL,
+        followers: Sequence[Redis] = (),
     ) -> None:
         self.bridge = bridge
-        self.probe = RedisProbe(redis, bridge.keys.commands, interval=probe_interval)
+        self.probe = RedisProbe(
+            redis, bridge.keys.commands, interval=probe_interval, followers=followers
+        )
         self.notifier = Notifier.from_environ(environ)
         self.started_at = time.time()
         self.port: int | None = None  # the HTTP port, once bound
@@ -176,6 +202,9 @@ class Operations:
             return False, "starting: Redis not checked yet"
         if not self.probe.ok:
             return False, f"redis unreachable: {self.probe.error}"
+        redis = self.probe.health
+        if redis.role not in (None, "master"):
+            return False, f"redis node {redis.master} is a {redis.role}, not the master"
         if not health["reading"]:
             return False, "not reading commands (starting, or retrying after a Redis error)"
         return True, "ok"
@@ -194,7 +223,12 @@ class Operations:
             since = time.strftime("%H:%M:%S", time.localtime(self.probe.changed_at))
             redis = f"Redis unreachable since {since}"
         reading = ", reading commands" if health["reading"] and self.probe.ok else ""
-        return f"{redis}{reading}, {count}"
+        master = self.probe.health.master if self.probe.ok else None
+        return f"{redis}{reading}, {count}" + (f" (Redis master {master})" if master else "")
+
+    def redis_health(self) -> dict[str, Any]:
+        """Redis's own health at the last probe: master, role, replicas, failovers seen."""
+        return self.probe.health.as_dict()
 
     def refresh_gauges(self) -> None:
         metrics.SESSIONS_ACTIVE.set(self.bridge.health()["sessions"])
@@ -263,6 +297,7 @@ class Operations:
                 "ready": ready,
                 "reason": reason,
                 "redis": self.probe.ok,
+                "redis_health": self.redis_health(),
                 "sessions": self.bridge.health()["sessions"],
             }
             return JSONResponse(body, status_code=200 if ready else 503)

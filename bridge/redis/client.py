@@ -1,43 +1,331 @@
-"""One way to open Redis, so every part of the bridge retries a dropped connection alike."""
+"""One way to open Redis, so every part of the bridge retries a dropped connection alike,
+reaches it the same way (a single node, a Sentinel deployment or a Redis Cluster, TLS or not:
+a :class:`~bridge.redis.target.RedisTarget`), and waits for replicas after a commit alike.
+
+**What a commit waits for.** With ``wait_replicas`` > 0 (``[redis] wait_replicas``), every
+commit (``EVALSHA``/``EVAL``, as the transition, announcement and lease scripts are; ``SET
+... NX``, as the once-only markers of commands and refunds are; and ``XADD``, as a till's
+command is) is followed on the same connection by
+``WAIT wait_replicas timeout``: the caller's await returns only once that many replicas hold
+the write (or the timeout passed). A webhook is answered and a command acknowledged after
+their commit returns, so what the bridge acknowledged is on a replica a failover can promote.
+A ``WAIT`` that times out is counted and logged (``redis.wait_short``), not failed: the write
+is on the master, and refusing payments because a replica is slow would stop the shop. An
+operator who prefers refusal sets ``min-replicas-to-write`` on the master.
+"""
 
 from __future__ import annotations
 
-from typing import Any, overload
+import time
+from typing import Any, cast, overload
 
+import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bridge.redis.cluster import connect_cluster
+from bridge.redis.target import RedisTarget
+
+__all__ = ["BridgeRedis", "RedisTarget", "connect", "stream_entries", "text"]
+
+log = structlog.get_logger("bridge.redis")
+
+#: The commands after which ``WAIT`` runs (see the module docstring), and ``SET ... NX``.
+COMMITS = frozenset({"EVALSHA", "EVAL", "FCALL", "XADD"})
+
+
+def _upper(arg: Any) -> str:
+    if isinstance(arg, bytes):
+        return arg.decode(errors="replace").upper()
+    return arg.upper() if isinstance(arg, str) else ""
+
+
+def _is_commit(args: tuple[Any, ...]) -> bool:
+    name = _upper(args[0]) if args else ""
+    if name == "SET":  # a once-only marker (a command's record, a refund's): SET ... NX
+        return any(_upper(a) == "NX" for a in args[3:])
+    return name in COMMITS
+
+
+#: A ``WAIT``'s timeout while the master has no replica at all (``ReplicaWait.alone``).
+ALONE_WAIT_MS = 50
+#: How often (at most) a client asks the sentinels whether the master is alone (seconds).
+ALONE_CHECK_EVERY = 1.0
+
+
+def _promotable(replica: dict[str, Any]) -> bool:
+    """A replica the sentinels see up and reporting itself a replica. Not one that still says
+    it is a master: right after a failover that is the old master, not yet demoted, and the
+    new master's writes must not wait (seconds, until the demotion) for it. (Its
+    ``master-link-status`` in their view lags by up to their INFO period, so it is not asked:
+    one that is up but resyncing counts, and commits wait for it, the safe side.)"""
+    down = replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
+    return not down and replica.get("role-reported", "slave") == "slave"
+
+
+async def sentinels_say_alone(sentinel: Sentinel, master_name: str) -> bool:
+    """Do the sentinels know no replica of the master they could promote (and are they not
+    failing it over)? Not known (no sentinel answers) is "no": commits then wait in full."""
+    for node in sentinel.sentinels:
+        try:
+            # parsed by redis-py's SENTINEL callbacks; execute_command is unannotated there
+            master: Any = await node.execute_command("SENTINEL MASTER", master_name)  # type: ignore[no-untyped-call]
+            replicas: Any = await node.execute_command("SENTINEL SLAVES", master_name)  # type: ignore[no-untyped-call]
+        except (RedisError, OSError):
+            continue
+        if "failover_in_progress" in str(master.get("flags", "")):
+            return False
+        return not any(_promotable(r) for r in replicas)
+    return False
+
+
+class ReplicaWait:
+    """``WAIT`` settings of one client, and how often a ``WAIT`` came back short.
+
+    The timeout must outlast the moment of a failover when the old master still takes writes
+    but its replica was promoted: a ``WAIT`` there is short, and what it waited for is lost
+    when the sentinels demote the old master. Demoting it unblocks the ``WAIT`` with an error
+    (``UNBLOCKED``), and a ``WAIT`` sent to it afterwards is refused: both are a lost
+    connection, so the caller writes again on the new master.
+
+    While the master has no replica a failover could promote (``alone``), e.g. the replica is
+    down, or a killed master's replica was promoted and nothing follows it yet, each ``WAIT``
+    is bounded by ``ALONE_WAIT_MS`` instead, so commits do not each pay the timeout. With
+    sentinels the client asks *them* (before a commit, at most every ``ALONE_CHECK_EVERY``
+    seconds), never the master: while they fail it over, the old master has no replica either
+    (it was just promoted), and what it takes then is lost when it is demoted, so the master
+    never counts as alone during a failover. Without sentinels the health probe sets it from
+    ``INFO replication``."""
+
+    def __init__(self, replicas: int, timeout: float) -> None:
+        self.replicas = replicas
+        self.timeout_ms = max(1, int(timeout * 1000))
+        self.short = 0  # WAITs that came back with fewer replicas (a counter: never reset)
+        self.alone = False
+        self.checked_at = -ALONE_CHECK_EVERY  # monotonic time of the last look at the sentinels
+        self._was_short = False
+
+    def set_alone(self, alone: bool) -> None:
+        if alone == self.alone:
+            return
+        self.alone = alone
+        if alone:
+            log.warning(
+                "redis.no_replica",
+                note="no replica follows the master: commits are on it alone until one does",
+            )
+        else:
+            log.info("redis.replica_back")
+
+    @property
+    def current_timeout_ms(self) -> int:
+        return min(ALONE_WAIT_MS, self.timeout_ms) if self.alone else self.timeout_ms
+
+    def check(self, acked: Any) -> None:
+        """Count (and log on a change, not per call) a ``WAIT`` answered by too few replicas."""
+        got = int(acked) if isinstance(acked, int | str | bytes) else 0
+        short = got < self.replicas
+        if short:
+            self.short += 1
+        if short != self._was_short:
+            self._was_short = short
+            if short:
+                log.warning(
+                    "redis.wait_short",
+                    wanted=self.replicas,
+                    acknowledged=got,
+                    timeout_ms=self.timeout_ms,
+                    note="commits are on the master only until a replica catches up",
+                )
+            else:
+                log.info("redis.wait_ok", replicas=got)
+
+
+class _WaitingPipeline(Pipeline):
+    """A pipeline that ends with ``WAIT`` when it holds a commit (never inside MULTI)."""
+
+    replica_wait: ReplicaWait | None = None
+    owner: _WaitingRedis | None = None
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        wait = self.replica_wait
+        if (
+            wait is None
+            or self.is_transaction
+            or not any(_is_commit(args) for args, _ in self.command_stack)
+        ):
+            return await super().execute(raise_on_error)
+        if self.owner is not None:
+            await self.owner.check_alone()
+        # redis-py leaves it unannotated; it queues the command on this pipeline
+        self.pipeline_execute_command("WAIT", wait.replicas, wait.current_timeout_ms)  # type: ignore[no-untyped-call]
+        results = await super().execute(raise_on_error=False)
+        acked = results.pop()
+        if isinstance(acked, ResponseError):
+            if not any(m in str(acked) for m in ("replica", "UNBLOCKED")):
+                raise acked
+            # the node was demoted (a failover) while or before we waited: what we wrote may
+            # be lost with it. Forget its connections, as redis-py does on READONLY, and let
+            # the caller write again on the new master, as after a lost connection.
+            await self.connection_pool.disconnect(inuse_connections=False)
+            raise RedisConnectionError(f"the master was demoted to a replica: {acked}")
+        wait.check(acked)
+        if raise_on_error:
+            error = next((r for r in results if isinstance(r, Exception)), None)
+            if error is not None:
+                raise error
+        return results
+
+
+class BridgeRedis(Redis):
+    """The client :func:`connect` returns: a ``Redis`` that knows its target and closes its
+    sentinels with itself. Without ``wait_replicas`` it is redis-py's client unchanged (no
+    cost on the single-node path); with it, :class:`_WaitingRedis`."""
+
+    target: RedisTarget
+    replica_wait: ReplicaWait | None = None
+    sentinels: Sentinel | None = None  # closed with the client
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinels is not None:
+                await self.sentinels.aclose()
+
+
+class _WaitingRedis(BridgeRedis):
+    """A client that waits for replicas after a commit (see the module docstring)."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = _WaitingPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+        pipe.replica_wait = self.replica_wait
+        pipe.owner = self
+        return pipe
+
+    async def check_alone(self) -> None:
+        """With sentinels, ask them whether the master is alone (see ``ReplicaWait``), at most
+        every ``ALONE_CHECK_EVERY`` seconds."""
+        wait = self.replica_wait
+        now = time.monotonic()
+        if wait is None or self.sentinels is None or now - wait.checked_at < ALONE_CHECK_EVERY:
+            return
+        wait.checked_at = now  # before the await: concurrent commits do not all ask
+        await follow_master(self)
+        wait.set_alone(await sentinels_say_alone(self.sentinels, self.target.master_name))
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.replica_wait is None or not _is_commit(args):
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call] # redis-py: unannotated
+        async with self.pipeline(transaction=False) as pipe:  # one connection: WAIT covers it
+            pipe.pipeline_execute_command(*args, **options)  # type: ignore[no-untyped-call] # redis-py: unannotated
+            return (await pipe.execute())[0]
+
+
+async def follow_master(client: BridgeRedis) -> tuple[str, int]:
+    """Ask the sentinels where the master is; when it moved, drop every connection to the old
+    one, those in use too: a commit blocked there in ``WAIT`` (the old master takes writes
+    until the sentinels demote it, seconds later, and loses them then) fails as a lost
+    connection and is made again on the new master at once, instead of when the demotion
+    unblocks it. Returns the master's address."""
+    pool: Any = client.connection_pool
+    before = pool.master_address
+    host, port = await pool.get_master_address()  # also drops idle connections when it moved
+    if before is not None and (host, port) != tuple(before):
+        await pool.disconnect(inuse_connections=True)
+    return host, port
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's master-following pool, blocking like the single-node one under a burst."""
 
 
 def connect(
-    url: str,
+    target: RedisTarget | str,
     *,
     max_connections: int = 64,
     socket_timeout: float | None = 10.0,
     decode_responses: bool = True,
-) -> Redis:
-    """A client that reconnects a dropped pooled connection instead of failing the first call
-    after a Redis restart. Longer outages are the caller's to handle (and to log once).
+) -> BridgeRedis:
+    """A client of ``target`` (a :class:`RedisTarget`, or a bare URL: a single node) that
+    reconnects a dropped pooled connection instead of failing the first call after a Redis
+    restart, and, with sentinels, follows the master through a failover (a connection to a
+    demoted master fails as a lost connection and is retried on the new one). Longer outages
+    are the caller's to handle (and to log once).
 
     The pool blocks: under a burst, a caller waits (up to ``socket_timeout``) for one of the
     ``max_connections`` connections instead of failing with "too many connections".
     ``decode_responses=False`` is for reading what others wrote (the commands stream): bytes
-    that are not UTF-8 must not fail the read.
+    that are not UTF-8 must not fail the read. A cluster target gets redis-py's cluster
+    client (:func:`bridge.redis.cluster.connect_cluster`; no sentinels, no ``WAIT``: the
+    target refuses both), typed as ``BridgeRedis`` as the bridge calls it.
     """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        decode_responses=decode_responses,
-        max_connections=max_connections,
-        timeout=socket_timeout,
-        socket_connect_timeout=5.0,
-        socket_timeout=socket_timeout,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
-    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+    t = RedisTarget.of(target)
+    if t.cluster:
+        return cast(
+            BridgeRedis,
+            connect_cluster(
+                t,
+                max_connections=max_connections,
+                socket_timeout=socket_timeout,
+                decode_responses=decode_responses,
+            ),
+        )
+    if t.wait_replicas > 0 and socket_timeout is not None:
+        # a WAIT's answer comes after up to wait_timeout: the read must not give up first
+        socket_timeout = max(socket_timeout, t.wait_timeout + 5.0)
+    common: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "max_connections": max_connections,
+        "timeout": socket_timeout,
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        **t.tls_kwargs(),
+    }
+    client: BridgeRedis
+    cls = _WaitingRedis if t.wait_replicas > 0 else BridgeRedis
+    if t.sentinel:
+        sentinel = Sentinel(  # type: ignore[no-untyped-call] # redis-py: unannotated
+            list(t.sentinels),
+            sentinel_kwargs={
+                "socket_connect_timeout": 5.0,
+                "socket_timeout": 5.0,
+                "username": t.sentinel_username,
+                "password": t.sentinel_password,
+                **({"ssl": True, **t.tls_kwargs()} if t.tls else {}),
+            },
+        )
+        client = cast(
+            BridgeRedis,
+            sentinel.master_for(
+                t.master_name,
+                redis_class=cls,
+                connection_pool_class=_BlockingSentinelPool,
+                ssl=t.tls,
+                **t.node_kwargs(),
+                **common,
+            ),
+        )
+        client.sentinels = sentinel
+    else:
+        pool = BlockingConnectionPool.from_url(t.url, **common)
+        # the client owns the pool: aclose() closes both
+        client = cast(BridgeRedis, cls.from_pool(pool))
+    client.target = t
+    if t.wait_replicas > 0:
+        client.replica_wait = ReplicaWait(t.wait_replicas, t.wait_timeout)
+    return client
 
 
 @overload

@@ -10,8 +10,10 @@ cannot publish once another has taken the order over.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from bridge.redis.client import text
 from bridge.redis.keys import Keys
@@ -164,18 +166,33 @@ class Leases:
         revived: set[str] = set()
         if not chunks:
             return lost, revived
-        async with self._client.pipeline(transaction=False) as pipe:
-            for chunk in chunks:
-                await self._renew_many(
-                    keys=[self._keys.lease(order_id) for order_id, _ in chunk],
-                    args=[self.ttl_ms, *(token for _, token in chunk)],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
+        replies = await self._renew_chunks(chunks)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:  # Redis restarted (or SCRIPT FLUSH): load it, renew those chunks again
+            await self._client.script_load(self._renew_many.script)
+            again = await self._renew_chunks([chunks[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        error = next((r for r in replies if isinstance(r, Exception)), None)
+        if error is not None:
+            raise error
         for chunk, (lost_at, revived_at) in zip(chunks, replies, strict=True):
             lost.update(chunk[int(i) - 1][0] for i in lost_at)
             revived.update(chunk[int(i) - 1][0] for i in revived_at)
         return lost, revived
+
+    async def _renew_chunks(self, chunks: list[list[tuple[str, str]]]) -> list[Any]:
+        """One pipeline of one renewal script call per chunk; error replies as values. The
+        EVALSHA command itself, not the script called on the pipeline: a cluster pipeline
+        refuses ``.evalsha()`` (its keys could span slots; a deployment's never do)."""
+        sha = self._renew_many.sha
+        async with self._client.pipeline(transaction=False) as pipe:
+            for chunk in chunks:
+                keys = [self._keys.lease(order_id) for order_id, _ in chunk]
+                pipe.execute_command(
+                    "EVALSHA", sha, len(keys), *keys, self.ttl_ms, *(t for _, t in chunk)
+                )
+            return list(await pipe.execute(raise_on_error=False))
 
     async def revive(self, order_id: str, token: str) -> bool:
         """Set ``token``'s lease again if it lapsed and nobody took it; True when the lease is

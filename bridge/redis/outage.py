@@ -19,8 +19,8 @@ from typing import TypeVar
 
 import anyio
 import structlog
+from redis.exceptions import ClusterDownError, RedisError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.core.backoff import Backoff
@@ -30,7 +30,16 @@ log = structlog.get_logger("bridge.redis")
 T = TypeVar("T")
 
 #: The errors that mean "Redis is unreachable" (``BusyLoadingError`` is a ConnectionError).
-OUTAGE_ERRORS: tuple[type[RedisError], ...] = (RedisConnectionError, RedisTimeoutError)
+#: In a Redis Cluster, also the moments of a failover: nodes answer ``CLUSTERDOWN`` while a
+#: lost master's slots have no master yet, ``TRYAGAIN`` while a slot moves, and the client
+#: finds no node for a slot until it learns the new master.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+)
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -78,7 +87,7 @@ class RedisWaiters:
             elif reached:
                 self._end_if_idle()
 
-    def enter(self, exc: RedisError, what: str) -> None:
+    def enter(self, exc: Exception, what: str) -> None:
         """A task starts waiting for Redis (it retries on its own): the first logs the outage."""
         self.waiting += 1
         if self._since is None:

@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from bridge.core.events import Event, EventType
 from bridge.core.state import Decision, OrderState
+from bridge.redis.cluster import publishing
 from bridge.redis.keys import Keys
 
 _MAX_RACES = 16
@@ -161,9 +162,14 @@ class _TransitionBatcher:
         """Write ``commands`` at once on a pooled connection and read every reply (an
         error reply as a value, like a pipeline with ``raise_on_error=False``)."""
         pool = getattr(self._client, "connection_pool", None)
-        if pool is None:  # a client without one pool of plain connections: a pipeline
+        # A pipeline instead for a client without one pool of plain connections (a cluster
+        # client), and for one that waits for replicas after a commit (its pipeline ends
+        # with WAIT: bridge.redis.client); a raw write here would skip that WAIT.
+        if pool is None or getattr(self._client, "replica_wait", None) is not None:
             async with self._client.pipeline(transaction=False) as pipe:
                 for command in commands:
+                    # the command itself, not pipe.evalsha(): a cluster client (no one pool)
+                    # refuses that method (keys could span slots; ours never do: Keys)
                     pipe.execute_command(*command)
                 return list(await pipe.execute(raise_on_error=False))
         packed = b"".join(map(_resp, commands))
@@ -235,8 +241,8 @@ class EventStore:
         self.keys = keys
         self._stream_maxlen = str(stream_maxlen)
         self._ttl_ms = str(int(order_ttl * 1000))
-        self._transition = client.register_script(TRANSITION_LUA)
-        self._announce = client.register_script(ANNOUNCE_LUA)
+        self._transition = client.register_script(publishing(TRANSITION_LUA, keys))
+        self._announce = client.register_script(publishing(ANNOUNCE_LUA, keys))
         self._batcher = _TransitionBatcher(client, self._transition)
         #: ``revive(order_id, token)``: set a lapsed lease again for its token, True when the
         #: lease is (again) that token's. A fenced commit asks it before giving up.

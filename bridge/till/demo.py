@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from bridge.redis.client import connect
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer
 from bridge.simulator.server import SimulatorServer
+from bridge.till.options import redis_section
 from bridge.till.output import format_event, format_money
 from bridge.till.sandbox import local_config
 
@@ -64,10 +66,10 @@ PAYMENTS = [
 ]
 
 
-def demo_config(redis_url: str, api_base_url: str, prefix: str) -> Config:
+def demo_config(redis: str | Mapping[str, Any], api_base_url: str, prefix: str) -> Config:
     # short timeouts so the create-timeout scenario resolves within the demo
     return local_config(
-        redis_url,
+        redis,
         api_base_url,
         prefix,
         group=("demo-shop", DEMO_KEY, [p.terminal for p in PAYMENTS]),
@@ -85,7 +87,7 @@ def outcome(event: dict[str, Any]) -> str:
 
 async def run_demo(config: Config, out: TextIO = sys.stdout, within: float = 180.0) -> int:
     keys = Keys(config.redis.prefix)
-    redis: Redis = connect(config.redis.url)
+    redis: Redis = connect(config.redis.target)
     by_command = {f"demo-{uuid.uuid4().hex[:8]}-{i}": p for i, p in enumerate(PAYMENTS)}
     finals: dict[str, dict[str, Any]] = {}
     try:
@@ -158,7 +160,7 @@ def demo_command(args: argparse.Namespace) -> int:
         log_file = stack.enter_context(open(log_path, "w"))  # noqa: SIM115
         configure_logging("info", "json", log_file)
         redis_url = args.redis_url
-        if redis_url is None:
+        if redis_url is None and not args.sentinel:
             redis_url = stack.enter_context(RedisServer()).url
         sim = stack.enter_context(SimulatorServer(speed=args.speed))
         print(
@@ -166,5 +168,6 @@ def demo_command(args: argparse.Namespace) -> int:
             f"Redis at {redis_url}, daemon logs in {log_path}\n"
             f"watch the terminals at {sim.url}\n"
         )
-        code = anyio.run(run_demo, demo_config(redis_url, sim.base_url, args.prefix))
+        redis = redis_section(args, redis_url)
+        code = anyio.run(run_demo, demo_config(redis, sim.base_url, args.prefix))
     return code

@@ -36,8 +36,7 @@ from bridge.core.commands import (
 )
 from bridge.errors import UserError
 from bridge.redis.client import connect
-from bridge.redis.keys import Keys
-from bridge.till.options import tail_hint
+from bridge.till.options import redis_target, tail_hint, till_keys
 from bridge.till.output import Printer, describe_error, format_money, redis_failure, warn
 from bridge.till.tail import last_entry_id
 from bridge.till.watch import (
@@ -181,11 +180,11 @@ def _sent_notice(printer: Printer, command: dict[str, Any], order_id: str, entry
     printer.notice(f"sent {command['type']} {command['command_id']}: {where}{money}", data)
 
 
-def _open(url: str) -> Redis:
+def _open(args: argparse.Namespace) -> Redis:
     try:
-        return connect(url)
+        return connect(redis_target(args))
     except ValueError as exc:
-        raise UserError(f"invalid Redis URL: {describe_error(exc, url)}") from None
+        raise UserError(f"invalid Redis URL: {describe_error(exc, args.redis_url)}") from None
 
 
 #: Run after ``--wait`` saw its command succeed, on the same Redis connection (``pay
@@ -202,14 +201,14 @@ async def _send(
     """Write ``command`` (subscribed first with ``--wait``) and, with ``--wait``, follow the
     terminal until its answer."""
     wait = bool(getattr(args, "wait", False))
-    client = _open(args.redis_url)
+    client = _open(args)
     pubsub: PubSub | None = None
     try:
         try:
             if wait:
                 # Subscribe first, then note where the stream ends: whatever answers the
                 # command is either published to us or written after that id.
-                pubsub = await subscribe(client, watch.channel, SUBSCRIBE_TIMEOUT)
+                pubsub = await subscribe(client, watch, SUBSCRIBE_TIMEOUT)
                 watch.last_id = await last_entry_id(client, watch.stream)
             entry_id = await client.xadd(watch.keys.commands, {"command": json.dumps(command)})
         except (RedisError, OSError, TimeoutError) as exc:
@@ -261,7 +260,7 @@ def _run(
 
 def _watch(args: argparse.Namespace, command: dict[str, Any], order_id: str) -> CommandWatch:
     return CommandWatch(
-        keys=Keys(args.prefix),
+        keys=till_keys(args),
         terminal=command["terminal_id"],
         command_id=command["command_id"],
         order_id=order_id,
@@ -288,8 +287,8 @@ def pay_command(args: argparse.Namespace, after_completed: AfterSuccess | None =
 
 
 async def _order_terminal(args: argparse.Namespace, order_id: str) -> str:
-    keys = Keys(args.prefix)
-    client = _open(args.redis_url)
+    keys = till_keys(args)
+    client = _open(args)
     try:
         try:
             raw = await client.get(keys.order(order_id))

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from bridge.errors import UserError
 from bridge.redis.keys import Keys
+from bridge.till.options import till_keys
 from bridge.till.output import Printer, describe_error, redis_failure, warn
 from bridge.till.pay import (
     _check_order_id,
@@ -86,7 +87,7 @@ async def ask_receipt(
         printer=printer,
         kind="receipt",
     )
-    pubsub = await subscribe(client, watch.channel, SUBSCRIBE_TIMEOUT)
+    pubsub = await subscribe(client, watch, SUBSCRIBE_TIMEOUT)
     try:
         watch.last_id = await last_entry_id(client, watch.stream)
         await client.xadd(keys.commands, {"command": json.dumps(command)})
@@ -122,9 +123,9 @@ def show(printer: Printer, event: dict[str, Any], *, width: int, text: bool = Fa
 
 
 async def _receipt(args: argparse.Namespace, printer: Printer) -> int:
-    keys = Keys(args.prefix)
+    keys = till_keys(args)
     order_id = _check_order_id(args.order_id)
-    client = _open(args.redis_url)
+    client = _open(args)
     try:
         try:
             terminal = (

@@ -13,6 +13,7 @@ import json
 import shlex
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ def simulated_terminals() -> list[str]:
 
 
 def local_config(
-    redis_url: str,
+    redis: str | Mapping[str, Any],
     api_base_url: str,
     prefix: str,
     *,
@@ -48,7 +49,8 @@ def local_config(
     **upstream: Any,
 ) -> Config:
     """A daemon's config for the local simulator: one terminal group (name, key, terminals),
-    ``upstream`` overriding ``[multisafepay]`` defaults. Used by the sandbox and the demo."""
+    ``upstream`` overriding ``[multisafepay]`` defaults; ``redis``: a URL or the ``[redis]``
+    table (Sentinel, TLS). Used by the sandbox and the demo."""
     name, key, terminals = group
     return Config.from_mapping(
         {
@@ -58,7 +60,7 @@ def local_config(
                 **upstream,
                 "terminal_groups": [{"name": name, "api_key": key, "terminals": terminals}],
             },
-            "redis": {"url": redis_url, "prefix": prefix},
+            "redis": {**({"url": redis} if isinstance(redis, str) else redis), "prefix": prefix},
             "http": {"listen": "127.0.0.1:0"},  # never collide with an installed service
         }
     )

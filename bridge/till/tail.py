@@ -31,19 +31,20 @@ from typing import Any
 
 import anyio
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import KeyT, StreamIdT
 
 from bridge.errors import UserError
 from bridge.redis.client import connect, text
 from bridge.redis.keys import Keys
+from bridge.redis.outage import OUTAGE_ERRORS
+from bridge.till.options import redis_target, till_keys
 from bridge.till.output import Printer, describe_error, redis_failure, warn
 
 STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
-#: Errors after which a till tool reconnects and resumes (rather than gives up).
-CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Errors after which a till tool reconnects and resumes (rather than gives up): a lost
+#: connection, and a Redis Cluster failing a master over.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, OSError)
 
 RESCAN_INTERVAL = 2.0  # seconds between scans for new terminals' streams (all-terminals mode)
 BLOCK_MS = 1000  # XREAD BLOCK: well under the client's socket timeout
@@ -156,10 +157,9 @@ class Tail:
         #: stream key -> id of the last entry printed (or the position to read after)
         self.positions: dict[str, str] = {}
         self._next_scan = 0.0
-        self._stream_prefix = f"{keys.prefix}:terminal:"
 
     def _terminal_of(self, stream: str) -> str:
-        return stream[len(self._stream_prefix) : -len(":events")]
+        return self.keys.terminal_of_stream(stream) or stream
 
     async def _initial_position(self, stream: str) -> str:
         if self.from_start:
@@ -169,7 +169,7 @@ class Tail:
         return await last_entry_id(self.client, stream)
 
     async def _scan(self) -> list[str]:
-        pattern = _glob_escape(self._stream_prefix) + "*:events"
+        pattern = _glob_escape(self.keys.terminal_stream_prefix) + "*:events"
         found = [
             key async for key in self.client.scan_iter(match=pattern, count=1000, _type="stream")
         ]
@@ -253,13 +253,13 @@ async def _stop_on_signals(scope: anyio.CancelScope) -> None:
 
 async def _tail(args: argparse.Namespace, printer: Printer, since: str | None) -> None:
     try:
-        client = connect(args.redis_url)
+        client = connect(redis_target(args))
     except ValueError as exc:
         raise UserError(f"invalid Redis URL: {describe_error(exc, args.redis_url)}") from None
     try:
         tail = Tail(
             client,
-            Keys(args.prefix),
+            till_keys(args),
             printer,
             terminal=args.terminal,
             since=since,

@@ -3,6 +3,11 @@ terminal's channel *before* writing the command (a fast answer cannot be missed)
 ``stream_id`` of the last event handled, and after every (re)subscription read the durable
 stream from there (``XREAD``) before going on with pub/sub; events are de-duplicated by
 ``stream_id`` and ``event_id``. Used by ``pay``, ``cancel`` and ``refund --wait``.
+
+In the cluster layout the channel is a shard channel: ``SSUBSCRIBE`` on the node serving its
+slot, ``smessage`` pushes (:mod:`bridge.redis.cluster`); a subscription that node ends itself
+(``sunsubscribe``: the slot moved) or loses (the node failed) is made again on the slot's
+current master, and caught up from the stream like any reconnect.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from bridge.core.normalize import canonical_terminal_id
+from bridge.redis.cluster import dropped_type, message_type, subscribe_terminal, subscribed_type
 from bridge.redis.keys import Keys
 from bridge.till.daemons import no_reader
 from bridge.till.output import Printer, describe_error, warn
@@ -178,17 +184,21 @@ class CommandWatch:
         return printed
 
 
-async def subscribe(client: Redis, channel: str, within: float) -> PubSub:
-    """Subscribe and wait for the confirmation: from then on, nothing published is missed."""
-    pubsub = client.pubsub()
+async def subscribe(client: Redis, watch: CommandWatch, within: float) -> PubSub:
+    """Subscribe to the watch's terminal channel and wait for the confirmation: from then on,
+    nothing published is missed."""
+    pubsub: PubSub | None = None
+    confirmed = subscribed_type(watch.keys)
     try:
-        await pubsub.subscribe(channel)
+        pubsub = await subscribe_terminal(client, watch.keys, watch.terminal)
         with anyio.move_on_after(within):
             while True:
                 message = await pubsub.get_message(timeout=within)
-                if message is not None and message["type"] == "subscribe":
+                if message is not None and message["type"] == confirmed:
                     return pubsub
-        raise RedisError(f"no confirmation of SUBSCRIBE {channel} within {within:g} s")
+        raise RedisError(
+            f"no confirmation of {confirmed.upper()} {watch.channel} within {within:g} s"
+        )
     except BaseException:
         with anyio.CancelScope(shield=True):
             await close_pubsub(pubsub)
@@ -215,28 +225,35 @@ async def follow(
     anew): what was published meanwhile is read from the stream before going on."""
     delay = 0.1
     lost = False
+    confirmed, published, dropped = (
+        subscribed_type(watch.keys),
+        message_type(watch.keys),
+        dropped_type(watch.keys),
+    )
     check_readers_at: float | None = anyio.current_time() + READERS_CHECK_AFTER
     try:
         while watch.outcome is None:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 return
-            if check_readers_at is not None and anyio.current_time() >= check_readers_at:
-                check_readers_at = None
-                why = await no_reader(client, watch.keys)
-                if why is not None:
-                    warn(f"{why}: the command waits in the stream until a daemon runs")
             try:
+                if check_readers_at is not None and anyio.current_time() >= check_readers_at:
+                    why = await no_reader(client, watch.keys)  # Redis may be away right now
+                    check_readers_at = None
+                    if why is not None:
+                        warn(f"{why}: the command waits in the stream until a daemon runs")
                 if pubsub is None:
-                    pubsub = client.pubsub()
-                    await pubsub.subscribe(watch.channel)
+                    pubsub = await subscribe_terminal(client, watch.keys, watch.terminal)
                 message = await pubsub.get_message(timeout=min(remaining, 1.0))
                 if message is None:
                     continue
-                if message["type"] == "subscribe":
+                if message["type"] == confirmed:
                     await watch.catch_up(client)
-                elif message["type"] == "message":
+                elif message["type"] == published:
                     watch.handle_message(message["data"])
+                elif message["type"] == dropped:  # Redis ended it (the slot moved): again
+                    await close_pubsub(pubsub)
+                    pubsub = None
             except CONNECTION_ERRORS as exc:
                 if not lost:
                     warn(f"lost Redis: {describe_error(exc, url)}; reconnecting")

@@ -1,0 +1,209 @@
+"""Payments while Redis Cluster masters are lost: the fault run of the cluster layout.
+
+``python -m bridge.bench.cluster_faults [ROUNDS] [TERMINALS]`` (not in the tests: minutes).
+A 3-master, 3-replica cluster, the simulator and one ``pos-bridge run`` process with
+``[redis] layout = "cluster"``. Each round sends one payment per terminal, waits until they
+are under way, SIGKILLs the master that serves the bridge's slot, waits for its replica to
+take over, starts the killed node again (it rejoins as a replica, so the next round has one),
+waits for every final and audits every terminal's durable stream as the other fault scenarios
+do (:mod:`bridge.bench.faults`): finals lost, duplicate transitions, finals that contradict
+the simulator, and the *silence* of each payment in flight (from the kill to its next event).
+
+Nothing waits for replicas (no ``WAIT``): a write the killed master acknowledged but had not
+sent to its replica is lost with it, and this run shows what that costs the bridge.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bridge.bench.faults import (
+    AMOUNTS,
+    API_KEY,
+    QUICK_UPSTREAM,
+    DaemonProcess,
+    FaultReport,
+    Rig,
+    table,
+)
+from bridge.core.commands import derive_order_id
+from bridge.redis.client import RedisTarget, connect, stream_entries
+from bridge.redis.cluster_server import RedisClusterServer
+from bridge.redis.keys import Keys
+from bridge.simulator.server import SimulatorServer
+
+SCENARIO = "cluster"
+#: The slot every name of the bridge is in (prefix "pos", cluster layout).
+TAG = "{pos}"
+
+
+class ClusterRig(Rig):
+    """:class:`Rig` on a Redis Cluster: the same daemons, payments, waits and audit."""
+
+    def __init__(self, *, speed: float = 2.0, terminals: int = 12) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="pos-bridge-cluster-faults-"))
+        self.cluster = RedisClusterServer(masters=3, replicas_per_master=1)
+        self.sim = SimulatorServer(speed=speed, api_keys=[API_KEY])
+        self.terminals = [f"F{i:03d}" for i in range(terminals)]
+        self.keys = Keys("pos", "cluster")
+        self.daemons: dict[str, DaemonProcess] = {}
+
+    def __enter__(self) -> ClusterRig:
+        self.cluster.start()
+        self.sim.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for daemon in self.daemons.values():
+            daemon.kill()
+        self.sim.stop()
+        self.cluster.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _config(self, name: str) -> str:
+        terminals = ", ".join(f'"{t}"' for t in self.terminals)
+        return f"""
+[multisafepay]
+api_base_url = "{self.sim.base_url}"
+{QUICK_UPSTREAM}
+max_payment_age = 120.0
+create_retries = 2
+
+[[multisafepay.terminal_groups]]
+name = "faults"
+api_key = "{API_KEY}"
+terminals = [{terminals}]
+
+[redis]
+url = "{self.cluster.url}"
+layout = "cluster"
+order_ttl = 3600
+
+[daemon]
+shutdown_grace = 2.0
+
+[http]
+listen = "127.0.0.1:0"
+
+[log]
+level = "info"
+format = "json"
+"""
+
+    async def pay_all(
+        self, round_no: int | str, terminals: list[str] | None = None
+    ) -> list[tuple[str, str]]:
+        client = connect(RedisTarget(url=self.cluster.url, cluster=True))
+        orders = []
+        try:
+            for terminal in terminals or self.terminals:
+                i = self.terminals.index(terminal) + (round_no if isinstance(round_no, int) else 1)
+                command_id = f"r{round_no}-{terminal}-{uuid.uuid4().hex[:6]}"
+                command = {
+                    "type": "pay",
+                    "command_id": command_id,
+                    "terminal_id": terminal,
+                    "amount": AMOUNTS[i % len(AMOUNTS)],
+                }
+                await client.xadd(self.keys.commands, {"command": json.dumps(command)})
+                orders.append((terminal, derive_order_id(command_id)))
+        finally:
+            await client.aclose()
+        return orders
+
+    async def stream_events(self) -> dict[str, list[tuple[float, dict[str, Any]]]]:
+        client = connect(RedisTarget(url=self.cluster.url, cluster=True))
+        by_order: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+        try:
+            for terminal in self.terminals:
+                reply = await client.xrange(self.keys.terminal_stream(terminal))
+                for entry_id, fields in stream_entries(reply):
+                    event = json.loads(fields["event"])
+                    written = int(str(entry_id).split("-")[0]) / 1000
+                    by_order[event.get("order_id") or ""].append((written, event))
+        finally:
+            await client.aclose()
+        return by_order
+
+
+async def run_cluster_faults(
+    *, rounds: int = 3, terminals: int = 12, speed: float = 2.0, out: Any = sys.stderr
+) -> FaultReport:
+    report = FaultReport(scenario=SCENARIO)
+    started = time.monotonic()
+    with ClusterRig(speed=speed, terminals=terminals) as rig:
+        rig.daemon("d1").start()
+        for round_no in range(rounds):
+            orders = await rig.pay_all(round_no)
+            await rig.wait_answered(orders, within=60)
+            await anyio.sleep(0.8)  # payments under way
+            master = rig.cluster.master_of(TAG)
+            killed_at = time.time()
+            rig.cluster.kill(master)
+            await anyio.to_thread.run_sync(rig.cluster.wait_failover, TAG, master)
+            report.faults_injected += 1
+            await rig.wait_finals(orders, within=120)
+            await _measure_silence(rig, report, orders, killed_at)
+            report.audit.add(await rig.audit(orders))
+            report.rounds += 1
+            await anyio.to_thread.run_sync(rig.cluster.restart, master)
+            a = report.audit
+            print(
+                f"cluster faults: round {report.rounds}/{rounds}: {a.payments} payments, "
+                f"{report.faults_injected} failovers, lost {a.finals_lost}, duplicates "
+                f"{a.duplicates}, wrong {a.wrong_finals}, longest silence "
+                f"{report.silence(1.0)} s",
+                file=out,
+                flush=True,
+            )
+            with anyio.move_on_after(60):  # the next round finds every terminal free
+                while await rig.open_orders():  # noqa: ASYNC110 - polls the simulator
+                    await anyio.sleep(0.2)
+        rig.daemons["d1"].stop()
+        if not report.audit.clean:
+            kept = Path(tempfile.mkdtemp(prefix="pos-bridge-cluster-faults-logs-"))
+            for log in rig.dir.glob("*.log"):
+                shutil.copy(log, kept)
+            report.audit.problems.append(f"daemon logs kept in {kept}")
+            report.audit.problems += [
+                line for line in rig.logs().splitlines() if '"level":"error"' in line
+            ][:10]
+    report.seconds = round(time.monotonic() - started, 1)
+    return report
+
+
+async def _measure_silence(
+    rig: Rig, report: FaultReport, orders: list[tuple[str, str]], killed_at: float
+) -> None:
+    """Per payment in flight at the kill: seconds until its next event reached its stream."""
+    events = await rig.stream_events()
+    for _terminal, order_id in orders:
+        mine = events.get(order_id, [])
+        if any(event["final"] for written, event in mine if written < killed_at):
+            continue  # over before the kill
+        after = [written for written, _event in mine if written >= killed_at]
+        if after:
+            report.silences.append(max(0.0, min(after) - killed_at))
+
+
+if __name__ == "__main__":  # python -m bridge.bench.cluster_faults [ROUNDS] [TERMINALS]
+    result = anyio.run(
+        lambda: run_cluster_faults(
+            rounds=int(sys.argv[1]) if len(sys.argv) > 1 else 3,
+            terminals=int(sys.argv[2]) if len(sys.argv) > 2 else 12,
+        )
+    )
+    print(table([result]))
+    for problem in result.audit.problems[:20]:
+        print(problem)
+    sys.exit(0 if result.audit.clean else 1)

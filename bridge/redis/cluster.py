@@ -1,0 +1,181 @@
+"""Redis Cluster mode (``[redis] layout = "cluster"``): the client, sharded publishing, and how
+a till listens to its terminal's channel.
+
+- The client is redis-py's ``RedisCluster``: it learns the cluster from one node, sends each
+  command to the master of its key's slot, follows ``MOVED``/``ASK`` redirections and, after a
+  master is lost, finds the replica that took its slots over. Every name of one deployment is
+  in one slot (:mod:`bridge.redis.keys`), so the scripts, ``MULTI`` blocks and multi-key reads
+  of the single-node mode run unchanged there.
+- Events are published with ``SPUBLISH`` (sharded pub/sub, Redis >= 7.0), from inside the Lua
+  scripts as before: Redis checks that a script's shard channel is in the slot of its keys
+  (the tests prove it refuses one that is not), so a transition is still written and announced
+  in one atomic step. A plain ``PUBLISH`` would be broadcast to every node of the cluster.
+- A till subscribes with ``SSUBSCRIBE`` on the node that serves the channel's slot (a master or
+  one of its replicas), and reads ``smessage`` pushes. When that node is lost, the subscription
+  is dropped; the till asks the cluster again (one keyed read, which lets the client learn the
+  new master) and subscribes there, then catches up from the durable stream as after any
+  reconnect.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from redis.asyncio import Connection, ConnectionPool, Redis, SSLConnection
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
+
+from bridge.redis.keys import Keys
+from bridge.redis.target import RedisTarget
+
+#: Connections per cluster node. redis-py's cluster client does not wait for a free connection
+#: (it fails with "too many connections"), so the bound is set well above the daemon's
+#: concurrency instead of at the single-node pool's size.
+CLUSTER_CONNECTIONS_PER_NODE = 1024
+
+
+class _WriteGuard:
+    """A cluster node's connection whose write on a transport closed under it is a lost
+    connection. redis-py's cluster client closes every node connection when it re-learns the
+    cluster (after a failed node, a failed refresh), including connections another task is
+    writing on at that moment; under uvloop that write raises ``RuntimeError`` ("the handler is
+    closed"), which no caller expects from Redis and which ended a daemon in the fault run."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]  # a mixin of Connection
+        except RuntimeError as exc:
+            raise RedisConnectionError(f"connection closed while writing: {exc}") from exc
+
+
+class _GuardedConnection(_WriteGuard, Connection):
+    pass
+
+
+class _GuardedSSLConnection(_WriteGuard, SSLConnection):
+    pass
+
+
+def _guard_writes(client: RedisCluster) -> None:
+    """Make every node connection, present and future, a guarded one (redis-py's cluster
+    client takes no connection class: it picks Connection or SSLConnection itself)."""
+    kwargs = client.nodes_manager.connection_kwargs
+    guarded: type[Connection] = (
+        _GuardedSSLConnection
+        if issubclass(kwargs.get("connection_class", Connection), SSLConnection)
+        else _GuardedConnection
+    )
+    kwargs["connection_class"] = guarded
+    client.connection_kwargs["connection_class"] = guarded
+    for node in [*client.startup_nodes, *client.nodes_manager.startup_nodes.values()]:
+        node.connection_class = guarded
+
+
+class _Cluster(RedisCluster):
+    """``RedisCluster``, except that failing to learn the cluster's layout (no node answers,
+    or the slots they report do not cover the cluster yet) is a lost connection, as it is for
+    one server: the daemon waits it out (:mod:`bridge.redis.outage`) instead of failing a
+    start or a task on redis-py's ``RedisClusterException``, which is no ``RedisError``."""
+
+    target: RedisTarget  # set by connect_cluster, as BridgeRedis has it
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"cannot learn the Redis Cluster's layout: {exc}") from exc
+
+
+def connect_cluster(
+    target: RedisTarget,
+    *,
+    max_connections: int,
+    socket_timeout: float | None,
+    decode_responses: bool,
+) -> Redis:
+    """A cluster client seeded by ``target.url`` (any node of the cluster), with the
+    single-node client's timeouts, retries and TLS files (``rediss://``).
+
+    Typed as :class:`Redis`: ``RedisCluster`` has the same command methods, and the bridge
+    calls only commands that work on both (every key in one slot).
+    """
+    client = cast(
+        _Cluster,
+        _Cluster.from_url(
+            target.url,
+            decode_responses=decode_responses,
+            max_connections=max(max_connections, CLUSTER_CONNECTIONS_PER_NODE),
+            socket_connect_timeout=5.0,
+            socket_timeout=socket_timeout,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            **target.tls_kwargs(),
+        ),
+    )
+    _guard_writes(client)
+    client.target = target  # what BridgeRedis callers read (a cluster target: no sentinels)
+    return cast(Redis, client)
+
+
+def publishing(script: str, keys: Keys) -> str:
+    """``script`` as it must run in ``keys``' layout: in the cluster layout its ``PUBLISH``
+    becomes ``SPUBLISH`` (same arguments, same reply). Raises if the script has no single
+    ``PUBLISH`` call to change: a script edited without this in mind must fail loudly."""
+    if not keys.cluster:
+        return script
+    call = "redis.call('PUBLISH',"
+    if script.count(call) != 1:
+        raise ValueError("a bridge script must publish with exactly one redis.call('PUBLISH', …)")
+    return script.replace(call, "redis.call('SPUBLISH',")
+
+
+# -- a till's subscription to its terminal's channel ------------------------------------------
+
+
+def subscribed_type(keys: Keys) -> str:
+    """The type of the push confirming a subscription (``subscribe`` / ``ssubscribe``)."""
+    return "ssubscribe" if keys.cluster else "subscribe"
+
+
+def message_type(keys: Keys) -> str:
+    """The type of a published message's push (``message`` / ``smessage``)."""
+    return "smessage" if keys.cluster else "message"
+
+
+def dropped_type(keys: Keys) -> str:
+    """The type of the push Redis sends when it ends a subscription itself: a cluster node
+    sends ``sunsubscribe`` when the channel's slot moved away from its shard ("" for a single
+    node, which never does)."""
+    return "sunsubscribe" if keys.cluster else ""
+
+
+async def subscribe_terminal(client: Redis, keys: Keys, terminal: str) -> PubSub:
+    """Send ``SUBSCRIBE`` (single node) or ``SSUBSCRIBE`` (cluster, on the node serving the
+    channel's slot) for ``terminal``'s channel. The caller waits for the confirmation
+    (:func:`subscribed_type`) and closes the returned ``PubSub``."""
+    channel = keys.terminal_channel(terminal)
+    if not keys.cluster:
+        pubsub = client.pubsub()
+        await pubsub.subscribe(channel)
+        return pubsub
+    cluster = cast(RedisCluster, client)
+    # A keyed read of the same slot first: after a failover it is what makes the client learn
+    # the new master (through the lost connection, or MOVED) before we ask it where to go.
+    await client.xrevrange(keys.terminal_stream(terminal), "+", "-", count=1)
+    node = cluster.get_node_from_key(channel)
+    if node is None:
+        raise ConnectionError(f"no cluster node serves the slot of {channel}")
+    kwargs: dict[str, Any] = dict(node.connection_kwargs)
+    kwargs.pop("retry", None)  # the node's own: no retries (the till reconnects itself)
+    pool = ConnectionPool(connection_class=node.connection_class, **kwargs)
+    pubsub = PubSub(pool)
+    try:
+        await pubsub.ssubscribe(channel)
+    except BaseException:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        raise
+    return pubsub
