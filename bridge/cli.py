@@ -410,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
         "finals lost, duplicates and how long a till could not send (--rounds, --terminals)",
     )
     p.add_argument(
+        "--cluster-failover",
+        action="store_true",
+        help="instead: payments on a Redis Cluster (3 masters, 3 replicas) whose master of the "
+        "bridge's slot is killed (kill -9) every round; reports finals lost, duplicates and "
+        "the longest silence (--rounds, --terminals)",
+    )
+    p.add_argument(
         "--scenario",
         action="append",
         choices=["kill", "redis", "drop", "takeover"],

@@ -1,5 +1,6 @@
 """Payments while Redis Cluster masters are lost: the fault run of the cluster layout.
 
+``pos-bridge bench --cluster-failover [--rounds N] [--terminals T]``, or
 ``python -m bridge.bench.cluster_faults [ROUNDS] [TERMINALS]`` (not in the tests: minutes).
 A 3-master, 3-replica cluster, the simulator and one ``pos-bridge run`` process with
 ``[redis] layout = "cluster"``. Each round sends one payment per terminal, waits until they
@@ -196,14 +197,17 @@ async def _measure_silence(
             report.silences.append(max(0.0, min(after) - killed_at))
 
 
-if __name__ == "__main__":  # python -m bridge.bench.cluster_faults [ROUNDS] [TERMINALS]
+def cluster_failover_command(args: Any) -> int:
+    """``bench --cluster-failover [--rounds N] [--terminals T]``: exit 0 only if nothing was
+    lost, duplicated or contradicted."""
+    from bridge.errors import UserError
+
+    if args.rounds < 1 or args.terminals < 1:
+        raise UserError("bench --cluster-failover: --rounds and --terminals must be at least 1")
     result = anyio.run(
-        lambda: run_cluster_faults(
-            rounds=int(sys.argv[1]) if len(sys.argv) > 1 else 3,
-            terminals=int(sys.argv[2]) if len(sys.argv) > 2 else 12,
-        )
+        lambda: run_cluster_faults(rounds=args.rounds, terminals=args.terminals, out=sys.stderr)
     )
     print(table([result]))
     for problem in result.audit.problems[:20]:
         print(problem)
-    sys.exit(0 if result.audit.clean else 1)
+    return 0 if result.audit.clean else 1

@@ -419,6 +419,10 @@ def bench_command(args: argparse.Namespace) -> int:
         from bridge.bench.redis_failover import redis_failover_command
 
         return redis_failover_command(args)
+    if getattr(args, "cluster_failover", False):
+        from bridge.bench.cluster_faults import cluster_failover_command
+
+        return cluster_failover_command(args)
     if getattr(args, "fuzz", False):
         from bridge.bench.fuzz import fuzz_command
 
