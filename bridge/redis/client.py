@@ -57,6 +57,11 @@ def _is_commit(args: tuple[Any, ...]) -> bool:
 ALONE_WAIT_MS = 50
 #: How often (at most) a client asks the sentinels whether the master is alone (seconds).
 ALONE_CHECK_EVERY = 1.0
+#: How long the master must have been seen alone before WAITs are bounded short (seconds).
+#: Right after a replica rejoins, the sentinels may not count it promotable yet while a
+#: failover promotes it all the same: the fault run lost the commits of one round (8 finals)
+#: that were bounded short 1 s after "replica back" and demoted 0.1 s later.
+ALONE_TRUSTED_AFTER = 5.0
 
 
 def _promotable(replica: dict[str, Any]) -> bool:
@@ -108,6 +113,7 @@ class ReplicaWait:
         self.timeout_ms = max(1, int(timeout * 1000))
         self.short = 0  # WAITs that came back with fewer replicas (a counter: never reset)
         self.alone = False
+        self.alone_since = 0.0  # monotonic time alone was last seen to begin
         self.checked_at = -ALONE_CHECK_EVERY  # monotonic time of the last look at the sentinels
         self._was_short = False
 
@@ -116,6 +122,7 @@ class ReplicaWait:
             return
         self.alone = alone
         if alone:
+            self.alone_since = time.monotonic()
             log.warning(
                 "redis.no_replica",
                 note="no replica follows the master: commits are on it alone until one does",
@@ -125,7 +132,11 @@ class ReplicaWait:
 
     @property
     def current_timeout_ms(self) -> int:
-        return min(ALONE_WAIT_MS, self.timeout_ms) if self.alone else self.timeout_ms
+        """The full timeout, or ``ALONE_WAIT_MS`` once the master has been alone for
+        ``ALONE_TRUSTED_AFTER`` seconds (a view younger than that may be one a failover is
+        about to contradict: waiting in full is the safe side)."""
+        trusted = self.alone and time.monotonic() - self.alone_since >= ALONE_TRUSTED_AFTER
+        return min(ALONE_WAIT_MS, self.timeout_ms) if trusted else self.timeout_ms
 
     def check(self, acked: Any) -> None:
         """Count (and log on a change, not per call) a ``WAIT`` answered by too few replicas."""
