@@ -16,29 +16,23 @@ sent to its replica is lost with it, and this run shows what that costs the brid
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
 import time
-import uuid
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from bridge.bench.faults import (
-    AMOUNTS,
     API_KEY,
-    QUICK_UPSTREAM,
     DaemonProcess,
     FaultReport,
     Rig,
     table,
 )
-from bridge.core.commands import derive_order_id
-from bridge.redis.client import RedisTarget, connect, stream_entries
+from bridge.redis.client import RedisTarget
 from bridge.redis.cluster_server import RedisClusterServer
 from bridge.redis.keys import Keys
 from bridge.simulator.server import SimulatorServer
@@ -71,70 +65,11 @@ class ClusterRig(Rig):
         self.cluster.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _config(self, name: str) -> str:
-        terminals = ", ".join(f'"{t}"' for t in self.terminals)
-        return f"""
-[multisafepay]
-api_base_url = "{self.sim.base_url}"
-{QUICK_UPSTREAM}
-max_payment_age = 120.0
-create_retries = 2
+    def redis_target(self) -> RedisTarget:
+        return RedisTarget(url=self.cluster.url, cluster=True)
 
-[[multisafepay.terminal_groups]]
-name = "faults"
-api_key = "{API_KEY}"
-terminals = [{terminals}]
-
-[redis]
-url = "{self.cluster.url}"
-layout = "cluster"
-order_ttl = 3600
-
-[daemon]
-shutdown_grace = 2.0
-
-[http]
-listen = "127.0.0.1:0"
-
-[log]
-level = "info"
-format = "json"
-"""
-
-    async def pay_all(
-        self, round_no: int | str, terminals: list[str] | None = None
-    ) -> list[tuple[str, str]]:
-        client = connect(RedisTarget(url=self.cluster.url, cluster=True))
-        orders = []
-        try:
-            for terminal in terminals or self.terminals:
-                i = self.terminals.index(terminal) + (round_no if isinstance(round_no, int) else 1)
-                command_id = f"r{round_no}-{terminal}-{uuid.uuid4().hex[:6]}"
-                command = {
-                    "type": "pay",
-                    "command_id": command_id,
-                    "terminal_id": terminal,
-                    "amount": AMOUNTS[i % len(AMOUNTS)],
-                }
-                await client.xadd(self.keys.commands, {"command": json.dumps(command)})
-                orders.append((terminal, derive_order_id(command_id)))
-        finally:
-            await client.aclose()
-        return orders
-
-    async def stream_events(self) -> dict[str, list[tuple[float, dict[str, Any]]]]:
-        client = connect(RedisTarget(url=self.cluster.url, cluster=True))
-        by_order: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
-        try:
-            for terminal in self.terminals:
-                reply = await client.xrange(self.keys.terminal_stream(terminal))
-                for entry_id, fields in stream_entries(reply):
-                    event = json.loads(fields["event"])
-                    written = int(str(entry_id).split("-")[0]) / 1000
-                    by_order[event.get("order_id") or ""].append((written, event))
-        finally:
-            await client.aclose()
-        return by_order
+    def redis_settings(self) -> str:
+        return f'url = "{self.cluster.url}"\nlayout = "cluster"'
 
 
 async def run_cluster_faults(

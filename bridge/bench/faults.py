@@ -41,7 +41,7 @@ import httpx
 
 from bridge.bench.procs import stop_process
 from bridge.core.commands import derive_order_id
-from bridge.redis.client import connect, stream_entries
+from bridge.redis.client import RedisTarget, connect, stream_entries
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer
 from bridge.simulator.server import SimulatorServer
@@ -189,7 +189,7 @@ api_key = "{API_KEY}"
 terminals = [{terminals}]
 
 [redis]
-url = "{self.redis.url}"
+{self.redis_settings()}
 order_ttl = 3600
 
 [daemon]
@@ -203,6 +203,17 @@ level = "info"
 format = "json"
 """
 
+    def redis_target(self) -> RedisTarget:
+        """The Redis the daemon and the audit use (a subclass's deployment, else one node)."""
+        return RedisTarget(url=self.redis.url)
+
+    def redis_settings(self) -> str:
+        """The ``[redis]`` lines that point a daemon at :meth:`redis_target`."""
+        return f'url = "{self.redis.url}"'
+
+    async def send_command(self, client: Any, fields: dict[str, str]) -> None:
+        await client.xadd(self.keys.commands, fields)
+
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("*.log")))
 
@@ -210,7 +221,7 @@ format = "json"
         self, round_no: int | str, terminals: list[str] | None = None
     ) -> list[tuple[str, str]]:
         """One payment on every terminal (or on ``terminals``); returns (terminal, order_id)."""
-        client = connect(self.redis.url)
+        client = connect(self.redis_target())
         orders = []
         try:
             for terminal in terminals or self.terminals:
@@ -222,7 +233,7 @@ format = "json"
                     "terminal_id": terminal,
                     "amount": AMOUNTS[i % len(AMOUNTS)],
                 }
-                await client.xadd(self.keys.commands, {"command": json.dumps(command)})
+                await self.send_command(client, {"command": json.dumps(command)})
                 orders.append((terminal, derive_order_id(command_id)))
         finally:
             await client.aclose()
@@ -243,7 +254,7 @@ format = "json"
 
     async def stream_events(self) -> dict[str, list[tuple[float, dict[str, Any]]]]:
         """Every order's events with the time each was written (its stream id, Redis's clock)."""
-        client = connect(self.redis.url)
+        client = connect(self.redis_target())
         by_order: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
         try:
             for terminal in self.terminals:

@@ -22,8 +22,6 @@ import json
 import shutil
 import sys
 import time
-import uuid
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,9 +29,8 @@ import anyio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bridge.bench.faults import AMOUNTS, Audit, Rig, percentile
-from bridge.core.commands import derive_order_id
-from bridge.redis.client import connect, stream_entries
+from bridge.bench.faults import Audit, Rig, percentile
+from bridge.redis.client import RedisTarget, connect
 from bridge.redis.deployment import SentinelDeployment
 
 #: The till-like writer's interval (seconds).
@@ -87,52 +84,19 @@ class FailoverRig(Rig):
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _config(self, name: str) -> str:
-        single = f'url = "{self.redis.url}"'
+    def redis_target(self) -> RedisTarget:
+        return self.target
+
+    def redis_settings(self) -> str:
         sentinels = ", ".join(f'"{s}"' for s in self.deployment.sentinel_addresses)
-        sentinel = (
+        return (
             'url = "redis://127.0.0.1:6379/0"\n'
             f"sentinels = [{sentinels}]\n"
             f'master_name = "{self.deployment.master_name}"'
         )
-        config = super()._config(name)
-        assert single in config
-        return config.replace(single, sentinel)
 
-    async def pay_all(
-        self, round_no: int | str, terminals: list[str] | None = None
-    ) -> list[tuple[str, str]]:
-        client = connect(self.target)
-        orders = []
-        try:
-            for terminal in terminals or self.terminals:
-                i = self.terminals.index(terminal) + (round_no if isinstance(round_no, int) else 1)
-                command_id = f"r{round_no}-{terminal}-{uuid.uuid4().hex[:6]}"
-                command = {
-                    "type": "pay",
-                    "command_id": command_id,
-                    "terminal_id": terminal,
-                    "amount": AMOUNTS[i % len(AMOUNTS)],
-                }
-                await _until_sent(client, self.keys.commands, {"command": json.dumps(command)})
-                orders.append((terminal, derive_order_id(command_id)))
-        finally:
-            await client.aclose()
-        return orders
-
-    async def stream_events(self) -> dict[str, list[tuple[float, dict[str, Any]]]]:
-        client = connect(self.target)
-        by_order: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
-        try:
-            for terminal in self.terminals:
-                reply = await client.xrange(self.keys.terminal_stream(terminal))
-                for entry_id, fields in stream_entries(reply):
-                    event = json.loads(fields["event"])
-                    written = int(str(entry_id).split("-")[0]) / 1000
-                    by_order[event.get("order_id") or ""].append((written, event))
-        finally:
-            await client.aclose()
-        return by_order
+    async def send_command(self, client: Any, fields: dict[str, str]) -> None:
+        await _until_sent(client, self.keys.commands, fields)
 
     def failovers_logged(self) -> int:
         return sum('"redis.failover"' in line for line in self.logs().splitlines())
