@@ -43,13 +43,20 @@ class _WriteGuard:
     connection. redis-py's cluster client closes every node connection when it re-learns the
     cluster (after a failed node, a failed refresh), including connections another task is
     writing on at that moment; under uvloop that write raises ``RuntimeError`` ("the handler is
-    closed"), which no caller expects from Redis and which ended a daemon in the fault run."""
+    closed"), which no caller expects from Redis and which ended a daemon in the fault run.
+    Closed a moment earlier, the connection has no writer any more: redis-py then raises
+    ``AttributeError`` ('NoneType' object has no attribute 'writelines'), which ended a daemon
+    the same way (its health probe, after a master was killed)."""
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         try:
             await super().send_packed_command(command, check_health)  # type: ignore[misc]  # a mixin of Connection
         except RuntimeError as exc:
             raise RedisConnectionError(f"connection closed while writing: {exc}") from exc
+        except AttributeError as exc:
+            if getattr(self, "_writer", None) is not None:
+                raise  # a bug, not a connection closed under the write
+            raise RedisConnectionError(f"connection closed before writing: {exc}") from exc
 
 
 class _GuardedConnection(_WriteGuard, Connection):
