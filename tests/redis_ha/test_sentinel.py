@@ -146,7 +146,10 @@ async def test_alone_is_what_the_sentinels_say(
     they could promote: after its replica's host died, not before, and not once it is back."""
     sentinels = master.sentinels
     assert sentinels is not None
-    assert not await sentinels_say_alone(sentinels, deployment.master_name)
+    # set-up: the sentinels learn the fresh replica (not down, role "slave") on their next INFO
+    with anyio.fail_after(60):
+        while await sentinels_say_alone(sentinels, deployment.master_name):  # noqa: ASYNC110 # the sentinels state
+            await anyio.sleep(0.1)
     killed, _now = await anyio.to_thread.run_sync(deployment.kill_master)
     with anyio.fail_after(60):  # the sentinels mark the killed node down within a second or so
         while not await sentinels_say_alone(sentinels, deployment.master_name):  # noqa: ASYNC110 # the sentinels state
