@@ -349,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         metavar="FILE",
-        help="record the daemon with py-spy during the drive (.svg, .json, .txt)",
+        help="record the daemon with py-spy during the drive (.svg, .json, .txt), and the "
+        "opening, hold and finish beside it (FILE-open, FILE-hold, FILE-close; the peer's: "
+        "FILE-peer...)",
     )
     p.add_argument("--keep", action="store_true", help="keep the logs and data of the run")
     p.add_argument(

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from bridge.bench.child import BenchError, Child, Progress
 from bridge.bench.main import Bench
+from bridge.bench.profiler import phase_path
 from bridge.bench.report import Result, table
 from bridge.bench.sdkvenv import SdkVenvError, sdk_python
 from bridge.bench.settings import API_KEY, PREFIX, Settings, settings_from_args
@@ -40,6 +41,9 @@ class PeerBench(Bench):
     """The bench with the naive SDK bridge in the daemon's place."""
 
     def __init__(self, s: Settings, progress: Progress, python: Path) -> None:
+        # its recordings beside the bridge's, not over them: out-peer.svg, out-peer-open.svg...
+        if s.profile:
+            s = replace(s, profile=phase_path(s.profile, "peer"))
         super().__init__(s, progress)
         self.sdk_python = python
 

@@ -8,8 +8,9 @@ it stays open, its streams stay open, and its status changes only when the admin
   Each change differs from the order's last status (``initialized``, ``declined``,
   ``initialized``, ...), as a faithful stream never repeats one. ``{"rate": M, "finish": true}``
   instead gives every open bench order its final ``completed``, ``M`` per second.
-- ``GET /_sim/bench/status``: whether it is driving, how many changes were made and sent, and
-  the streams open now (by transport) and at most.
+- ``GET /_sim/bench/status``: whether it is driving, how many changes were made and sent, the
+  streams open now (by transport) and at most, and how many were ever opened, the latest at
+  ``last_open_at`` (``time.monotonic()``, as below).
 - ``GET /_sim/bench/sent``: ``{order_id: [[status, t], ...]}``, each status change of the order
   with the ``time.monotonic()`` at which it was written to its (first) stream. On Linux that
   clock is system-wide, so another process on the machine can subtract its own readings from it.
@@ -95,6 +96,9 @@ class BenchDriver:
         self.driving = False
         self.streams = {"sse": 0, "websocket": 0}
         self.peak_streams = 0
+        #: Streams opened so far, and the ``time.monotonic()`` of the latest (``None``: none).
+        self.streams_opened = 0
+        self.last_open_at: float | None = None
 
     # -- hooks called by the simulator -----------------------------------------------------
     def created(self, order: Order) -> None:
@@ -103,6 +107,8 @@ class BenchDriver:
 
     def stream_opened(self, transport: str) -> None:
         self.streams[transport] += 1
+        self.streams_opened += 1
+        self.last_open_at = time.monotonic()
         self.peak_streams = max(self.peak_streams, sum(self.streams.values()))
 
     def stream_closed(self, transport: str) -> None:
@@ -187,6 +193,8 @@ class BenchDriver:
                     "open_orders": len(self.orders),
                     "streams": dict(self.streams),
                     "peak_streams": self.peak_streams,
+                    "streams_opened": self.streams_opened,
+                    "last_open_at": self.last_open_at,
                 },
             }
         )

@@ -67,6 +67,9 @@ def test_bench_runs_and_reports_consistent_numbers(transport: str) -> None:
     assert res["streams_by_transport"] == {transport: 4}
     assert res["events_sent"] == res["drive_events"] + res["final_events"] + res["baseline_events"]
     assert res["final_events"] == 4
+    # from the first pay sent to the last stream the simulator saw open
+    assert 0 < res["open_seconds"] < 60
+    assert res["payments_opened_per_s"] == pytest.approx(4 / res["open_seconds"])
     for name in ("bridge", "baseline", "added", "final (bridge)"):
         assert {"p50", "p90", "p99", "max"} <= set(res["latency_ms"][name])
     assert set(res["cpu_ms_per_payment"]) == {
