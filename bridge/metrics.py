@@ -37,6 +37,7 @@ __all__ = [
     "UPSTREAM_ERRORS",
     "UPSTREAM_RECONNECTS",
     "WEBHOOKS",
+    "command_label",
     "command_type",
     "count_published",
     "render",
@@ -175,6 +176,12 @@ def command_type(fields: Mapping[str, str]) -> str:
         return "invalid"
     kind = data.get("type") if isinstance(data, dict) else None
     return kind if isinstance(kind, str) and kind in _COMMAND_TYPES else "invalid"
+
+
+def command_label(parsed: str | None, fields: Mapping[str, str]) -> str:
+    """The label of a command its handler parsed as ``parsed`` (a known type: taken as it is,
+    the entry is not parsed a second time); otherwise read from the entry itself."""
+    return parsed if parsed in _COMMAND_TYPES else command_type(fields)
 
 
 def render() -> bytes:

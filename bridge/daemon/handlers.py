@@ -40,16 +40,21 @@ log = structlog.get_logger("bridge.commands")
 
 
 class CommandHandlers(PayHandler, OrderCommands):
-    async def handle(self, entry_id: str, fields: dict[str, str]) -> None:
+    async def handle(self, entry_id: str, fields: dict[str, str]) -> str | None:
+        """Handle one command; the command's type once parsed (the intake's metrics label)."""
         raw = fields.get("command")
         if raw is None:
             await self._dead_letter(entry_id, fields, "entry has no 'command' field")
-            return
+            return None
         try:
             command = parse_command(raw)
         except InvalidCommand as exc:
             await self._invalid(entry_id, raw, exc)
-            return
+            return None
+        await self._handle(entry_id, command)
+        return str(command.type)
+
+    async def _handle(self, entry_id: str, command: AnyCommand) -> None:
         command_id = command.command_id or entry_id
         age = time.time() - int(entry_id.split("-")[0]) / 1000
         if age > COMMAND_MAX_AGE and isinstance(command, PayCommand):

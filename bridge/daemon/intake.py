@@ -38,7 +38,9 @@ class LeaveUnacknowledged(Exception):
     """Raised by a handler that could not finish a command: it is read again later."""
 
 
-Handler = Callable[[str, dict[str, str]], Awaitable[None]]
+#: Handles one command; may return the command's ``type`` as it parsed it (the metrics label,
+#: so the entry is not parsed again for it); None: the label is read from the entry.
+Handler = Callable[[str, dict[str, str]], Awaitable[str | None]]
 ConsumerGone = Callable[[str], Awaitable[bool]]
 GiveUp = Callable[[str, dict[str, str], str], Awaitable[None]]
 Entry = tuple[str, dict[str, str]]
@@ -315,9 +317,9 @@ class CommandIntake:
 
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
         try:
-            await self._handler(entry_id, fields)
+            kind = await self._handler(entry_id, fields)
             await self._client.xack(self._keys.commands, COMMANDS_GROUP, entry_id)
-            metrics.COMMANDS.labels(metrics.command_type(fields), "handled").inc()
+            metrics.COMMANDS.labels(metrics.command_label(kind, fields), "handled").inc()
         except LeaveUnacknowledged as exc:
             # Not done yet, on purpose (the outcome upstream is unknown, another daemon has it):
             # read again later, and not a poison command however often that happens.
