@@ -39,3 +39,13 @@ def next_poll_wait(wait: float, interval: float, *, found: bool, late: bool, lim
     if found or late:
         return interval
     return min(wait * 2, interval * limit)
+
+
+def quiet_poll_wait(wait: float, interval: float, *, live: bool, late: bool, limit: float) -> float:
+    """The wait before a quiet order's next poll, given its stream: while the stream is
+    connected (``live``) and the payment not past its deadline, at least ``limit`` intervals
+    (the stream speaks first; a lost stream is seen within its idle timeout and asks ``GET`` at
+    once); otherwise the backing-off ``wait`` itself."""
+    if live and not late:
+        return max(wait, interval * limit)
+    return wait

@@ -24,7 +24,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from bridge import metrics
-from bridge.core.backoff import next_poll_wait
+from bridge.core.backoff import next_poll_wait, quiet_poll_wait
 from bridge.core.events import ErrorCode, Source
 from bridge.core.normalize import MalformedPayload, Observation, from_order
 from bridge.core.state import OrderState, Verdict, observe, outcome_unknown, utcnow
@@ -76,7 +76,7 @@ class PaymentSession(StreamFollower):
         "_poll_wait",
         "_poll_seq",
         "_deadline_timer",
-    )
+    )  # ``live``: StreamFollower's
 
     def __init__(
         self,
@@ -104,6 +104,7 @@ class PaymentSession(StreamFollower):
         self._commit_lock = anyio.Lock()
         self._lease_lost = False
         self._opened = False
+        self.live = False
         self._final_from_stream = False
         #: Set once the session is over (final, lease lost, stopped): no more jobs or timers.
         self._ended = False
@@ -370,13 +371,39 @@ class PaymentSession(StreamFollower):
 
     def _poll_due(self) -> None:
         """``GET`` the order once it has been quiet for the current wait (quiet counts from
-        the last news, from any channel)."""
+        the last news, from any channel; while its stream is connected the wait is at least
+        ``POLL_BACKOFF_LIMIT`` intervals: see :func:`quiet_poll_wait`)."""
         self._poll_timer = None
-        due = self._last_news + self._poll_wait
-        if due > self.timers.now():  # heard from meanwhile
+        due = self._last_news + self._quiet_wait()
+        if due > self.timers.now():  # heard from meanwhile, or the stream is connected
             self._poll_timer = self.timers.call_at(due, self._poll_due)
         else:
             self._want(_POLL)
+
+    def _quiet_wait(self) -> float:
+        return quiet_poll_wait(
+            self._poll_wait,
+            self.ctx.upstream.poll_interval,
+            live=self.live,
+            late=self._late(),
+            limit=POLL_BACKOFF_LIMIT,
+        )
+
+    def _late(self) -> bool:
+        """Past the payment's deadline (cancelled upstream, outcome awaited)."""
+        return self.record.cancel_when_late and time.time() >= self.record.deadline
+
+    def _stream_down(self) -> None:
+        """The stream is lost: quiet polls go back to their own wait at once (a poll timer set
+        for a connected stream's longer wait is brought forward)."""
+        self.live = False
+        timer = self._poll_timer
+        if self._ended or timer is None:
+            return
+        due = self._last_news + self._poll_wait
+        if due < timer.when:
+            self.timers.cancel(timer)
+            self._poll_timer = self.timers.call_at(due, self._poll_due)
 
     async def _poll(self) -> None:
         """While polls find nothing new the wait doubles, up to ``POLL_BACKOFF_LIMIT`` times
@@ -386,20 +413,18 @@ class PaymentSession(StreamFollower):
         polled_at = self.timers.now()
         await self.reconcile()
         seq = self._seq()
-        # past the deadline (cancelled upstream, outcome awaited): no backing off
-        late = self.record.cancel_when_late and time.time() >= self.record.deadline
         interval = self.ctx.upstream.poll_interval
         self._poll_wait = next_poll_wait(
             self._poll_wait,
             interval,
             found=seq != self._poll_seq,
-            late=late,
+            late=self._late(),  # past the deadline: no backing off
             limit=POLL_BACKOFF_LIMIT,
         )
         self._poll_seq = seq
         if not self._ended:
             since = max(self._last_news, polled_at)
-            self._poll_timer = self.timers.call_at(since + self._poll_wait, self._poll_due)
+            self._poll_timer = self.timers.call_at(since + self._quiet_wait(), self._poll_due)
 
     def _seq(self) -> int:
         return self.state.seq if self.state is not None else 0

@@ -35,13 +35,15 @@ ORDER_EVENT = "session.order"
 class StreamFollower:
     """The stream half of a payment session (a mixin: the session holds the state)."""
 
-    __slots__ = ("ctx", "record", "reconnects", "_bus", "_opened")
+    __slots__ = ("ctx", "record", "reconnects", "_bus", "_opened", "live")
 
     ctx: SessionContext
     record: SessionRecord
     reconnects: int
     _bus: BusProtocol | None
     _opened: bool
+    #: The stream is connected now (accepted, not lost since): quiet polls wait longer.
+    live: bool
 
     @property
     def final(self) -> bool:
@@ -55,6 +57,10 @@ class StreamFollower:
 
     async def reconcile(self) -> None:
         raise NotImplementedError
+
+    def _stream_down(self) -> None:
+        """The stream is no longer connected (lost, refused, over)."""
+        self.live = False
 
     def _transport(self) -> Source | None:
         """Which stream to follow: config ``transport``; ``auto`` prefers SSE when offered."""
@@ -91,6 +97,9 @@ class StreamFollower:
                 return  # the poller carries on
             except StreamError as exc:
                 reason = str(exc)
+            finally:
+                if self.live:
+                    self._stream_down()
             if self.final:
                 return
             self.reconnects += 1
@@ -153,7 +162,8 @@ class StreamFollower:
     async def _first_open(self) -> None:
         """A stream tells only what happens after it opens (no replay without Last-Event-ID):
         once the first one is open, ``GET`` says what happened before. Later reconnects do
-        the same already, after the loss."""
+        the same already, after the loss. Called on every open: the stream is live from here."""
+        self.live = True
         if not self._opened:
             self._opened = True
             await self.reconcile()

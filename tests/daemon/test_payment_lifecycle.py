@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 
 import anyio
+import httpx
 import pytest
 from helpers.harness import Till, bridge_config, running_bridge, statuses
 from redis.asyncio import Redis
@@ -141,3 +142,43 @@ async def test_a_lease_that_lapsed_with_nobody_taking_it_is_renewed(
             assert order_id in sessions
     assert [e["count"] for e in logs if e["event"] == "leases.revived"] == [1]
     assert not [e for e in logs if e["event"] in ("session.lease_lost", "session.adopted")]
+
+
+async def test_a_connected_stream_is_polled_rarely_and_a_lost_one_at_once(
+    redis_server, redis_client: Redis, simulator
+) -> None:
+    """While a quiet order's stream is connected it is polled only after POLL_BACKOFF_LIMIT
+    intervals; once the stream is lost it is asked at once and polled at its interval again
+    (the reconnect here waits seconds, so the stream stays down meanwhile)."""
+    interval = 0.3
+    config = bridge_config(
+        redis_server.url,
+        simulator.base_url,
+        multisafepay={"poll_interval": interval, "reconnect_initial": 5.0, "reconnect_cap": 5.0},
+    )
+    till = Till(redis_client)
+    async with running_bridge(config) as bridge:
+        sessions = bridge.sessions
+        assert isinstance(sessions, Sessions)
+        order_id = await quiet_payment(till)
+        session = sessions.running[order_id]
+        await until(lambda: session.live)
+        api = session.ctx.api
+        real_get = api.get_order
+        polls: list[str] = []
+
+        async def counted(api_key: str, polled: str) -> dict[str, object]:
+            polls.append(polled)
+            return await real_get(api_key, polled)
+
+        api.get_order = counted  # type: ignore[method-assign]  # counts, then the real call
+        await anyio.sleep(4 * interval)  # a stream-less order: polled twice by now
+        assert polls == []
+        async with httpx.AsyncClient() as http:
+            root = simulator.base_url.removesuffix("v1/json/")
+            dropped = await http.post(f"{root}_sim/orders/{order_id}/drop")
+            assert dropped.json()["data"]["dropped"] >= 1
+        await until(lambda: not session.live)
+        await until(lambda: len(polls) >= 3, timeout=3.0)  # the loss's GET, then polls
+        assert set(polls) == {order_id}
+        assert not session.live  # all while the stream was down
