@@ -402,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--faults",
         action="store_true",
         help="instead: payments on real processes while faults are injected (kill -9, "
-        "Redis restart, stream drops, takeover); audits every final",
+        "Redis restart, stream drops, takeover; as root: Redis black-holed, 30%% packet loss "
+        "and half-open streams to the upstream); audits every final",
     )
     p.add_argument(
         "--redis-failover",
@@ -421,8 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenario",
         action="append",
-        choices=["kill", "redis", "drop", "takeover"],
-        help="with --faults: only these scenarios (repeatable; default: all)",
+        choices=["kill", "redis", "drop", "takeover"]
+        + ["blackhole-redis", "loss-upstream", "halfopen-upstream"],
+        help="with --faults: only these scenarios (repeatable; default: all; the last three, "
+        "network faults, need root, ip and nft)",
     )
     p.add_argument(
         "--rounds",

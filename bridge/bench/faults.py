@@ -3,9 +3,11 @@ while faults are injected; then every terminal's durable stream is audited.
 
 Scenarios (``KINDS``): ``kill`` (SIGKILL the daemon mid-payments, start it again), ``redis``
 (stop Redis, start it again), ``drop`` (drop the simulator's streams, again and again),
-``takeover`` (two daemons; SIGKILL one). The audit counts, per payment: a final event lost,
-duplicates (an ``event_id`` twice, a status repeated back to back, a second final), and a
-final that contradicts what the simulator says happened.
+``takeover`` (two daemons; SIGKILL one); and the network faults of ``NET_KINDS``
+(:mod:`bridge.bench.netfaults`: the daemon in a network namespace, packets dropped without a
+trace): ``blackhole-redis``, ``loss-upstream``, ``halfopen-upstream``. The audit counts, per
+payment: a final event lost, duplicates (an ``event_id`` twice, a status repeated back to
+back, a second final), and a final that contradicts what the simulator says happened.
 
 After a ``kill -9`` (``kill``, ``takeover``) it also measures what a customer at the counter
 sees: the *silence* of every payment in flight (from the kill to its next event on the
@@ -34,7 +36,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import httpx
@@ -46,12 +48,18 @@ from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer
 from bridge.simulator.server import SimulatorServer
 
-KINDS = ("kill", "redis", "drop", "takeover")
+#: Faults of processes (any user, any machine).
+PROCESS_KINDS = ("kill", "redis", "drop", "takeover")
+#: Faults of the network (root, ``ip`` and ``nft``): :mod:`bridge.bench.netfaults`.
+NET_KINDS = ("blackhole-redis", "loss-upstream", "halfopen-upstream")
+KINDS = PROCESS_KINDS + NET_KINDS
 API_KEY = "fault-suite-key-0123456789"
+#: The stream idle timeout of every bench daemon (``QUICK_UPSTREAM``).
+QUICK_STREAM_IDLE_TIMEOUT = 3.0
 #: ``[multisafepay]`` timings of every bench daemon: a local upstream answers at once.
-QUICK_UPSTREAM = """request_timeout = 2.0
+QUICK_UPSTREAM = f"""request_timeout = 2.0
 connect_timeout = 2.0
-stream_idle_timeout = 3.0
+stream_idle_timeout = {QUICK_STREAM_IDLE_TIMEOUT}
 reconnect_initial = 0.05
 reconnect_cap = 0.5
 poll_interval = 0.5"""
@@ -101,6 +109,24 @@ class FaultReport:
     repaid: int = 0
     #: Of those, refused ``terminal_busy``: false refusals.
     wrongly_refused: int = 0
+    #: Network faults: seconds from the fault to the daemon noticing it (its log line), per
+    #: fault (a black hole) or per payment whose stream it cut (a half-open stream).
+    detections: list[float] = field(default_factory=list)
+    #: The bound the configured timeouts put on a detection (seconds; None: not applicable).
+    detect_bound_s: float | None = None
+    #: Faults the daemon never noticed before the runner gave up waiting.
+    undetected: int = 0
+    #: Seconds from the path's return to the daemon saying it is back (a black hole).
+    recoveries: list[float] = field(default_factory=list)
+    #: Seconds from each payment's pay to its final (loss: how much slower the path made it).
+    to_final: list[float] = field(default_factory=list)
+    #: Network faults: how many times the daemon logged each of the events that say it
+    #: noticed something (``stream.lost``, ``redis.unreachable``, ...).
+    noticed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return self.audit.clean and not self.undetected
 
     def silence(self, q: float) -> float | None:
         value = percentile(self.silences, q)
@@ -113,22 +139,31 @@ class FaultReport:
         data["silence_p50_s"] = self.silence(0.5)
         data["silence_p99_s"] = self.silence(0.99)
         data["silence_max_s"] = self.silence(1.0)
+        for name in ("detections", "recoveries", "to_final"):
+            values = getattr(self, name)
+            data[name] = [round(v, 2) for v in values]
+            for q, label in ((0.5, "p50"), (1.0, "max")):
+                value = percentile(values, q)
+                data[f"{name}_{label}_s"] = None if value is None else round(value, 2)
         return data
 
 
 class DaemonProcess:
     """``pos-bridge run`` as a child process (``python -m bridge.cli``), logging to a file."""
 
-    def __init__(self, name: str, config: Path, log: Path) -> None:
+    def __init__(self, name: str, config: Path, log: Path, prefix: list[str] | None = None) -> None:
         self.name = name
         self._config = config
         self._log = log
+        #: Run through this (``ip netns exec NS``: it execs, so the PID is the daemon's).
+        self._prefix = prefix or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        argv = [sys.executable, "-m", "bridge.cli", "run", "--config", str(self._config)]
         with open(self._log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "run", "--config", str(self._config)],
+                [*self._prefix, *argv],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -145,17 +180,27 @@ class DaemonProcess:
 
 
 class Rig:
-    """redis-server (persistent), the simulator and daemon processes, in a temporary directory."""
+    """redis-server (persistent), the simulator and daemon processes, in a temporary directory.
+    Redis and the simulator listen on ``host``; ``sim_options`` go to the simulator."""
 
-    def __init__(self, *, speed: float = 2.0, terminals: int = 12) -> None:
+    def __init__(
+        self,
+        *,
+        speed: float = 2.0,
+        terminals: int = 12,
+        host: str = "127.0.0.1",
+        sim_options: dict[str, Any] | None = None,
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="pos-bridge-faults-"))
-        self.redis = RedisServer(persistent=True)
-        self.sim = SimulatorServer(speed=speed, api_keys=[API_KEY])
+        self.redis = RedisServer(host=host, persistent=True)
+        self.sim = SimulatorServer(
+            host=host, speed=speed, api_keys=[API_KEY], **(sim_options or {})
+        )
         self.terminals = [f"F{i:03d}" for i in range(terminals)]
         self.keys = Keys("pos")
         self.daemons: dict[str, DaemonProcess] = {}
 
-    def __enter__(self) -> Rig:
+    def __enter__(self) -> Self:
         self.redis.start()
         self.sim.start()
         return self
@@ -171,8 +216,14 @@ class Rig:
         if name not in self.daemons:
             config = self.dir / f"{name}.toml"
             config.write_text(self._config(name))
-            self.daemons[name] = DaemonProcess(name, config, self.dir / f"{name}.log")
+            self.daemons[name] = DaemonProcess(
+                name, config, self.dir / f"{name}.log", self.daemon_prefix()
+            )
         return self.daemons[name]
+
+    def daemon_prefix(self) -> list[str]:
+        """What a daemon's command line is run through (a subclass's namespace; else nothing)."""
+        return []
 
     def _config(self, name: str) -> str:
         terminals = ", ".join(f'"{t}"' for t in self.terminals)
@@ -339,6 +390,12 @@ async def run_scenario(
     """Run ``rounds`` rounds of one payment per terminal while injecting ``kind`` faults."""
     if kind not in KINDS:
         raise ValueError(f"unknown fault scenario {kind!r}; one of {', '.join(KINDS)}")
+    if kind in NET_KINDS:
+        from bridge.bench.netfaults import run_net_scenario
+
+        return await run_net_scenario(
+            kind, rounds=rounds, terminals=terminals, speed=speed, progress=progress
+        )
     report = FaultReport(scenario=kind)
     started = time.monotonic()
     with Rig(speed=speed, terminals=terminals) as rig:
@@ -366,13 +423,19 @@ async def run_scenario(
             await _wait_idle_terminals(rig)
         for daemon in rig.daemons.values():
             daemon.stop()
-        if not report.audit.clean:
-            report.audit.problems.append("daemon logs: " + str(rig.dir))
-            report.audit.problems += [
-                line for line in rig.logs().splitlines() if '"level":"error"' in line
-            ][:10]
+        note_logs(rig, report)
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+def note_logs(rig: Rig, report: FaultReport) -> None:
+    """After a run that lost, repeated or missed something: where the logs are, and their
+    first error lines, among the problems."""
+    if not report.clean:
+        report.audit.problems.append("daemon logs: " + str(rig.dir))
+        report.audit.problems += [
+            line for line in rig.logs().splitlines() if '"level":"error"' in line
+        ][:10]
 
 
 async def _pay_again_when_over(
@@ -439,6 +502,18 @@ async def _inject(rig: Rig, kind: str) -> int:
     return 1
 
 
+def default_kinds(out: Any = sys.stderr) -> tuple[str, ...]:
+    """Every scenario this machine can run: the network faults need root, ``ip`` and ``nft``
+    (without them they are left out, saying why)."""
+    from bridge.bench.netns import unavailable
+
+    why = unavailable()
+    if why is None:
+        return KINDS
+    print(f"faults: leaving out {', '.join(NET_KINDS)}: {why}", file=out, flush=True)
+    return PROCESS_KINDS
+
+
 def run_all(
     kinds: tuple[str, ...], rounds: int, terminals: int, *, out: Any = sys.stderr
 ) -> list[FaultReport]:
@@ -451,6 +526,12 @@ def run_all(
             if report.silences
             else ""
         )
+        if report.detect_bound_s is not None:
+            longest = percentile(report.detections, 1.0)
+            after_kill += (
+                f", noticed within {_seconds(longest)} s (bound {report.detect_bound_s:g} s)"
+                f", not noticed {report.undetected}"
+            )
         print(
             f"faults: {report.scenario} round {report.rounds}/{rounds}: {a.payments} payments, "
             f"{report.faults_injected} faults, lost {a.finals_lost}, duplicates {a.duplicates}, "
@@ -472,8 +553,9 @@ def _seconds(value: float | None) -> str:
 
 
 def table(reports: list[FaultReport]) -> str:
+    """The audit per scenario; then, for the network faults, what the daemon noticed."""
     rows = [
-        f"{'scenario':<10} {'rounds':>6} {'payments':>8} {'faults':>7} {'finals lost':>11} "
+        f"{'scenario':<17} {'rounds':>6} {'payments':>8} {'faults':>7} {'finals lost':>11} "
         f"{'duplicates':>10} {'wrong final':>11} {'silence p50/p99/max s':>22} "
         f"{'refused/repaid':>14} {'seconds':>8}"
     ]
@@ -482,18 +564,40 @@ def table(reports: list[FaultReport]) -> str:
         silence = "/".join(_seconds(r.silence(q)) for q in (0.5, 0.99, 1.0))
         refused = f"{r.wrongly_refused}/{r.repaid}" if r.repaid else "-"
         rows.append(
-            f"{r.scenario:<10} {r.rounds:>6} {a.payments:>8} {r.faults_injected:>7} "
+            f"{r.scenario:<17} {r.rounds:>6} {a.payments:>8} {r.faults_injected:>7} "
             f"{a.finals_lost:>11} {a.duplicates:>10} {a.wrong_finals:>11} {silence:>22} "
             f"{refused:>14} {r.seconds:>8}"
+        )
+    net = [r for r in reports if r.scenario in NET_KINDS]
+    if net:
+        rows += ["", net_table(net)]
+    return "\n".join(rows)
+
+
+def net_table(reports: list[FaultReport]) -> str:
+    """Detection (fault to the daemon's log line) against its configured bound, recovery and
+    time from pay to final, and how often the daemon logged each sign of trouble."""
+    rows = [
+        f"{'network fault':<17} {'noticed p50/max s':>17} {'bound s':>7} {'not noticed':>11} "
+        f"{'back max s':>10} {'pay to final p50/max s':>22}  daemon logged"
+    ]
+    for r in reports:
+        noticed = "/".join(_seconds(percentile(r.detections, q)) for q in (0.5, 1.0))
+        bound = "-" if r.detect_bound_s is None else f"{r.detect_bound_s:g}"
+        final = "/".join(_seconds(percentile(r.to_final, q)) for q in (0.5, 1.0))
+        logged = ", ".join(f"{name} {n}" for name, n in r.noticed.items() if n)
+        rows.append(
+            f"{r.scenario:<17} {noticed:>17} {bound:>7} {r.undetected:>11} "
+            f"{_seconds(percentile(r.recoveries, 1.0)):>10} {final:>22}  {logged or '-'}"
         )
     return "\n".join(rows)
 
 
 if __name__ == "__main__":  # python -m bridge.bench.faults [ROUNDS] [TERMINALS]
     reports = run_all(
-        KINDS,
+        default_kinds(),
         int(sys.argv[1]) if len(sys.argv) > 1 else 3,
         int(sys.argv[2]) if len(sys.argv) > 2 else 12,
     )
     print(table(reports))
-    sys.exit(0 if all(r.audit.clean for r in reports) else 1)
+    sys.exit(0 if all(r.clean for r in reports) else 1)

@@ -461,7 +461,7 @@ def faults_command(args: argparse.Namespace) -> int:
 
     if args.rounds < 1 or args.terminals < 1:
         raise UserError("bench --faults: --rounds and --terminals must be at least 1")
-    kinds = tuple(args.scenario or faults.KINDS)
+    kinds = tuple(args.scenario or faults.default_kinds())
     reports = faults.run_all(kinds, args.rounds, args.terminals)
     if getattr(args, "json", False):
         print(json.dumps([r.as_dict() for r in reports], indent=2))
@@ -470,4 +470,4 @@ def faults_command(args: argparse.Namespace) -> int:
         for r in reports:
             for problem in r.audit.problems[:10]:
                 print(f"  {r.scenario}: {problem}")
-    return 0 if all(r.audit.clean for r in reports) else 1
+    return 0 if all(r.clean for r in reports) else 1

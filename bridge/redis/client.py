@@ -255,6 +255,23 @@ async def follow_master(client: BridgeRedis) -> tuple[str, int]:
     return host, port
 
 
+#: Seconds a reply may take before the connection counts as lost (a read that waits longer).
+SOCKET_TIMEOUT = 10.0
+#: Seconds a connection may take to open.
+CONNECT_TIMEOUT = 5.0
+#: Retries of a command on a new connection after a lost one, and their backoff.
+RETRIES = 3
+RETRY_BACKOFF_BASE = 0.05
+RETRY_BACKOFF_CAP = 1.0
+
+
+def outage_detection_bound(socket_timeout: float = SOCKET_TIMEOUT) -> float:
+    """The longest a command can take to fail when Redis is silently unreachable (a black
+    hole: no answer, no refusal): its reply waited for, then each retry's connection attempt
+    and backoff. What the daemon takes, at most, to say ``redis.unreachable``."""
+    return socket_timeout + RETRIES * (CONNECT_TIMEOUT + RETRY_BACKOFF_CAP)
+
+
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's master-following pool, blocking like the single-node one under a burst."""
 
@@ -263,7 +280,7 @@ def connect(
     target: RedisTarget | str,
     *,
     max_connections: int = 64,
-    socket_timeout: float | None = 10.0,
+    socket_timeout: float | None = SOCKET_TIMEOUT,
     decode_responses: bool = True,
 ) -> BridgeRedis:
     """A client of ``target`` (a :class:`RedisTarget`, or a bare URL: a single node) that
@@ -297,10 +314,12 @@ def connect(
         "decode_responses": decode_responses,
         "max_connections": max_connections,
         "timeout": socket_timeout,
-        "socket_connect_timeout": 5.0,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": socket_timeout,
         "health_check_interval": 30,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        "retry": Retry(
+            ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries=RETRIES
+        ),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         **t.tls_kwargs(),
     }

@@ -2,18 +2,19 @@
 daemon of two dies; after a kill -9, no pay refused for a payment that is over. Real
 processes, a real (persistent) redis-server, the simulator; the audit
 reads every terminal's durable stream. The longer run of the same is
-``pos-bridge bench --faults`` (see README, Operations)."""
+``pos-bridge bench --faults`` (see README, Operations). The network faults (black hole,
+loss, half-open streams) are in ``test_netfaults.py``."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge.bench.faults import KINDS, run_scenario
+from bridge.bench.faults import PROCESS_KINDS, run_scenario
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
 async def test_every_payment_ends_once_whatever_fails(kind: str) -> None:
     report = await run_scenario(kind, rounds=1, terminals=8)
     audit = report.audit
