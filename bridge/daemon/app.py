@@ -32,6 +32,7 @@ from bridge.daemon.receipts import AutoReceipts, ReceiptFetcher
 from bridge.daemon.terminals import TerminalDirectory
 from bridge.daemon.webhooks import WebhookReceiver
 from bridge.multisafepay.api import MultiSafepayApi, rest_clients
+from bridge.multisafepay.rest import RestPool, proxy_configured
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
 from bridge.redis.leases import Leases
@@ -99,15 +100,20 @@ class Bridge:
             # one TLS context for every client: building one per client (33 of them) costs
             # seconds of start-up on a loaded host, seconds a restarted daemon's payments wait
             tls = httpx.create_ssl_context()
-            http = await stack.enter_async_context(
-                rest_clients(
-                    verify=tls,
-                    timeout=httpx.Timeout(
-                        upstream.request_timeout, connect=upstream.connect_timeout
-                    ),
-                    headers={"User-Agent": "pos-bridge/0.1"},
+            http: Any
+            if proxy_configured(upstream.api_base_url):  # httpx goes through the proxy
+                http = await stack.enter_async_context(
+                    rest_clients(
+                        verify=tls,
+                        timeout=httpx.Timeout(
+                            upstream.request_timeout, connect=upstream.connect_timeout
+                        ),
+                        headers={"User-Agent": "pos-bridge/0.1"},
+                    )
                 )
-            )
+            else:  # the project's own client: a tenth of httpx's CPU per call
+                http = RestPool(tls=tls, connect_timeout=upstream.connect_timeout)
+                stack.callback(http.close)
             store = ops.MeteredEventStore(
                 redis,
                 self.keys,

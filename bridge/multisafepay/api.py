@@ -1,29 +1,33 @@
-"""MultiSafepay's REST API for cloud POS orders, over a few shared httpx clients.
+"""MultiSafepay's REST API for cloud POS orders, over the project's small HTTP/1.1 client
+(:mod:`bridge.multisafepay.rest`), or over a few shared httpx clients (with a proxy configured).
 
 Every call takes the API key of the terminal's group (MultiSafepay requires the group's key for
 all calls of an order). The key goes in the ``api_key`` header by default; the query form is a
 fallback because a key in a URL ends up in access logs.
 
-Why several clients (:func:`rest_clients`): httpcore's pool walks every connection it holds,
-idle or busy, on each request and on each response's close (and polls each idle socket), so one
-pool's cost per request grows with the requests in flight: measured here, ~0.7 ms of CPU per
-request with one connection, 1.8 ms with 64 idle, 3-4 ms with 32-64 requests in flight. Calls
-go to the client with the fewest in flight among ``REST_SHARDS`` small ones, so each pool stays
-a few connections long whatever the load. (Streams are not in these pools at all: see
-:mod:`bridge.multisafepay.sse`.)
+Why several httpx clients (:func:`rest_clients`), where httpx is used: httpcore's pool walks
+every connection it holds, idle or busy, on each request and on each response's close (and
+polls each idle socket), so one pool's cost per request grows with the requests in flight:
+measured here, ~0.7 ms of CPU per request with one connection, 1.8 ms with 64 idle, 3-4 ms
+with 32-64 requests in flight. Calls go to the client with the fewest in flight among
+``REST_SHARDS`` small ones, so each pool stays a few connections long whatever the load.
+(Streams are not in these pools at all: see :mod:`bridge.multisafepay.sse`.)
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+import anyio
 import httpx
 
 from bridge.core.events import ErrorCode
+from bridge.multisafepay.rest import RestError, RestPool
 
 
 class ApiError(Exception):
@@ -108,17 +112,28 @@ async def rest_clients(
         ]
 
 
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return jsonlib.loads(body)
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's limit
+        return None
+
+
 class MultiSafepayApi:
     def __init__(
         self,
-        http: httpx.AsyncClient | Sequence[httpx.AsyncClient],
+        http: httpx.AsyncClient | Sequence[httpx.AsyncClient] | RestPool,
         base_url: str,
         *,
         api_key_in: Literal["header", "query"] = "header",
         request_timeout: float = 30.0,
     ) -> None:
-        self._clients = [http] if isinstance(http, httpx.AsyncClient) else list(http)
-        assert self._clients, "at least one client"
+        self._pool = http if isinstance(http, RestPool) else None
+        if isinstance(http, RestPool):
+            self._clients: list[httpx.AsyncClient] = []
+        else:
+            self._clients = [http] if isinstance(http, httpx.AsyncClient) else list(http)
+            assert self._clients, "at least one client"
         self._in_flight = [0] * len(self._clients)
         self._base = base_url if base_url.endswith("/") else base_url + "/"
         self._key_in = api_key_in
@@ -139,6 +154,8 @@ class MultiSafepayApi:
             headers["api_key"] = api_key
         else:
             params["api_key"] = api_key
+        if self._pool is not None:
+            return await self._call_pool(self._pool, method, path, headers, json, params)
         flights = self._in_flight
         shard = flights.index(min(flights))  # the least busy pool: each stays short
         flights[shard] += 1
@@ -167,21 +184,56 @@ class MultiSafepayApi:
             ) from exc
         finally:
             flights[shard] -= 1
-        return self._answer(method, path, response)
+        return self._answer_httpx(method, path, response)
+
+    async def _call_pool(
+        self,
+        pool: RestPool,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        json: Any,
+        params: dict[str, Any],
+    ) -> Any:
+        url = self._base + path + (f"?{urlencode(params)}" if params else "")
+        body = None
+        if json is not None:
+            body = jsonlib.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            with anyio.fail_after(self._timeout):
+                response = await pool.request(method, url, list(headers.items()), body)
+        except TimeoutError as exc:
+            raise ApiError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                f"{method} {path}: no answer within {self._timeout:g} s",
+                maybe_done=method != "GET",
+            ) from exc
+        except RestError as exc:
+            # A connection that never opened certainly did nothing; anything later might have.
+            raise ApiError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                f"{method} {path}: {str(exc)[:200]}",
+                maybe_done=method != "GET" and (exc.sent or exc.timeout),
+            ) from exc
+        return self._answer(method, path, response.status, _json_or_none(response.body))
 
     @staticmethod
-    def _answer(method: str, path: str, response: httpx.Response) -> Any:
+    def _answer_httpx(method: str, path: str, response: httpx.Response) -> Any:
         try:
             body = response.json()
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's limit
             body = None
-        if response.status_code < 300 and isinstance(body, dict) and body.get("success") is True:
+        return MultiSafepayApi._answer(method, path, response.status_code, body)
+
+    @staticmethod
+    def _answer(method: str, path: str, status: int, body: Any) -> Any:
+        if status < 300 and isinstance(body, dict) and body.get("success") is True:
             return body.get("data")
         info = code = None
         if isinstance(body, dict):
             info = body.get("error_info")
             code = body.get("error_code")
-        status = response.status_code
         detail = f"{info}" if info else f"HTTP {status}"
         if status >= 500 or status == 429:
             raise ApiError(

@@ -8,6 +8,7 @@ endpoint of order ``X``.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from bridge.core.events import ErrorCode
 from bridge.multisafepay.api import ApiError, MultiSafepayApi, _path, rest_clients
+from bridge.multisafepay.rest import RestPool
 from bridge.simulator import SimulatorServer
 
 pytestmark = pytest.mark.anyio
@@ -24,14 +26,25 @@ pytestmark = pytest.mark.anyio
 KEY = "paths-key-1"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one per test: each transport creates the same order ids
 def sim() -> AsyncIterator[SimulatorServer]:
     with SimulatorServer(speed=20) as server:
         yield server
 
 
-@pytest.fixture
-async def api(sim: SimulatorServer) -> AsyncIterator[MultiSafepayApi]:
+@pytest.fixture(params=["rest", "httpx"])
+async def api(
+    sim: SimulatorServer, request: pytest.FixtureRequest
+) -> AsyncIterator[MultiSafepayApi]:
+    """The API over the project's own client (the daemon's, without a proxy) and over httpx
+    (with one): the same answers."""
+    if request.param == "rest":
+        pool = RestPool(tls=ssl.create_default_context())
+        try:
+            yield MultiSafepayApi(pool, sim.base_url, request_timeout=10.0)
+        finally:
+            pool.close()
+        return
     async with httpx.AsyncClient() as http:
         yield MultiSafepayApi(http, sim.base_url, request_timeout=10.0)
 
