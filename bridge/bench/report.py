@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.daemon.payment import POLL_BACKOFF_LIMIT
+
 #: initialized, declined | initialized, completed: a typical payment's status events.
 EVENTS_PER_PAYMENT = 3
 #: The payment the "CPU per payment" figure describes: opened, held this long at the
@@ -87,7 +89,13 @@ def _latency_rows(res: Result) -> list[str]:
 def table(res: Result) -> str:
     s = res.settings
     cpu = res.cpu_ms_per_payment
-    poll = f"polling every {s['poll_interval']:g} s" if s["poll_interval"] else "polling off"
+    interval = s["poll_interval"]
+    poll = (
+        f"polling every {interval:g} s, {interval * POLL_BACKOFF_LIMIT:g} s while a stream is "
+        "connected"
+        if interval
+        else "polling off"
+    )
     lines = [
         (
             f"pos-bridge bench: {s['transport']}, {s['streams']} streams, {s['rate']:g} events/s "
