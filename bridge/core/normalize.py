@@ -45,7 +45,7 @@ class Observation:
     amount_refunded: int | None = None
     #: Upstream's ``modified`` time, made timezone-aware (UTC).
     modified: datetime | None = None
-    #: Set only when upstream gave a time with a zone (DESIGN.md: ``occurred_at``).
+    #: Set only when upstream gave a time with a zone (README, "Rules a till relies on").
     occurred_at: datetime | None = None
     #: For a poll: when the request was sent. Its answer is at least this recent, and may
     #: predate a transition the bridge received while the request was in flight.

@@ -6,7 +6,8 @@ the caller passes text in, gets text and parse results out, passes ``now`` in, a
 protocol at :meth:`BusProtocol.next_deadline` (``poll_timers``), as h11 and ``websockets``' own
 protocol layer leave timing to their caller.
 
-Wire format (``MULTISAFEPAY.md``, "WebSocket message bus"), JSON text frames:
+Wire format (docs/simulator.md, "Event stream: WebSocket message bus", from MultiSafepay's
+``message-bus`` client: src/index.ts, src/types/index.ts), JSON text frames:
 
 * client -> server: ``{"id": "<16 hex>", "type": "subscribe", "channel": C, "filter": {}}``,
   ``{"id": ..., "type": "unsubscribe", "channel": C}``, ``{"id": ..., "type": "heartbeat"}``;

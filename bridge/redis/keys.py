@@ -56,7 +56,7 @@ class Keys:
         """Names for a Redis Cluster: one hash slot, channels used with ``SSUBSCRIBE``."""
         return self.layout == "cluster"
 
-    # -- what tills see (DESIGN.md "Redis: what tills see") --
+    # -- what tills see (README, "What a till does") --
     @property
     def commands(self) -> str:
         return f"{self.root}:commands"
