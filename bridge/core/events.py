@@ -1,6 +1,8 @@
 """The normalized event a till receives: the one schema every upstream channel is turned into.
 
-Everything here is part of the contract in DESIGN.md (field names, types, error codes).
+Everything here is part of the contract in README.md, "What a till does" (field names, types,
+error codes; ``pos-bridge schema`` prints it as JSON Schema), and ``schema`` is the event's
+format version (docs/redis-formats.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and the time, and returns a :class:`Decision`: the new state and the events to p
 Redis side commits a decision atomically only if the stored state is still the one it was made
 from (compare-and-set on ``seq``), so racing channels and daemons publish each transition once.
 
-The rules (DESIGN.md "Events" and "Guarantees"):
+The rules (README, "Rules a till relies on"):
 - ``completed``, ``cancelled``, ``void``, ``expired`` are final; a payment has exactly one final.
 - ``declined`` is not final (a soft decline asks for the PIN; a hard one lets the card be
   retried), and non-final statuses may repeat: ``initialized, declined, initialized, completed``.
@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from bridge.core import formats
 from bridge.core.events import (
     FINAL_STATUSES,
     REFUND_STATUSES,
@@ -75,7 +76,15 @@ class OrderState:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> OrderState:
-        return cls(**json.loads(raw))
+        """The stored state, in any format of major version 1 (``bridge.core.formats``):
+        fields this release does not know are ignored; a newer major raises
+        :class:`NewerFormat`. Version 1 is written without a ``format`` field: release N-1
+        reads this record strictly and would refuse one."""
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("an order state is a JSON object")
+        formats.check("order state", data, formats.ORDER_STATE)
+        return cls(**formats.known(data, _STATE_FIELDS))
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(OrderState))

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from bridge import metrics
+from bridge.core import formats
 from bridge.core.backoff import Backoff
 from bridge.core.untrusted import decode_untrusted, printable_fields
 from bridge.redis.keys import COMMANDS_GROUP, Keys
@@ -324,6 +325,12 @@ class CommandIntake:
             # Not done yet, on purpose (the outcome upstream is unknown, another daemon has it):
             # read again later, and not a poison command however often that happens.
             log.error("command.unfinished", entry_id=entry_id, error=str(exc))
+            metrics.COMMANDS.labels(metrics.command_type(fields), "unfinished").inc()
+            await self._mark_retrying(entry_id)
+        except formats.NewerFormat as exc:
+            # Its order's records are a newer release's (a rolling upgrade): acting on them
+            # could corrupt them. Left for a daemon that reads them, like the case above.
+            log.error("record.newer_format", entry_id=entry_id, error=str(exc))
             metrics.COMMANDS.labels(metrics.command_type(fields), "unfinished").inc()
             await self._mark_retrying(entry_id)
         except RedisError as exc:

@@ -19,6 +19,7 @@ import structlog
 from anyio.abc import TaskGroup
 from redis.exceptions import RedisError
 
+from bridge.core import formats
 from bridge.core.events import ErrorCode, Source
 from bridge.core.normalize import MalformedPayload, from_order
 from bridge.core.state import Decision, OrderState, Verdict, observe, order_created, utcnow
@@ -129,6 +130,11 @@ class Sessions:
     async def _run(self, session: PaymentSession) -> None:
         try:
             await session.run()
+        except formats.NewerFormat as exc:
+            # A newer release wrote this order's records (a rolling upgrade): left as they are,
+            # for a daemon that reads them; retried after the pause, like a crash.
+            log.error("record.newer_format", order_id=session.order_id, error=str(exc))
+            self._crashed[session.order_id] = time.monotonic()
         except Exception:
             # A bug must not take every other payment down: the registry keeps this one, and
             # it is taken over again (here or elsewhere) once its lease lapses.
@@ -171,7 +177,14 @@ class Sessions:
                 fence = await ctx.leases.acquire(order_id)
             if fence is None:
                 continue
-            if await self._adopt(order_id, fence):
+            try:
+                taken = await self._adopt(order_id, fence)
+            except formats.NewerFormat as exc:
+                # Not this release's to follow: left as it is, not looked at for a while.
+                log.error("record.newer_format", order_id=order_id, error=str(exc))
+                self._crashed[order_id] = time.monotonic()
+                taken = False
+            if taken:
                 adopted += 1
             else:
                 await ctx.leases.release(order_id, fence)

@@ -5,6 +5,12 @@ a daemon's. The token comes from a counter (``INCR``), so every grant is distinc
 renews only while the key still holds its token, and every commit of its session carries the
 token (``transition.lua`` refuses a stale one). A daemon that stalled past its lease therefore
 cannot publish once another has taken the order over.
+
+The token is format version 1 (docs/redis-formats.md): ``{fence}:{incarnation}@{consumer}``,
+the fencing number, then the owner (:attr:`Presence.owner`). It carries no version of its own:
+release N-1 reads exactly this shape. A token of any other shape is a newer release's: its owner
+cannot be judged, so it is never taken over (logged ``record.newer_format``); the payment is
+taken only once the lease lapses, as when no daemon holds it.
 """
 
 from __future__ import annotations
@@ -12,12 +18,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from bridge.core import formats
 from bridge.redis.client import text
 from bridge.redis.keys import Keys
 from bridge.redis.presence import Presence
+
+log = structlog.get_logger("bridge.redis")
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -79,6 +89,8 @@ class Leases:
         #: granted, monotonic). The renewal keeps them (see ``Sessions``), also while a payment
         #: is being opened, before its session runs.
         self.held: dict[str, tuple[str, float]] = {}
+        #: Lease tokens of another format, logged once each.
+        self._newer_logged = formats.FirstSight()
 
     def _granted(self, order_id: str, token: str) -> str:
         self.held[order_id] = (token, time.monotonic())
@@ -110,8 +122,24 @@ class Leases:
         token = await self.holder(order_id)
         if token is None:
             return ""
-        _, _, owner = token.partition(":")
-        return token if await self.presence.owner_gone(owner) else None
+        return token if await self._owner_gone(order_id, token, {}) else None
+
+    async def _owner_gone(self, order_id: str, token: str, judged: dict[str, bool]) -> bool:
+        """Whether the daemon that holds ``token`` is certainly gone (``judged``: owners
+        already judged in this scan). A token of another format is a newer daemon's: held."""
+        if formats.parse_lease_token(token) is None:
+            if self._newer_logged.first(token):
+                log.warning(
+                    "record.newer_format",
+                    record="lease",
+                    order_id=order_id,
+                    note="a lease token of another format: left to its holder until it lapses",
+                )
+            return False
+        owner = token.partition(":")[2]
+        if owner not in judged:
+            judged[owner] = await self.presence.owner_gone(owner)
+        return judged[owner]
 
     async def claim(self, order_id: str) -> str | None:
         """A new token if no live daemon holds the order (none, or its daemon is gone)."""
@@ -139,10 +167,7 @@ class Leases:
                     found[order_id] = ""
                     continue
                 token = str(raw)
-                owner = token.partition(":")[2]
-                if owner not in gone:
-                    gone[owner] = await self.presence.owner_gone(owner)
-                if gone[owner]:
+                if await self._owner_gone(order_id, token, gone):
                     found[order_id] = token
         return found
 

@@ -5,6 +5,11 @@ A daemon is gone when its key has lapsed, or, at once, when it ran on this host 
 process no longer exists (a ``kill -9`` and a restart by systemd: the new process need not
 wait for the old one's leases and commands to time out). Owners' names are the consumer
 names: every lease token and every pending command names one.
+
+The key holds ``{"format": 1, "host": ..., "pid": ..., "incarnation": ...}`` (format version 1,
+docs/redis-formats.md; written before versions were by release N-1, which reads only the fields
+it knows). A presence of a newer major format says its daemon is alive while the key lives:
+nothing else of it is judged, so a newer daemon's payments are never taken from it early.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ import socket
 import uuid
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 
+from bridge.core import formats
 from bridge.redis.keys import Keys
+
+log = structlog.get_logger("bridge.redis")
 
 
 def process_exists(pid: int) -> bool:
@@ -44,8 +53,15 @@ class Presence:
         self._host = socket.gethostname()
         self.incarnation = uuid.uuid4().hex[:12]
         self._me = json.dumps(
-            {"host": self._host, "pid": os.getpid(), "incarnation": self.incarnation}
+            {
+                formats.FORMAT_FIELD: formats.PRESENCE,
+                "host": self._host,
+                "pid": os.getpid(),
+                "incarnation": self.incarnation,
+            }
         )
+        #: Consumer names whose presence was of a newer format, logged once each.
+        self._newer_logged = formats.FirstSight()
 
     @property
     def owner(self) -> str:
@@ -71,6 +87,23 @@ class Presence:
             return {}
         return seen if isinstance(seen, dict) else {}
 
+    def _newer(self, name: str, seen: dict[str, Any]) -> bool:
+        """Whether ``seen`` is of a newer major format than this release reads (logged once
+        per consumer name): its daemon counts as alive while its key lives."""
+        try:
+            formats.check("presence", seen, formats.PRESENCE)
+        except formats.NewerFormat as exc:
+            if self._newer_logged.first(name):
+                log.warning(
+                    "record.newer_format",
+                    record="presence",
+                    consumer=name,
+                    version=str(exc.version),
+                    note="a newer daemon: alive while its key lives, its payments left to it",
+                )
+            return True
+        return False
+
     def _dead_here(self, seen: dict[str, Any]) -> bool:
         pid = seen.get("pid")
         return seen.get("host") == self._host and isinstance(pid, int) and not process_exists(pid)
@@ -80,7 +113,9 @@ class Presence:
         if name == self.name:
             return False
         seen = await self._seen(name)
-        return seen is None or self._dead_here(seen)
+        if seen is None:
+            return True
+        return not self._newer(name, seen) and self._dead_here(seen)
 
     async def owner_gone(self, owner: str) -> bool:
         """Whether the daemon incarnation ``owner`` (from a lease token) is certainly gone."""
@@ -90,6 +125,8 @@ class Presence:
         seen = await self._seen(name)
         if seen is None:
             return True
+        if self._newer(name, seen):
+            return False
         if seen.get("incarnation") not in (None, incarnation):
             return True  # its consumer name runs a newer process now
         return self._dead_here(seen)

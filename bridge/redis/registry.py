@@ -1,14 +1,20 @@
 """The session registry: every payment in flight, in Redis, so the daemon's memory is never the
 only copy. A restarted daemon resumes what it finds here. These keys hold events tokens: they
-are the daemon's own, never readable by tills."""
+are the daemon's own, never readable by tills.
+
+A record is a JSON object of :class:`SessionRecord`'s fields, format version 1
+(docs/redis-formats.md). It is written without a ``format`` field: release N-1 builds the record
+from every field it finds and would refuse one it does not know. This release reads any version
+1 record, ignoring fields it does not know, and refuses a newer major (:class:`NewerFormat`)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from redis.asyncio import Redis
 
+from bridge.core import formats
 from bridge.redis.client import text
 from bridge.redis.keys import Keys
 
@@ -38,6 +44,17 @@ class SessionRecord:
     def with_changes(self, **changes: object) -> SessionRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> SessionRecord:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("a session record is a JSON object")
+        formats.check("session", data, formats.SESSION)
+        return cls(**formats.known(data, _RECORD_FIELDS))
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(SessionRecord))
+
 
 class SessionRegistry:
     def __init__(self, client: Redis, keys: Keys, ttl: float) -> None:
@@ -54,7 +71,8 @@ class SessionRegistry:
 
     async def load(self, order_id: str) -> SessionRecord | None:
         raw = await self._client.get(self._keys.session(order_id))
-        return SessionRecord(**json.loads(raw)) if raw else None
+        """The record, or None; :class:`NewerFormat` when a newer release wrote it."""
+        return SessionRecord.from_json(raw) if raw else None
 
     async def remove(self, order_id: str) -> None:
         async with self._client.pipeline(transaction=True) as pipe:

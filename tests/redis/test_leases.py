@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -219,3 +220,24 @@ async def test_commands_of_a_gone_consumer_are_claimed_at_once(redis_client: Red
     consumers = await redis_client.xinfo_consumers(keys.commands, COMMANDS_GROUP)
     assert [c["name"] for c in consumers] == ["d-new"]  # the gone one left the group
     assert (await redis_client.xpending(keys.commands, COMMANDS_GROUP))["pending"] == 0
+
+
+async def test_a_presence_of_a_newer_format_is_a_live_daemon(redis_client: Redis) -> None:
+    """A newer release's presence cannot be judged by its fields: its daemon is alive while
+    its key lives, even if it names a process that does not exist here; version 1 is still
+    judged, and what this release writes says its version."""
+    mine = Leases(redis_client, KEYS, 10, "n1")
+    await mine.presence.announce()
+    assert json.loads(await redis_client.get(KEYS.daemon("n1")))["format"] == 1
+    newer = {"format": 2, "host": socket.gethostname(), "pid": dead_pid(), "incarnation": "i9"}
+    await redis_client.set(KEYS.daemon("n2"), json.dumps(newer))
+    await redis_client.set(KEYS.lease("o-n2"), "41:i9@n2")
+    assert not await mine.presence.consumer_gone("n2")
+    assert await mine.orphaned("o-n2") is None
+    assert await mine.orphans(["o-n2"]) == {}
+    # the same presence in version 1 (no format) names a dead process: gone
+    await redis_client.set(
+        KEYS.daemon("n2"), json.dumps({k: v for k, v in newer.items() if k != "format"})
+    )
+    assert await mine.presence.consumer_gone("n2")
+    assert await mine.orphaned("o-n2") == "41:i9@n2"
