@@ -326,7 +326,7 @@ def connect(
     client: BridgeRedis
     cls = _WaitingRedis if t.wait_replicas > 0 else BridgeRedis
     if t.sentinel:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call] # redis-py: unannotated
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore] # redis-py: unannotated
             list(t.sentinels),
             sentinel_kwargs={
                 "socket_connect_timeout": 5.0,

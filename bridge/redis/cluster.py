@@ -183,6 +183,6 @@ async def subscribe_terminal(client: Redis, keys: Keys, terminal: str) -> PubSub
     try:
         await pubsub.ssubscribe(channel)
     except BaseException:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # redis-py leaves it unannotated
         raise
     return pubsub

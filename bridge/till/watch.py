@@ -209,7 +209,7 @@ async def close_pubsub(pubsub: PubSub | None) -> None:
     if pubsub is None:
         return
     try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # redis-py leaves it unannotated
     except (RedisError, OSError):
         pass
 
