@@ -28,7 +28,17 @@ TERMINALS = ["SIM-APPROVE-01", "0000004D"]
 POS_BRIDGE = str(Path(sys.executable).with_name("pos-bridge"))
 
 
-def write_config(path: Path, *, redis_url: str, api_base_url: str, http_port: int) -> Path:
+def write_config(
+    path: Path,
+    *,
+    redis_url: str,
+    api_base_url: str,
+    http_port: int,
+    terminals: list[str] = TERMINALS,
+    consumer_name: str | None = None,
+    max_payment_age: float = 30.0,
+) -> Path:
+    consumer = f'consumer_name = "{consumer_name}"' if consumer_name else ""
     path.write_text(f"""
 [multisafepay]
 api_base_url = "{api_base_url}"
@@ -38,16 +48,17 @@ stream_idle_timeout = 3.0
 reconnect_initial = 0.05
 reconnect_cap = 0.5
 poll_interval = 0.5
-max_payment_age = 30.0
+max_payment_age = {max_payment_age}
 
 [[multisafepay.terminal_groups]]
 name = "shop"
 api_key = "{API_KEY}"
-terminals = {json.dumps(TERMINALS)}
+terminals = {json.dumps(terminals)}
 
 [redis]
 url = "{redis_url}"
 order_ttl = 3600
+{consumer}
 
 [http]
 enabled = true
@@ -110,7 +121,11 @@ class NotifySocket:
 
 
 def start_as_systemd(
-    args: list[str], notify: NotifySocket, log_path: Path, watchdog_usec: int
+    args: list[str],
+    notify: NotifySocket,
+    log_path: Path,
+    watchdog_usec: int,
+    program: str = POS_BRIDGE,
 ) -> subprocess.Popen[bytes]:
     """``pos-bridge ARGS`` as systemd starts it: ``$NOTIFY_SOCKET`` and ``$WATCHDOG_USEC`` set,
     no ``POS_BRIDGE__`` overrides inherited from the test's environment, output to a file."""
@@ -122,7 +137,7 @@ def start_as_systemd(
     env.update(NOTIFY_SOCKET=notify.name, WATCHDOG_USEC=str(watchdog_usec))
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [POS_BRIDGE, *args],
+            [program, *args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -131,20 +146,36 @@ def start_as_systemd(
 
 
 class Daemon:
-    """``pos-bridge run`` as a child process, its log captured to a file."""
+    """``pos-bridge run`` as a child process, its log captured to a file. ``program``: another
+    release's ``pos-bridge``; ``config``: more of :func:`write_config`'s settings."""
 
     def __init__(
-        self, tmp: Path, redis_url: str, api_base_url: str, *, watchdog_usec: int = 400_000
+        self,
+        tmp: Path,
+        redis_url: str,
+        api_base_url: str,
+        *,
+        watchdog_usec: int = 400_000,
+        program: str = POS_BRIDGE,
+        **config: Any,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = write_config(
-            tmp / "config.toml", redis_url=redis_url, api_base_url=api_base_url, http_port=self.port
+            tmp / "config.toml",
+            redis_url=redis_url,
+            api_base_url=api_base_url,
+            http_port=self.port,
+            **config,
         )
         self.notify = NotifySocket()
         self.log_path = tmp / "daemon.log"
         self.proc = start_as_systemd(
-            ["run", "--config", str(self.config)], self.notify, self.log_path, watchdog_usec
+            ["run", "--config", str(self.config)],
+            self.notify,
+            self.log_path,
+            watchdog_usec,
+            program,
         )
 
     def get(self, path: str) -> httpx.Response:
@@ -203,7 +234,9 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def start(redis_url: str, api_base_url: str, **kw: Any) -> Daemon:
-        daemon = Daemon(tmp_path, redis_url, api_base_url, **kw)
+        folder = tmp_path / f"daemon-{len(started)}" if started else tmp_path  # its own files
+        folder.mkdir(exist_ok=True)
+        daemon = Daemon(folder, redis_url, api_base_url, **kw)
         started.append(daemon)
         return daemon
 
