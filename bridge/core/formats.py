@@ -17,6 +17,7 @@ Pure: no I/O; the Redis side raises and handles :class:`NewerFormat`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -71,6 +72,17 @@ def known(data: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     """``data`` without the fields this release does not know (a newer release's additions
     and the version itself): what a reader builds its record from."""
     return {name: data[name] for name in names if name in data}
+
+
+def read_json(
+    raw: str | bytes, record: str, supported: int, names: tuple[str, ...]
+) -> dict[str, Any]:
+    """A JSON object record's fields this release knows, once :func:`check` allows it."""
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError(f"a {record} record is a JSON object")
+    check(record, data, supported)
+    return known(data, names)
 
 
 class FirstSight:

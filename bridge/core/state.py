@@ -80,11 +80,7 @@ class OrderState:
         fields this release does not know are ignored; a newer major raises
         :class:`NewerFormat`. Version 1 is written without a ``format`` field: release N-1
         reads this record strictly and would refuse one."""
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError("an order state is a JSON object")
-        formats.check("order state", data, formats.ORDER_STATE)
-        return cls(**formats.known(data, _STATE_FIELDS))
+        return cls(**formats.read_json(raw, "order state", formats.ORDER_STATE, _STATE_FIELDS))
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(OrderState))

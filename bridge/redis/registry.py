@@ -46,11 +46,7 @@ class SessionRecord:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> SessionRecord:
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError("a session record is a JSON object")
-        formats.check("session", data, formats.SESSION)
-        return cls(**formats.known(data, _RECORD_FIELDS))
+        return cls(**formats.read_json(raw, "session", formats.SESSION, _RECORD_FIELDS))
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(SessionRecord))

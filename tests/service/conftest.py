@@ -19,13 +19,37 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from bridge.redis.keys import Keys
 from bridge.redis.server import free_port
 from bridge.simulator.server import SimulatorServer
 
 API_KEY = "service-test-key-0123456789"
 TERMINALS = ["SIM-APPROVE-01", "0000004D"]
 POS_BRIDGE = str(Path(sys.executable).with_name("pos-bridge"))
+KEYS = Keys("pos")
+
+
+def pay(client: redis.Redis, terminal: str, prefix: str = "w-") -> str:
+    """Write a ``pay`` on ``terminal`` as a till does; its order id."""
+    order_id = prefix + uuid.uuid4().hex[:12]
+    command = {
+        "type": "pay",
+        "command_id": "c-" + order_id,
+        "terminal_id": terminal,
+        "amount": 1250,
+        "order_id": order_id,
+    }
+    client.xadd(KEYS.commands, {"command": json.dumps(command)})
+    return order_id
+
+
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def write_config(

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,7 +19,7 @@ from helpers.release import NoHistory, release_program
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer
 from bridge.simulator.server import SimulatorServer
-from tests.service.conftest import Daemon
+from tests.service.conftest import Daemon, pay, wait_until
 
 #: Release N-1: main just before the formats daemons share in Redis were versioned
 #: (docs/redis-formats.md). Move it on to the release before when a release is cut, never to
@@ -35,26 +32,6 @@ TERMINALS = [f"SIM-MANUAL-{i:02d}" for i in range(1, 11)]  # each waits for a ta
 MAX_PAYMENT_AGE = 120.0
 #: Lines that would mean a record was misread, a payment or a command mishandled.
 BAD_LOG_EVENTS = {"record.newer_format", "session.crashed", "command.crashed", "session.no_key"}
-
-
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def pay(client: redis.Redis, terminal: str) -> str:
-    order_id = "ru-" + uuid.uuid4().hex[:12]
-    command = {
-        "type": "pay",
-        "command_id": "c-" + order_id,
-        "terminal_id": terminal,
-        "amount": 1250,
-        "order_id": order_id,
-    }
-    client.xadd(KEYS.commands, {"command": json.dumps(command)})
-    return order_id
 
 
 def events_of(client: redis.Redis, terminal: str, order_id: str) -> list[dict[str, Any]]:
@@ -119,7 +96,7 @@ def test_a_daemon_of_the_previous_release_runs_beside_this_one(start_daemon) -> 
         ended: list[str] = []
 
         def start_payment(terminal: str) -> str:
-            order_id = pay(client, terminal)
+            order_id = pay(client, terminal, "ru-")
             terminal_of[order_id] = terminal
             wait_until(lambda: initialized(client, terminal, order_id), f"{order_id} under way")
             return order_id
@@ -156,7 +133,7 @@ def test_a_daemon_of_the_previous_release_runs_beside_this_one(start_daemon) -> 
         # what the new one followed, from the records the new one wrote
         new_held = [o for o in open_payments() if holder(client, o) == "new"]
         new.proc.send_signal(signal.SIGTERM)
-        during = pay(client, TERMINALS[0])
+        during = pay(client, TERMINALS[0], "ru-")
         terminal_of[during] = TERMINALS[0]
         assert new.proc.wait(60) == 0, new.log()[-4000:]
         wait_until(lambda: initialized(client, TERMINALS[0], during), f"{during} under way")
@@ -167,7 +144,7 @@ def test_a_daemon_of_the_previous_release_runs_beside_this_one(start_daemon) -> 
         # the rolling upgrade proper: SIGTERM to the old one mid-flow, pays arriving meanwhile
         old_held = open_payments()
         old.proc.send_signal(signal.SIGTERM)
-        third = [pay(client, t) for t in TERMINALS[7:10]]
+        third = [pay(client, t, "ru-") for t in TERMINALS[7:10]]
         terminal_of.update(zip(third, TERMINALS[7:10], strict=True))
         assert old.proc.wait(60) == 0, old.log()[-4000:]
         for order_id in third:

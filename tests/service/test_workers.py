@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from bridge.daemon.supervisor import parse_notification, worker_environ
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer, free_port
 from bridge.simulator.server import SimulatorServer
-from tests.service.conftest import API_KEY, NotifySocket, start_as_systemd
+from tests.service.conftest import API_KEY, NotifySocket, pay, start_as_systemd, wait_until
 
 KEYS = Keys("pos")
 CONSUMER = "svc"
@@ -141,30 +140,10 @@ def supervised(tmp_path: Path) -> Iterator[Callable[..., Supervised]]:
         s.close()
 
 
-def pay(client: redis.Redis, terminal: str) -> str:
-    order_id = "w-" + uuid.uuid4().hex[:12]
-    command = {
-        "type": "pay",
-        "command_id": "c-" + order_id,
-        "terminal_id": terminal,
-        "amount": 1250,
-        "order_id": order_id,
-    }
-    client.xadd(KEYS.commands, {"command": json.dumps(command)})
-    return order_id
-
-
 def terminal_events(client: redis.Redis, terminal: str, order_id: str) -> list[dict[str, Any]]:
     entries = client.xrange(KEYS.terminal_stream(terminal))
     events = [json.loads(fields["event"]) for _id, fields in entries]
     return [e for e in events if e["order_id"] == order_id]
-
-
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def final_of(client: redis.Redis, terminal: str, order_id: str) -> str | None:
