@@ -134,7 +134,7 @@ async def run_net_scenario(
         speed = min(speed, HALFOPEN_SPEED)
     with NetNamespace() as ns, NetRig(ns, speed=speed, terminals=terminals) as rig:
         if kind == "blackhole-redis":
-            report.detect_bound_s = outage_detection_bound()
+            report.detect_bound_s = outage_detection_bound(rig.redis_target())
         elif kind == "halfopen-upstream":
             report.detect_bound_s = QUICK_STREAM_IDLE_TIMEOUT
         rig.daemon("d1").start()

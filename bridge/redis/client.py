@@ -27,7 +27,6 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.redis.cluster import connect_cluster
 from bridge.redis.target import RedisTarget
@@ -259,17 +258,31 @@ async def follow_master(client: BridgeRedis) -> tuple[str, int]:
 SOCKET_TIMEOUT = 10.0
 #: Seconds a connection may take to open.
 CONNECT_TIMEOUT = 5.0
-#: Retries of a command on a new connection after a lost one, and their backoff.
+#: Retries of a command on a new connection after a lost one (refused, reset, closed: a Redis
+#: restart), and their backoff. Not after a timeout: against a Redis that went silent (a black
+#: hole: no answer, no refusal) each retry would wait out its connect timeout too, and the
+#: daemon took 25 s to say ``redis.unreachable`` with a 10 s socket timeout (the fault
+#: runner's ``blackhole-redis``); the callers wait out an outage themselves, with backoff
+#: (``bridge.redis.outage``).
 RETRIES = 3
 RETRY_BACKOFF_BASE = 0.05
 RETRY_BACKOFF_CAP = 1.0
 
 
-def outage_detection_bound(socket_timeout: float = SOCKET_TIMEOUT) -> float:
-    """The longest a command can take to fail when Redis is silently unreachable (a black
-    hole: no answer, no refusal): its reply waited for, then each retry's connection attempt
-    and backoff. What the daemon takes, at most, to say ``redis.unreachable``."""
-    return socket_timeout + RETRIES * (CONNECT_TIMEOUT + RETRY_BACKOFF_CAP)
+def effective_socket_timeout(target: RedisTarget, socket_timeout: float = SOCKET_TIMEOUT) -> float:
+    """The socket timeout :func:`connect` gives ``target``'s connections: a ``WAIT``'s answer
+    comes after up to ``wait_timeout``, so with ``wait_replicas`` the read waits that long too."""
+    if target.wait_replicas > 0:
+        return max(socket_timeout, target.wait_timeout + 5.0)
+    return socket_timeout
+
+
+def outage_detection_bound(target: RedisTarget) -> float:
+    """The longest a command of :func:`connect`'s client of ``target`` (not a cluster's) takes
+    to fail when Redis went silent: a reply waited for (the socket timeout) or a connection
+    that does not open (the connect timeout), never retried. So the longest the daemon takes to
+    say ``redis.unreachable`` in a black hole."""
+    return max(effective_socket_timeout(target), CONNECT_TIMEOUT)
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -307,9 +320,8 @@ def connect(
                 decode_responses=decode_responses,
             ),
         )
-    if t.wait_replicas > 0 and socket_timeout is not None:
-        # a WAIT's answer comes after up to wait_timeout: the read must not give up first
-        socket_timeout = max(socket_timeout, t.wait_timeout + 5.0)
+    if socket_timeout is not None:
+        socket_timeout = effective_socket_timeout(t, socket_timeout)
     common: dict[str, Any] = {
         "decode_responses": decode_responses,
         "max_connections": max_connections,
@@ -318,9 +330,11 @@ def connect(
         "socket_timeout": socket_timeout,
         "health_check_interval": 30,
         "retry": Retry(
-            ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), retries=RETRIES
+            ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE),
+            retries=RETRIES,
+            supported_errors=(RedisConnectionError,),  # not a timeout: see RETRIES
         ),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "retry_on_error": [RedisConnectionError],
         **t.tls_kwargs(),
     }
     client: BridgeRedis

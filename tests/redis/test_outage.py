@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.abc
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from structlog.testing import capture_logs
 
 from bridge.redis.client import connect
@@ -96,3 +99,40 @@ async def test_a_waiter_that_gets_through_ends_the_outage(redis_client: Redis) -
         assert await waiters.call(flaky, what="test") == "True"
     assert attempts == 3 and gauge == [1, 0]
     assert [e["event"] for e in logs] == ["redis.unreachable", "redis.reachable"]
+
+
+async def test_a_silent_redis_is_an_outage_after_one_timeout_not_retried() -> None:
+    """A server that takes connections and never answers (a black hole's effect on a read):
+    the command fails once its reply has waited the socket timeout, on the one connection it
+    had; a timeout is not retried on new connections (each would wait again: README, "When
+    Redis is down"). A refused connection still is (the Redis restart case)."""
+    accepted: list[anyio.abc.SocketStream] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def hold(stream: anyio.abc.SocketStream) -> None:
+        accepted.append(stream)  # read nothing, answer nothing
+        await anyio.sleep_forever()
+
+    client = connect(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, hold)
+            with pytest.raises(RedisTimeoutError) as silent, anyio.fail_after(20):
+                await client.set("outage:silent", "x")
+            tg.cancel_scope.cancel()
+    finally:
+        await client.aclose()
+        await listener.aclose()
+    assert is_outage(silent.value)
+    assert len(accepted) == 1
+
+
+async def test_a_refused_connection_is_retried_before_it_is_an_outage(
+    unreachable: Redis,
+) -> None:
+    retry = unreachable.connection_pool.connection_kwargs["retry"]
+    assert retry.get_retries() == 3  # a Redis restart: a new connection, a moment later
+    with pytest.raises(RedisConnectionError) as refused, anyio.fail_after(20):
+        await unreachable.get("outage:refused")
+    assert is_outage(refused.value)
