@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from bridge.core.events import Event
 
 __all__ = [
+    "BACKGROUND_RESTARTS",
     "COMMANDS",
     "COMMAND_QUEUE_DEPTH",
     "COMMANDS_PENDING",
@@ -142,6 +143,14 @@ REDIS_WAIT_SHORT = Counter(
 REDIS_REPLICAS = Gauge(
     "pos_bridge_redis_replicas",
     "Replicas connected to the Redis master (its INFO replication), at the last probe",
+    registry=REGISTRY,
+)
+
+BACKGROUND_RESTARTS = Counter(
+    "pos_bridge_background_restarts_total",
+    "Background loops of the daemon restarted after an unexpected error (a bug), by loop "
+    "(redis_probe, lease_renewal, orphan_watch, payment_timers, intake, ...)",
+    ["loop"],
     registry=REGISTRY,
 )
 

@@ -10,7 +10,7 @@ SIGHUP reloads what can be reloaded (log level, terminal groups and keys).
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from bridge import logs, metrics
 from bridge.config import Config, ConfigError
-from bridge.daemon import asgi, ops
+from bridge.daemon import asgi, loops, ops
 from bridge.daemon.handlers import CommandHandlers
 from bridge.daemon.intake import CommandIntake
 from bridge.daemon.ownership import Sessions
@@ -138,7 +138,7 @@ class Bridge:
             store.revive = ctx.leases.revive
             self._api = ctx.api
             async with anyio.create_task_group() as root:
-                root.start_soon(self._watch_signals, root)
+                root.start_soon(self._watch_signals, root)  # supervised inside
                 if cfg.receipts.auto:
                     auto = AutoReceipts(
                         redis,
@@ -148,7 +148,7 @@ class Bridge:
                     )
                     store.on_published = auto.offer
                     root.start_soon(auto.run)
-                root.start_soon(self._rediscover, ctx.api)
+                loops.start(root, "rediscover", self._rediscover, ctx.api)
                 # Listeners outlive the sessions: webhooks help in-flight payments finish.
                 async with anyio.create_task_group() as servers:
                     async with anyio.create_task_group() as sessions_tg:
@@ -196,7 +196,7 @@ class Bridge:
         )
         with anyio.move_on_after(cfg.multisafepay.request_timeout):
             await self.directory.discover(ctx.api)  # before commands: they may name its terminals
-        servers.start_soon(self._sweep_cancels, handlers)
+        loops.start(servers, "cancel_sweep", self._sweep_cancels, handlers)
         resumed = await self._resume(sessions)
         sessions.keep_leases(cfg.daemon.lease_ttl / 3)
         # a gone daemon's payments are found within a second (its lease lapses, or at once
@@ -232,6 +232,7 @@ class Bridge:
         while not self._stop.is_set():
             with anyio.move_on_after(CANCEL_SWEEP_EVERY):
                 await self._stop.wait()
+            loops.fault_point("cancel_sweep")
             try:
                 await handlers.sweep_cancels()
             except RedisError as exc:
@@ -243,6 +244,7 @@ class Bridge:
         if not any(g.discover for g in self.config.multisafepay.terminal_groups):
             return
         while True:
+            loops.fault_point("rediscover")  # before the sleep: a test need not wait minutes
             await anyio.sleep(REDISCOVER_EVERY)
             await self.directory.discover(api)
 
@@ -262,6 +264,7 @@ class Bridge:
         tg.start_soon(
             partial(
                 asgi.serve,
+                name="webhook_server",
                 header_timeout=hook.header_timeout,
                 max_connections=hook.max_connections,
             ),
@@ -297,17 +300,23 @@ class Bridge:
             return 0
 
     async def _watch_signals(self, root: TaskGroup) -> None:
+        # the receiver stays open while its loop restarts: a SIGTERM meanwhile waits in it
+        # (closed, the signal's default action would kill the daemon without draining)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    await self._reload()
-                    continue
-                if self._stop.is_set():
-                    log.warning("daemon.forced_stop", signal=signal.Signals(signum).name)
-                    root.cancel_scope.cancel()
-                    return
-                log.info("daemon.stopping", signal=signal.Signals(signum).name)
-                self._stop.set()
+            await loops.supervise("signals", self._handle_signals, signals, root)
+
+    async def _handle_signals(self, signals: AsyncIterator[int], root: TaskGroup) -> None:
+        async for signum in signals:
+            loops.fault_point("signals")
+            if signum == signal.SIGHUP:
+                await self._reload()
+                continue
+            if self._stop.is_set():
+                log.warning("daemon.forced_stop", signal=signal.Signals(signum).name)
+                root.cancel_scope.cancel()
+                return
+            log.info("daemon.stopping", signal=signal.Signals(signum).name)
+            self._stop.set()
 
     async def _reload(self) -> None:
         if self.load_config is None:

@@ -23,6 +23,7 @@ import anyio
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from bridge.daemon import loops
 from bridge.errors import UserError
 from bridge.sockets import bind
 
@@ -84,9 +85,23 @@ class _GuardedH11(H11Protocol):
 
 
 class _QuietServer(uvicorn.Server):
+    loop_name = "http_server"
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # the daemon handles signals itself
         yield
+
+    async def on_tick(self, counter: int) -> bool:
+        loops.fault_point(self.loop_name)  # tests only: the server's own loop failing
+        return await super().on_tick(counter)
+
+    def abandon(self) -> None:
+        """After the server's loop failed: stop listening on its socket (a duplicate, see
+        :func:`serve`) and drop its connections, so that a restarted server starts clean."""
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            connection.transport.close()
 
 
 def listen(section: str, address: str, host: str, port: int) -> socket.socket:
@@ -103,11 +118,31 @@ async def serve(
     sock: socket.socket,
     stop: anyio.Event,
     *,
+    name: str = "http_server",
     header_timeout: float = HEADER_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
 ) -> None:
     """Serve ``app`` on the bound ``sock`` until ``stop`` is set, then shut down gracefully
-    (in-flight requests get ``timeout_graceful_shutdown`` seconds)."""
+    (in-flight requests get ``timeout_graceful_shutdown`` seconds). A server that fails is
+    restarted (``loops.supervise``, as loop ``name``) on the same socket: each run serves a
+    duplicate of it, so the port stays bound and connections arriving meanwhile wait in its
+    backlog."""
+    try:
+        await loops.supervise(
+            name, _serve_once, app, sock, stop, name, header_timeout, max_connections
+        )
+    finally:
+        sock.close()
+
+
+async def _serve_once(
+    app: Any,
+    sock: socket.socket,
+    stop: anyio.Event,
+    name: str,
+    header_timeout: float,
+    max_connections: int,
+) -> None:
     protocol = type(
         "GuardedH11",
         (_GuardedH11,),
@@ -123,10 +158,15 @@ async def serve(
         timeout_graceful_shutdown=2,
     )
     server = _QuietServer(config)
+    server.loop_name = name
+    listener = sock.dup()  # uvicorn closes what it serves; ``sock`` stays bound
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
+            tg.start_soon(server.serve, [listener])
             await stop.wait()
             server.should_exit = True
+    except Exception:
+        server.abandon()
+        raise
     finally:
-        sock.close()
+        listener.close()

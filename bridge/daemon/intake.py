@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -29,6 +30,7 @@ from bridge import metrics
 from bridge.core import formats
 from bridge.core.backoff import Backoff
 from bridge.core.untrusted import decode_untrusted, printable_fields
+from bridge.daemon import loops
 from bridge.redis.keys import COMMANDS_GROUP, Keys
 from bridge.redis.outage import RedisWaiters, is_outage
 
@@ -131,52 +133,62 @@ class CommandIntake:
                 raise
 
     async def run(self, stop: anyio.Event) -> None:
-        """Read and dispatch commands until ``stop`` is set; return once in-flight ones are done."""
-        backoff = Backoff(initial=0.2, factor=2.0, cap=5.0)
-        waiting = False  # in the shared outage count (logged once for the whole daemon)
+        """Read and dispatch commands until ``stop`` is set; return once in-flight ones are done.
+
+        The reading loop is supervised (``loops``): one that fails (a bug) is restarted
+        where it was (its state is kept here), while the commands in progress go on in their
+        task group; entries it had read but not dispatched are pending and claimed again
+        after ``command_claim_idle``."""
+        self._backoff = Backoff(initial=0.2, factor=2.0, cap=5.0)
+        self._waiting = False  # in the shared outage count (logged once for the whole daemon)
+        self._backlog = True  # first our own unacknowledged entries, then new ones
+        self._last_claim = 0.0
         async with anyio.create_task_group() as handlers:
-            backlog = True  # first our own unacknowledged entries, then new ones
-            last_claim = 0.0
-            while not stop.is_set():
-                try:
-                    if backlog:
-                        await self.ensure_group()
-                    entries = await self._read(backlog)
-                    if anyio.current_time() - last_claim > self._claim_every:
-                        last_claim = anyio.current_time()
-                        entries += await self._claim_abandoned()
-                        entries += await self._claim_from_gone()
-                        await self._client.xtrim(
-                            self._keys.commands, maxlen=self._maxlen, approximate=True
-                        )
-                    if waiting:
-                        waiting = False
-                        self._waiters.leave()
-                        backoff.reset()
-                except RedisError as exc:
-                    self.reading = False
-                    if "NOGROUP" in str(exc):  # Redis came back empty (no persistence)
-                        backlog = True  # recreate the group
-                    if is_outage(exc) and not waiting:
-                        waiting = True
-                        self._waiters.enter(exc, "commands")
-                    elif not is_outage(exc):
-                        waiting = self._refused(exc, waiting)
-                    await anyio.sleep(backoff.next())
-                    continue
-                self.reading = True
-                if backlog and not entries:
-                    backlog = False
-                if backlog:  # keep draining the backlog from after the last entry read
-                    self._backlog_from = entries[-1][0] if entries else "0"
-                for entry_id, fields, deliveries in entries:
-                    await self._limit.acquire_on_behalf_of(entry_id)
-                    if deliveries > self._max_deliveries:
-                        handlers.start_soon(self._handle_or_bury, entry_id, fields, deliveries)
-                    else:
-                        handlers.start_soon(self._handle, entry_id, fields)
+            await loops.supervise("intake", self._read_loop, handlers, stop)
             self.reading = False
             log.info("intake.stopped", note="waiting for commands in progress")
+
+    async def _read_loop(self, handlers: TaskGroup, stop: anyio.Event) -> None:
+        backoff = self._backoff
+        while not stop.is_set():
+            loops.fault_point("intake")
+            try:
+                if self._backlog:
+                    await self.ensure_group()
+                entries = await self._read(self._backlog)
+                if anyio.current_time() - self._last_claim > self._claim_every:
+                    self._last_claim = anyio.current_time()
+                    entries += await self._claim_abandoned()
+                    entries += await self._claim_from_gone()
+                    await self._client.xtrim(
+                        self._keys.commands, maxlen=self._maxlen, approximate=True
+                    )
+                if self._waiting:
+                    self._waiting = False
+                    self._waiters.leave()
+                    backoff.reset()
+            except RedisError as exc:
+                self.reading = False
+                if "NOGROUP" in str(exc):  # Redis came back empty (no persistence)
+                    self._backlog = True  # recreate the group
+                if is_outage(exc) and not self._waiting:
+                    self._waiting = True
+                    self._waiters.enter(exc, "commands")
+                elif not is_outage(exc):
+                    self._waiting = self._refused(exc, self._waiting)
+                await anyio.sleep(backoff.next())
+                continue
+            self.reading = True
+            if self._backlog and not entries:
+                self._backlog = False
+            if self._backlog:  # keep draining the backlog from after the last entry read
+                self._backlog_from = entries[-1][0] if entries else "0"
+            for entry_id, fields, deliveries in entries:
+                await self._limit.acquire_on_behalf_of(entry_id)
+                if deliveries > self._max_deliveries:
+                    handlers.start_soon(self._handle_or_bury, entry_id, fields, deliveries)
+                else:
+                    handlers.start_soon(self._handle, entry_id, fields)
 
     def _refused(self, exc: RedisError, waiting: bool) -> bool:
         """Redis answered the intake with an error (``WRONGTYPE``: ``{p}:commands`` is not a

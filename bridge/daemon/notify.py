@@ -19,6 +19,8 @@ from collections.abc import Mapping
 import anyio
 import structlog
 
+from bridge.daemon import loops
+
 log = structlog.get_logger("bridge.notify")
 
 __all__ = ["Notifier", "watchdog_interval"]
@@ -113,6 +115,7 @@ class Notifier:
         while True:
             self.watchdog()
             await anyio.sleep(interval)
+            loops.fault_point("watchdog")
 
     def close(self) -> None:
         if self._sock is not None:

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import metrics
-from bridge.daemon import asgi
+from bridge.daemon import asgi, loops
 from bridge.daemon.notify import Notifier
 from bridge.redis.client import BridgeRedis, follow_master
 from bridge.redis.health import RedisHealth
@@ -122,6 +122,7 @@ class RedisProbe:
     async def run(self) -> None:
         while True:
             await anyio.sleep(self.interval)
+            loops.fault_point("redis_probe")
             await self.check()
 
     async def check(self) -> bool:
@@ -260,10 +261,10 @@ class Operations:
 
     async def _background(self, stop: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self.probe.run)
-            tg.start_soon(self.notifier.run_watchdog)
-            tg.start_soon(self._report_status)
-            tg.start_soon(self._report_stopping)
+            loops.start(tg, "redis_probe", self.probe.run)
+            loops.start(tg, "watchdog", self.notifier.run_watchdog)
+            loops.start(tg, "status_report", self._report_status)
+            loops.start(tg, "stopping_report", self._report_stopping)
             await stop.wait()
             tg.cancel_scope.cancel()
         self.notifier.close()
@@ -272,6 +273,7 @@ class Operations:
         last_forced = time.monotonic()
         while True:
             await anyio.sleep(STATUS_CHECK)
+            loops.fault_point("status_report")
             self.refresh_gauges()
             force = time.monotonic() - last_forced >= STATUS_REFRESH
             if force:

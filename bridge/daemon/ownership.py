@@ -23,6 +23,7 @@ from bridge.core import formats
 from bridge.core.events import ErrorCode, Source
 from bridge.core.normalize import MalformedPayload, from_order
 from bridge.core.state import Decision, OrderState, Verdict, observe, order_created, utcnow
+from bridge.daemon import loops
 from bridge.daemon.payment import PaymentSession, SessionContext
 from bridge.daemon.scheduler import Scheduler
 from bridge.multisafepay.api import ApiError
@@ -91,7 +92,8 @@ class Sessions:
         self._opening_max = up.connect_timeout + up.request_timeout * (up.create_retries + 2)
         #: Every payment's timers, and the jobs they start, in the payments' task group.
         self.timers = Scheduler(tg)
-        tg.start_soon(self.timers.run, name="payment timers")
+        # a timer's callback that raises (a bug) must not take every payment with it
+        loops.start(tg, "payment_timers", self.timers.run)
 
     @property
     def presence(self) -> Presence:
@@ -237,7 +239,7 @@ class Sessions:
         third of their TTL), for the daemon's life: those of the payments it follows, and
         those of payments being opened (a ``POST orders`` under load can outlast a TTL; a
         lease lapsed there let this daemon's own orphan scan take the payment over mid-open)."""
-        self._tg.start_soon(self._keep_leases, interval, name="lease renewal")
+        loops.start(self._tg, "lease_renewal", self._keep_leases, interval)
 
     def _leases_to_renew(self) -> dict[str, str]:
         """Order id -> token of the leases to renew now. A lease held for no running session
@@ -258,6 +260,7 @@ class Sessions:
     async def _keep_leases(self, interval: float) -> None:
         while True:
             await anyio.sleep(interval)
+            loops.fault_point("lease_renewal")
             held = self._leases_to_renew()
             try:
                 await self._ctx.leases.presence.announce()
@@ -293,12 +296,13 @@ class Sessions:
     def watch_orphans(self, interval: float, *, until: anyio.Event) -> None:
         """Look for payments nobody follows every ``interval`` seconds, until the daemon
         stops (a stopping daemon hands payments over; it does not take more)."""
-        self._tg.start_soon(self._watch_orphans, interval, until, name="orphan watch")
+        loops.start(self._tg, "orphan_watch", self._watch_orphans, interval, until)
 
     async def _watch_orphans(self, interval: float, until: anyio.Event) -> None:
         with anyio.move_on_after(interval):
             await until.wait()
         while not until.is_set():
+            loops.fault_point("orphan_watch")
             try:
                 adopted = await self.adopt_orphans()
                 if adopted:

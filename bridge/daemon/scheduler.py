@@ -20,6 +20,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from bridge.core.timers import Callback, Timer, TimerHeap
+from bridge.daemon import loops
 
 #: Timers due within this much of the clock fire together (the loop's own clock may have a
 #: millisecond's granularity: no wake-up just short of a deadline to sleep a microsecond).
@@ -76,6 +77,7 @@ class Scheduler:
         """Fire the timers as they fall due, for the life of the task group."""
         task_status.started()
         while True:
+            loops.fault_point("payment_timers")
             self._wake = anyio.Event()
             self._next = float("inf")
             when = self.fire_due()

@@ -150,15 +150,17 @@ def start_as_systemd(
     log_path: Path,
     watchdog_usec: int,
     program: str = POS_BRIDGE,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``pos-bridge ARGS`` as systemd starts it: ``$NOTIFY_SOCKET`` and ``$WATCHDOG_USEC`` set,
-    no ``POS_BRIDGE__`` overrides inherited from the test's environment, output to a file."""
+    no ``POS_BRIDGE__`` overrides inherited from the test's environment (only ``extra_env``),
+    output to a file."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("POS_BRIDGE", "WATCHDOG_", "NOTIFY_"))
     }
-    env.update(NOTIFY_SOCKET=notify.name, WATCHDOG_USEC=str(watchdog_usec))
+    env.update(NOTIFY_SOCKET=notify.name, WATCHDOG_USEC=str(watchdog_usec), **(extra_env or {}))
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [program, *args],
@@ -182,6 +184,8 @@ class Daemon:
         watchdog_usec: int = 400_000,
         program: str = POS_BRIDGE,
         **config: Any,
+        extra_config: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -192,6 +196,8 @@ class Daemon:
             http_port=self.port,
             **config,
         )
+        if extra_config:
+            self.config.write_text(self.config.read_text() + extra_config)
         self.notify = NotifySocket()
         self.log_path = tmp / "daemon.log"
         self.proc = start_as_systemd(
@@ -200,6 +206,7 @@ class Daemon:
             self.log_path,
             watchdog_usec,
             program,
+            extra_env=env,
         )
 
     def get(self, path: str) -> httpx.Response:
