@@ -183,9 +183,9 @@ class Daemon:
         *,
         watchdog_usec: int = 400_000,
         program: str = POS_BRIDGE,
-        **config: Any,
         extra_config: str = "",
         env: dict[str, str] | None = None,
+        **config: Any,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
