@@ -118,6 +118,9 @@ class CommandIntake:
         self._handler = handler
         self._claim_idle_ms = int(claim_idle * 1000)
         self._limit = anyio.CapacityLimiter(max_in_flight)
+        #: entries being handled here: one claimed back while its handler runs (it idled past
+        #: ``claim_idle``, e.g. a commit that waited out a failover) is not started twice
+        self._in_flight: set[str] = set()
         self._maxlen = commands_maxlen
         self.reading = False
         self._backlog_from = "0"
@@ -184,6 +187,9 @@ class CommandIntake:
             if self._backlog:  # keep draining the backlog from after the last entry read
                 self._backlog_from = entries[-1][0] if entries else "0"
             for entry_id, fields, deliveries in entries:
+                if entry_id in self._in_flight:
+                    continue  # its handler runs still: it acknowledges or leaves it
+                self._in_flight.add(entry_id)
                 await self._limit.acquire_on_behalf_of(entry_id)
                 if deliveries > self._max_deliveries:
                     handlers.start_soon(self._handle_or_bury, entry_id, fields, deliveries)
@@ -297,13 +303,17 @@ class CommandIntake:
         except RedisError as exc:
             log.warning("command.unmarked", entry_id=entry_id, error=str(exc))
 
+    def _release(self, entry_id: str) -> None:
+        self._in_flight.discard(entry_id)
+        self._limit.release_on_behalf_of(entry_id)
+
     async def _handle_or_bury(self, entry_id: str, fields: dict[str, str], deliveries: int) -> None:
         """Delivered too often: a poison command, unless its handler last left it on purpose."""
         try:
             retrying = bool(await self._client.exists(self._keys.command_retrying(entry_id)))
         except RedisError as exc:
             log.error("command.unfinished", entry_id=entry_id, error=str(exc))
-            self._limit.release_on_behalf_of(entry_id)
+            self._release(entry_id)
             return
         if retrying:
             await self._handle(entry_id, fields)
@@ -326,7 +336,7 @@ class CommandIntake:
             # Giving up must not fail either; the entry stays pending and is tried again later.
             log.exception("command.crashed", entry_id=entry_id, note="while dead-lettering it")
         finally:
-            self._limit.release_on_behalf_of(entry_id)
+            self._release(entry_id)
 
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
         try:
@@ -361,4 +371,4 @@ class CommandIntake:
             log.exception("command.crashed", entry_id=entry_id, note="left unacknowledged")
             metrics.COMMANDS.labels(metrics.command_type(fields), "crashed").inc()
         finally:
-            self._limit.release_on_behalf_of(entry_id)
+            self._release(entry_id)

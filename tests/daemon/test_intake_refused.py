@@ -116,3 +116,36 @@ async def test_a_script_error_while_handling_ends_the_command_dead(
 
 async def no_pending(client: Redis) -> bool:
     return int((await client.xpending(KEYS.commands, COMMANDS_GROUP))["pending"]) == 0
+
+
+async def test_a_command_claimed_back_while_its_handler_runs_is_not_started_twice(
+    redis_server, redis_client: Redis
+) -> None:
+    """A handler slower than ``claim_idle`` (a commit waiting out a failover): the periodic
+    ``XAUTOCLAIM`` hands its entry back to this very consumer while it runs. It goes on being
+    handled once, and the intake does not fail (it took a second limiter token for it)."""
+    started: list[str] = []
+
+    async def handler(entry_id: str, fields: dict[str, str]) -> None:
+        started.append(entry_id)
+        await anyio.sleep(2.5)  # past claim_idle, and longer than a blocking read (1 s)
+
+    gauge: list[int] = []
+    reader_intake, reader = intake(redis_server.url, handler, gauge)
+    stop = anyio.Event()
+    entry = await redis_client.xadd(KEYS.commands, {"command": "slow"})
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader_intake.run, stop)
+
+            async def acknowledged() -> bool:
+                if not started:  # the group is made when the intake starts reading
+                    return False
+                pending = await redis_client.xpending(KEYS.commands, COMMANDS_GROUP)
+                return bool(pending["pending"] == 0)
+
+            await until(acknowledged)
+            stop.set()
+    await reader.aclose()
+    assert started == [entry]
+    assert any(e["event"] == "intake.claimed" for e in logs)  # it was claimed back meanwhile
