@@ -106,6 +106,14 @@ def _add_redis(
         "({prefix}:...), sharded pub/sub; not with --sentinel or --wait-replicas "
         "(default: a single Redis server)",
     )
+    g.add_argument(
+        "--retry-for",
+        type=float,
+        metavar="S",
+        help="on a lost connection (a failover), keep retrying for up to S seconds, asking the "
+        "sentinels for the master again (default: 60 with --sentinel or --cluster, 0 for a "
+        "single node)",
+    )
 
 
 EXIT_CODES = (

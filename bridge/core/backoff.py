@@ -49,3 +49,28 @@ def quiet_poll_wait(wait: float, interval: float, *, live: bool, late: bool, lim
     if live and not late:
         return max(wait, interval * limit)
     return wait
+
+
+@dataclass(slots=True)
+class RetryWindow:
+    """Retries within an overall time budget (a till tool riding out a Redis failover): after a
+    failed attempt at ``now``, how long to wait before the next one (``backoff``, never past
+    the deadline: the last attempt is made at it), or None once the budget is spent. Pure:
+    the caller passes the clock (``started`` and ``now`` on the same one) and sleeps."""
+
+    seconds: float
+    started: float
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.1, factor=2.0, cap=2.0))
+    failures: int = 0
+
+    @property
+    def deadline(self) -> float:
+        return self.started + max(0.0, self.seconds)
+
+    def next_delay(self, now: float) -> float | None:
+        """One more attempt failed at ``now``: the wait before the next, or None (give up)."""
+        self.failures += 1
+        left = self.deadline - now
+        if left <= 0:
+            return None
+        return min(self.backoff.next(), left)

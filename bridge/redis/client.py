@@ -295,12 +295,17 @@ def connect(
     max_connections: int = 64,
     socket_timeout: float | None = SOCKET_TIMEOUT,
     decode_responses: bool = True,
+    retries: int | None = None,
 ) -> BridgeRedis:
     """A client of ``target`` (a :class:`RedisTarget`, or a bare URL: a single node) that
     reconnects a dropped pooled connection instead of failing the first call after a Redis
     restart, and, with sentinels, follows the master through a failover (a connection to a
     demoted master fails as a lost connection and is retried on the new one). Longer outages
     are the caller's to handle (and to log once).
+
+    ``retries``: how often redis-py itself makes a call again after a lost connection (default
+    ``RETRIES``; a till tool passes 0: it retries on its own, and must see every failure of
+    its ``XADD``).
 
     The pool blocks: under a burst, a caller waits (up to ``socket_timeout``) for one of the
     ``max_connections`` connections instead of failing with "too many connections".
@@ -331,7 +336,7 @@ def connect(
         "health_check_interval": 30,
         "retry": Retry(
             ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE),
-            retries=RETRIES,
+            retries=RETRIES if retries is None else retries,
             supported_errors=(RedisConnectionError,),  # not a timeout: see RETRIES
         ),
         "retry_on_error": [RedisConnectionError],

@@ -235,11 +235,17 @@ class SentinelDeployment:
         killed = self.master_port()
         assert killed is not None
         self.node(killed).kill()
+        return killed, self.promoted_after(killed, timeout)
+
+    def promoted_after(self, killed: int, timeout: float = 60.0) -> int:
+        """Wait until the sentinels name a master other than ``killed`` and it says it is one
+        (after a ``kill`` of the master's node, e.g. while a client is already retrying).
+        Returns its port."""
         _until(lambda: self._moved_from(killed), "the sentinels to fail the master over", timeout)
         port = self.master_port()
         assert port is not None
         _until(lambda: self._role(self.node(port)) == "master", "the promotion", timeout)
-        return killed, port
+        return port
 
     def revive(self, port: int, timeout: float = 60.0) -> None:
         """Start a killed node again (empty: it has no persistence) and wait until it is a

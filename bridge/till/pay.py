@@ -8,7 +8,9 @@ Exit codes: 0 done (the payment completed, the order was cancelled, the refund w
 without ``--wait``, the command was sent); 1 not done (the payment did not complete, the
 cancel or refund failed: ``command.failed``, or the order ended otherwise); 2 nothing was sent
 (bad argument, Redis unreachable); 3 no answer within ``--timeout``: the outcome is unknown
-(a payment may still complete). 130: interrupted while waiting (outcome unknown too).
+(a payment may still complete), or Redis was lost for good right after an ``XADD`` that may
+have got through. 130: interrupted while waiting (outcome unknown too). A Redis failover is
+ridden out (``--retry-for``, :mod:`bridge.till.retry`).
 """
 
 from __future__ import annotations
@@ -35,20 +37,18 @@ from bridge.core.commands import (
     parse_command,
 )
 from bridge.errors import UserError
-from bridge.redis.client import connect
-from bridge.till.options import redis_target, tail_hint, till_keys
+from bridge.till.options import tail_hint, till_keys
 from bridge.till.output import Printer, describe_error, format_money, redis_failure, warn
-from bridge.till.tail import last_entry_id
+from bridge.till.retry import GaveUp, Retrier, gave_up, open_client, retrier
 from bridge.till.watch import (
     EXIT_COMPLETED,
     EXIT_INTERRUPTED,
     EXIT_NOT_SENT,
     EXIT_UNKNOWN,
-    SUBSCRIBE_TIMEOUT,
     CommandWatch,
     close_pubsub,
     follow,
-    subscribe,
+    send_command,
 )
 
 __all__ = ["CommandWatch", "build_cancel", "build_pay", "build_refund"]
@@ -181,15 +181,12 @@ def _sent_notice(printer: Printer, command: dict[str, Any], order_id: str, entry
 
 
 def _open(args: argparse.Namespace) -> Redis:
-    try:
-        return connect(redis_target(args))
-    except ValueError as exc:
-        raise UserError(f"invalid Redis URL: {describe_error(exc, args.redis_url)}") from None
+    return open_client(args)
 
 
-#: Run after ``--wait`` saw its command succeed, on the same Redis connection (``pay
-#: --receipt``: ``bridge.till.receipt``).
-AfterSuccess = Callable[[Redis, CommandWatch, argparse.Namespace], Awaitable[None]]
+#: Run after ``--wait`` saw its command succeed, on the same Redis connection and retrier
+#: (``pay --receipt``: ``bridge.till.receipt``).
+AfterSuccess = Callable[[Redis, Retrier, CommandWatch, argparse.Namespace], Awaitable[None]]
 
 
 async def _send(
@@ -199,21 +196,23 @@ async def _send(
     after_success: AfterSuccess | None = None,
 ) -> int:
     """Write ``command`` (subscribed first with ``--wait``) and, with ``--wait``, follow the
-    terminal until its answer."""
+    terminal until its answer. A failover is ridden out (:mod:`bridge.till.retry`)."""
     wait = bool(getattr(args, "wait", False))
     client = _open(args)
+    retry = retrier(args, client)
     pubsub: PubSub | None = None
     try:
         try:
-            if wait:
-                # Subscribe first, then note where the stream ends: whatever answers the
-                # command is either published to us or written after that id.
-                pubsub = await subscribe(client, watch, SUBSCRIBE_TIMEOUT)
-                watch.last_id = await last_entry_id(client, watch.stream)
-            entry_id = await client.xadd(watch.keys.commands, {"command": json.dumps(command)})
+            pubsub, entry_id = await send_command(client, retry, watch, command, wait=wait)
+        except GaveUp as exc:
+            if exc.maybe_sent:  # an XADD may have got through: not "nothing was sent"
+                why = exc.reason(retry.where, retry.url)
+                _unknown_outcome(args, watch, f"{why}; the command may have been sent")
+                return EXIT_UNKNOWN
+            raise gave_up(retry, exc, EXIT_NOT_SENT) from None
         except (RedisError, OSError, TimeoutError) as exc:
             raise redis_failure(args.redis_url, exc, EXIT_NOT_SENT) from None
-        _sent_notice(watch.printer, command, watch.order_id, str(entry_id))
+        _sent_notice(watch.printer, command, watch.order_id, entry_id)
         if not wait:
             return EXIT_COMPLETED
         deadline = anyio.current_time() + max(0.0, args.timeout)
@@ -234,7 +233,7 @@ async def _send(
             _unknown_outcome(args, watch, f"no answer within {args.timeout:g} s")
             return EXIT_UNKNOWN
         if watch.outcome == EXIT_COMPLETED and after_success is not None:
-            await after_success(client, watch, args)
+            await after_success(client, retry, watch, args)
         return watch.outcome
     finally:
         with anyio.CancelScope(shield=True):
@@ -286,17 +285,17 @@ def pay_command(args: argparse.Namespace, after_completed: AfterSuccess | None =
 # -- cancel and refund: the order's terminal is read from its key when not given --------------
 
 
-async def _order_terminal(args: argparse.Namespace, order_id: str) -> str:
+async def order_terminal(
+    args: argparse.Namespace, client: Redis, retry: Retrier, order_id: str
+) -> str:
+    """The terminal of ``order_id``, from its order key (:class:`UserError` when unknown)."""
     keys = till_keys(args)
-    client = _open(args)
     try:
-        try:
-            raw = await client.get(keys.order(order_id))
-        except (RedisError, OSError) as exc:
-            raise redis_failure(args.redis_url, exc) from None
-    finally:
-        with anyio.CancelScope(shield=True):
-            await client.aclose()
+        raw = await retry.call(lambda: client.get(keys.order(order_id)), "reading the order")
+    except GaveUp as exc:
+        raise gave_up(retry, exc) from None
+    except (RedisError, OSError) as exc:
+        raise redis_failure(args.redis_url, exc) from None
     if raw is None:
         raise UserError(
             f"unknown order ID {order_id!r} (no {keys.order(order_id)} in Redis: "
@@ -309,6 +308,15 @@ async def _order_terminal(args: argparse.Namespace, order_id: str) -> str:
             f"{keys.order(order_id)} does not name a terminal; pass --terminal"
         ) from None
     return _check_terminal(str(terminal))
+
+
+async def _order_terminal(args: argparse.Namespace, order_id: str) -> str:
+    client = _open(args)
+    try:
+        return await order_terminal(args, client, retrier(args, client), order_id)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
 
 
 def _terminal_of(args: argparse.Namespace, order_id: str) -> str:

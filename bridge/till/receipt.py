@@ -16,7 +16,6 @@ characters wide); piped, the ``order.receipt`` event as one JSON line. Exit code
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import anyio
@@ -31,13 +30,13 @@ from bridge.till.pay import (
     _check_order_id,
     _check_terminal,
     _open,
-    _order_terminal,
     build_order_command,
+    order_terminal,
     pay_command,
 )
 from bridge.till.receipt_layout import render_copies
-from bridge.till.tail import last_entry_id
-from bridge.till.watch import SUBSCRIBE_TIMEOUT, CommandWatch, close_pubsub, follow, subscribe
+from bridge.till.retry import GaveUp, Retrier, gave_up, retrier
+from bridge.till.watch import CommandWatch, follow, send_command
 
 EXIT_PRINTED = 0
 EXIT_NO_RECEIPT = 1
@@ -68,6 +67,7 @@ class ReceiptWatch(CommandWatch):
 
 async def ask_receipt(
     client: Redis,
+    retry: Retrier,
     keys: Keys,
     terminal: str,
     order_id: str,
@@ -77,7 +77,9 @@ async def ask_receipt(
     url: str,
 ) -> dict[str, Any] | None:
     """Send a ``receipt`` command and wait ``seconds`` for its answer (None: none by then).
-    Redis errors before the command is written propagate (nothing was sent)."""
+    Redis errors before the command is written propagate (:class:`GaveUp` after a failover
+    that outlasted ``retry``'s budget). Sending twice is harmless: each copy is answered, the
+    first answer is taken."""
     command = build_order_command("receipt", terminal=terminal, order_id=order_id)
     watch = ReceiptWatch(
         keys=keys,
@@ -87,14 +89,7 @@ async def ask_receipt(
         printer=printer,
         kind="receipt",
     )
-    pubsub = await subscribe(client, watch, SUBSCRIBE_TIMEOUT)
-    try:
-        watch.last_id = await last_entry_id(client, watch.stream)
-        await client.xadd(keys.commands, {"command": json.dumps(command)})
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await close_pubsub(pubsub)
-        raise
+    pubsub, _entry_id = await send_command(client, retry, watch, command, wait=True)
     try:
         await follow(client, watch, pubsub, anyio.current_time() + seconds, url)
         if watch.outcome is None:
@@ -126,16 +121,26 @@ async def _receipt(args: argparse.Namespace, printer: Printer) -> int:
     keys = till_keys(args)
     order_id = _check_order_id(args.order_id)
     client = _open(args)
+    retry = retrier(args, client)
     try:
         try:
             terminal = (
                 _check_terminal(args.terminal)
                 if args.terminal
-                else await _order_terminal(args, order_id)
+                else await order_terminal(args, client, retry, order_id)
             )
             event = await ask_receipt(
-                client, keys, terminal, order_id, printer, seconds=args.timeout, url=args.redis_url
+                client,
+                retry,
+                keys,
+                terminal,
+                order_id,
+                printer,
+                seconds=args.timeout,
+                url=args.redis_url,
             )
+        except GaveUp as exc:  # a receipt asked twice is answered twice: exit 2 either way
+            raise gave_up(retry, exc, EXIT_NOT_SENT) from None
         except (RedisError, OSError, TimeoutError) as exc:
             raise redis_failure(args.redis_url, exc, EXIT_NOT_SENT) from None
         if event is None:
@@ -154,7 +159,7 @@ def receipt_command(args: argparse.Namespace) -> int:
 
 
 async def _receipt_after_payment(
-    client: Redis, watch: CommandWatch, args: argparse.Namespace
+    client: Redis, retry: Retrier, watch: CommandWatch, args: argparse.Namespace
 ) -> None:
     """The receipt of the payment that just completed. One that cannot be had is a warning:
     the payment's outcome (the exit code) stands."""
@@ -162,6 +167,7 @@ async def _receipt_after_payment(
     try:
         event = await ask_receipt(
             client,
+            retry,
             watch.keys,
             watch.terminal,
             watch.order_id,
@@ -169,6 +175,9 @@ async def _receipt_after_payment(
             seconds=DEFAULT_TIMEOUT,
             url=url,
         )
+    except GaveUp as exc:
+        warn(f"could not ask for the receipt: {exc.reason(retry.where, url)}")
+        return
     except (RedisError, OSError, TimeoutError) as exc:
         warn(f"could not ask for the receipt: {describe_error(exc, url)}")
         return

@@ -35,16 +35,20 @@ from redis.exceptions import RedisError
 from redis.typing import KeyT, StreamIdT
 
 from bridge.errors import UserError
-from bridge.redis.client import connect, text
+from bridge.redis.client import follow_master, text
 from bridge.redis.keys import Keys
-from bridge.redis.outage import OUTAGE_ERRORS
-from bridge.till.options import redis_target, till_keys
+from bridge.till.options import till_keys
 from bridge.till.output import Printer, describe_error, redis_failure, warn
+from bridge.till.retry import (
+    CONNECTION_ERRORS,
+    MASTER_CHECK_EVERY,
+    GaveUp,
+    gave_up,
+    open_client,
+    retrier,
+)
 
 STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
-#: Errors after which a till tool reconnects and resumes (rather than gives up): a lost
-#: connection, and a Redis Cluster failing a master over.
-CONNECTION_ERRORS: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, OSError)
 
 RESCAN_INTERVAL = 2.0  # seconds between scans for new terminals' streams (all-terminals mode)
 BLOCK_MS = 1000  # XREAD BLOCK: well under the client's socket timeout
@@ -226,11 +230,19 @@ class Tail:
         return printed
 
     async def run(self, url: str) -> None:
-        """Read until cancelled; a lost Redis is reported once, retried, and resumed exactly."""
+        """Read until cancelled; a lost Redis is reported once, retried, and resumed exactly
+        (from :attr:`positions`, on whichever node is the master then). With sentinels they
+        are asked between reads, at most every ``MASTER_CHECK_EVERY`` s, where the master is:
+        reads move to a new one at once, not when the old one is demoted."""
         delay = 0.2
         lost = False
+        sentinels = getattr(self.client, "sentinels", None) is not None
+        check_master_at = anyio.current_time() + MASTER_CHECK_EVERY
         while True:
             try:
+                if sentinels and anyio.current_time() >= check_master_at:
+                    check_master_at = anyio.current_time() + MASTER_CHECK_EVERY
+                    await follow_master(self.client)  # type: ignore[arg-type] # a BridgeRedis
                 await self.step()
             except CONNECTION_ERRORS as exc:
                 if not lost:
@@ -252,10 +264,8 @@ async def _stop_on_signals(scope: anyio.CancelScope) -> None:
 
 
 async def _tail(args: argparse.Namespace, printer: Printer, since: str | None) -> None:
-    try:
-        client = connect(redis_target(args))
-    except ValueError as exc:
-        raise UserError(f"invalid Redis URL: {describe_error(exc, args.redis_url)}") from None
+    client = open_client(args)
+    retry = retrier(args, client)
     try:
         tail = Tail(
             client,
@@ -265,8 +275,10 @@ async def _tail(args: argparse.Namespace, printer: Printer, since: str | None) -
             since=since,
             from_start=bool(args.from_start),
         )
-        try:
-            await tail.start()
+        try:  # started again after a lost connection: nothing is printed before it is done
+            await retry.call(tail.start, "starting to follow the streams")
+        except GaveUp as exc:
+            raise gave_up(retry, exc) from None
         except RedisError as exc:
             raise redis_failure(args.redis_url, exc) from None
         refused: list[RedisError] = []
@@ -295,7 +307,8 @@ def _silence_stdout() -> None:
 
 
 def tail_command(args: argparse.Namespace) -> int:
-    """Runs until Ctrl-C or SIGTERM (exit 0); a Redis unreachable at the start exits 2."""
+    """Runs until Ctrl-C or SIGTERM (exit 0); a Redis unreachable at the start for the whole
+    ``--retry-for`` (a failover: retried; a single node: not) exits 2."""
     since = check_stream_id(args.since) if args.since else None
     if args.terminal is not None:
         from bridge.core.commands import TERMINAL_ID_PATTERN

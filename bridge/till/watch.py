@@ -21,15 +21,17 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from bridge.core.normalize import canonical_terminal_id
+from bridge.redis.client import follow_master
 from bridge.redis.cluster import dropped_type, message_type, subscribe_terminal, subscribed_type
 from bridge.redis.keys import Keys
 from bridge.till.daemons import no_reader
 from bridge.till.output import Printer, describe_error, warn
+from bridge.till.retry import CONNECTION_ERRORS, MASTER_CHECK_EVERY, Retrier
 from bridge.till.tail import (
-    CONNECTION_ERRORS,
     decode_entry,
     first_entry_id,
     id_key,
+    last_entry_id,
     later_id,
     xread_entries,
 )
@@ -205,6 +207,50 @@ async def subscribe(client: Redis, watch: CommandWatch, within: float) -> PubSub
         raise
 
 
+async def send_command(
+    client: Redis, retry: Retrier, watch: CommandWatch, command: dict[str, Any], *, wait: bool
+) -> tuple[PubSub | None, str]:
+    """Write ``command`` to the commands stream; with ``wait``, subscribed first and with
+    ``watch.last_id`` noted (where the terminal's stream ended): whatever answers the command
+    is then either published to us or in the stream after that id. Each step is retried
+    through a failover by ``retry`` (:class:`GaveUp` when its budget is spent), the ``XADD``
+    with the same command (the same ``command_id``: the daemon takes a second copy as a
+    replay). The stream's end is noted once: a retry must not skip what answered an ``XADD``
+    that got through before its reply was lost. After a retry the subscription returned is
+    None: :func:`follow` subscribes anew and catches up from ``watch.last_id``.
+
+    Returns the subscription (confirmed) and the entry id of the command."""
+    pubsub: PubSub | None = None
+    noted = False
+    first = retry.attempts
+
+    async def attempt() -> str:
+        nonlocal pubsub, noted
+        await close_pubsub(pubsub)
+        pubsub = None
+        if wait:
+            pubsub = await subscribe(client, watch, SUBSCRIBE_TIMEOUT)
+            if not noted:
+                watch.last_id = await last_entry_id(client, watch.stream)
+                noted = True
+        try:
+            return str(await client.xadd(watch.keys.commands, {"command": json.dumps(command)}))
+        except CONNECTION_ERRORS as exc:
+            retry.sending(exc)
+            raise
+
+    try:
+        entry_id = await retry.call(attempt, "sending the command")
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await close_pubsub(pubsub)
+        raise
+    if retry.attempts - first > 1 and pubsub is not None:
+        await close_pubsub(pubsub)
+        pubsub = None
+    return pubsub, entry_id
+
+
 async def close_pubsub(pubsub: PubSub | None) -> None:
     if pubsub is None:
         return
@@ -222,7 +268,10 @@ async def follow(
 
     Any further ``subscribe`` confirmation means the connection was re-established (redis-py
     resubscribes by itself after a short drop; after a longer one this function subscribes
-    anew): what was published meanwhile is read from the stream before going on."""
+    anew): what was published meanwhile is read from the stream before going on. With
+    sentinels they are asked every ``MASTER_CHECK_EVERY`` s where the master is: a
+    subscription to one they replaced is dropped then (``follow_master``), not when the old
+    master is demoted."""
     delay = 0.1
     lost = False
     confirmed, published, dropped = (
@@ -231,12 +280,18 @@ async def follow(
         dropped_type(watch.keys),
     )
     check_readers_at: float | None = anyio.current_time() + READERS_CHECK_AFTER
+    sentinels = getattr(client, "sentinels", None) is not None
+    check_master_at = anyio.current_time() + MASTER_CHECK_EVERY
     try:
         while watch.outcome is None:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 return
             try:
+                if sentinels and anyio.current_time() >= check_master_at:
+                    # moved: the subscription to the old master is dropped, made again below
+                    check_master_at = anyio.current_time() + MASTER_CHECK_EVERY
+                    await follow_master(client)  # type: ignore[arg-type] # a BridgeRedis
                 if check_readers_at is not None and anyio.current_time() >= check_readers_at:
                     why = await no_reader(client, watch.keys)  # Redis may be away right now
                     check_readers_at = None

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.core.backoff import Backoff, next_poll_wait, quiet_poll_wait
+from bridge.core.backoff import Backoff, RetryWindow, next_poll_wait, quiet_poll_wait
 
 
 def test_quiet_polls_back_off_to_the_limit_and_news_resets() -> None:
@@ -66,3 +66,45 @@ def test_backoffs_share_one_generator_unless_given_one() -> None:
     own = random.Random(7)
     assert Backoff(rng=own).rng is own
     assert 0.8 <= Backoff(initial=1.0, jitter=0.2).next() <= 1.2
+
+
+# -- RetryWindow: a till tool's retries within a deadline ---------------------------------------
+
+
+def test_retry_window_backs_off_and_gives_up_at_the_deadline() -> None:
+    window = RetryWindow(10.0, started=100.0, backoff=Backoff(initial=1.0, cap=4.0, jitter=0))
+    now, delays = 100.0, []
+    while (delay := window.next_delay(now)) is not None:
+        delays.append(delay)
+        now += delay
+    assert delays == [1.0, 2.0, 4.0, 3.0]  # the last wait is cut to end at the deadline
+    assert now == 110.0 and window.failures == 5
+
+
+def test_retry_window_of_zero_seconds_never_retries() -> None:
+    window = RetryWindow(0.0, started=5.0)
+    assert window.next_delay(5.0) is None and window.failures == 1
+
+
+@given(
+    st.floats(0.0, 120.0),
+    st.floats(0.0, 1e6),
+    st.lists(st.floats(0.0, 30.0), min_size=1, max_size=60),
+    st.integers(0, 2**32),
+)
+def test_retry_window_never_waits_past_its_deadline(
+    seconds: float, started: float, attempt_costs: list[float], seed: int
+) -> None:
+    """Whatever each attempt costs, a wait never ends after the deadline, and once the clock
+    is at or past the deadline the window gives up."""
+    window = RetryWindow(seconds, started, Backoff(0.1, 2.0, 2.0, rng=random.Random(seed)))
+    now = started
+    for cost in attempt_costs:
+        now += cost  # the attempt itself takes time
+        delay = window.next_delay(now)
+        if now >= window.deadline:
+            assert delay is None
+            return
+        assert delay is not None and 0.0 <= delay <= 2.0 * 1.2 + 1e-9
+        assert now + delay <= window.deadline + 1e-9
+        now += delay
