@@ -157,6 +157,14 @@ def redact_text(text: str) -> str:
     return _redact_short(text) if len(text) <= 256 else _redact_text(text)
 
 
+def cache_sizes() -> dict[str, int]:
+    """Entries in the redaction caches now (each an LRU of a fixed ``maxsize``)."""
+    return {
+        "log_redact_cache": _redact_short.cache_info().currsize,
+        "log_secret_name_cache": _is_secret_name.cache_info().currsize,
+    }
+
+
 @lru_cache(maxsize=4096)
 def _is_secret_name(name: str) -> bool:
     low = name.lower()

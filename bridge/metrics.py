@@ -42,6 +42,7 @@ __all__ = [
     "command_type",
     "count_published",
     "render",
+    "series",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -191,6 +192,11 @@ def command_label(parsed: str | None, fields: Mapping[str, str]) -> str:
     """The label of a command its handler parsed as ``parsed`` (a known type: taken as it is,
     the entry is not parsed a second time); otherwise read from the entry itself."""
     return parsed if parsed in _COMMAND_TYPES else command_type(fields)
+
+
+def series() -> int:
+    """How many samples the registry holds: flat unless a label took an unbounded value."""
+    return sum(len(family.samples) for family in REGISTRY.collect())
 
 
 def render() -> bytes:

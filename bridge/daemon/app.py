@@ -76,6 +76,14 @@ class Bridge:
             "stopping": self._stop.is_set(),
         }
 
+    def memory_sizes(self) -> dict[str, int]:
+        """The lengths of what the daemon keeps per payment, terminal or input (``/memory``):
+        each is bounded by the payments it follows, the config, or a documented cap."""
+        sizes = {"metric_series": metrics.series(), **logs.cache_sizes()}
+        if self.sessions is not None:
+            sizes |= self.sessions.sizes()
+        return sizes
+
     async def wait_stop_requested(self) -> None:
         await self._stop.wait()
 

@@ -9,7 +9,8 @@
   by uvicorn inside the task group (uvicorn's signal handling off: the daemon owns signals):
   ``/healthz`` 200 while the event loop answers; ``/readyz`` 200 when Redis is reachable and
   commands are being read, else 503 with the reason in JSON; ``/metrics`` in Prometheus' text
-  format (``bridge.metrics``);
+  format (``bridge.metrics``); ``/memory`` the process's RSS, Python object counts by type and
+  the sizes of the daemon's bounded structures (``bridge.daemon.memory``), for a leak hunt;
 - **systemd notifications** (``bridge.daemon.notify``): ``READY=1`` once the daemon runs
   (config loaded, listeners bound; not waiting for Redis, whose outage it survives),
   ``STATUS=`` when it changes, ``WATCHDOG=1`` from the event loop, ``STOPPING=1`` on shutdown.
@@ -32,6 +33,7 @@ from starlette.routing import Route
 
 from bridge import metrics
 from bridge.daemon import asgi, loops
+from bridge.daemon.memory import MemoryReport
 from bridge.daemon.notify import Notifier
 from bridge.redis.client import BridgeRedis, follow_master
 from bridge.redis.health import RedisHealth
@@ -68,6 +70,8 @@ class Watched(Protocol):
     def keys(self) -> Keys: ...
 
     def health(self) -> dict[str, Any]: ...
+
+    def memory_sizes(self) -> dict[str, int]: ...
 
     async def wait_stop_requested(self) -> None: ...
 
@@ -191,6 +195,7 @@ class Operations:
         self.notifier = Notifier.from_environ(environ)
         self.started_at = time.time()
         self.port: int | None = None  # the HTTP port, once bound
+        self.memory = MemoryReport(bridge.memory_sizes)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -249,7 +254,7 @@ class Operations:
             log.info(
                 "http.listening",
                 listen=f"{http.host}:{self.port}",
-                paths=["/healthz", "/readyz", "/metrics"],
+                paths=["/healthz", "/readyz", "/metrics", "/memory"],
             )
         tg.start_soon(self._background, stop)
 
@@ -308,10 +313,14 @@ class Operations:
             self.refresh_gauges()
             return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
+        async def memory(_request: Request) -> Response:
+            return JSONResponse(self.memory.get())
+
         return Starlette(
             routes=[
                 Route("/healthz", healthz, methods=["GET"]),
                 Route("/readyz", readyz, methods=["GET"]),
                 Route("/metrics", metrics_, methods=["GET"]),
+                Route("/memory", memory, methods=["GET"]),
             ]
         )

@@ -99,6 +99,15 @@ class Sessions:
     def presence(self) -> Presence:
         return self._ctx.leases.presence
 
+    def sizes(self) -> dict[str, int]:
+        """What is kept per payment (``/memory``)."""
+        return {
+            "sessions_running": len(self.running),
+            "sessions_crashed": len(self._crashed),
+            "leases_held": len(self._ctx.leases.held),
+            "timers": len(self.timers),
+        }
+
     def __contains__(self, order_id: str) -> bool:
         return order_id in self.running
 
