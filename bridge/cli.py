@@ -405,7 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --fuzz: hostile-upstream payments (default: 20)",
     )
-    p.add_argument("--seed", type=int, default=1, help="with --fuzz: the random seed (default: 1)")
+    p.add_argument(
+        "--seed", type=int, default=1, help="with --fuzz or --soak: the random seed (default: 1)"
+    )
+    p.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="instead: steady payments with hostile commands and webhooks mixed in, for MINUTES; "
+        "reports the daemon's RSS and Python objects over time, its RSS slope after a warm-up "
+        "(MB/hour) and leases lost per 10 minutes; exit 1 if a payment was lost",
+    )
+    p.add_argument("--soak-unit", type=float, help=argparse.SUPPRESS)  # seconds per minute (tests)
     p.add_argument(
         "--faults",
         action="store_true",

@@ -164,7 +164,16 @@ def hostile_command(rng: random.Random, command_id: str) -> dict[bytes, bytes]:
 # -- the rig -------------------------------------------------------------------------------------
 
 
-def _config(api: str, redis_url: str, terminals: list[str], webhook_port: int | None) -> str:
+def daemon_config(
+    api: str,
+    redis_url: str,
+    terminals: list[str],
+    webhook_port: int | None,
+    http_port: int = 0,
+    max_payment_age: float = 8.0,
+) -> str:
+    """A daemon of groups ``shop`` (``terminals``) and ``other``, terse upstream timings, its
+    webhook receiver on ``webhook_port`` (None: none), ``/metrics`` on ``http_port``."""
     quoted = ", ".join(f'"{t}"' for t in terminals)
     webhook = (
         f'[webhook]\nenabled = true\nlisten = "127.0.0.1:{webhook_port}"\n'
@@ -176,7 +185,7 @@ def _config(api: str, redis_url: str, terminals: list[str], webhook_port: int | 
 [multisafepay]
 api_base_url = "{api}"
 {QUICK_UPSTREAM}
-max_payment_age = 8.0
+max_payment_age = {max_payment_age}
 create_retries = 1
 
 [[multisafepay.terminal_groups]]
@@ -196,7 +205,7 @@ command_claim_idle = 5.0
 stream_maxlen = 1000000
 
 [http]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{http_port}"
 
 {webhook}
 [log]
@@ -260,7 +269,7 @@ async def _fuzz_commands(
         await client.delete(keys.commands_dead, keys.terminal_stream(FUZZ_TERMINAL))
 
 
-def _hostile_requests(rng: random.Random, port: int, n: int) -> list[bytes]:
+def hostile_requests(rng: random.Random, port: int, n: int) -> list[bytes]:
     """Raw HTTP requests for the webhook receiver (bytes, so anything can be sent)."""
     path = "/webhooks/multisafepay"
     order = {
@@ -305,7 +314,7 @@ def _hostile_requests(rng: random.Random, port: int, n: int) -> list[bytes]:
     return [request, request] if kind == 0 and rng.random() < 0.3 else [request]  # a replay
 
 
-def _exchange(port: int, request: bytes) -> bytes:
+def exchange(port: int, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         try:
             sock.sendall(request)
@@ -320,12 +329,12 @@ def _exchange(port: int, request: bytes) -> bytes:
 async def _fuzz_notifications(
     port: int, count: int, rng: random.Random, report: FuzzReport
 ) -> None:
-    requests = [r for n in range(count) for r in _hostile_requests(rng, port, n)][:count]
+    requests = [r for n in range(count) for r in hostile_requests(rng, port, n)][:count]
     limiter = anyio.CapacityLimiter(16)
 
     async def one(request: bytes) -> None:
         async with limiter:
-            answer = await anyio.to_thread.run_sync(_exchange, port, request)
+            answer = await anyio.to_thread.run_sync(exchange, port, request)
         report.notifications += 1
         if not answer.startswith(b"HTTP/1.1 "):
             report.notifications_unanswered += 1
@@ -402,10 +411,10 @@ def run_fuzz(commands: int, notifications: int, payments: int, seed: int) -> Fuz
                 "hostile-upstream": DaemonProcess("hostile", workdir / "b.toml", workdir / "b.log"),
             }
             (workdir / "a.toml").write_text(
-                _config(sim.base_url, main_redis.url, terminals, hook_port)
+                daemon_config(sim.base_url, main_redis.url, terminals, hook_port)
             )
             (workdir / "b.toml").write_text(
-                _config(upstream.base_url, hostile_redis.url, hostile_terminals, None)
+                daemon_config(upstream.base_url, hostile_redis.url, hostile_terminals, None)
             )
             for daemon in daemons.values():
                 daemon.start()

@@ -433,6 +433,10 @@ def bench_command(args: argparse.Namespace) -> int:
         from bridge.bench.cluster_faults import cluster_failover_command
 
         return cluster_failover_command(args)
+    if getattr(args, "soak", None) is not None:
+        from bridge.bench.soak import soak_command
+
+        return soak_command(args)
     if getattr(args, "fuzz", False):
         from bridge.bench.fuzz import fuzz_command
 
