@@ -442,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenario",
         action="append",
         choices=["kill", "redis", "drop", "takeover"]
-        + ["blackhole-redis", "loss-upstream", "halfopen-upstream"],
-        help="with --faults: only these scenarios (repeatable; default: all; the last three, "
+        + ["blackhole-redis", "loss-upstream", "halfopen-upstream", "halfopen-bus"],
+        help="with --faults: only these scenarios (repeatable; default: all; the last four, "
         "network faults, need root, ip and nft)",
     )
     p.add_argument(

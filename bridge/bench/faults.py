@@ -51,7 +51,7 @@ from bridge.simulator.server import SimulatorServer
 #: Faults of processes (any user, any machine).
 PROCESS_KINDS = ("kill", "redis", "drop", "takeover")
 #: Faults of the network (root, ``ip`` and ``nft``): :mod:`bridge.bench.netfaults`.
-NET_KINDS = ("blackhole-redis", "loss-upstream", "halfopen-upstream")
+NET_KINDS = ("blackhole-redis", "loss-upstream", "halfopen-upstream", "halfopen-bus")
 KINDS = PROCESS_KINDS + NET_KINDS
 API_KEY = "fault-suite-key-0123456789"
 #: The stream idle timeout of every bench daemon (``QUICK_UPSTREAM``).
@@ -199,6 +199,8 @@ class Rig:
         self.terminals = [f"F{i:03d}" for i in range(terminals)]
         self.keys = Keys("pos")
         self.daemons: dict[str, DaemonProcess] = {}
+        #: ``[multisafepay] transport`` of the daemons ("auto": SSE, as the simulator offers it).
+        self.transport = "auto"
 
     def __enter__(self) -> Self:
         self.redis.start()
@@ -230,6 +232,7 @@ class Rig:
         return f"""
 [multisafepay]
 api_base_url = "{self.sim.base_url}"
+transport = "{self.transport}"
 {QUICK_UPSTREAM}
 max_payment_age = 120.0
 create_retries = 2

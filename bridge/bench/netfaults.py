@@ -11,7 +11,10 @@ nftables rules in the namespace drop packets silently (no FIN, no RST, no ICMP):
 * ``halfopen-upstream``: every TCP connection the daemon has open to the simulator at the moment
   (its event streams, its pooled REST connections) goes silent both ways, as when a NAT or a
   firewall between them forgets its connections; new connections pass. Each payment's session
-  must notice by its stream idle timeout (``stream.lost``) or end by its polls.
+  must notice by its stream idle timeout (``stream.lost``) or end by its polls;
+* ``halfopen-bus``: the same with the daemons on the WebSocket message bus (``transport =
+  "websocket"``) instead of SSE: silence there is noticed by the bus's idle timeout, which
+  the daemon's heartbeats keep from firing on a healthy quiet connection.
 
 Each round pays on every terminal and is audited as the other scenarios are (one final per
 payment, nothing twice, the final upstream's). Reported besides: detection times (fault to the
@@ -130,13 +133,16 @@ async def run_net_scenario(
 ) -> FaultReport:
     report = FaultReport(scenario=kind)
     started = time.monotonic()
-    if kind == "halfopen-upstream":
+    halfopen = kind in ("halfopen-upstream", "halfopen-bus")
+    if halfopen:
         speed = min(speed, HALFOPEN_SPEED)
     with NetNamespace() as ns, NetRig(ns, speed=speed, terminals=terminals) as rig:
         if kind == "blackhole-redis":
             report.detect_bound_s = outage_detection_bound(rig.redis_target())
-        elif kind == "halfopen-upstream":
+        elif halfopen:
             report.detect_bound_s = QUICK_STREAM_IDLE_TIMEOUT
+        if kind == "halfopen-bus":
+            rig.transport = "websocket"
         rig.daemon("d1").start()
         for round_no in range(rounds):
             if kind == "loss-upstream":
@@ -148,7 +154,7 @@ async def run_net_scenario(
             await anyio.sleep(0.8)  # payments under way, their streams open
             if kind == "blackhole-redis":
                 await _blackhole_round(rig, report)
-            elif kind == "halfopen-upstream":
+            elif halfopen:
                 await _halfopen_round(rig, report, orders)
             await rig.wait_finals(orders, within=180)
             rig.ns.clear()

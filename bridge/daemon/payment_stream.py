@@ -19,7 +19,7 @@ from bridge.core.backoff import Backoff
 from bridge.core.events import Source
 from bridge.core.normalize import MalformedPayload, Observation, from_stream_message
 from bridge.daemon.context import SessionContext
-from bridge.multisafepay.bus import BusProtocol
+from bridge.multisafepay.bus import BusProtocol, heartbeat_interval_for
 from bridge.multisafepay.sse import StreamError, StreamRejected, sse_messages
 from bridge.multisafepay.tokens import token_expiry
 from bridge.multisafepay.websocket import bus_messages
@@ -122,6 +122,7 @@ class StreamFollower:
                 r.events_token,
                 connect_timeout=upstream.connect_timeout,
                 idle_timeout=upstream.stream_idle_timeout,
+                heartbeat_interval=heartbeat_interval_for(upstream.stream_idle_timeout),
                 protocol=self._bus_protocol(),
                 on_open=self._first_open,
             )

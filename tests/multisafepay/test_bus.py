@@ -22,6 +22,7 @@ from bridge.multisafepay.bus import (
     Refused,
     Request,
     Unmatched,
+    heartbeat_interval_for,
     new_request_id,
 )
 from bridge.simulator import bus as simbus
@@ -390,6 +391,30 @@ def test_a_lost_connection_stops_its_timers_and_a_new_one_restarts_them() -> Non
     frames = p.open_connection("session.order", now=100.0, ack_timeout=5.0, idle_timeout=45.0)
     assert [json.loads(f)["channel"] for f in frames] == ["session.order"]  # subscribed again
     assert p.next_deadline() == 105.0
+
+
+@given(idle=st.floats(min_value=0.01, max_value=3600, allow_nan=False))
+def test_a_quiet_healthy_connection_never_expires_whatever_the_idle_timeout(idle: float) -> None:
+    """The daemon's heartbeat interval for its idle timeout: a server that only answers the
+    heartbeats (at once) keeps the connection alive; one that stops answering expires it
+    after ``idle`` seconds of silence."""
+    p = opened(heartbeat=heartbeat_interval_for(idle), idle=idle)
+    ack_ours(p, now=0.0)
+    now = 0.0
+    for _ in range(5):  # five quiet periods, each ended by an answered heartbeat
+        now = p.next_deadline()
+        beat = p.poll_timers(now)
+        assert isinstance(beat, str) and json.loads(beat)["type"] == "heartbeat"
+        assert isinstance(p.receive(ack(json.loads(beat)["id"]), now=now), Acked)
+    silent_since = now
+    while True:  # heartbeats sent, never answered
+        at = p.next_deadline()
+        outcome = p.poll_timers(at)
+        if isinstance(outcome, Expired):
+            break
+        assert isinstance(outcome, str)
+    assert at == pytest.approx(silent_since + idle)  # expired once the silence lasted idle
+    assert heartbeat_interval_for(45.0) == HEARTBEAT_INTERVAL  # the default idle timeout
 
 
 def test_bad_connection_timeouts() -> None:
