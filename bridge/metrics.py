@@ -3,7 +3,11 @@
 They live in a registry of their own (``REGISTRY``), not prometheus-client's global default,
 so importing a library that registers metrics cannot change what is scraped, and nothing here
 depends on process-wide state beyond this module. Every name starts with ``pos_bridge_``; the
-README lists them. Label values come from small fixed sets (event types, statuses, sources,
+README lists them. Under ``run --workers N`` the workers' values are kept in Prometheus'
+multiprocess files (``$PROMETHEUS_MULTIPROC_DIR``, set by the supervisor, which serves the
+sum): each gauge says how its workers' values combine (``multiprocess_mode``: a sum for what
+each worker has of its own, the maximum for what every worker sees of the one Redis).
+Label values come from small fixed sets (event types, statuses, sources,
 command types, results, error kinds): never order ids, terminal ids or other unbounded values.
 """
 
@@ -69,6 +73,7 @@ PUBLISH_DELAY = Histogram(
 SESSIONS_ACTIVE = Gauge(
     "pos_bridge_sessions_active",
     "Payments this daemon is following now",
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 
@@ -84,12 +89,14 @@ COMMANDS = Counter(
 COMMAND_QUEUE_DEPTH = Gauge(
     "pos_bridge_command_queue_depth",
     "Commands in the commands stream not yet read by any daemon of the consumer group",
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 
 COMMANDS_PENDING = Gauge(
     "pos_bridge_commands_pending",
     "Commands read by a daemon of the consumer group but not yet acknowledged",
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 
@@ -118,6 +125,7 @@ WEBHOOKS = Counter(
 REDIS_OUTAGE = Gauge(
     "pos_bridge_redis_outage",
     "1 while Redis is unreachable (the readiness probe's last PING failed), else 0",
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 
@@ -125,6 +133,7 @@ REDIS_WAITING = Gauge(
     "pos_bridge_redis_waiting",
     "Tasks waiting for Redis to come back: each session holding upstream news, and the "
     "command intake",
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 
@@ -144,6 +153,7 @@ REDIS_WAIT_SHORT = Counter(
 REDIS_REPLICAS = Gauge(
     "pos_bridge_redis_replicas",
     "Replicas connected to the Redis master (its INFO replication), at the last probe",
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 

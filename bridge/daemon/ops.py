@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import metrics
-from bridge.daemon import asgi, loops
+from bridge.daemon import asgi, loops, supervisor
 from bridge.daemon.memory import MemoryReport
 from bridge.daemon.notify import Notifier
 from bridge.redis.client import BridgeRedis, follow_master
@@ -57,6 +58,8 @@ PROBE_TIMEOUT = 2.0
 #: STATUS= is sent when it changes (looked at this often), and again at least every STATUS_REFRESH.
 STATUS_CHECK = 0.25
 STATUS_REFRESH = 30.0
+#: A worker of ``run --workers N`` tells its supervisor its readiness at least this often.
+READINESS_EVERY = 1.0
 
 
 class Watched(Protocol):
@@ -193,6 +196,9 @@ class Operations:
             redis, bridge.keys.commands, interval=probe_interval, followers=followers
         )
         self.notifier = Notifier.from_environ(environ)
+        #: Under ``run --workers N``: the supervisor serves /readyz for all, from what each
+        #: worker reports here (``supervisor.READY_FIELD``).
+        self.supervised = supervisor.WORKER_ENV in (os.environ if environ is None else environ)
         self.started_at = time.time()
         self.port: int | None = None  # the HTTP port, once bound
         self.memory = MemoryReport(bridge.memory_sizes)
@@ -275,7 +281,8 @@ class Operations:
         self.notifier.close()
 
     async def _report_status(self) -> None:
-        last_forced = time.monotonic()
+        last_forced = last_readiness = time.monotonic()
+        readiness: tuple[bool, str] | None = None
         while True:
             await anyio.sleep(STATUS_CHECK)
             loops.fault_point("status_report")
@@ -284,6 +291,14 @@ class Operations:
             if force:
                 last_forced = time.monotonic()
             self.notifier.status(self.status_line(), force=force)
+            if self.supervised:
+                now = self.readiness()
+                if now != readiness or time.monotonic() - last_readiness >= READINESS_EVERY:
+                    readiness, last_readiness = now, time.monotonic()
+                    self.notifier.send(
+                        f"{supervisor.READY_FIELD}={int(now[0])}",
+                        f"{supervisor.REASON_FIELD}={' '.join(now[1].split())}",
+                    )
 
     async def _report_stopping(self) -> None:
         await self.bridge.wait_stop_requested()

@@ -10,11 +10,17 @@ another within a second, ``redis/presence.py``). The supervisor adds no protocol
   ``{host}-{supervisor pid}`` when it is empty): a restarted worker keeps its name and is a new
   incarnation, so its predecessor's leases are known dead at once. A worker's log lines carry
   ``worker=i``. A worker dies with the supervisor (``PR_SET_PDEATHSIG``).
-- **Listeners**: only worker 0 serves ``[http]`` (health, readiness, metrics) and ``[webhook]``;
-  the others run with both disabled, so no port is bound twice (no ``SO_REUSEPORT``, which
-  would let a scrape or a probe reach any worker at random). A webhook is recorded by worker 0
-  whichever worker follows its order (the transition goes through Redis either way); ``/metrics``
-  and ``/readyz`` describe worker 0 only, and while worker 0 restarts they do not answer.
+- **Listeners**: the supervisor serves ``[http]`` itself (no worker does), describing every
+  worker: ``/metrics`` sums the workers' metrics, which they keep in Prometheus' multiprocess
+  files in a directory of this run (``$PROMETHEUS_MULTIPROC_DIR``, removed when the supervisor
+  stops); ``/readyz`` is 200 only when every worker is ready, else 503 naming those that are not.
+  Each worker reports its readiness (``/readyz``'s own rule) in its notifications every second
+  (``X_POS_BRIDGE_READY``, ``X_POS_BRIDGE_REASON``); one silent for ``READINESS_STALE`` seconds
+  is not ready. Chosen over scraping each worker's own HTTP port: no port per worker, counters
+  stay exact across a worker's restart (its files stay; a scraped sum would drop), and the
+  answers do not stop while a worker restarts. Only worker 0 serves ``[webhook]`` (no port is
+  bound twice, no ``SO_REUSEPORT``); a webhook is recorded by worker 0 whichever worker follows
+  its order (the transition goes through Redis either way).
 - **Signals**: SIGTERM (or SIGINT) is forwarded to every worker, which drains as a single daemon
   does; the supervisor exits 0 when every worker exited 0 (a worker stopped before it was
   ready counts as clean), else 1. A second SIGTERM is forwarded too (the workers stop at once).
@@ -33,21 +39,31 @@ another within a second, ``redis/presence.py``). The supervisor adds no protocol
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.to_thread
 import structlog
 from anyio.abc import Process
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from bridge.config import Config
 from bridge.core.backoff import Backoff
+from bridge.daemon import asgi
 from bridge.daemon.notify import Notifier, watchdog_interval
 
 log = structlog.get_logger("bridge.supervisor")
@@ -65,6 +81,12 @@ RESTART_CAP = 30.0
 STATUS_EVERY = 1.0
 #: ``pos-bridge run``'s exit code for a configuration or listen error (``UserError``).
 EXIT_CONFIG = 2
+#: A worker whose readiness was last reported longer ago than this is not ready (hung).
+READINESS_STALE = 5.0
+#: In a worker's notifications: its readiness (``1``/``0``) and why.
+READY_FIELD = "X_POS_BRIDGE_READY"
+REASON_FIELD = "X_POS_BRIDGE_REASON"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass
@@ -78,6 +100,19 @@ class Worker:
     status: str = "starting"
     last_ping: float = field(default_factory=time.monotonic)
     exit_code: int | None = None
+    #: Its readiness as it last reported it (``READY_FIELD``), the reason, and when.
+    serving: bool = False
+    reason: str = "starting"
+    reported_at: float = 0.0
+
+    def readiness(self, now: float) -> tuple[bool, str]:
+        if self.proc is None:
+            return False, "not running (restarting)"
+        if not self.ready:
+            return False, "starting"
+        if now - self.reported_at > READINESS_STALE:
+            return False, f"no readiness reported for {READINESS_STALE:g} s (hung?)"
+        return self.serving, self.reason
 
 
 def consumer_base(config: Config) -> str:
@@ -85,17 +120,24 @@ def consumer_base(config: Config) -> str:
 
 
 def worker_environ(
-    environ: Mapping[str, str], index: int, base: str, notify_address: str
+    environ: Mapping[str, str],
+    index: int,
+    base: str,
+    notify_address: str,
+    metrics_dir: str | None = None,
 ) -> dict[str, str]:
     """Worker ``index``'s environment: the supervisor's, minus systemd's notify and watchdog
-    addresses (its notifications go to the supervisor), plus its consumer name and role."""
+    addresses (its notifications go to the supervisor), plus its consumer name and role, and
+    the directory its metrics go to."""
     env = {k: v for k, v in environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID")}
     env["NOTIFY_SOCKET"] = notify_address
     env[WORKER_ENV] = str(index)
     env[SUPERVISOR_PID_ENV] = str(os.getpid())
     env["POS_BRIDGE__REDIS__CONSUMER_NAME"] = f"{base}-w{index}"
-    if index > 0:  # only worker 0 listens: no port is bound twice
-        env["POS_BRIDGE__HTTP__ENABLED"] = "false"
+    env["POS_BRIDGE__HTTP__ENABLED"] = "false"  # the supervisor serves [http] for all
+    if metrics_dir is not None:
+        env[MULTIPROC_ENV] = metrics_dir
+    if index > 0:  # only worker 0 takes webhooks: no port is bound twice
         env["POS_BRIDGE__WEBHOOK__ENABLED"] = "false"
     return env
 
@@ -129,6 +171,9 @@ class Supervisor:
         self._stop = anyio.Event()
         self._announced = False
         self.fatal: int | None = None
+        self.http = config.http
+        self.metrics_dir: str | None = None
+        self.started_at = time.time()
 
     def _new_worker(self, index: int) -> Worker:
         name = f"pos-bridge-{os.getpid()}-{self._tag}-w{index}"
@@ -139,8 +184,19 @@ class Supervisor:
 
     async def run(self) -> int:
         log.info("supervisor.starting", workers=len(self.workers), consumer_base=self.base)
+        sock = (
+            asgi.listen("http", self.http.listen, self.http.host, self.http.port)
+            if (self.http.enabled)
+            else None
+        )  # a busy port: exit 2 now, before any worker starts
+        self.metrics_dir = tempfile.mkdtemp(
+            prefix="pos-bridge-metrics-", dir=self._environ.get("RUNTIME_DIRECTORY") or None
+        )
         try:
             async with anyio.create_task_group() as tg:
+                if sock is not None:
+                    tg.start_soon(asgi.serve, self.app(), sock, anyio.Event())
+                    log.info("http.listening", listen=self.http.listen, workers=len(self.workers))
                 tg.start_soon(self._watch_signals)
                 tg.start_soon(self.notifier.run_watchdog)
                 tg.start_soon(self._report)
@@ -154,6 +210,9 @@ class Supervisor:
             for worker in self.workers:
                 worker.sock.close()
             self.notifier.close()
+            if sock is not None:
+                sock.close()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         if self.fatal is not None:
             return self.fatal
         codes = {w.index: w.exit_code for w in self.workers}
@@ -166,7 +225,9 @@ class Supervisor:
     async def _keep(self, worker: Worker) -> None:
         """Run ``worker`` until the supervisor stops, restarting it whenever it exits."""
         backoff = Backoff(initial=RESTART_INITIAL, cap=RESTART_CAP)
-        env = worker_environ(self._environ, worker.index, self.base, worker.address)
+        env = worker_environ(
+            self._environ, worker.index, self.base, worker.address, self.metrics_dir
+        )
         while not self._stop.is_set():
             started = time.monotonic()
             worker.ready, worker.status = False, "starting"
@@ -184,6 +245,8 @@ class Supervisor:
             log.info("supervisor.worker_started", worker=worker.index, pid=proc.pid)
             code = await proc.wait()
             was_ready, worker.ready, worker.proc = worker.ready, False, None
+            if self.metrics_dir is not None:  # its live gauges go; its counters stay counted
+                multiprocess.mark_process_dead(proc.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
             worker.exit_code = code
             if self._stop.is_set():
                 # stopped by our SIGTERM before it handled signals: nothing was in flight
@@ -222,6 +285,10 @@ class Supervisor:
                 worker.status = " ".join(fields["STATUS"].split())
             if "WATCHDOG" in fields or "READY" in fields:
                 worker.last_ping = time.monotonic()
+            if READY_FIELD in fields:
+                worker.serving = fields[READY_FIELD] == "1"
+                worker.reason = fields.get(REASON_FIELD, "")
+                worker.reported_at = time.monotonic()
             if fields.get("READY") == "1" and worker.proc is not None:
                 worker.ready = worker.ever_ready = True
                 log.info("supervisor.worker_ready", worker=worker.index, pid=worker.proc.pid)
@@ -252,6 +319,46 @@ class Supervisor:
                     log.error("supervisor.worker_hung", worker=w.index, pid=w.proc.pid)
                     w.ready = False  # killed once; restarted when its exit is seen
                     w.proc.kill()
+
+    # -- HTTP: every worker's readiness and metrics -------------------------------------------
+
+    def readiness(self) -> tuple[bool, str, list[dict[str, object]]]:
+        now = time.monotonic()
+        each = []
+        for w in self.workers:
+            ready, reason = w.readiness(now)
+            each.append({"worker": w.index, "ready": ready, "reason": reason})
+        if self._stop.is_set():
+            return False, "stopping", each
+        not_ready = [f"worker {e['worker']}: {e['reason']}" for e in each if not e["ready"]]
+        return not not_ready, "; ".join(not_ready) or "ok", each
+
+    def render_metrics(self) -> bytes:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def app(self) -> Starlette:
+        async def healthz(_request: Request) -> Response:
+            uptime = round(time.time() - self.started_at, 1)
+            return JSONResponse({"status": "alive", "uptime_s": uptime, "supervisor": True})
+
+        async def readyz(_request: Request) -> Response:
+            ready, reason, workers = self.readiness()
+            body = {"ready": ready, "reason": reason, "workers": workers}
+            return JSONResponse(body, status_code=200 if ready else 503)
+
+        async def metrics_(_request: Request) -> Response:
+            data = await anyio.to_thread.run_sync(self.render_metrics)  # reads files
+            return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+        return Starlette(
+            routes=[
+                Route("/healthz", healthz, methods=["GET"]),
+                Route("/readyz", readyz, methods=["GET"]),
+                Route("/metrics", metrics_, methods=["GET"]),
+            ]
+        )
 
     # -- signals ------------------------------------------------------------------------------
 

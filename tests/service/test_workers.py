@@ -24,6 +24,7 @@ from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer, free_port
 from bridge.simulator.server import SimulatorServer
 from tests.service.conftest import API_KEY, NotifySocket, pay, start_as_systemd, wait_until
+from tests.service.test_daemon import sample
 
 KEYS = Keys("pos")
 CONSUMER = "svc"
@@ -31,7 +32,12 @@ MANUAL = [f"SIM-MANUAL-{i:02d}" for i in range(1, 7)]  # wait for a tap on the s
 APPROVE = [f"SIM-APPROVE-{i:02d}" for i in range(1, 5)]
 
 
-def write_config(path: Path, redis_url: str, api_base_url: str, http_port: int) -> Path:
+def write_config(
+    path: Path, redis_url: str, api_base_url: str, http_port: int, webhook_port: int | None = None
+) -> Path:
+    webhook = (
+        f'[webhook]\nenabled = true\nlisten = "127.0.0.1:{webhook_port}"' if webhook_port else ""
+    )
     path.write_text(f"""
 [multisafepay]
 api_base_url = "{api_base_url}"
@@ -60,6 +66,8 @@ lease_ttl = 3.0
 enabled = true
 listen = "127.0.0.1:{http_port}"
 
+{webhook}
+
 [log]
 level = "info"
 format = "json"
@@ -78,9 +86,10 @@ class Supervised:
         workers: int,
         port: int | None,
         watchdog_usec: int = 30_000_000,
+        webhook_port: int | None = None,
     ) -> None:
         self.port = port or free_port()
-        config = write_config(tmp / "config.toml", redis_url, api_base_url, self.port)
+        config = write_config(tmp / "config.toml", redis_url, api_base_url, self.port, webhook_port)
         self.notify = NotifySocket()
         self.log_path = tmp / "supervisor.log"
         self.proc = start_as_systemd(
@@ -166,7 +175,7 @@ def test_two_workers_complete_payments_and_stop_cleanly(fresh_redis, supervised)
         # READY only once both workers are: both announced their presence already
         assert ready["STATUS"].startswith("2/2 workers ready"), ready
         assert client.exists(KEYS.daemon(f"{CONSUMER}-w0"), KEYS.daemon(f"{CONSUMER}-w1")) == 2
-        # only worker 0 serves [http]: one port, no collision
+        # the supervisor serves [http] for every worker: one port, no collision
         assert httpx.get(f"http://127.0.0.1:{sup.port}/healthz", timeout=5).status_code == 200
 
         orders = [(t, pay(client, t)) for t in APPROVE]
@@ -243,14 +252,26 @@ def test_a_killed_worker_is_replaced_and_its_payments_taken_over(fresh_redis, su
 
 def test_a_worker_that_cannot_start_stops_the_service_with_exit_2(fresh_redis, supervised) -> None:
     with SimulatorServer(speed=20) as sim, socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))  # worker 0's [http] port, taken: restarting cannot help
+        taken.bind(("127.0.0.1", 0))  # worker 0's [webhook] port, taken: restarting cannot help
         taken.listen()
-        sup = supervised(fresh_redis.url, sim.base_url, workers=2, port=taken.getsockname()[1])
+        sup = supervised(
+            fresh_redis.url, sim.base_url, workers=2, webhook_port=taken.getsockname()[1]
+        )
         assert sup.proc.wait(60) == 2, sup.log()
     assert not sup.notify.count("READY")
     failed = sup.events("supervisor.worker_failed")
     assert failed and failed[0]["worker"] == 0, sup.log()
     assert not sup.events("supervisor.worker_exited")  # not retried
+
+
+def test_a_taken_http_port_stops_the_supervisor_before_any_worker(fresh_redis, supervised) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # the supervisor serves [http] itself
+        taken.listen()
+        sup = supervised(fresh_redis.url, "http://127.0.0.1:9/", port=taken.getsockname()[1])
+        assert sup.proc.wait(60) == 2, sup.log()
+    assert "http: cannot listen on" in sup.log()
+    assert not sup.events("supervisor.worker_started")
 
 
 def test_a_hung_worker_is_killed_and_restarted(fresh_redis, supervised) -> None:
@@ -292,16 +313,85 @@ def test_workers_drain_when_the_supervisor_is_killed(fresh_redis, supervised) ->
 
 def test_worker_environment_names_and_listeners() -> None:
     base = {"PATH": "/bin", "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_PID": "1"}
-    first = worker_environ(base, 0, "shop", "@sup-w0")
-    second = worker_environ(base, 1, "shop", "@sup-w1")
+    first = worker_environ(base, 0, "shop", "@sup-w0", "/run/m")
+    second = worker_environ(base, 1, "shop", "@sup-w1", "/run/m")
     assert first["NOTIFY_SOCKET"] == "@sup-w0" and "WATCHDOG_PID" not in first
     assert first["POS_BRIDGE_SUPERVISOR_PID"] == str(os.getpid())  # PID 1 in a container
     assert first["POS_BRIDGE__REDIS__CONSUMER_NAME"] == "shop-w0"
     assert second["POS_BRIDGE__REDIS__CONSUMER_NAME"] == "shop-w1"
-    assert "POS_BRIDGE__HTTP__ENABLED" not in first  # worker 0 serves as configured
-    assert second["POS_BRIDGE__HTTP__ENABLED"] == "false"
+    # the supervisor serves [http]; worker 0 takes the webhooks; every worker's metrics go to
+    # the run's multiprocess directory
+    assert first["POS_BRIDGE__HTTP__ENABLED"] == second["POS_BRIDGE__HTTP__ENABLED"] == "false"
+    assert "POS_BRIDGE__WEBHOOK__ENABLED" not in first
     assert second["POS_BRIDGE__WEBHOOK__ENABLED"] == "false"
+    assert first["PROMETHEUS_MULTIPROC_DIR"] == second["PROMETHEUS_MULTIPROC_DIR"] == "/run/m"
     assert base["NOTIFY_SOCKET"] == "/run/systemd/notify"  # the supervisor's own is untouched
+
+
+def test_metrics_and_readiness_describe_every_worker(fresh_redis, supervised) -> None:
+    client = redis.Redis.from_url(fresh_redis.url, decode_responses=True)
+    with SimulatorServer(speed=20) as sim:
+        sup = supervised(fresh_redis.url, sim.base_url, workers=2)
+        sup.notify.wait_for(lambda m: m.get("READY") == "1", timeout=90)
+        url = f"http://127.0.0.1:{sup.port}"
+        wait_until(lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200, "ready")
+        body = httpx.get(url + "/readyz", timeout=5).json()
+        assert [w["worker"] for w in body["workers"] if w["ready"]] == [0, 1], body
+        worker1 = next(
+            line for line in sup.events("supervisor.worker_ready") if line["worker"] == 1
+        )
+        environ = Path(f"/proc/{worker1['pid']}/environ").read_bytes().split(b"\0")
+        metrics_dir = Path(
+            next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+            .split(b"=", 1)[1]
+            .decode()
+        )
+        assert metrics_dir.is_dir()
+
+        # payments until both workers have handled some (the consumer group spreads them)
+        handled: dict[int, int] = {}
+        paid = 0
+        while len(handled) < 2:
+            assert paid < 40, f"one worker took all {paid}: {handled}"
+            batch = [(t, pay(client, t)) for t in APPROVE]
+            paid += len(batch)
+            for terminal, order_id in batch:
+                wait_until(
+                    lambda t=terminal, o=order_id: final_of(client, t, o) is not None, order_id
+                )
+            handled = per_worker_pays(sup)
+
+        def counted() -> float:
+            text = httpx.get(url + "/metrics", timeout=5).text
+            return sample(text, "pos_bridge_commands_total", type="pay", result="handled")
+
+        wait_until(lambda: counted() == paid, f"{paid} pays counted on /metrics")
+        assert all(n < paid for n in handled.values())  # neither worker alone has them all
+
+        # one worker stopped: not ready, and the body says which
+        os.kill(worker1["pid"], signal.SIGSTOP)
+        try:
+            wait_until(
+                lambda: httpx.get(url + "/readyz", timeout=5).status_code == 503, "not ready", 30
+            )
+            body = httpx.get(url + "/readyz", timeout=5).json()
+            assert body["ready"] is False and "worker 1" in body["reason"], body
+            assert [w["worker"] for w in body["workers"] if not w["ready"]] == [1], body
+        finally:
+            os.kill(worker1["pid"], signal.SIGCONT)
+        wait_until(lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200, "ready again")
+        assert counted() == paid  # counters unchanged by the pause
+        assert sup.terminate() == 0, sup.log()
+    assert not metrics_dir.exists()  # the run's metrics directory is removed
+
+
+def per_worker_pays(sup: Supervised) -> dict[int, int]:
+    """How many pay commands each worker handled, from its log lines."""
+    counts: dict[int, int] = {}
+    for line in sup.lines():
+        if line.get("event") == "order.created" and "worker" in line:
+            counts[line["worker"]] = counts.get(line["worker"], 0) + 1
+    return counts
 
 
 def test_notifications_parse() -> None:
