@@ -25,13 +25,8 @@ from typing import Any
 
 import anyio
 
-from bridge.bench.faults import (
-    API_KEY,
-    DaemonProcess,
-    FaultReport,
-    Rig,
-    table,
-)
+from bridge.bench.faults import table
+from bridge.bench.rig import API_KEY, DaemonProcess, FaultReport, Rig
 from bridge.redis.client import RedisTarget
 from bridge.redis.cluster_server import RedisClusterServer
 from bridge.redis.keys import Keys

@@ -33,9 +33,9 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
-from bridge.bench.faults import QUICK_UPSTREAM, DaemonProcess
 from bridge.bench.hostile import MODES, HostileUpstream
 from bridge.bench.procs import rss_bytes
+from bridge.bench.rig import QUICK_UPSTREAM, DaemonProcess
 from bridge.core.commands import CancelCommand, InvalidCommand, parse_command
 from bridge.redis.client import connect
 from bridge.redis.keys import COMMANDS_GROUP, Keys

@@ -33,14 +33,14 @@ from typing import Any
 
 import anyio
 
-from bridge.bench.faults import (
+from bridge.bench.netns import NetNamespace
+from bridge.bench.rig import (
     QUICK_STREAM_IDLE_TIMEOUT,
     FaultReport,
     Rig,
-    _wait_idle_terminals,
     note_logs,
+    wait_idle_terminals,
 )
-from bridge.bench.netns import NetNamespace
 from bridge.redis.client import outage_detection_bound
 
 #: 30 %: the share of packets ``loss-upstream`` drops, each way.
@@ -163,7 +163,7 @@ async def run_net_scenario(
             report.rounds += 1
             if progress is not None:
                 progress(report)
-            await _wait_idle_terminals(rig)
+            await wait_idle_terminals(rig)
         for daemon in rig.daemons.values():
             daemon.stop()
         report.noticed = {name: len(rig.log_events(name)) for name in NOTICED}

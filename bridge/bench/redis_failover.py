@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from bridge.bench.faults import Audit, Rig, percentile
+from bridge.bench.rig import Audit, Rig, percentile
 from bridge.redis.client import RedisTarget, connect
 from bridge.redis.deployment import SentinelDeployment
 from bridge.till.retry import DEFAULT_RETRY_FOR, GaveUp, Retrier
