@@ -26,11 +26,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.bench.rig import Audit, Rig, percentile
 from bridge.redis.client import RedisTarget, connect
 from bridge.redis.deployment import SentinelDeployment
-from bridge.till.retry import DEFAULT_RETRY_FOR, GaveUp, Retrier
 
 #: The till-like writer's interval (seconds).
 PROBE_EVERY = 0.05
@@ -101,40 +102,35 @@ class FailoverRig(Rig):
         return sum('"redis.failover"' in line for line in self.logs().splitlines())
 
 
-def _quiet(line: str) -> None:
-    """A bench's till says nothing of its retries (the report counts them)."""
-
-
 async def _until_sent(client: Any, stream: str, fields: dict[str, str]) -> None:
-    """``XADD`` through a failover as a till tool sends its command (``bridge.till.retry``:
-    rediscovering the master, within a 60 s budget; the daemon de-duplicates by
-    ``command_id``)."""
-    retry = Retrier(client, DEFAULT_RETRY_FOR, notify=_quiet)
-    await retry.call(lambda: client.xadd(stream, fields), "sending a command")
+    """``XADD`` until it gets through a failover (a till retries a command it could not send;
+    the daemon de-duplicates by ``command_id``)."""
+    with anyio.fail_after(60):
+        while True:
+            try:
+                await client.xadd(stream, fields)
+                return
+            except (RedisConnectionError, RedisTimeoutError):
+                await anyio.sleep(0.1)
 
 
 class TillWriter:
-    """Writes through the sentinels every ``PROBE_EVERY`` s as a till tool sends (its client,
-    its retries: ``bridge.till.retry``); the longest gap between writes that got through is
-    how long a till could not send. A write that gave up (the budget spent) is counted
-    failed."""
+    """Writes through the sentinels every ``PROBE_EVERY`` s; the longest gap between writes
+    that got through is how long a till could not send."""
 
     def __init__(self, rig: FailoverRig, report: FailoverReport) -> None:
         self._rig = rig
         self._report = report
 
     async def run(self) -> None:
-        client = connect(self._rig.target, retries=0)  # as bridge.till.retry.open_client
+        client = connect(self._rig.target, socket_timeout=2.0)
         key = f"{self._rig.keys.prefix}:bench:till-writer"
         last_ok = time.monotonic()
         try:
             while True:
-                retry = Retrier(client, DEFAULT_RETRY_FOR, notify=_quiet)
                 try:
-                    await retry.call(
-                        lambda: client.xadd(key, {"t": str(time.time())}, maxlen=1000), "writing"
-                    )
-                except GaveUp:
+                    await client.xadd(key, {"t": str(time.time())}, maxlen=1000)
+                except (RedisConnectionError, RedisTimeoutError):
                     self._report.till_write_errors += 1
                 else:
                     now = time.monotonic()
