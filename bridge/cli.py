@@ -103,7 +103,7 @@ def _add_redis(
         "--cluster",
         action="store_true",
         help="the Redis is a Redis Cluster (--redis-url: any node): keys in the cluster layout "
-        "({prefix}:...), sharded pub/sub; not with --sentinel or --wait-replicas "
+        "({prefix}:...), sharded pub/sub; not with --sentinel "
         "(default: a single Redis server)",
     )
     g.add_argument(

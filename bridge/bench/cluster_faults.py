@@ -10,8 +10,9 @@ waits for every final and audits every terminal's durable stream as the other fa
 do (:mod:`bridge.bench.faults`): finals lost, duplicate transitions, finals that contradict
 the simulator, and the *silence* of each payment in flight (from the kill to its next event).
 
-Nothing waits for replicas (no ``WAIT``): a write the killed master acknowledged but had not
-sent to its replica is lost with it, and this run shows what that costs the bridge.
+The daemon runs with the cluster layout's default ``wait_replicas = 0`` (no ``WAIT``): a write
+the killed master acknowledged but had not sent to its replica is lost with it, and this run
+shows what that costs the bridge.
 """
 
 from __future__ import annotations

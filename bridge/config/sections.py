@@ -224,7 +224,7 @@ class MultiSafepayConfig(_Model):
 class RedisConfig(_Model):
     """``[redis]``: one node (``url``, the default), a Sentinel deployment (``sentinels``,
     ``master_name``; ``url`` then gives only the scheme, credentials and database) or a Redis
-    Cluster (``layout = "cluster"``, ``url`` any node; neither sentinels nor wait_replicas),
+    Cluster (``layout = "cluster"``, ``url`` any node; no sentinels),
     TLS with ``rediss://`` and the ``tls_*`` files, and what a commit waits for
     (``wait_replicas``)."""
 
@@ -321,8 +321,6 @@ class RedisConfig(_Model):
     def _check_cluster(self, scheme: str) -> None:
         if self.sentinels:
             raise ValueError('layout = "cluster" and sentinels do not go together (pick one)')
-        if self.wait_replicas:
-            raise ValueError('wait_replicas is not supported with layout = "cluster"')
         if scheme == "unix":
             raise ValueError("url: a Redis Cluster is reached over TCP, not a unix:// socket")
         if urlsplit(self.url).path.strip("/") not in ("", "0"):
@@ -360,7 +358,8 @@ class RedisConfig(_Model):
 
     @property
     def effective_wait_replicas(self) -> int:
-        """``wait_replicas``, else 1 with sentinels (there is a replica to wait for), else 0."""
+        """``wait_replicas``, else 1 with sentinels (there is a replica to wait for), else 0
+        (a cluster too: opt in, see the README's Redis Cluster section)."""
         if self.wait_replicas is not None:
             return self.wait_replicas
         return 1 if self.sentinels else 0

@@ -10,6 +10,8 @@ a till listens to its terminal's channel.
   scripts as before: Redis checks that a script's shard channel is in the slot of its keys
   (the tests prove it refuses one that is not), so a transition is still written and announced
   in one atomic step. A plain ``PUBLISH`` would be broadcast to every node of the cluster.
+- With ``wait_replicas`` (default 1), a commit's node connection sends ``WAIT`` right after
+  it (:class:`_ReplicaWaiting`), so it covers that very write, on the slot's master.
 - A till subscribes with ``SSUBSCRIBE`` on the node that serves the channel's slot (a master or
   one of its replicas), and reads ``smessage`` pushes. When that node is lost, the subscription
   is dropped; the till asks the cluster again (one keyed read, which lets the client learn the
@@ -27,7 +29,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, ResponseError
 
 from bridge.redis.keys import Keys
 from bridge.redis.target import RedisTarget
@@ -67,15 +69,122 @@ class _GuardedSSLConnection(_WriteGuard, SSLConnection):
     pass
 
 
-def _guard_writes(client: RedisCluster) -> None:
+class _ReplicaWaiting:
+    """A cluster node's connection that sends ``WAIT`` after a commit, on itself: ``WAIT``
+    answers for the writes of the connection it is sent on, and this is the connection the
+    cluster client routed the commit to (the master of the keys' slot). As in the Sentinel
+    mode (:class:`bridge.redis.client.ReplicaWait`): a ``WAIT`` answered by too few replicas
+    is counted and logged, not failed; one refused or unblocked because the node was demoted
+    (a failover) fails every reply it covered as a lost connection, and the cluster client
+    then sends them again to the slot's new master (a transition sent again is refused by its
+    compare-and-set if it had survived).
+
+    Packing marks the commit (``pack_command``) or the batch holding one (``pack_commands``,
+    a pipeline; none with ``MULTI``, as in the Sentinel mode) and appends ``WAIT``; sending
+    that very packet arms the connection; the first read then reads every covered reply and
+    the ``WAIT``'s before it hands out the first, so no reply of a demoted node's write is
+    given as a success. Later reads hand out the rest."""
+
+    replica_wait: Any = None  # the client's ReplicaWait (set on the class made per client)
+    is_commit: Any = None  # bridge.redis.client._is_commit (no import cycle at module load)
+    _wait_packet: Any = None  # (the packed list with WAIT appended, replies it covers)
+    _armed = 0  # replies covered by the WAIT sent, not read yet
+    _replies: list[Any] | None = None  # read ahead: the covered replies not handed out yet
+    _packing_many = False
+
+    def _append_wait(self, packed: list[bytes], covers: int) -> list[bytes]:
+        wait = self.replica_wait
+        waiting: list[bytes] = super().pack_command(  # type: ignore[misc]
+            "WAIT", wait.replicas, wait.current_timeout_ms
+        )
+        out = packed + _chunks(waiting)
+        self._wait_packet = (out, covers)
+        return out
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+        if self._packing_many or not self.is_commit(args):
+            return packed
+        return self._append_wait(_chunks(packed), 1)
+
+    def pack_commands(self, commands: Any) -> list[bytes]:
+        commands = [tuple(c) for c in commands]
+        self._packing_many = True
+        try:
+            packed: list[bytes] = super().pack_commands(commands)  # type: ignore[misc]
+        finally:
+            self._packing_many = False
+        names = {str(c[0]).upper() for c in commands if c}
+        if "MULTI" in names or not any(self.is_commit(c) for c in commands):
+            return packed
+        return self._append_wait(_chunks(packed), len(commands))
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        packet, self._wait_packet = self._wait_packet, None
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        if packet is not None and command is packet[0]:
+            self._armed, self._replies = packet[1], None
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if self._replies is None and not self._armed:
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        if self._replies is None:
+            self._replies = await self._read_covered(args, kwargs)
+        reply = self._replies.pop(0)
+        if not self._replies:
+            self._replies = None
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def _read_covered(self, args: Any, kwargs: Any) -> list[Any]:
+        covers, self._armed = self._armed, 0
+        replies: list[Any] = []
+        for _ in range(covers + 1):  # then the WAIT's
+            try:
+                replies.append(await super().read_response(*args, **kwargs))  # type: ignore[misc]
+            except ResponseError as exc:
+                replies.append(exc)
+        acked = replies.pop()
+        if isinstance(acked, ResponseError):
+            if not any(m in str(acked) for m in ("replica", "UNBLOCKED")):
+                raise acked
+            # demoted while or before we waited: what it took may be lost with it
+            await self.disconnect(nowait=True)
+            lost = f"the master was demoted to a replica: {acked}"
+            # an error reply (a MOVED to the slot's new master, say) wrote nothing: kept
+            return [r if isinstance(r, Exception) else RedisConnectionError(lost) for r in replies]
+        self.replica_wait.check(acked)
+        return replies
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        self._armed, self._wait_packet, self._replies = 0, None, None
+        await super().disconnect(*args, **kwargs)  # type: ignore[misc]
+
+
+def _chunks(packed: Any) -> list[bytes]:
+    """A packed command as a new list of chunks (a packer may answer one bytes object)."""
+    return [bytes(packed)] if isinstance(packed, bytes | bytearray) else list(packed)
+
+
+def _guard_writes(client: RedisCluster, replica_wait: Any = None) -> None:
     """Make every node connection, present and future, a guarded one (redis-py's cluster
-    client takes no connection class: it picks Connection or SSLConnection itself)."""
+    client takes no connection class: it picks Connection or SSLConnection itself), and with
+    ``replica_wait`` one that waits for replicas after a commit (:class:`_ReplicaWaiting`)."""
     kwargs = client.nodes_manager.connection_kwargs
     guarded: type[Connection] = (
         _GuardedSSLConnection
         if issubclass(kwargs.get("connection_class", Connection), SSLConnection)
         else _GuardedConnection
     )
+    if replica_wait is not None:
+        from bridge.redis.client import _is_commit  # client imports this module
+
+        guarded = type(
+            f"_Waiting{guarded.__name__}",
+            (_ReplicaWaiting, guarded),
+            {"replica_wait": replica_wait, "is_commit": staticmethod(_is_commit)},
+        )
     kwargs["connection_class"] = guarded
     client.connection_kwargs["connection_class"] = guarded
     for node in [*client.startup_nodes, *client.nodes_manager.startup_nodes.values()]:
@@ -89,6 +198,7 @@ class _Cluster(RedisCluster):
     start or a task on redis-py's ``RedisClusterException``, which is no ``RedisError``."""
 
     target: RedisTarget  # set by connect_cluster, as BridgeRedis has it
+    replica_wait: Any = None  # the ReplicaWait of its connections (wait_replicas > 0)
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         try:
@@ -110,6 +220,9 @@ def connect_cluster(
     Typed as :class:`Redis`: ``RedisCluster`` has the same command methods, and the bridge
     calls only commands that work on both (every key in one slot).
     """
+    if target.wait_replicas > 0 and socket_timeout is not None:
+        # a WAIT's answer comes after up to wait_timeout: the read must not give up first
+        socket_timeout = max(socket_timeout, target.wait_timeout + 5.0)
     client = cast(
         _Cluster,
         _Cluster.from_url(
@@ -123,8 +236,14 @@ def connect_cluster(
             **target.tls_kwargs(),
         ),
     )
-    _guard_writes(client)
+    replica_wait = None
+    if target.wait_replicas > 0:
+        from bridge.redis.client import ReplicaWait  # client imports this module
+
+        replica_wait = ReplicaWait(target.wait_replicas, target.wait_timeout)
+    _guard_writes(client, replica_wait)
     client.target = target  # what BridgeRedis callers read (a cluster target: no sentinels)
+    client.replica_wait = replica_wait  # counted by the health probe, which also sets alone
     return cast(Redis, client)
 
 

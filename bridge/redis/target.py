@@ -6,9 +6,9 @@ deployment: a single node (``url``, the default), a Sentinel deployment (``senti
 ``master_name``; ``url`` then gives only the scheme, the credentials and the database), or a
 Redis Cluster (``cluster``; ``url`` is any node, :mod:`bridge.redis.cluster`). TLS
 (``rediss://``) applies to each, with the same CA file and client certificate for the
-sentinels as for the data nodes. A cluster has no sentinels, and its commits wait for no
-replica (``WAIT`` answers for one node's connection, and the cluster client routes a
-keyless command to any node): both are refused (:meth:`RedisTarget.check`).
+sentinels as for the data nodes. A cluster has no sentinels (refused:
+:meth:`RedisTarget.check`); its commits wait for replicas as a Sentinel deployment's do,
+``WAIT`` sent on the node connection that took the commit (:mod:`bridge.redis.cluster`).
 
 No I/O here: the files named are read by the TLS layer when connecting (and checked to exist
 when the config is loaded).
@@ -77,8 +77,6 @@ class RedisTarget:
         """What makes this target impossible (one line), or None."""
         if self.cluster and self.sentinels:
             return "a Redis Cluster has no sentinels: use layout = cluster or sentinels, not both"
-        if self.cluster and self.wait_replicas > 0:
-            return "wait_replicas is not supported with a Redis Cluster (set it to 0)"
         return None
 
     @classmethod
