@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, ResponseError
 
 from bridge.redis.keys import Keys
+from bridge.redis.replicas import ReplicaWait, is_commit
 from bridge.redis.target import RedisTarget
 
 #: Connections per cluster node. redis-py's cluster client does not wait for a free connection
@@ -73,7 +74,7 @@ class _ReplicaWaiting:
     """A cluster node's connection that sends ``WAIT`` after a commit, on itself: ``WAIT``
     answers for the writes of the connection it is sent on, and this is the connection the
     cluster client routed the commit to (the master of the keys' slot). As in the Sentinel
-    mode (:class:`bridge.redis.client.ReplicaWait`): a ``WAIT`` answered by too few replicas
+    mode (:class:`bridge.redis.replicas.ReplicaWait`): a ``WAIT`` answered by too few replicas
     is counted and logged, not failed; one refused or unblocked because the node was demoted
     (a failover) fails every reply it covered as a lost connection, and the cluster client
     then sends them again to the slot's new master (a transition sent again is refused by its
@@ -86,7 +87,6 @@ class _ReplicaWaiting:
     given as a success. Later reads hand out the rest."""
 
     replica_wait: Any = None  # the client's ReplicaWait (set on the class made per client)
-    is_commit: Any = None  # bridge.redis.client._is_commit (no import cycle at module load)
     _wait_packet: Any = None  # (the packed list with WAIT appended, replies it covers)
     _armed = 0  # replies covered by the WAIT sent, not read yet
     _replies: list[Any] | None = None  # read ahead: the covered replies not handed out yet
@@ -103,7 +103,7 @@ class _ReplicaWaiting:
 
     def pack_command(self, *args: Any) -> list[bytes]:
         packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
-        if self._packing_many or not self.is_commit(args):
+        if self._packing_many or not is_commit(args):
             return packed
         return self._append_wait(_chunks(packed), 1)
 
@@ -115,7 +115,7 @@ class _ReplicaWaiting:
         finally:
             self._packing_many = False
         names = {str(c[0]).upper() for c in commands if c}
-        if "MULTI" in names or not any(self.is_commit(c) for c in commands):
+        if "MULTI" in names or not any(is_commit(c) for c in commands):
             return packed
         return self._append_wait(_chunks(packed), len(commands))
 
@@ -178,12 +178,10 @@ def _guard_writes(client: RedisCluster, replica_wait: Any = None) -> None:
         else _GuardedConnection
     )
     if replica_wait is not None:
-        from bridge.redis.client import _is_commit  # client imports this module
-
         guarded = type(
             f"_Waiting{guarded.__name__}",
             (_ReplicaWaiting, guarded),
-            {"replica_wait": replica_wait, "is_commit": staticmethod(_is_commit)},
+            {"replica_wait": replica_wait},
         )
     kwargs["connection_class"] = guarded
     client.connection_kwargs["connection_class"] = guarded
@@ -238,8 +236,6 @@ def connect_cluster(
     )
     replica_wait = None
     if target.wait_replicas > 0:
-        from bridge.redis.client import ReplicaWait  # client imports this module
-
         replica_wait = ReplicaWait(target.wait_replicas, target.wait_timeout)
     _guard_writes(client, replica_wait)
     client.target = target  # what BridgeRedis callers read (a cluster target: no sentinels)

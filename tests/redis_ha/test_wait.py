@@ -11,9 +11,10 @@ import pytest
 
 from bridge.core.state import order_created
 from bridge.daemon.ops import RedisProbe
-from bridge.redis.client import ALONE_TRUSTED_AFTER, BridgeRedis, RedisTarget, connect
+from bridge.redis.client import BridgeRedis, RedisTarget, connect
 from bridge.redis.keys import Keys
 from bridge.redis.publisher import EventStore
+from bridge.redis.replicas import ALONE_TRUSTED_AFTER
 from bridge.redis.server import RedisServer
 
 pytestmark = pytest.mark.anyio
