@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
 
+from bridge import logs
 from bridge.redis.client import connect
 from bridge.redis.server import RedisServer
 
@@ -14,6 +16,19 @@ from bridge.redis.server import RedisServer
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def logging_as_found() -> Iterator[None]:
+    """Each test leaves logging as it found it: a till tool run in-process configures it (its
+    warnings to stderr) when nothing is configured, and a test that configured it for a daemon
+    must not decide where the next test's lines go (one such leak printed a log line among a
+    tool's JSON on stdout in CI)."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    logs.reset_logging()
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 from helpers.harness import API_KEY, Till, bridge_config, running_bridge, sim_webhooks
 from redis.asyncio import Redis
 
-from bridge.logs import configure_logging
+from bridge.logs import configure_logging, reset_logging
 from bridge.redis.server import free_port
 from bridge.simulator.server import SimulatorServer
 
@@ -47,7 +47,7 @@ async def test_no_secret_in_logs_or_events(redis_server, redis_client: Redis) ->
                 events = await till.until_final("SIM-SOFTDECLINE-APPROVE-01", command_id)
                 deliveries = await sim_webhooks(sim)
     finally:
-        configure_logging("info", "console")
+        reset_logging()
     text = logs.getvalue()
     published = json.dumps(await till.events("SIM-SOFTDECLINE-APPROVE-01"))
     assert tokens, "the payment had an events token"
