@@ -5,6 +5,10 @@ Its own module, so its own cluster: the test leaves one node dead."""
 
 from __future__ import annotations
 
+import io
+import json
+from collections.abc import Iterator
+
 import anyio
 import httpx
 import pytest
@@ -13,6 +17,7 @@ from helpers.cluster import KEYS, cluster_till, other_node, pay_argv, run_cli
 from helpers.harness import bridge_config, running_bridge, sim_orders, statuses
 from redis.asyncio import Redis
 
+from bridge import logs
 from bridge.redis.cluster_server import RedisClusterServer
 from bridge.simulator.server import SimulatorServer
 
@@ -21,11 +26,25 @@ pytestmark = pytest.mark.anyio
 MANUAL = "SIM-MANUAL-01"  # initialized, then waits for a person: the kill lands mid-payment
 
 
+@pytest.fixture
+def daemon_log() -> Iterator[io.StringIO]:
+    """The in-process daemon's log, as JSON lines: configured here, so neither the till tool
+    (which sends its own warnings to stderr when nothing is configured) nor an earlier test
+    decides where the daemon's lines go."""
+    buf = io.StringIO()
+    logs.configure_logging("info", "json", buf, environ={})
+    try:
+        yield buf
+    finally:
+        logs.reset_logging()
+
+
 async def test_a_master_killed_mid_payment(
     redis_cluster: RedisClusterServer,
     cluster_client: Redis,
     simulator: SimulatorServer,
     capsys: pytest.CaptureFixture[str],
+    daemon_log: io.StringIO,
 ) -> None:
     config = bridge_config(redis_cluster.url, simulator.base_url, redis={"layout": "cluster"})
     owner = redis_cluster.master_of("{pos}")
@@ -52,13 +71,11 @@ async def test_a_master_killed_mid_payment(
             )
             assert answer.status_code == 200, answer.text
 
-    logs: list[str] = []
     async with running_bridge(config) as bridge:
         code, out, err = await run_cli(
             pay_argv(till_url, MANUAL, "--order-id", "till7-f1"),
             capsys,
             kill_the_master_mid_payment,
-            logs,
         )
         assert took_over == replicas, "the slot's replica is its master now"
 
@@ -66,13 +83,14 @@ async def test_a_master_killed_mid_payment(
         assert out[-1]["status"] == "completed" and out[-1]["final"] is True
         # the next payment, after the failover
         code, out, err = await run_cli(
-            pay_argv(till_url, "SIM-APPROVE-01", "--order-id", "till7-f2"), capsys, logs=logs
+            pay_argv(till_url, "SIM-APPROVE-01", "--order-id", "till7-f2"), capsys
         )
         assert code == 0, err
         # the daemon met the lost master (its command reader was blocked on it), and its
         # reader was back for the next pay
         outage = ("redis.unreachable", "redis.reachable")
-        assert [w for line in logs for w in line.split() if w in outage] == list(outage), logs
+        events = [json.loads(line)["event"] for line in daemon_log.getvalue().splitlines()]
+        assert [e for e in events if e in outage] == list(outage), events
         await till.finished("till7-f1", timeout=60)
         await till.finished("till7-f2", timeout=60)
         # /readyz: the probe's PING reaches every node the cluster client knows now

@@ -13,7 +13,7 @@ from redis.crc import key_slot
 
 from bridge.config import Config, ConfigError
 from bridge.redis import leases
-from bridge.redis.cluster import publishing
+from bridge.redis.cluster import _Cluster, publishing
 from bridge.redis.keys import Keys
 from bridge.redis.publisher import ANNOUNCE_LUA, TRANSITION_LUA
 
@@ -180,3 +180,28 @@ def test_the_config_chooses_the_layout() -> None:
             _config(layout="cluster", url=url)
     with pytest.raises(ConfigError, match="layout"):
         _config(layout="sharded")
+
+
+@pytest.mark.anyio
+@given(
+    keys=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=3),
+    group=st.sampled_from(["pos-bridge", "STREAMS"]),
+)
+async def test_a_stream_read_finds_its_slot_without_asking_a_node(
+    keys: list[str], group: str
+) -> None:
+    """``XREAD``/``XREADGROUP`` are routed from their ``STREAMS`` keys, parsed here: redis-py
+    would ask its default node (``COMMAND GETKEYS``), and after a failover that node may be
+    the killed master (the intake then read nothing again). No node exists here, so asking
+    one fails the test; a group named ``STREAMS`` does not fool the parsing."""
+    client = _Cluster(host="127.0.0.1", port=1)  # never connected
+    tagged = [f"{{pos}}:{k}" for k in keys]
+    ids = [">"] * len(tagged)
+    reads = [
+        ("XREADGROUP", "GROUP", group, "c", "COUNT", 10, "BLOCK", 100, "STREAMS", *tagged, *ids),
+        ("XREAD", "COUNT", 1, "STREAMS", *tagged, *["0"] * len(tagged)),
+        (b"XREADGROUP", b"GROUP", group.encode(), b"c", b"STREAMS", *map(str.encode, tagged),
+         *(b">" for _ in tagged)),
+    ]  # fmt: skip
+    for read in reads:
+        assert await client._determine_slot(*read) == key_slot(b"pos")

@@ -28,11 +28,9 @@ async def run_cli(
     argv: list[str],
     capsys: pytest.CaptureFixture[str],
     beside: Callable[[], Awaitable[None]] | None = None,
-    logs: list[str] | None = None,
 ) -> tuple[int, list[dict[str, Any]], str]:
     """``pos-bridge ARGV`` in a worker thread (it runs its own event loop), with ``beside``
-    running meanwhile. Returns (exit code, the JSON objects it printed, stderr); the lines of
-    an in-process daemon's log printed meanwhile are added to ``logs``."""
+    running meanwhile. Returns (exit code, the JSON objects it printed, stderr)."""
     result: list[int] = []
 
     async def cli() -> None:
@@ -43,10 +41,8 @@ async def run_cli(
         if beside is not None:
             await beside()
     out, err = capsys.readouterr()
-    # the daemon runs in this process: its log lines share stdout (they are not JSON objects)
+    # an in-process daemon's log lines, unless a test sends them elsewhere, share stdout
     printed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    if logs is not None:
-        logs.extend(line for line in out.splitlines() if not line.startswith("{"))
     return result[0], printed, err
 
 
