@@ -202,15 +202,18 @@ async def test_pay_sent_while_the_master_is_down(
         "pay", "--prefix", "down", "--terminal", "T1", "--amount", "1.00",
         "--wait-timeout", "1", *sentinel_flags(deployment),
     ]  # fmt: skip
-    code, out, err = await cli(argv, capsys)
-    now = await anyio.to_thread.run_sync(deployment.promoted_after, killed)
-    assert code == 0, err
-    assert "lost Redis sending the command" in err and "through the sentinels" in err, err
-    assert "reached Redis again (sentinel master 'pos' via 127.0.0.1:" in err
-    sent = json.loads(out)
-    assert [c["command_id"] for c in await commands_of(deployment, "down")] == [sent["command_id"]]
-    assert deployment.master_port() == now
-    await anyio.to_thread.run_sync(deployment.revive, killed)
+    try:
+        code, out, err = await cli(argv, capsys)
+        now = await anyio.to_thread.run_sync(deployment.promoted_after, killed)
+        assert code == 0, err
+        assert "lost Redis sending the command" in err and "through the sentinels" in err, err
+        assert "reached Redis again (sentinel master 'pos' via 127.0.0.1:" in err
+        sent = json.loads(out)
+        sent_ids = [c["command_id"] for c in await commands_of(deployment, "down")]
+        assert sent_ids == [sent["command_id"]]
+        assert deployment.master_port() == now
+    finally:  # a failure here must not leave the next tests a deployment without a replica
+        await anyio.to_thread.run_sync(deployment.revive, killed)
 
 
 async def test_pay_whose_wait_the_kill_cut_is_sent_again_and_paid_once(
