@@ -199,8 +199,9 @@ def test_cluster_target(tmp_path: Path) -> None:
     assert str(t) == "cluster via rediss://h:7000"
     with pytest.raises(ValueError, match="no sentinels"):
         RedisTarget(url="redis://h:7000", cluster=True, sentinels=(("h", 1),), master_name="m")
-    # commits wait for a replica when asked (bridge.redis.cluster); not yet by default
-    cfg = load(tmp_path, 'url = "redis://h:7000"\nlayout = "cluster"\nwait_replicas = 1')
+    # commits wait for a replica by default in a cluster (bridge.redis.cluster), as with
+    # sentinels; 0 turns it off
+    cfg = load(tmp_path, 'url = "redis://h:7000"\nlayout = "cluster"')
     assert cfg.redis.target.wait_replicas == 1
     assert RedisTarget(url="redis://h:7000", cluster=True, wait_replicas=2).wait_replicas == 2
 
@@ -209,7 +210,9 @@ def test_till_cluster_flag() -> None:
     args = _till_args("--redis-url", "redis://h:7000", "--cluster")
     assert redis_target(args).cluster
     assert tail_hint(args, "T1", None).endswith("--cluster")
-    assert redis_target(args).wait_replicas == 0  # opt in: --wait-replicas 1
+    # the tools opt in (--wait-replicas 1): they have no probe to tell a cluster without
+    # replicas, where every WAIT would last its whole timeout
+    assert redis_target(args).wait_replicas == 0
     waiting = _till_args("--redis-url", "redis://h:7000", "--cluster", "--wait-replicas", "1")
     assert redis_target(waiting).wait_replicas == 1
     with pytest.raises(UserError) as info:

@@ -10,9 +10,9 @@ waits for every final and audits every terminal's durable stream as the other fa
 do (:mod:`bridge.bench.faults`): finals lost, duplicate transitions, finals that contradict
 the simulator, and the *silence* of each payment in flight (from the kill to its next event).
 
-The daemon runs with the cluster layout's default ``wait_replicas = 0`` (no ``WAIT``): a write
-the killed master acknowledged but had not sent to its replica is lost with it, and this run
-shows what that costs the bridge.
+The daemon runs with the cluster layout's default ``wait_replicas = 1``: a commit is
+acknowledged once the slot's replica holds it, so the master killed takes none of them along;
+what the wait costs shows in the silence of the payments in flight.
 """
 
 from __future__ import annotations

@@ -358,11 +358,11 @@ class RedisConfig(_Model):
 
     @property
     def effective_wait_replicas(self) -> int:
-        """``wait_replicas``, else 1 with sentinels (there is a replica to wait for), else 0
-        (a cluster too: opt in, see the README's Redis Cluster section)."""
+        """``wait_replicas``, else 1 with sentinels or in a cluster (a failover promotes a
+        replica: what it does not hold is lost), else 0 (one node: nothing to wait for)."""
         if self.wait_replicas is not None:
             return self.wait_replicas
-        return 1 if self.sentinels else 0
+        return 1 if self.sentinels or self.layout == "cluster" else 0
 
     @property
     def target(self) -> RedisTarget:

@@ -42,6 +42,9 @@ def redis_section(args: argparse.Namespace, url: str | None = None) -> dict[str,
         section["sentinels"] = list(args.sentinel)
     if getattr(args, "cluster", False):
         section["layout"] = "cluster"
+        # a tool opts in (--wait-replicas 1), unlike the daemon: it has no health probe to
+        # tell a cluster without replicas, where each WAIT would last its whole timeout
+        section["wait_replicas"] = 0
     for key in REDIS_FLAG_KEYS:
         value = getattr(args, key, None)
         if value is not None and value != "":

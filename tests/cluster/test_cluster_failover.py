@@ -1,7 +1,7 @@
 """A Redis Cluster master killed (SIGKILL) in the middle of a payment: its replica takes over,
 the payment completes, nothing is lost or published twice, and the next payment goes through.
 
-Its own module, so its own cluster: the test leaves one node dead."""
+Each run has its own cluster: the test leaves one node dead."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ MANUAL = "SIM-MANUAL-01"  # initialized, then waits for a person: the kill lands
 
 
 @pytest.fixture
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A cluster per test (not per module, as elsewhere): each run kills a master."""
+    with RedisClusterServer(masters=3, replicas_per_master=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
 def daemon_log() -> Iterator[io.StringIO]:
     """The in-process daemon's log, as JSON lines: configured here, so neither the till tool
     (which sends its own warnings to stderr when nothing is configured) nor an earlier test
@@ -39,14 +46,17 @@ def daemon_log() -> Iterator[io.StringIO]:
         logs.reset_logging()
 
 
+@pytest.mark.parametrize("wait_replicas", [1, 0], ids=["commits-wait", "no-wait"])
 async def test_a_master_killed_mid_payment(
+    wait_replicas: int,
     redis_cluster: RedisClusterServer,
     cluster_client: Redis,
     simulator: SimulatorServer,
     capsys: pytest.CaptureFixture[str],
     daemon_log: io.StringIO,
 ) -> None:
-    config = bridge_config(redis_cluster.url, simulator.base_url, redis={"layout": "cluster"})
+    section = {"layout": "cluster", "wait_replicas": wait_replicas}
+    config = bridge_config(redis_cluster.url, simulator.base_url, redis=section)
     owner = redis_cluster.master_of("{pos}")
     replicas = redis_cluster.replicas_of(owner)
     assert len(replicas) == 1
@@ -56,11 +66,12 @@ async def test_a_master_killed_mid_payment(
 
     async def kill_the_master_mid_payment() -> None:
         await till.wait_for(MANUAL, lambda events: "initialized" in statuses(events), timeout=60)
-        # Replication is asynchronous: make the kill land after the replica has what was
-        # written, so this tests the failover, not Redis's window of loss (the bridge does
-        # not WAIT for replicas; see the README)
-        master = redis.Redis(host=redis_cluster.host, port=owner)
-        assert master.execute_command("WAIT", 1, 10_000) == 1  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        if not wait_replicas:
+            # Replication is asynchronous: without the daemon's WAIT, make the kill land
+            # after the replica has what was written, so this tests the failover, not
+            # Redis's window of loss. With it, what the till saw is on the replica already.
+            master = redis.Redis(host=redis_cluster.host, port=owner)
+            assert master.execute_command("WAIT", 1, 10_000) == 1  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         redis_cluster.kill(owner)
         took_over.append(
             await anyio.to_thread.run_sync(redis_cluster.wait_failover, "{pos}", owner)
@@ -91,6 +102,9 @@ async def test_a_master_killed_mid_payment(
         outage = ("redis.unreachable", "redis.reachable")
         events = [json.loads(line)["event"] for line in daemon_log.getvalue().splitlines()]
         assert [e for e in events if e in outage] == list(outage), events
+        # the daemon's commits did WAIT (none of the new master's can be acknowledged: its
+        # replica was the master killed) or, without wait_replicas, sent no WAIT at all
+        assert ("redis.wait_short" in events) == bool(wait_replicas), events
         await till.finished("till7-f1", timeout=60)
         await till.finished("till7-f2", timeout=60)
         # /readyz: the probe's PING reaches every node the cluster client knows now
