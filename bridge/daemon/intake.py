@@ -203,7 +203,11 @@ class CommandIntake:
         Returns whether the intake still waits out an outage (no: Redis answered)."""
         if waiting:
             self._waiters.leave()
-        if "NOGROUP" not in str(exc):
+        if "UNBLOCKED" in str(exc):
+            # a blocked read ended by Redis: the slot moved to another node (resharding) or
+            # the key was deleted; the next read goes where the stream is now
+            log.info("intake.unblocked", reason=str(exc))
+        elif "NOGROUP" not in str(exc):
             log.error(
                 "intake.refused",
                 error=str(exc),

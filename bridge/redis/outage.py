@@ -19,7 +19,13 @@ from typing import TypeVar
 
 import anyio
 import structlog
-from redis.exceptions import ClusterDownError, RedisError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,13 +38,17 @@ T = TypeVar("T")
 #: The errors that mean "Redis is unreachable" (``BusyLoadingError`` is a ConnectionError).
 #: In a Redis Cluster, also the moments of a failover: nodes answer ``CLUSTERDOWN`` while a
 #: lost master's slots have no master yet, ``TRYAGAIN`` while a slot moves, and the client
-#: finds no node for a slot until it learns the new master.
+#: finds no node for a slot until it learns the new master; and ``ClusterError`` ("TTL
+#: exhausted"), redis-py's cluster client giving up after 16 redirections and retries in a
+#: row (``MOVED``/``ASK``/``TRYAGAIN`` while a slot migrates): a till's ``pay --wait`` ended
+#: on it, "outcome unknown", while its slot was resharded (test_cluster_reshard.py, in CI).
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ClusterDownError,
     TryAgainError,
     SlotNotCoveredError,
+    ClusterError,
 )
 
 

@@ -10,8 +10,8 @@ import anyio
 import anyio.abc
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ClusterError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from structlog.testing import capture_logs
 
@@ -136,3 +136,10 @@ async def test_a_refused_connection_is_retried_before_it_is_an_outage(
     with pytest.raises(RedisConnectionError) as refused, anyio.fail_after(20):
         await unreachable.get("outage:refused")
     assert is_outage(refused.value)
+
+
+def test_a_cluster_client_out_of_redirections_is_an_outage() -> None:
+    """redis-py's cluster client gives up with ``ClusterError("TTL exhausted.")`` after 16
+    ``MOVED``/``ASK``/``TRYAGAIN`` in a row, as while a slot migrates: retried, not refused."""
+    assert is_outage(ClusterError("TTL exhausted."))
+    assert not is_outage(ResponseError("WRONGTYPE Operation against a key"))
