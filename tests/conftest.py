@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator, Iterator
 
@@ -29,6 +30,19 @@ def logging_as_found() -> Iterator[None]:
     yield
     logs.reset_logging()
     root.setLevel(level)
+
+
+@pytest.fixture
+def daemon_log() -> Iterator[io.StringIO]:
+    """The log of a daemon run in-process, as JSON lines: configured here, so its lines stay
+    off the stdout a till tool run in-process prints its JSON on (and the tool, finding
+    logging configured, sends its own warnings here too)."""
+    buf = io.StringIO()
+    logs.configure_logging("info", "json", buf, environ={})
+    try:
+        yield buf
+    finally:
+        logs.reset_logging()
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from helpers.cluster import KEYS, cluster_till, other_node, pay_argv, run_cli
 from helpers.harness import bridge_config, running_bridge, sim_orders, statuses
 from redis.asyncio import Redis
 
-from bridge import logs
 from bridge.redis.cluster_server import RedisClusterServer
 from bridge.simulator.server import SimulatorServer
 
@@ -31,19 +30,6 @@ def redis_cluster() -> Iterator[RedisClusterServer]:
     """A cluster per test (not per module, as elsewhere): each run kills a master."""
     with RedisClusterServer(masters=3, replicas_per_master=1) as cluster:
         yield cluster
-
-
-@pytest.fixture
-def daemon_log() -> Iterator[io.StringIO]:
-    """The in-process daemon's log, as JSON lines: configured here, so neither the till tool
-    (which sends its own warnings to stderr when nothing is configured) nor an earlier test
-    decides where the daemon's lines go."""
-    buf = io.StringIO()
-    logs.configure_logging("info", "json", buf, environ={})
-    try:
-        yield buf
-    finally:
-        logs.reset_logging()
 
 
 @pytest.mark.parametrize("wait_replicas", [1, 0], ids=["commits-wait", "no-wait"])

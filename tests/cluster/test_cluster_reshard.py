@@ -6,6 +6,8 @@ Its own module, so its own cluster: the test leaves the slot elsewhere."""
 
 from __future__ import annotations
 
+import io
+
 import anyio
 import httpx
 import pytest
@@ -28,6 +30,7 @@ async def test_the_slot_moves_mid_payment(
     cluster_client: Redis,
     simulator: SimulatorServer,
     capsys: pytest.CaptureFixture[str],
+    daemon_log: io.StringIO,
 ) -> None:
     config = bridge_config(redis_cluster.url, simulator.base_url, redis={"layout": "cluster"})
     owner = redis_cluster.master_of("{pos}")

@@ -5,6 +5,7 @@ is published twice."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +33,16 @@ MANUAL = "SIM-MANUAL-01"  # waits for a tap: the failover happens while the paym
 def deployment() -> Iterator[SentinelDeployment]:
     with SentinelDeployment(replicas=1, sentinels=3) as d:
         yield d
+
+
+@pytest.fixture(autouse=True)
+def nodes_back(deployment: SentinelDeployment) -> Iterator[None]:
+    """After each test, a node it killed and did not start again (it failed first) rejoins:
+    the next test must not meet a master with no replica to promote (CI: NOGOODSLAVE)."""
+    yield
+    for node in deployment.nodes:
+        if not node.running:
+            deployment.revive(node.port)
 
 
 @pytest.fixture
@@ -217,7 +228,7 @@ async def test_pay_sent_while_the_master_is_down(
 
 
 async def test_pay_whose_wait_the_kill_cut_is_sent_again_and_paid_once(
-    deployment: SentinelDeployment, capsys: pytest.CaptureFixture[str]
+    deployment: SentinelDeployment, capsys: pytest.CaptureFixture[str], daemon_log: io.StringIO
 ) -> None:
     """``pay --wait``'s ``XADD`` is on the master and its replica, its ``WAIT`` (for two
     replicas: one more than there is, so it blocks) still open when the master is kill -9'd.
