@@ -48,6 +48,7 @@ class ClusterRig(Rig):
         self.terminals = [f"F{i:03d}" for i in range(terminals)]
         self.keys = Keys("pos", "cluster")
         self.daemons: dict[str, DaemonProcess] = {}
+        self.transport = "auto"  # as Rig's: its __init__ (one redis-server) is not run
 
     def __enter__(self) -> ClusterRig:
         self.cluster.start()

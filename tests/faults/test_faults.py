@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.bench.cluster_faults import run_cluster_faults
 from bridge.bench.faults import PROCESS_KINDS, run_scenario
 
 pytestmark = pytest.mark.anyio
@@ -28,3 +29,13 @@ async def test_every_payment_ends_once_whatever_fails(kind: str) -> None:
         assert report.silences  # measured (the figures are for the bench, not asserted)
     else:
         assert audit.payments == 8
+
+
+async def test_a_cluster_master_killed_under_payments_loses_nothing() -> None:
+    """``bench --cluster-failover``'s run, one round: the master of the bridge's slot is
+    SIGKILLed while payments are under way (the daemon's commits waiting for its replica, the
+    cluster layout's default); every payment ends with one final, the simulator's."""
+    report = await run_cluster_faults(rounds=1, terminals=4)
+    assert report.faults_injected == 1 and report.rounds == 1
+    assert report.audit.payments == 4
+    assert report.audit.clean, "\n".join(report.audit.problems)
