@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, ResponseError
 
 from bridge.redis.keys import Keys
-from bridge.redis.replicas import ReplicaWait, is_commit
+from bridge.redis.replicas import ReplicaWait, is_commit, upper_word
 from bridge.redis.target import RedisTarget
 
 #: Connections per cluster node. redis-py's cluster client does not wait for a free connection
@@ -214,7 +214,7 @@ class _Cluster(RedisCluster):
         daemon's command intake read nothing after a cluster failover (5 runs in 7 of
         tests/cluster/test_cluster_failover.py). Parsing them here also spares the round trip
         on every read. Other commands keep redis-py's way."""
-        name = _upper(command) if isinstance(command, str | bytes) else ""
+        name = upper_word(command)
         if name in ("XREAD", "XREADGROUP"):
             keys = _stream_keys(args[3:] if name == "XREADGROUP" else args)  # after GROUP g c
             slots = {self.keyslot(k) for k in keys}
@@ -227,20 +227,13 @@ def _stream_keys(options: tuple[Any, ...]) -> list[Any]:
     """The keys of ``[COUNT n] [BLOCK ms] [NOACK] STREAMS key... id...``, as Redis reads them:
     the first half of what follows the first ``STREAMS`` (an option's value is a number, so
     it cannot be one); none when malformed."""
-    marks = (
-        i for i, a in enumerate(options) if isinstance(a, str | bytes) and _upper(a) == "STREAMS"
-    )
-    first = next(marks, None)
+    first = next((i for i, a in enumerate(options) if upper_word(a) == "STREAMS"), None)
     if first is None:
         return []
     rest = options[first + 1 :]
     if not rest or len(rest) % 2:
         return []
     return list(rest[: len(rest) // 2])
-
-
-def _upper(arg: str | bytes) -> str:
-    return arg.decode(errors="replace").upper() if isinstance(arg, bytes) else arg.upper()
 
 
 def connect_cluster(

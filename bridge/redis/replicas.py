@@ -15,7 +15,8 @@ log = structlog.get_logger("bridge.redis")
 COMMITS = frozenset({"EVALSHA", "EVAL", "FCALL", "XADD"})
 
 
-def _upper(arg: Any) -> str:
+def upper_word(arg: Any) -> str:
+    """A command's name or keyword (``str`` or ``bytes``) in capitals; "" for anything else."""
     if isinstance(arg, bytes):
         return arg.decode(errors="replace").upper()
     return arg.upper() if isinstance(arg, str) else ""
@@ -23,9 +24,9 @@ def _upper(arg: Any) -> str:
 
 def is_commit(args: tuple[Any, ...]) -> bool:
     """Is this command (name first, then its arguments) a commit?"""
-    name = _upper(args[0]) if args else ""
+    name = upper_word(args[0]) if args else ""
     if name == "SET":  # a once-only marker (a command's record, a refund's): SET ... NX
-        return any(_upper(a) == "NX" for a in args[3:])
+        return any(upper_word(a) == "NX" for a in args[3:])
     return name in COMMITS
 
 
