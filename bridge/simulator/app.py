@@ -266,6 +266,8 @@ class Simulator:
     def _create_answer(self, order: Order, request: Request) -> dict[str, Any]:
         v = self.variants
         host = request.url.netloc  # the host the client used, so the URLs work for it
+        secure = request.url.scheme == "https"  # and its scheme: over TLS, TLS URLs
+        http, ws = ("https", "wss") if secure else ("http", "ws")
         token = tokens.make_events_token(
             order.session_id, self.secret, self.clock.time(), v.token_ttl
         )
@@ -274,12 +276,12 @@ class Simulator:
         data: dict[str, Any] = {
             "order_id": order.order_id,
             "session_id": order.session_id,
-            "payment_url": f"http://{host}/connect/{order.session_id}/?lang=nl_NL",
+            "payment_url": f"{http}://{host}/connect/{order.session_id}/?lang=nl_NL",
             f"{word}_token": token,
         }
         if v.events_url == "on":
-            data[f"{word}_url"] = f"ws://{host}/events/"
-        data[f"{word}_stream_url"] = f"http://{host}/events/stream/"
+            data[f"{word}_url"] = f"{ws}://{host}/events/"
+        data[f"{word}_stream_url"] = f"{http}://{host}/events/stream/"
         return data
 
     async def get_order(self, request: Request) -> Response:

@@ -104,7 +104,7 @@ class Page:
             cards(self.sim),
             variants=self.sim.variants.as_dict(),
             speed=self.sim.clock.speed,
-            api_url=f"http://{request.url.netloc}/v1/json/",
+            api_url=f"{request.url.scheme}://{request.url.netloc}/v1/json/",
         )
         return HTMLResponse(html, headers={"cache-control": "no-store"})
 

@@ -8,12 +8,15 @@ import copy
 import signal
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from bridge import sockets
 from bridge.simulator.app import Simulator
+
+if TYPE_CHECKING:
+    from bridge.simulator.certs import ServerCert
 
 
 class _Server(uvicorn.Server):
@@ -36,8 +39,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(
-    simulator: Simulator, *, log_level: str = "warning", access_log: bool = False
+    simulator: Simulator,
+    *,
+    log_level: str = "warning",
+    access_log: bool = False,
+    tls: ServerCert | None = None,
 ) -> _Server:
+    """uvicorn serving the simulator; over HTTPS/WSS with ``tls``'s certificate (the URLs it
+    hands out then say ``https``/``wss``: they follow the request's scheme)."""
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     # All logs on stderr: stdout carries only the base URL line, for scripts to read.
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
@@ -50,6 +59,8 @@ def make_server(
         timeout_graceful_shutdown=2,
         ws="websockets-sansio",
         ws_ping_interval=None,
+        ssl_certfile=str(tls.cert_file) if tls else None,
+        ssl_keyfile=str(tls.key_file) if tls else None,
     )
     return _Server(config, simulator)
 
@@ -61,12 +72,22 @@ class SimulatorServer:
     ...     httpx.post(sim.base_url + "orders", headers={"api_key": "k"}, json={...})
 
     ``simulator`` is the live ``Simulator`` (its ``variants``, ``store``); change it through the
-    admin API (``/_sim/...``) from other threads where possible.
+    admin API (``/_sim/...``) from other threads where possible. With ``tls`` (a
+    :class:`~bridge.simulator.certs.ServerCert`: ``make_local_ca(...).server``) it serves HTTPS
+    and WSS only.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, **simulator_options: Any) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls: ServerCert | None = None,
+        **simulator_options: Any,
+    ) -> None:
         self.host = host
         self._port = port
+        self.tls = tls
         self.simulator = Simulator(**simulator_options)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -75,8 +96,9 @@ class SimulatorServer:
 
     @property
     def url(self) -> str:
-        """Root URL, e.g. ``http://127.0.0.1:PORT/`` (admin API under ``_sim/``)."""
-        return f"http://{self.host}:{self.port}/"
+        """Root URL, e.g. ``http://127.0.0.1:PORT/`` (admin API under ``_sim/``), ``https``
+        with ``tls``."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/"
 
     @property
     def base_url(self) -> str:
@@ -86,7 +108,7 @@ class SimulatorServer:
     def start(self) -> SimulatorServer:
         sock = bind(self.host, self._port)
         self.port = sock.getsockname()[1]
-        self._server = make_server(self.simulator)
+        self._server = make_server(self.simulator, tls=self.tls)
         server = self._server
 
         def run() -> None:
@@ -129,13 +151,14 @@ def serve_foreground(
     log_level: str,
     access_log: bool,
     backlog: int | None = None,
+    tls: ServerCert | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (``pos-bridge simulate``, the benchmark's simulator process).
 
     uvicorn handles both signals itself (stops serving, ``serve()`` returns), then re-raises the
     signal to the previous handler: that one is made harmless so the exit code is 0.
     """
-    server = make_server(simulator, log_level=log_level, access_log=access_log)
+    server = make_server(simulator, log_level=log_level, access_log=access_log, tls=tls)
     if backlog is not None:
         server.config.backlog = backlog
     signal.signal(signal.SIGTERM, lambda *_: None)
