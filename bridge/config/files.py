@@ -3,6 +3,8 @@ loaded, so a wrong path is one clear line then, not a TLS error at the first con
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -27,3 +29,33 @@ def unreadable_pem(path: Path) -> str | None:
     if b"-----BEGIN " not in head:
         return "not a PEM file (no -----BEGIN line)"
     return None
+
+
+def unloadable_ca(path: Path) -> str | None:
+    """Why ``path`` cannot be loaded as CA certificates to trust, or None (it can)."""
+    reason = unreadable_pem(path)
+    if reason is not None:
+        return reason
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+    except ssl.SSLError as exc:
+        return f"no CA certificate that TLS can load ({exc.reason or exc})"
+    except OSError as exc:
+        return f"cannot read ({type(exc).__name__})"
+    return None
+
+
+def file_problems(
+    section: str,
+    files: Iterable[tuple[str, str | None]],
+    check: Callable[[Path], str | None] = unreadable_pem,
+) -> list[tuple[str, str]]:
+    """``(section.name, "path: reason")`` for every named file of ``files`` (``(name, path)``,
+    None skipped) that ``check`` (:func:`unreadable_pem` or :func:`unloadable_ca`) refuses."""
+    problems: list[tuple[str, str]] = []
+    for name, path in files:
+        if path is not None:
+            reason = check(Path(path).expanduser())
+            if reason:
+                problems.append((f"{section}.{name}", f"{path}: {reason}"))
+    return problems

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from bridge.config.files import expand_path, unreadable_pem
+from bridge.config.files import expand_path, file_problems, unloadable_ca
 from bridge.config.secrets import ApiKey, resolve_api_key
 from bridge.config.types import (
     HOSTNAME_RE,
@@ -141,7 +141,22 @@ class MultiSafepayConfig(_Model):
     create_retries: int = Field(default=2, ge=0)
     enrich_final: bool = True
     upstream_timezone: TimeZoneName = "Europe/Amsterdam"
+    #: CA certificates (PEM) to trust for MultiSafepay instead of the default store: checked
+    #: when the config is loaded (:meth:`resolve_files`), read once at start (``tls_context``).
+    ca_file: str | None = None
     terminal_groups: list[TerminalGroup] = Field(default_factory=list)
+
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _pathlike(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty (leave it out for the default trust store)")
+        return v
 
     @field_validator("api_base_url")
     @classmethod
@@ -198,6 +213,17 @@ class MultiSafepayConfig(_Model):
         if self.reconnect_cap < self.reconnect_initial:
             raise ValueError("reconnect_cap must not be smaller than reconnect_initial")
         return self
+
+    def resolve_files(self) -> list[tuple[str, str]]:
+        """Check ``ca_file`` (the step after validation): the problems, one line each."""
+        return file_problems("multisafepay", [("ca_file", self.ca_file)], unloadable_ca)
+
+    @property
+    def tls_context(self) -> ssl.SSLContext:
+        """The one TLS context of every connection to MultiSafepay (REST, streams, bus)."""
+        from bridge.multisafepay.tls import client_context
+
+        return client_context(expand_path(self.ca_file))
 
     @property
     def api_host(self) -> str:
@@ -329,13 +355,8 @@ class RedisConfig(_Model):
     def resolve_files(self, environ: Mapping[str, str]) -> list[tuple[str, str]]:
         """Check the TLS files and resolve the sentinel password (the step after validation);
         return the problems, one line each."""
-        problems: list[tuple[str, str]] = []
-        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
-            path = getattr(self, name)
-            if path is not None:
-                reason = unreadable_pem(Path(path).expanduser())
-                if reason:
-                    problems.append((f"redis.{name}", f"{path}: {reason}"))
+        names = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+        problems = file_problems("redis", ((name, getattr(self, name)) for name in names))
         if self.sentinel_password_file is not None or self.sentinel_password_env is not None:
             key = resolve_api_key(
                 "redis-sentinel",

@@ -119,7 +119,7 @@ class Config(BaseSettings):
             problems = validation_errors(exc, overrides.overridden if overrides else {})
             raise ConfigError(source, (overrides.errors if overrides else []) + problems) from None
         problems = (overrides.errors if overrides else []) + cfg.resolve_keys(environ, source)
-        problems += cfg.redis.resolve_files(environ)
+        problems += cfg.multisafepay.resolve_files() + cfg.redis.resolve_files(environ)
         problems += webhook_url_problems(cfg.webhook, [g.name for g in cfg.terminal_groups])
         if problems:
             raise ConfigError(source, problems)

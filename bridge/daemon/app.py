@@ -105,9 +105,9 @@ class Bridge:
             stack.push_async_callback(redis.aclose)
             command_reader = connect(cfg.redis.target, max_connections=8, decode_responses=False)
             stack.push_async_callback(command_reader.aclose)
-            # one TLS context for every client: building one per client (33 of them) costs
-            # seconds of start-up on a loaded host, seconds a restarted daemon's payments wait
-            tls = httpx.create_ssl_context()
+            # one TLS context for every client and stream (bridge/multisafepay/tls.py): one per
+            # client (33 of them) cost seconds of start-up on a loaded host
+            tls = upstream.tls_context
             http: Any
             if proxy_configured(upstream.api_base_url):  # httpx goes through the proxy
                 http = await stack.enter_async_context(
@@ -142,6 +142,7 @@ class Bridge:
                     redis, self.keys, cfg.daemon.lease_ttl, cfg.redis.effective_consumer_name
                 ),
                 redis_waiters=RedisWaiters(metrics.REDIS_WAITING.set),
+                tls=tls,
             )
             store.revive = ctx.leases.revive
             self._api = ctx.api

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import TYPE_CHECKING
@@ -27,6 +28,8 @@ class SessionContext:
     upstream: MultiSafepayConfig
     leases: Leases
     redis_waiters: RedisWaiters
+    #: The TLS context of the streams, as of the REST calls (``[multisafepay] ca_file``).
+    tls: ssl.SSLContext
 
     @property
     def tz(self) -> tzinfo:

@@ -125,6 +125,7 @@ class StreamFollower:
                 heartbeat_interval=heartbeat_interval_for(upstream.stream_idle_timeout),
                 protocol=self._bus_protocol(),
                 on_open=self._first_open,
+                tls=self.ctx.tls,
             )
         else:
             assert r.events_stream_url
@@ -136,6 +137,7 @@ class StreamFollower:
                 connect_timeout=upstream.connect_timeout,
                 idle_timeout=upstream.stream_idle_timeout,
                 on_open=self._first_open,
+                tls=self.ctx.tls,
             )
         async with aclosing(messages) as stream:
             async for message in stream:

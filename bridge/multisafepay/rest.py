@@ -8,9 +8,10 @@ written by hand on a kept connection cost ~60 us. A payment makes three such cal
 ``GET`` once its stream opens, the details ``GET`` after its final), so they were most of what
 opening and closing a payment cost.
 
-What it does: ``http``/``https`` (the streams' TLS context: what httpx trusts), a request with
-an optional body, a response with ``Content-Length``, chunked, or read until the connection
-closes, ``gzip``/``deflate`` bodies (``identity`` is asked for), heads and bodies bounded.
+What it does: ``http``/``https`` (the daemon's one TLS context: :mod:`bridge.multisafepay.tls`),
+a request with an optional body, a response with ``Content-Length``, chunked, or read until the
+connection closes, ``gzip``/``deflate`` bodies (``identity`` is asked for), heads and bodies
+bounded.
 Connections are kept ``KEEPALIVE_EXPIRY`` seconds idle (httpx's default), at most
 ``MAX_IDLE``. What it does not do: proxies (with a proxy in the environment the daemon keeps
 httpx: :func:`proxy_configured`), redirects (the API answers none), HTTP/2, ``Expect``.

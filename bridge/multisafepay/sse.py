@@ -6,7 +6,7 @@ session's. A long-lived stream needs little: one request, then bytes. So each st
 HTTP/1.1 response, as httpx itself uses) and the project's bounded :mod:`sse_decoder` (httpx-sse's
 keeps an unfinished line without limit). Compared with a reader on httpx (a client pool scanned
 on every new request, a response object, its byte-stream iterators and their buffers), it holds
-a few KB per stream and no pool. The REST calls keep httpx.
+a few KB per stream and no pool. TLS: the daemon's one context (:mod:`bridge.multisafepay.tls`).
 
 Two ways a connection is declared dead: no bytes at all for ``idle_timeout`` (keep-alive
 comments are bytes), or bytes that never complete a line for ``idle_timeout`` (a slow drip).
@@ -20,15 +20,14 @@ import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from functools import cache
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
 import anyio
 import h11
-import httpx
 
 from bridge.multisafepay.sse_decoder import SSEDecoder, SSEMessage, SSEProtocolError
+from bridge.multisafepay.tls import client_context
 
 #: Longest line and message the bridge reads; a real message is ~200 bytes.
 MAX_LINE_BYTES = 64 * 1024
@@ -58,13 +57,6 @@ class StreamMessage:
 def auth_header(token: str, mode: Literal["bearer", "raw"]) -> str:
     # MultiSafepay documents the bare token; their SDK sends "Bearer TOKEN".
     return f"Bearer {token}" if mode == "bearer" else token
-
-
-@cache
-def _tls() -> ssl.SSLContext:
-    """One TLS context for every stream (building one loads the CA store: ~ms and ~KB each),
-    trusting what the REST client (httpx) trusts."""
-    return httpx.create_ssl_context()
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +220,11 @@ def _request(target: _Target, headers: list[tuple[str, str]]) -> bytes:
 
 
 async def _open(
-    target: _Target, request: bytes, connect_timeout: float, idle_timeout: float
+    target: _Target,
+    request: bytes,
+    connect_timeout: float,
+    idle_timeout: float,
+    tls: ssl.SSLContext | None,
 ) -> _StreamConnection:
     loop = asyncio.get_running_loop()
     conn = _StreamConnection(request, loop.time())
@@ -238,7 +234,7 @@ async def _open(
                 lambda: conn,
                 target.host,
                 target.port,
-                ssl=_tls() if target.tls else None,
+                ssl=(tls or client_context()) if target.tls else None,
                 server_hostname=target.host if target.tls else None,
             )
     except TimeoutError:
@@ -279,10 +275,13 @@ async def sse_messages(
     connect_timeout: float = 10.0,
     idle_timeout: float = 45.0,
     on_open: Callable[[], Awaitable[None]] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncGenerator[StreamMessage, None]:
     """Yield the stream's messages until it ends. Keep-alives (``data: ping``) are skipped.
 
     ``on_open`` is awaited once the stream is accepted, before its first message is read.
+    ``tls``: the context of an ``https`` stream (default: :func:`client_context`'s, trusting
+    what httpx trusts; the daemon passes the one its config asks for).
 
     Raises :class:`StreamError` for anything that ends the stream other than its own end. Use
     with ``contextlib.aclosing`` so the connection closes when the caller stops early.
@@ -297,7 +296,7 @@ async def sse_messages(
     ]
     if last_event_id:
         headers.append(("Last-Event-ID", last_event_id))
-    conn = await _open(target, _request(target, headers), connect_timeout, idle_timeout)
+    conn = await _open(target, _request(target, headers), connect_timeout, idle_timeout, tls)
     loop = asyncio.get_running_loop()
     try:
         _check_response(conn)

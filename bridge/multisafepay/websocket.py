@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import cast
 from urllib.parse import quote, urlsplit
@@ -57,7 +58,7 @@ from bridge.multisafepay.sse import (
     StreamMessage,
     StreamRejected,
 )
-from bridge.multisafepay.sse import _tls as tls_context  # the streams' one TLS context
+from bridge.multisafepay.tls import client_context
 
 log = structlog.get_logger("bridge.bus")
 
@@ -255,8 +256,11 @@ class _BusConnection(asyncio.Protocol):
                 self.transport.abort()
 
 
-async def _open(uri: WebSocketURI, connect_timeout: float, max_size: int) -> _BusConnection:
-    """TCP (TLS for wss) and the opening handshake, within ``connect_timeout`` together."""
+async def _open(
+    uri: WebSocketURI, connect_timeout: float, max_size: int, tls: ssl.SSLContext | None
+) -> _BusConnection:
+    """TCP (TLS for wss: ``tls``, else the default context) and the opening handshake, within
+    ``connect_timeout`` together."""
     loop = asyncio.get_running_loop()
     conn = _BusConnection(uri, max_size)
     try:
@@ -265,7 +269,7 @@ async def _open(uri: WebSocketURI, connect_timeout: float, max_size: int) -> _Bu
                 lambda: conn,
                 uri.host,
                 uri.port,
-                ssl=tls_context() if uri.secure else None,
+                ssl=(tls or client_context()) if uri.secure else None,
                 server_hostname=uri.host if uri.secure else None,
             )
             # Until the handshake's answer (a refusal leaves the state CONNECTING).
@@ -334,6 +338,7 @@ async def bus_messages(
     protocol: BusProtocol | None = None,
     on_open: Callable[[], Awaitable[None]] | None = None,
     max_size: int = MAX_MESSAGE_BYTES,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncGenerator[StreamMessage, None]:
     """Subscribe ``channel`` on the bus at ``url`` and yield its events until the bus closes.
 
@@ -346,7 +351,8 @@ async def bus_messages(
 
     Pass the same ``protocol`` across reconnects to re-subscribe every channel it holds (and to
     keep its request ids unique); by default each call starts afresh. ``on_open`` is awaited
-    once the subscription is acknowledged.
+    once the subscription is acknowledged. ``tls``: the context of a ``wss`` bus (as
+    :func:`bridge.multisafepay.sse.sse_messages` takes it).
 
     Raises :class:`StreamRejected` for a refused handshake (HTTP 401/403), a policy close (1008),
     an ``error`` reply to the subscription, or an unusable URL; :class:`StreamError` for anything
@@ -359,7 +365,7 @@ async def bus_messages(
     proto = protocol if protocol is not None else BusProtocol(heartbeat_interval=heartbeat_interval)
     proto.heartbeat_interval = heartbeat_interval
     clock = clock or asyncio.get_running_loop().time
-    conn = await _open(uri, connect_timeout, max_size)
+    conn = await _open(uri, connect_timeout, max_size, tls)
     # A new connection: whatever the protocol held (after a reconnect) is subscribed again. The
     # protocol keeps the timers; this loop only sleeps until its next deadline or a message.
     frames = proto.open_connection(

@@ -21,7 +21,6 @@ import anyio
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from bridge.multisafepay import websocket as bus_module
 from bridge.multisafepay.sse import StreamError, StreamMessage, StreamRejected
 from bridge.multisafepay.websocket import bus_messages
 
@@ -49,10 +48,12 @@ async def acking_bus(then: Then, **options: Any) -> AsyncIterator[str]:
         yield f"{scheme}://127.0.0.1:{port}/events/"
 
 
-async def read_all(url: str, *, idle: float = 2, limit: float = 10) -> list[StreamMessage]:
+async def read_all(
+    url: str, *, idle: float = 2, limit: float = 10, tls: ssl.SSLContext | None = None
+) -> list[StreamMessage]:
     got: list[StreamMessage] = []
     with anyio.fail_after(limit):
-        stream = bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=idle)
+        stream = bus_messages(url, TOKEN, connect_timeout=2, idle_timeout=idle, tls=tls)
         async with aclosing(stream) as messages:
             async for message in messages:
                 got.append(message)
@@ -245,13 +246,10 @@ async def test_wss_verifies_the_certificate(self_signed: tuple[Path, Path]) -> N
     assert not isinstance(info.value, StreamRejected)
 
 
-async def test_wss_with_a_trusted_certificate(
-    self_signed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_wss_with_a_trusted_certificate(self_signed: tuple[Path, Path]) -> None:
     trusting = ssl.create_default_context(cafile=str(self_signed[0]))
-    monkeypatch.setattr(bus_module, "tls_context", lambda: trusting)
     async with acking_bus(send_one, ssl=server_tls(*self_signed)) as url:
-        got = await read_all(url)
+        got = await read_all(url, tls=trusting)
     assert statuses(got) == ["initialized"]
 
 
