@@ -377,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the SDK is installed from PyPI into its own virtualenv on first use",
     )
     p.add_argument(
+        "--tls",
+        action="store_true",
+        help="the simulator serves HTTPS/WSS with a throwaway local CA made for the run, which "
+        "the daemon trusts through [multisafepay] ca_file (and the SDK peer through "
+        "SSL_CERT_FILE/REQUESTS_CA_BUNDLE): the figures with TLS",
+    )
+    p.add_argument(
         "--daemon-gc",
         choices=["default", "freeze"],
         default="default",

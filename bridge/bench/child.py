@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import selectors
 import subprocess
 import sys
@@ -65,7 +66,16 @@ class BenchError(Exception):
 class Child:
     """A child process with line-based stdin/stdout, stderr to a log file."""
 
-    def __init__(self, name: str, argv: list[str], logdir: Path, *, stdin: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        logdir: Path,
+        *,
+        stdin: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``env``: variables set for the child on top of this process's environment."""
         self.name = name
         self.log_path = logdir / f"{name}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed below, kept by the child
@@ -76,6 +86,7 @@ class Child:
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             text=True,
             bufsize=1,
+            env={**os.environ, **env} if env else None,
         )
         log.close()
 

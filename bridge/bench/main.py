@@ -27,6 +27,7 @@ import argparse
 import json
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -57,6 +58,7 @@ from bridge.bench.settings import (
 from bridge.errors import UserError
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer
+from bridge.simulator.certs import LocalCa, make_local_ca
 
 
 class Bench:
@@ -67,6 +69,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="pos-bridge-bench-"))
         self.py = sys.executable
         self.open_failed = 0
+        self.ca: LocalCa | None = None  # with --tls: the run's CA (_local_ca)
 
     def _remove_tmp_unless_failed(self, exc_type: type[BaseException] | None, *_: object) -> None:
         """The logs of a failed run (its errors name ``daemon.log``) stay to be read."""
@@ -102,17 +105,24 @@ class Bench:
             if self.tills.readline(15) != "ready":
                 raise BenchError("tills did not subscribe")
 
-            self.sim = Child("simulator", [self.py, "-m", "bridge.bench.simproc"], self.tmp)
+            self.ca = self._local_ca()
+            sim_argv = [self.py, "-m", "bridge.bench.simproc"]
+            if self.ca is not None:
+                server = self.ca.server
+                sim_argv += ["--tls-cert", str(server.cert_file), "--tls-key", str(server.key_file)]
+            self.sim = Child("simulator", sim_argv, self.tmp)
             stack.callback(self.sim.stop)
             base_url = self.sim.readline(30)
             self.sim_root = base_url.removesuffix("v1/json/")
             self.sim_port = int(base_url.split(":")[2].split("/")[0])
-            self.http = httpx.Client(base_url=self.sim_root, timeout=60)
+            trust = ssl.create_default_context(cafile=str(self.ca.ca_file)) if self.ca else True
+            self.http = httpx.Client(base_url=self.sim_root, timeout=60, verify=trust)
             stack.callback(self.http.close)
             wait_for(self._sim_up, 30, "the simulator")
 
             cfg = self.tmp / "config.toml"
-            cfg.write_text(daemon_config(rs.url, base_url, self.s))
+            ca_file = self.ca.ca_file if self.ca is not None else None
+            cfg.write_text(daemon_config(rs.url, base_url, self.s, ca_file))
             self.api_base_url = base_url
             self.daemon = self._start_daemon(cfg)
             stack.callback(self.daemon.stop)
@@ -137,6 +147,22 @@ class Bench:
         return self.result
 
     # -- plumbing ---------------------------------------------------------------------------
+    def _local_ca(self) -> LocalCa | None:
+        """With ``--tls``, the run's throwaway CA and the simulator's certificate, in its tmp."""
+        if not self.s.tls:
+            return None
+        try:
+            return make_local_ca(self.tmp)
+        except RuntimeError as exc:
+            raise BenchError(f"--tls: {exc}") from None
+
+    def trust_env(self) -> dict[str, str]:
+        """The environment that makes a child trust the run's CA (for the SDK peer: Python's
+        ``ssl`` defaults, and requests, which otherwise trusts only certifi's bundle)."""
+        if self.ca is None:
+            return {}
+        return {"SSL_CERT_FILE": str(self.ca.ca_file), "REQUESTS_CA_BUNDLE": str(self.ca.ca_file)}
+
     def _start_daemon(self, cfg: Path) -> Child:
         return Child("daemon", daemon_argv(self.py, cfg, self.s), self.tmp)
 

@@ -27,7 +27,7 @@ from typing import Any
 from bridge.bench.child import BenchError, Child, Progress
 from bridge.bench.main import Bench
 from bridge.bench.profiler import phase_path
-from bridge.bench.report import Result, table
+from bridge.bench.report import Result, over_tls, table
 from bridge.bench.sdkvenv import SdkVenvError, sdk_python
 from bridge.bench.settings import API_KEY, PREFIX, Settings, settings_from_args
 from bridge.errors import UserError
@@ -51,7 +51,7 @@ class PeerBench(Bench):
         argv = [str(self.sdk_python), str(PEER_SCRIPT), "--redis-url", self.redis_url]
         argv += ["--prefix", PREFIX, "--api-key", API_KEY]
         argv += ["--api-base-url", self.api_base_url.removesuffix("json/")]
-        return Child("peer", argv, self.tmp)
+        return Child("peer", argv, self.tmp, env=self.trust_env())
 
     def _daemon_reading(self) -> bool:
         return bool(self.r.exists(READY_KEY))
@@ -92,7 +92,7 @@ def comparison(ours: Result, peer: Result) -> dict[str, Any]:
         f"{r.events_lost} / {r.events_duplicated}" for r in (ours, peer)
     )
     ratio = ours_gb / peer_gb if peer_gb not in (0, float("inf")) else float("nan")
-    return {"rows": rows, "streams_per_gb_ratio": ratio}
+    return {"rows": rows, "streams_per_gb_ratio": ratio, "tls": bool(ours.settings.get("tls"))}
 
 
 def _cell(value: Any) -> str:
@@ -106,6 +106,7 @@ def side_by_side(ours: Result, peer: Result) -> str:
     workers = ours.settings.get("workers", 1)
     us = "pos-bridge" + (f" ({workers} workers)" if workers > 1 else "")
     lines = [
+        *([f"  both{over_tls(ours.settings)}"] if over_tls(ours.settings) else []),
         f"  {'':<38}{us:>24}{'SDK peer':>20}",
         *(f"  {name:<38}{_cell(a):>24}{_cell(b):>20}" for name, (a, b) in cmp["rows"].items()),
         f"  streams per GB: pos-bridge holds {cmp['streams_per_gb_ratio']:.2f}x the peer's",

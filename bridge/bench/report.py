@@ -86,6 +86,11 @@ def _latency_rows(res: Result) -> list[str]:
     return lines
 
 
+def over_tls(settings: dict[str, Any]) -> str:
+    """How a run's label says it went over TLS (``--tls``): the simulator serving HTTPS/WSS."""
+    return " over TLS (HTTPS/WSS, a throwaway local CA)" if settings.get("tls") else ""
+
+
 def table(res: Result) -> str:
     s = res.settings
     cpu = res.cpu_ms_per_payment
@@ -98,7 +103,8 @@ def table(res: Result) -> str:
     )
     lines = [
         (
-            f"pos-bridge bench: {s['transport']}, {s['streams']} streams, {s['rate']:g} events/s "
+            f"pos-bridge bench: {s['transport']}{over_tls(s)}, {s['streams']} streams, "
+            f"{s['rate']:g} events/s "
             f"for {s['duration']:g} s (baseline {s['baseline_duration']:g} s, {poll})"
             + (
                 f"; daemon: {s['workers']} workers + supervisor, figures summed"

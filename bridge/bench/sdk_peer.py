@@ -18,6 +18,10 @@ What it does not do, and the bridge does (so the comparison favours it): no dura
 stream or order key, no leases or takeover, no polling of quiet orders, no reconnection, no
 webhooks, no idempotence; an error ends the payment's thread with one ``order.failed``.
 It sets ``{p}:peer:ready`` once it reads commands. Not imported by the bridge or its tests.
+
+Over TLS (``bench --tls``) it trusts the CA named by ``REQUESTS_CA_BUNDLE``, as a requests
+program does; the SDK sends prepared requests with ``Session.send``, which skips requests'
+lookup of that variable, so the peer hands the SDK a session that carries it (``verify``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from multisafepay import Sdk  # type: ignore[import-not-found]  # noqa: E402 - o
 from multisafepay.api.paths.orders.request.order_request import (  # type: ignore[import-not-found]  # noqa: E402, E501 - only in the SDK's venv
     OrderRequest,
 )
+from multisafepay.transport import RequestsTransport  # type: ignore[import-not-found]  # noqa: E402, E501 - only in the SDK's venv
+from requests import Session  # type: ignore[import-untyped]  # noqa: E402 - in the SDK's venv
 
 FINAL = {"completed", "cancelled", "void", "expired"}  # the bridge's finals (README)
 #: The SDK's socket timeout on the event stream: a quiet payment is held, not given up.
@@ -55,7 +61,14 @@ class Peer:
             args.redis_url, max_connections=REDIS_CONNECTIONS, timeout=None, decode_responses=True
         )
         self.redis = redis.Redis(connection_pool=pool)
-        self.sdk = Sdk(api_key=args.api_key, is_production=False, base_url=args.api_base_url)
+        session = Session()
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or True
+        self.sdk = Sdk(
+            api_key=args.api_key,
+            is_production=False,
+            base_url=args.api_base_url,
+            transport=RequestsTransport(session),
+        )
         self.stopping = threading.Event()
 
     def publish(self, terminal: str, order_id: str, typ: str, status: str | None) -> None:

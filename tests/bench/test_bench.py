@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 
@@ -27,14 +28,17 @@ def test_driven_terminals_and_status_alternation() -> None:
     assert next_status(o) == "initialized"  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("transport", ["sse", "websocket"])
-def test_bench_runs_and_reports_consistent_numbers(transport: str) -> None:
+@pytest.mark.parametrize(
+    ("transport", "tls"), [("sse", False), ("websocket", False), ("sse", True)]
+)
+def test_bench_runs_and_reports_consistent_numbers(transport: str, tls: bool) -> None:
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "bridge.cli",
             "bench",
+            *(["--tls"] if tls else []),
             "--transport",
             transport,
             "--streams",
@@ -59,6 +63,7 @@ def test_bench_runs_and_reports_consistent_numbers(transport: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
     res = json.loads(proc.stdout)
     assert res["ok"] is True and res["errors"] == []
+    assert res["settings"]["tls"] is tls
     assert res["events_lost"] == res["events_duplicated"] == res["events_unexpected"] == 0
     # Each received event is a send's or the status the opening GET published (one per order).
     assert res["events_received"] == res["events_sent"] + res["events_unprompted"]
@@ -89,3 +94,22 @@ def test_bench_runs_and_reports_consistent_numbers(transport: str) -> None:
     ):
         assert isinstance(res[key], (int, float)), key
     assert set(res["cpu_while_driven"]) == {"daemon", "simulator", "redis", "tills"}
+
+
+def test_tls_is_the_load_bench_s_only() -> None:
+    from bridge.bench.command import bench_command
+    from bridge.cli import build_parser
+    from bridge.errors import UserError
+
+    args = build_parser().parse_args(["bench", "--tls", "--fuzz"])
+    with pytest.raises(UserError, match="--tls runs the load bench over TLS; not with --fuzz"):
+        bench_command(args)
+
+
+def test_the_report_labels_a_tls_run() -> None:
+    from bridge.bench.report import Result, table
+    from bridge.bench.settings import Settings
+
+    plain, tls = (Result(settings=asdict(Settings(tls=t))) for t in (False, True))
+    assert "over TLS" not in table(plain)
+    assert table(tls).startswith("pos-bridge bench: sse over TLS (HTTPS/WSS")

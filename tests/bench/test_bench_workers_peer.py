@@ -52,10 +52,15 @@ def test_bench_drives_two_workers() -> None:
 
 
 @pytest.mark.sdk
-def test_bench_peer_runs_both_bridges_side_by_side() -> None:
-    proc = bench(*TINY, "--peer")
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_bench_peer_runs_both_bridges_side_by_side(tls: bool) -> None:
+    """Over TLS too: the peer trusts the run's CA through its environment, the daemon through
+    ``ca_file``; neither could pay otherwise (a payment failed is an error of the run)."""
+    proc = bench(*TINY, "--peer", *(["--tls"] if tls else []))
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     out = json.loads(proc.stdout)
+    assert out["comparison"]["tls"] is tls
+    assert out["bridge"]["settings"]["tls"] is out["peer"]["settings"]["tls"] is tls
     assert_complete(out["bridge"])
     peer = out["peer"]
     assert_complete(peer)
