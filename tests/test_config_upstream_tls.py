@@ -8,18 +8,12 @@ import ssl
 from pathlib import Path
 
 import pytest
+from test_config import ENV
+from test_config import MINIMAL as GROUP
 
 from bridge.config import Config, ConfigError, load_config
 from bridge.multisafepay.tls import client_context
 from bridge.simulator.certs import LocalCa, make_local_ca
-
-GROUP = """
-[[multisafepay.terminal_groups]]
-name = "shop"
-api_key_env = "MSP_KEY"
-terminals = ["0000004D"]
-"""
-ENV = {"MSP_KEY": "live_key_0123456789abcdef"}
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from bridge.config.types import (
     BodyLimit,
     Count,
     EnvName,
+    FilePath,
     Fraction,
     GroupId,
     GroupName,
@@ -64,7 +65,7 @@ class TerminalGroup(_Model):
     """
 
     name: GroupName
-    api_key_file: str | None = None
+    api_key_file: FilePath | None = None
     api_key_env: EnvName | None = None
     api_key: SecretStr | None = None  # inline: development only
     terminals: list[str] = Field(default_factory=list)
@@ -72,18 +73,6 @@ class TerminalGroup(_Model):
     discover: bool = False
 
     _api_key: ApiKey | None = PrivateAttr(default=None)
-
-    @field_validator("api_key_file", mode="before")
-    @classmethod
-    def _pathlike(cls, v: Any) -> Any:
-        return os.fspath(v) if isinstance(v, os.PathLike) else v
-
-    @field_validator("api_key_file")
-    @classmethod
-    def _check_file(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("must not be empty")
-        return v
 
     @field_validator("terminals")
     @classmethod
@@ -143,20 +132,8 @@ class MultiSafepayConfig(_Model):
     upstream_timezone: TimeZoneName = "Europe/Amsterdam"
     #: CA certificates (PEM) to trust for MultiSafepay instead of the default store: checked
     #: when the config is loaded (:meth:`resolve_files`), read once at start (``tls_context``).
-    ca_file: str | None = None
+    ca_file: FilePath | None = None
     terminal_groups: list[TerminalGroup] = Field(default_factory=list)
-
-    @field_validator("ca_file", mode="before")
-    @classmethod
-    def _pathlike(cls, v: Any) -> Any:
-        return os.fspath(v) if isinstance(v, os.PathLike) else v
-
-    @field_validator("ca_file")
-    @classmethod
-    def _check_ca_file(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("must not be empty (leave it out for the default trust store)")
-        return v
 
     @field_validator("api_base_url")
     @classmethod

@@ -8,12 +8,13 @@ greater than 0``, ``must be at least 1``); a range whose reason the operator nee
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 MASK = "***"
 #: MultiSafepay resends an unacknowledged webhook 3 times, 15 minutes apart: an order key that
@@ -66,7 +67,20 @@ def _check_timezone(v: str) -> str:
     return v
 
 
+def _fspath(v: object) -> object:
+    """A path built in code (``os.PathLike``) is taken as its string."""
+    return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+
+def _check_not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
 Seconds = Annotated[float, Field(gt=0)]
+#: A file the config names: a string (or a path, from code), not blank.
+FilePath = Annotated[str, BeforeValidator(_fspath), AfterValidator(_check_not_blank)]
 Count = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, AfterValidator(_check_fraction)]
 GroupName = Annotated[
