@@ -124,7 +124,7 @@ WEBHOOKS = Counter(
 
 REDIS_OUTAGE = Gauge(
     "pos_bridge_redis_outage",
-    "1 while Redis is unreachable (the readiness probe's last PING failed), else 0",
+    "1 while Redis is unreachable (the readiness probe's last round trip failed), else 0",
     multiprocess_mode="livemax",
     registry=REGISTRY,
 )

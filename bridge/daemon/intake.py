@@ -117,6 +117,10 @@ class CommandIntake:
         self._consumer = consumer
         self._handler = handler
         self._claim_idle_ms = int(claim_idle * 1000)
+        #: Commands idle past ``claim_idle`` (and the stream's trim) are looked for this often:
+        #: a quarter of ``claim_idle``, 10 s at most, not every ``claim_every`` (whose round
+        #: trips are for a gone daemon's commands, claimed at once).
+        self._autoclaim_every = max(claim_every, min(claim_idle / 4, 10.0))
         self._limit = anyio.CapacityLimiter(max_in_flight)
         #: entries being handled here: one claimed back while its handler runs (it idled past
         #: ``claim_idle``, e.g. a commit that waited out a failover) is not started twice
@@ -145,7 +149,7 @@ class CommandIntake:
         self._backoff = Backoff(initial=0.2, factor=2.0, cap=5.0)
         self._waiting = False  # in the shared outage count (logged once for the whole daemon)
         self._backlog = True  # first our own unacknowledged entries, then new ones
-        self._last_claim = 0.0
+        self._last_claim = self._last_autoclaim = -float("inf")
         async with anyio.create_task_group() as handlers:
             await loops.supervise("intake", self._read_loop, handlers, stop)
             self.reading = False
@@ -159,10 +163,13 @@ class CommandIntake:
                 if self._backlog:
                     await self.ensure_group()
                 entries = await self._read(self._backlog)
-                if anyio.current_time() - self._last_claim > self._claim_every:
-                    self._last_claim = anyio.current_time()
-                    entries += await self._claim_abandoned()
+                now = anyio.current_time()
+                if now - self._last_claim > self._claim_every:
+                    self._last_claim = now
                     entries += await self._claim_from_gone()
+                if now - self._last_autoclaim > self._autoclaim_every:
+                    self._last_autoclaim = now
+                    entries += await self._claim_abandoned()
                     await self._client.xtrim(
                         self._keys.commands, maxlen=self._maxlen, approximate=True
                     )

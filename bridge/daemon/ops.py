@@ -2,8 +2,9 @@
 
 ``Operations`` lives in the daemon's task group beside the sessions:
 
-- a **Redis probe** (``PING`` every second, the commands queue's depth, and Redis's own health,
-  ``bridge.redis.health``: which node is master, failovers seen, replicas): readiness, the
+- a **Redis probe** (one round trip every second: Redis's own health, ``bridge.redis.health``,
+  which node is master, failovers seen, replicas; the commands queue's depth every
+  ``QUEUE_DEPTH_EVERY`` and at each ``/metrics`` scrape): readiness, the
   ``pos_bridge_redis_*`` metrics and systemd's ``STATUS=`` line all follow it;
 - the **HTTP endpoints** on ``[http].listen`` (when ``[http].enabled``), a Starlette app served
   by uvicorn inside the task group (uvicorn's signal handling off: the daemon owns signals):
@@ -55,8 +56,11 @@ log = structlog.get_logger("bridge.ops")
 
 PROBE_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0
+#: The commands queue's depth (a gauge) is asked for at most this often by the probe, and at
+#: each scrape of ``/metrics``: a round trip a second for a figure read every 15 s or so.
+QUEUE_DEPTH_EVERY = 5.0
 #: STATUS= is sent when it changes (looked at this often), and again at least every STATUS_REFRESH.
-STATUS_CHECK = 0.25
+STATUS_CHECK = 0.5
 STATUS_REFRESH = 30.0
 #: A worker of ``run --workers N`` tells its supervisor its readiness at least this often.
 READINESS_EVERY = 1.0
@@ -102,7 +106,9 @@ class MeteredEventStore(EventStore):
 
 
 class RedisProbe:
-    """Is Redis reachable? A ``PING`` every ``interval`` seconds, bounded by ``timeout``."""
+    """Is Redis reachable? One round trip every ``interval`` seconds, bounded by ``timeout``:
+    ``INFO replication`` (Redis's health, which answering proves it reachable), or ``PING``
+    where an ACL refuses ``INFO``."""
 
     def __init__(
         self,
@@ -125,6 +131,7 @@ class RedisProbe:
         self.changed_at = time.time()
         self.health = RedisHealth(redis, commands_key)
         self._health_refused = False
+        self._depth_at: float | None = None  # when the queue depth was last asked (monotonic)
 
     async def run(self) -> None:
         while True:
@@ -135,35 +142,41 @@ class RedisProbe:
     async def check(self) -> bool:
         try:
             with anyio.fail_after(self.timeout):
-                await self._redis.ping()
                 await self._check_health()
                 for client in self._followers:
                     if isinstance(client, BridgeRedis) and client.sentinels is not None:
                         await follow_master(client)
             ok, error = True, None
         except TimeoutError:
-            ok, error = False, f"no answer to PING within {self.timeout:g} s"
+            ok, error = False, f"no answer from Redis within {self.timeout:g} s"
         except (RedisError, OSError) as exc:
             ok, error = False, str(exc) or type(exc).__name__
         if ok != self.ok:
             self.changed_at = time.time()
         self.ok, self.error = ok, error
         metrics.REDIS_OUTAGE.set(0 if ok else 1)
-        if ok:
-            await self._queue_depth()
+        now = time.monotonic()
+        if ok and (self._depth_at is None or now - self._depth_at >= QUEUE_DEPTH_EVERY):
+            await self.queue_depth()
         return ok
 
     async def _check_health(self) -> None:
         """Which node is master and failovers (``RedisHealth``). Refused (an ACL without
-        ``INFO``) is said once and left unknown: Redis answered, so it is reachable."""
+        ``INFO``) is said once and left unknown, and Redis is then asked ``PING`` instead."""
+        if self._health_refused:
+            await self._redis.ping()
+            return
         try:
             await self.health.check()
         except ResponseError as exc:
-            if not self._health_refused:
-                self._health_refused = True
-                log.warning("redis.health_unknown", error=str(exc) or type(exc).__name__)
+            self._health_refused = True
+            log.warning("redis.health_unknown", error=str(exc) or type(exc).__name__)
+            await self._redis.ping()
 
-    async def _queue_depth(self) -> None:
+    async def queue_depth(self) -> None:
+        """The commands queue's depth and pending count into their gauges (errors left to
+        the next probe)."""
+        self._depth_at = time.monotonic()
         try:
             with anyio.move_on_after(self.timeout):
                 groups = await self._redis.xinfo_groups(self._commands_key)
@@ -176,7 +189,7 @@ class RedisProbe:
             metrics.COMMAND_QUEUE_DEPTH.set(0)
             metrics.COMMANDS_PENDING.set(0)
         except (RedisError, OSError):
-            pass  # the next PING says what is wrong
+            pass  # the next probe says what is wrong
 
 
 class Operations:
@@ -251,7 +264,7 @@ class Operations:
         """Bind ``[http].listen`` (a busy port is a clear error now, before READY) and start
         the probe, the watchdog, the STATUS updates and the HTTP server in ``tg``, until
         ``stop`` is set. Redis is probed once first (not waited for: its outage is survived)."""
-        await self.probe.check()  # one PING (bounded by its timeout), so READY's STATUS is right
+        await self.probe.check()  # one probe (bounded by its timeout): READY's STATUS is right
         http = self.bridge.config.http
         if http.enabled:
             sock = asgi.listen("http", http.listen, http.host, http.port)
@@ -274,7 +287,8 @@ class Operations:
         async with anyio.create_task_group() as tg:
             loops.start(tg, "redis_probe", self.probe.run)
             loops.start(tg, "watchdog", self.notifier.run_watchdog)
-            loops.start(tg, "status_report", self._report_status)
+            if self.notifier.enabled or self.supervised:  # else nobody to tell: no wake-ups
+                loops.start(tg, "status_report", self._report_status)
             loops.start(tg, "stopping_report", self._report_stopping)
             await stop.wait()
             tg.cancel_scope.cancel()
@@ -326,6 +340,8 @@ class Operations:
 
         async def metrics_(_request: Request) -> Response:
             self.refresh_gauges()
+            if self.probe.ok:
+                await self.probe.queue_depth()
             return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
         async def memory(_request: Request) -> Response:

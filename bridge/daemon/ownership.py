@@ -271,11 +271,8 @@ class Sessions:
             await anyio.sleep(interval)
             loops.fault_point("lease_renewal")
             held = self._leases_to_renew()
-            try:
-                await self._ctx.leases.presence.announce()
-                if not held:
-                    continue
-                lost, revived = await self._ctx.leases.renew_all(held)
+            try:  # the presence and every lease in one round trip
+                lost, revived = await self._ctx.leases.renew_all(held, announce=True)
             except RedisError:
                 continue  # nobody can take a payment over while Redis is away either
             for order_id in lost:

@@ -144,6 +144,7 @@ class PaymentSession(StreamFollower):
         cancelled (the daemon stops) it releases the lease so another daemon continues at once,
         and the registry keeps the session for whoever resumes it.
         """
+        ended = False  # over here: the lease goes with the registry entry, in one round trip
         try:
             try:
                 if not self.final and not self._ended:
@@ -161,16 +162,19 @@ class PaymentSession(StreamFollower):
             if self._details_wanted():
                 with anyio.move_on_after(self.ctx.upstream.connect_timeout):
                     await self.reconcile()  # the details follow the final, never delay it
+            ended = not self._lease_lost
         except* LeaseLost:  # a commit was refused: the lease is someone else's now
             self._lease_lost = True
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._release_quietly()
+            if not ended:  # cancelled (the daemon stops), crashed or lost: the lease alone
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self._release_quietly()
         if self._lease_lost:
             self._log("warning", "session.lease_lost", note="another daemon follows this payment")
             return
+        self.ctx.leases.forget(self.order_id, self.fence)
         await self.ctx.redis_waiters.call(
-            lambda: self.ctx.registry.remove(self.order_id), what="session end"
+            lambda: self.ctx.registry.end(self.order_id, self.fence), what="session end"
         )
         self._log("info", "session.ended", status=self.state.status if self.state else None)
 

@@ -56,6 +56,16 @@ end
 return {lost, revived}
 """
 
+# A new lease in one round trip: the next fencing number, and the lease set with it if the
+# order has none. Returns the token granted, or nil (the number is spent either way).
+_ACQUIRE = """
+local token = tostring(redis.call('INCR', KEYS[1])) .. ':' .. ARGV[1]
+if redis.call('SET', KEYS[2], token, 'NX', 'PX', ARGV[2]) then
+  return token
+end
+return false
+"""
+
 _TAKE_OVER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -81,6 +91,7 @@ class Leases:
         self.ttl_ms = int(ttl * 1000)
         self.presence = presence or Presence(client, keys, owner, ttl)
         self._owner = self.presence.owner
+        self._acquire = client.register_script(_ACQUIRE)
         self._take_over = client.register_script(_TAKE_OVER)
         self._renew = client.register_script(_RENEW)
         self._renew_many = client.register_script(_RENEW_MANY)
@@ -103,9 +114,11 @@ class Leases:
 
     async def acquire(self, order_id: str) -> str | None:
         """A new token if the order had no owner, else None."""
-        token = f"{await self._client.incr(self._keys.fence_counter)}:{self._owner}"
-        taken = await self._client.set(self._keys.lease(order_id), token, nx=True, px=self.ttl_ms)
-        return self._granted(order_id, token) if taken else None
+        token = await self._acquire(
+            keys=[self._keys.fence_counter, self._keys.lease(order_id)],
+            args=[self._owner, self.ttl_ms],
+        )
+        return self._granted(order_id, text(token)) if token else None
 
     async def take_over(self, order_id: str, dead_token: str) -> str | None:
         """A new token in place of ``dead_token`` (its daemon is gone), if it still holds.
@@ -179,19 +192,23 @@ class Leases:
         """Extend the lease; False if it is no longer ours."""
         return bool(await self._renew(keys=[self._keys.lease(order_id)], args=[token, self.ttl_ms]))
 
-    async def renew_all(self, held: dict[str, str], batch: int = 500) -> tuple[set[str], set[str]]:
+    async def renew_all(
+        self, held: dict[str, str], batch: int = 500, *, announce: bool = False
+    ) -> tuple[set[str], set[str]]:
         """Extend every lease in ``held`` (order id -> token), however many payments the daemon
         follows, in one round trip: one pipeline of one script call per ``batch`` leases (each
-        call short, so Redis serves others between them). Returns the orders whose lease is
-        another's now (lost), and those whose lease had lapsed with nobody taking it (set
-        again: revived)."""
+        call short, so Redis serves others between them), led by the daemon's presence with
+        ``announce`` (the same round trip). Returns the orders whose lease is another's now
+        (lost), and those whose lease had lapsed with nobody taking it (set again: revived)."""
         items = list(held.items())
         chunks = [items[start : start + batch] for start in range(0, len(items), batch)]
         lost: set[str] = set()
         revived: set[str] = set()
         if not chunks:
+            if announce:
+                await self.presence.announce()
             return lost, revived
-        replies = await self._renew_chunks(chunks)
+        replies = await self._renew_chunks(chunks, announce=announce)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:  # Redis restarted (or SCRIPT FLUSH): load it, renew those chunks again
             await self._client.script_load(self._renew_many.script)
@@ -206,18 +223,28 @@ class Leases:
             revived.update(chunk[int(i) - 1][0] for i in revived_at)
         return lost, revived
 
-    async def _renew_chunks(self, chunks: list[list[tuple[str, str]]]) -> list[Any]:
-        """One pipeline of one renewal script call per chunk; error replies as values. The
-        EVALSHA command itself, not the script called on the pipeline: a cluster pipeline
+    async def _renew_chunks(
+        self, chunks: list[list[tuple[str, str]]], *, announce: bool = False
+    ) -> list[Any]:
+        """One pipeline of one renewal script call per chunk (after the presence, with
+        ``announce``); the scripts' replies, errors as values (a failed presence raises).
+        The EVALSHA command itself, not the script called on the pipeline: a cluster pipeline
         refuses ``.evalsha()`` (its keys could span slots; a deployment's never do)."""
         sha = self._renew_many.sha
         async with self._client.pipeline(transaction=False) as pipe:
+            if announce:
+                self.presence.announce_on(pipe)
             for chunk in chunks:
                 keys = [self._keys.lease(order_id) for order_id, _ in chunk]
                 pipe.execute_command(
                     "EVALSHA", sha, len(keys), *keys, self.ttl_ms, *(t for _, t in chunk)
                 )
-            return list(await pipe.execute(raise_on_error=False))
+            replies = list(await pipe.execute(raise_on_error=False))
+        if announce:
+            presence = replies.pop(0)
+            if isinstance(presence, Exception):
+                raise presence
+        return replies
 
     async def revive(self, order_id: str, token: str) -> bool:
         """Set ``token``'s lease again if it lapsed and nobody took it; True when the lease is

@@ -72,6 +72,10 @@ class Presence:
         """Say (again) that this daemon is alive, for one TTL."""
         await self._client.set(self._keys.daemon(self.name), self._me, px=self._ttl_ms)
 
+    def announce_on(self, pipe: Any) -> None:
+        """:meth:`announce`, queued on ``pipe`` (a pipeline of the same client)."""
+        pipe.set(self._keys.daemon(self.name), self._me, px=self._ttl_ms)
+
     async def withdraw(self) -> None:
         """A clean stop: the daemon's commands are free at once."""
         if await self._client.get(self._keys.daemon(self.name)) == self._me:

@@ -52,11 +52,23 @@ class SessionRecord:
 _RECORD_FIELDS = tuple(f.name for f in fields(SessionRecord))
 
 
+# A session's end: its record gone, and its lease released if still this token's (the lease
+# script's compare-and-delete), in one round trip. Every key is in the deployment's slot.
+_END = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('DEL', KEYS[2])
+return redis.call('SREM', KEYS[3], ARGV[2])
+"""
+
+
 class SessionRegistry:
     def __init__(self, client: Redis, keys: Keys, ttl: float) -> None:
         self._client = client
         self._keys = keys
         self._ttl = int(ttl)
+        self._end = client.register_script(_END)
 
     async def save(self, record: SessionRecord) -> None:
         key = self._keys.session(record.order_id)
@@ -75,6 +87,12 @@ class SessionRegistry:
             pipe.delete(self._keys.session(order_id))
             pipe.srem(self._keys.sessions_index, order_id)
             await pipe.execute()
+
+    async def end(self, order_id: str, lease_token: str) -> None:
+        """The session is over: :meth:`remove`, and its lease released if ``lease_token``
+        still holds it, in one round trip (the caller forgets the lease locally)."""
+        keys = [self._keys.lease(order_id), self._keys.session(order_id), self._keys.sessions_index]
+        await self._end(keys=keys, args=[lease_token, order_id])
 
     async def order_ids(self) -> list[str]:
         return sorted(map(text, await self._client.smembers(self._keys.sessions_index)))
