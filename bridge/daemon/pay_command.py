@@ -144,25 +144,6 @@ class PayHandler(Answers):
                 "(that payment goes on)",
             )
             return
-        # no lease at all (the usual case): take it at once, without asking again who holds it
-        fence = None if look.lease else await self.ctx.leases.acquire(order_id)
-        fence = fence or await self._claim_lease(order_id)
-        if fence is None:  # another daemon holds this very order (the same command, replayed)
-            raise LeaveUnacknowledged(f"order {order_id} is being handled by another daemon")
-        # The lease is renewed from here on with every other lease this daemon holds
-        # (ownership: one round trip per tick), however long the create takes.
-        await self._open(command, command_id, order_id, group, upstream_terminal, fence)
-
-    async def _open(
-        self,
-        command: PayCommand,
-        command_id: str,
-        order_id: str,
-        group: Any,
-        upstream_terminal: str,
-        fence: str,
-    ) -> None:
-        """The payment's intent in the registry, the create, ``order.created``, its session."""
         now = time.time()
         record = SessionRecord(
             order_id=order_id,
@@ -172,7 +153,33 @@ class PayHandler(Answers):
             created_at=now,
             deadline=now + self.config.multisafepay.max_payment_age,
         )
-        await self.ctx.registry.save(record)  # the intent, before anything happens upstream
+        # No lease at all (the usual case): take it at once, without asking again who holds
+        # it, and save the payment's intent with it (one script).
+        intent = self.ctx.registry.intent(record)
+        fence = None if look.lease else await self.ctx.leases.acquire(order_id, intent)
+        saved = fence is not None
+        fence = fence or await self._claim_lease(order_id)
+        if fence is None:  # another daemon holds this very order (the same command, replayed)
+            raise LeaveUnacknowledged(f"order {order_id} is being handled by another daemon")
+        # The lease is renewed from here on with every other lease this daemon holds
+        # (ownership: one round trip per tick), however long the create takes.
+        await self._open(command, command_id, record, group, fence, saved=saved)
+
+    async def _open(
+        self,
+        command: PayCommand,
+        command_id: str,
+        record: SessionRecord,
+        group: Any,
+        fence: str,
+        *,
+        saved: bool,
+    ) -> None:
+        """The payment's intent in the registry (unless ``saved`` with the lease), the create,
+        ``order.created``, its session."""
+        order_id, upstream_terminal = record.order_id, record.terminal_id
+        if not saved:
+            await self.ctx.registry.save(record)  # the intent, before anything happens upstream
         try:
             outcome = await self._create_or_find(command, order_id, upstream_terminal, group)
         except PayFailed as exc:
@@ -213,7 +220,9 @@ class PayHandler(Answers):
             )
         else:  # found by GET after an uncertain create: no token, so the session polls
             record = record.with_changes(created=True, session_id=outcome.get("session_id"))
-        await waiters.call(lambda: self.ctx.registry.save(record), what="a created order")
+        # The record with its events token goes in the order.created commit's round trip,
+        # just before it: a daemon that dies between the two still finds the token.
+        saving = self.ctx.registry.save_commands(record)
 
         def created(st: OrderState | None) -> Decision:
             if st is not None:
@@ -232,7 +241,7 @@ class PayHandler(Answers):
         # without reading it again (a wrong guess costs the compare-and-set one more try).
         recorded = await waiters.call(
             lambda: self.ctx.store.record(
-                order_id, created, known=None, trust_known=True, fence=fence
+                order_id, created, known=None, trust_known=True, fence=fence, also=saving
             ),
             what="a created order",
         )

@@ -57,13 +57,18 @@ return {lost, revived}
 """
 
 # A new lease in one round trip: the next fencing number, and the lease set with it if the
-# order has none. Returns the token granted, or nil (the number is spent either way).
+# order has none; then, if given, the payment's intent in the session registry (KEYS[3] its
+# record, KEYS[4] the index). Returns the token granted, or nil (the number is spent anyway).
 _ACQUIRE = """
 local token = tostring(redis.call('INCR', KEYS[1])) .. ':' .. ARGV[1]
-if redis.call('SET', KEYS[2], token, 'NX', 'PX', ARGV[2]) then
-  return token
+if not redis.call('SET', KEYS[2], token, 'NX', 'PX', ARGV[2]) then
+  return false
 end
-return false
+if KEYS[3] then
+  redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+  redis.call('SADD', KEYS[4], ARGV[5])
+end
+return token
 """
 
 _TAKE_OVER = """
@@ -112,11 +117,16 @@ class Leases:
         if self.held.get(order_id, ("",))[0] == token:
             del self.held[order_id]
 
-    async def acquire(self, order_id: str) -> str | None:
-        """A new token if the order had no owner, else None."""
+    async def acquire(
+        self, order_id: str, intent: tuple[list[str], list[str | int]] | None = None
+    ) -> str | None:
+        """A new token if the order had no owner, else None. With ``intent`` (the session
+        registry's keys and arguments: ``SessionRegistry.intent``), the payment's record is
+        saved with the grant, in the same script (and not without it)."""
+        keys, args = intent or ([], [])
         token = await self._acquire(
-            keys=[self._keys.fence_counter, self._keys.lease(order_id)],
-            args=[self._owner, self.ttl_ms],
+            keys=[self._keys.fence_counter, self._keys.lease(order_id), *keys],
+            args=[self._owner, self.ttl_ms, *args],
         )
         return self._granted(order_id, text(token)) if token else None
 

@@ -85,11 +85,15 @@ def _active_action(before: OrderState | None, decision: Decision) -> str:
 class _Pending:
     """One transition call waiting in :class:`_TransitionBatcher`'s queue."""
 
-    __slots__ = ("args", "done", "error", "keys", "lead", "result")
+    __slots__ = ("also", "args", "done", "error", "keys", "lead", "result")
 
-    def __init__(self, keys: list[str], args: list[Any]) -> None:
+    def __init__(
+        self, keys: list[str], args: list[Any], also: Sequence[tuple[Any, ...]] = ()
+    ) -> None:
         self.keys = keys
         self.args = args
+        #: Commands sent just before the call, in its round trip (their errors are its own).
+        self.also = also
         self.done = anyio.Event()
         self.lead = False  # woken to send the next batch, not with a result
         self.result: Any = None
@@ -125,8 +129,10 @@ class _TransitionBatcher:
         self._queue: list[_Pending] = []
         self._busy = False
 
-    async def call(self, keys: list[str], args: list[Any]) -> Any:
-        me = _Pending(keys, args)
+    async def call(
+        self, keys: list[str], args: list[Any], also: Sequence[tuple[Any, ...]] = ()
+    ) -> Any:
+        me = _Pending(keys, args, also)
         self._queue.append(me)
         if self._busy:
             try:
@@ -196,14 +202,25 @@ class _TransitionBatcher:
 
     async def _send(self, batch: Sequence[_Pending], retry: bool = True) -> None:
         sha = self._script.sha
+        commands: list[tuple[Any, ...]] = []
+        for p in batch:
+            commands += p.also
+            commands.append(("EVALSHA", sha, len(p.keys), *p.keys, *p.args))
         try:
-            results = await self._roundtrip(
-                [("EVALSHA", sha, len(p.keys), *p.keys, *p.args) for p in batch]
-            )
+            replies = await self._roundtrip(commands)
         except Exception as exc:  # noqa: BLE001 - each caller gets it, as from its own call
             for p in batch:
                 p.error = exc
             return
+        results: list[Any] = []
+        at = 0
+        for p in batch:
+            sent_first = replies[at : at + len(p.also)]
+            failed = next((r for r in sent_first if isinstance(r, Exception)), None)
+            at += len(p.also)
+            results.append(failed if failed is not None else replies[at])
+            at += 1
+            p.also = ()  # sent: not again with a retry
         missing = [p for p, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
         for p, r in zip(batch, results, strict=True):
             if isinstance(r, Exception):
@@ -259,9 +276,11 @@ class EventStore:
         fence: str = "",
         *,
         revived: bool = False,
+        also: Sequence[tuple[Any, ...]] = (),
     ) -> tuple[bool, tuple[str, ...], OrderState | None]:
         """Commit ``decision`` if the stored state is still ``before`` (and, with ``fence``,
-        only while the order's lease holds that token: else :class:`LeaseLost`).
+        only while the order's lease holds that token: else :class:`LeaseLost`). ``also``:
+        idempotent writes sent just before, in the same round trip (their error is raised).
 
         Returns (applied, stream ids, the stored state when not applied).
         """
@@ -292,6 +311,7 @@ class EventStore:
                 details_index,
                 *(event.to_json() for event in decision.events),
             ],
+            also,
         )
         if int(result[0]) == -1:
             if revived or self.revive is None or not await self.revive(state.order_id, fence):
@@ -312,18 +332,24 @@ class EventStore:
         *,
         trust_known: bool = False,
         fence: str = "",
+        also: Sequence[tuple[Any, ...]] = (),
     ) -> Recorded:
         """Decide from the stored state of ``order_id`` and commit, deciding again on a race.
 
         ``known`` with ``trust_known`` skips the first read (the caller's cached state is
         usually current: one daemon owns an order); a wrong guess costs one more round trip.
+        ``also``: idempotent writes (commands) that go first, in the first commit's round
+        trip (sent on their own when no commit is decided).
         """
         state = known if trust_known else await self.load(order_id)
         for _ in range(_MAX_RACES):
             decision = decide(state)
             if not decision.commits:
+                for command in also:
+                    await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
                 return Recorded(decision)
-            applied, ids, stored = await self.commit(state, decision, fence)
+            applied, ids, stored = await self.commit(state, decision, fence, also=also)
+            also = ()
             if applied:
                 return Recorded(decision, ids)
             state = stored

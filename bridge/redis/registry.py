@@ -77,6 +77,21 @@ class SessionRegistry:
             pipe.sadd(self._keys.sessions_index, record.order_id)
             await pipe.execute()
 
+    def save_commands(self, record: SessionRecord) -> tuple[tuple[str | int, ...], ...]:
+        """:meth:`save` as commands, for a round trip that carries other writes too (each is
+        idempotent; the index entry is one an earlier save made already)."""
+        key = self._keys.session(record.order_id)
+        return (
+            ("SET", key, json.dumps(asdict(record)), "EX", self._ttl),
+            ("SADD", self._keys.sessions_index, record.order_id),
+        )
+
+    def intent(self, record: SessionRecord) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments with which a lease's grant saves ``record`` in the same
+        script (``Leases.acquire``): its key, the index, and the record, TTL and order id."""
+        keys = [self._keys.session(record.order_id), self._keys.sessions_index]
+        return keys, [json.dumps(asdict(record)), self._ttl, record.order_id]
+
     async def load(self, order_id: str) -> SessionRecord | None:
         raw = await self._client.get(self._keys.session(order_id))
         """The record, or None; :class:`NewerFormat` when a newer release wrote it."""
