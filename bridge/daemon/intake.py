@@ -31,6 +31,7 @@ from bridge.core import formats
 from bridge.core.backoff import Backoff
 from bridge.core.untrusted import decode_untrusted, printable_fields
 from bridge.daemon import loops
+from bridge.redis.coalesce import Coalescer, Pending
 from bridge.redis.keys import COMMANDS_GROUP, Keys
 from bridge.redis.outage import RedisWaiters, is_outage
 
@@ -126,6 +127,8 @@ class CommandIntake:
         #: ``claim_idle``, e.g. a commit that waited out a failover) is not started twice
         self._in_flight: set[str] = set()
         self._maxlen = commands_maxlen
+        #: Commands handled at about the same time are acknowledged by one XACK.
+        self._acks: Coalescer[str] = Coalescer(self._send_acks)
         self.reading = False
         self._backlog_from = "0"
 
@@ -304,6 +307,13 @@ class CommandIntake:
             await self._client.xgroup_delconsumer(self._keys.commands, COMMANDS_GROUP, name)
         return await self._with_deliveries(claimed)
 
+    async def _send_acks(self, batch: list[Pending[str]]) -> None:
+        try:
+            await self._client.xack(self._keys.commands, COMMANDS_GROUP, *(p.item for p in batch))
+        except Exception as exc:  # noqa: BLE001 - each caller gets it, as from its own XACK
+            for p in batch:
+                p.error = exc
+
     async def _dead_letter_only(self, entry_id: str, fields: dict[str, str], reason: str) -> None:
         await dead_letter(self._client, self._keys, entry_id, fields, reason)
 
@@ -352,7 +362,7 @@ class CommandIntake:
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
         try:
             kind = await self._handler(entry_id, fields)
-            await self._client.xack(self._keys.commands, COMMANDS_GROUP, entry_id)
+            await self._acks.call(entry_id)
             metrics.COMMANDS.labels(metrics.command_label(kind, fields), "handled").inc()
         except LeaveUnacknowledged as exc:
             # Not done yet, on purpose (the outcome upstream is unknown, another daemon has it):

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import anyio
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from bridge.core.events import Event, EventType
 from bridge.core.state import Decision, OrderState
 from bridge.redis.cluster import publishing
+from bridge.redis.coalesce import Coalescer, Pending
 from bridge.redis.keys import Keys
 
 _MAX_RACES = 16
@@ -82,38 +82,25 @@ def _active_action(before: OrderState | None, decision: Decision) -> str:
     return ""
 
 
-class _Pending:
+class _Transition:
     """One transition call waiting in :class:`_TransitionBatcher`'s queue."""
 
-    __slots__ = ("also", "args", "done", "error", "keys", "lead", "result")
+    __slots__ = ("also", "args", "keys")
 
-    def __init__(
-        self, keys: list[str], args: list[Any], also: Sequence[tuple[Any, ...]] = ()
-    ) -> None:
+    def __init__(self, keys: list[str], args: list[Any], also: Sequence[tuple[Any, ...]]) -> None:
         self.keys = keys
         self.args = args
         #: Commands sent just before the call, in its round trip (their errors are its own).
         self.also = also
-        self.done = anyio.Event()
-        self.lead = False  # woken to send the next batch, not with a result
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def value(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 class _TransitionBatcher:
-    """Sends the transition calls of many orders as one pipeline on one connection.
+    """Sends the transition calls of many orders as one pipeline on one connection
+    (:class:`~bridge.redis.coalesce.Coalescer`).
 
     Every session awaits its own commit before it commits again, so one order never has two
     calls in a batch that depend on each other (and if two channels race on one order, the
-    compare-and-set decides, exactly as with separate calls). No background task: the first
-    caller to find nothing in flight sends the queue; calls arriving meanwhile wait for the
-    next batch, sent by the first of them. Under load this turns N round trips (and N socket
-    writes and reads, and up to N pooled connections) into one.
+    compare-and-set decides, exactly as with separate calls).
 
     A batch is written at once, packed here, on a connection of the client's pool: no
     pipeline object, command stack and observability hooks per commit. A dropped connection is
@@ -126,43 +113,12 @@ class _TransitionBatcher:
     def __init__(self, client: Redis, script: Any) -> None:
         self._client = client
         self._script = script
-        self._queue: list[_Pending] = []
-        self._busy = False
+        self._calls: Coalescer[_Transition] = Coalescer(self._send)
 
     async def call(
         self, keys: list[str], args: list[Any], also: Sequence[tuple[Any, ...]] = ()
     ) -> Any:
-        me = _Pending(keys, args, also)
-        self._queue.append(me)
-        if self._busy:
-            try:
-                await me.done.wait()
-            except BaseException:
-                if me.lead:  # cancelled just as our turn came: send the batch anyway
-                    await self._send_batch()
-                elif me in self._queue:  # not sent yet: it never will be
-                    self._queue.remove(me)
-                raise
-            if not me.lead:
-                return me.value()
-        await self._send_batch()
-        return me.value()
-
-    async def _send_batch(self) -> None:
-        self._busy = True
-        batch, self._queue = self._queue, []
-        try:
-            with anyio.CancelScope(shield=True):  # others wait on this batch
-                await self._send(batch)
-        finally:
-            for p in batch:
-                p.done.set()
-            if self._queue:
-                nxt = self._queue[0]
-                nxt.lead = True
-                nxt.done.set()
-            else:
-                self._busy = False
+        return await self._calls.call(_Transition(keys, args, also))
 
     async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Write ``commands`` at once on a pooled connection and read every reply (an
@@ -200,12 +156,12 @@ class _TransitionBatcher:
             await pool.release(conn)
         return replies
 
-    async def _send(self, batch: Sequence[_Pending], retry: bool = True) -> None:
+    async def _send(self, batch: Sequence[Pending[_Transition]], retry: bool = True) -> None:
         sha = self._script.sha
         commands: list[tuple[Any, ...]] = []
         for p in batch:
-            commands += p.also
-            commands.append(("EVALSHA", sha, len(p.keys), *p.keys, *p.args))
+            commands += p.item.also
+            commands.append(("EVALSHA", sha, len(p.item.keys), *p.item.keys, *p.item.args))
         try:
             replies = await self._roundtrip(commands)
         except Exception as exc:  # noqa: BLE001 - each caller gets it, as from its own call
@@ -215,12 +171,12 @@ class _TransitionBatcher:
         results: list[Any] = []
         at = 0
         for p in batch:
-            sent_first = replies[at : at + len(p.also)]
+            sent_first = replies[at : at + len(p.item.also)]
             failed = next((r for r in sent_first if isinstance(r, Exception)), None)
-            at += len(p.also)
+            at += len(p.item.also)
             results.append(failed if failed is not None else replies[at])
             at += 1
-            p.also = ()  # sent: not again with a retry
+            p.item.also = ()  # sent: not again with a retry
         missing = [p for p, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
         for p, r in zip(batch, results, strict=True):
             if isinstance(r, Exception):
