@@ -60,7 +60,7 @@ return {lost, revived}
 # order has none; then, if given, the payment's intent in the session registry (KEYS[3] its
 # record, KEYS[4] the index). Returns the token granted, or nil (the number is spent anyway).
 _ACQUIRE = """
-local token = tostring(redis.call('INCR', KEYS[1])) .. ':' .. ARGV[1]
+local token = tostring(redis.call('INCR', KEYS[1])) .. ARGV[1]
 if not redis.call('SET', KEYS[2], token, 'NX', 'PX', ARGV[2]) then
   return false
 end
@@ -126,7 +126,7 @@ class Leases:
         keys, args = intent or ([], [])
         token = await self._acquire(
             keys=[self._keys.fence_counter, self._keys.lease(order_id), *keys],
-            args=[self._owner, self.ttl_ms, *args],
+            args=[f":{self._owner}", self.ttl_ms, *args],
         )
         return self._granted(order_id, text(token)) if token else None
 

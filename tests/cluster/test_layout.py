@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from bridge.config import Config, ConfigError
-from bridge.redis import leases
+from bridge.redis import leases, registry
 from bridge.redis.cluster import _Cluster, publishing
 from bridge.redis.keys import Keys
 from bridge.redis.publisher import ANNOUNCE_LUA, TRANSITION_LUA
@@ -127,9 +127,11 @@ def _scripts() -> dict[str, str]:
         for path in resources.files("bridge.redis").iterdir()
         if path.name.endswith(".lua")
     }
-    found.update(
-        {f"leases.{n}": v for n, v in vars(leases).items() if n.isupper() and "redis.call" in v}
-    )
+    for module in (leases, registry):
+        name = module.__name__.rpartition(".")[2]
+        found.update(
+            {f"{name}.{n}": v for n, v in vars(module).items() if n.isupper() and "redis.call" in v}
+        )
     return found
 
 
@@ -137,7 +139,14 @@ def test_no_script_makes_a_key_name() -> None:
     """Every key a script touches comes in as KEYS[n] (made by Keys, hashed by the cluster
     client to route the call); the only other name, the channel, comes in as an argument."""
     scripts = _scripts()
-    assert {"transition.lua", "announce.lua", "leases._RENEW", "leases._RELEASE"} <= set(scripts)
+    assert {
+        "transition.lua",
+        "announce.lua",
+        "leases._ACQUIRE",
+        "leases._RENEW",
+        "leases._RELEASE",
+        "registry._END",
+    } <= set(scripts)
     calls = 0
     for name, source in scripts.items():
         assert "..':'" not in source.replace(" ", ""), name  # no name glued together
