@@ -72,6 +72,11 @@ class SoakReport:
     sizes_end: dict[str, int] = field(default_factory=dict)
     leases_lost_per_10_min: list[int] = field(default_factory=list)
     rss_slope_mb_per_hour: float | None = None
+    #: With ``$POS_BRIDGE_TRACEMALLOC`` set (the daemon inherits it): (minute, MB Python holds)
+    #: once a minute, its slope after the warm-up, and the source lines that grew most.
+    traced_mb: list[tuple[float, float]] = field(default_factory=list)
+    traced_slope_mb_per_hour: float | None = None
+    top_growth_end: list[list[Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -200,6 +205,8 @@ class Soak:
         self._sample(rep.minutes, minute_mark=True)
         warm = [(t, mb) for t, mb in rep.rss_mb if t >= rep.warmup_minutes]
         rep.rss_slope_mb_per_hour = slope_per_hour(warm)
+        traced = [(t, mb) for t, mb in rep.traced_mb if t >= rep.warmup_minutes]
+        rep.traced_slope_mb_per_hour = slope_per_hour(traced)
 
     def _send_pays(self) -> None:
         pipe = self.r.pipeline(transaction=False)
@@ -286,6 +293,10 @@ class Soak:
         if not rep.top_types_start:
             rep.top_types_start, rep.sizes_start = memory["top_types"], memory["sizes"]
         rep.top_types_end, rep.sizes_end = memory["top_types"], memory["sizes"]
+        traced = memory.get("tracemalloc")
+        if traced is not None:
+            rep.traced_mb.append((round(minute, 3), round(traced["traced_bytes"] / 2**20, 2)))
+            rep.top_growth_end = traced["top_growth"]
         lost = self._count_lease_lost(minute)
         self.progress.done(
             f"soak {minute:5.1f}/{rep.minutes:g} min  RSS {rss:6.1f} MB  "
@@ -313,11 +324,29 @@ def table(rep: SoakReport) -> str:
         + ("n/a (too short)" if slope is None else f"{slope:+.2f} MB/hour after the warm-up"),
         f"  Python objects    start {start}, end {end}",
         f"  leases lost       {rep.leases_lost_per_10_min} per 10 minutes",
+        *traced_lines(rep),
         f"  sizes at the end  {rep.sizes_end}",
         "  top types (end)   " + ", ".join(f"{name} {n}" for name, n in rep.top_types_end[:8]),
         "  OK" if rep.ok else "  PROBLEMS" + (" (the daemon exited)" if rep.daemon_exited else ""),
     ]
     return "\n".join(lines)
+
+
+def traced_lines(rep: SoakReport) -> list[str]:
+    """The tracemalloc lines of the table, when the daemon traced."""
+    if not rep.traced_mb:
+        return []
+    slope = rep.traced_slope_mb_per_hour
+    lines = [
+        f"  traced (MB)       start {rep.traced_mb[0][1]:.1f}, end {rep.traced_mb[-1][1]:.1f}, "
+        + ("slope n/a" if slope is None else f"slope {slope:+.2f} MB/hour after the warm-up"),
+        "  grew most         (source line, KB grown, blocks grown)",
+    ]
+    lines += [
+        f"    {where}  {size / 1024:+.1f} KB  {count:+d}"
+        for where, size, count, _ in rep.top_growth_end[:10]
+    ]
+    return lines
 
 
 def run_soak(

@@ -17,7 +17,7 @@ import anyio
 import structlog
 
 from bridge.config import Config, load_config
-from bridge.daemon.memory import fix_mmap_threshold
+from bridge.daemon.memory import fix_mmap_threshold, start_tracing
 from bridge.daemon.supervisor import SUPERVISOR_PID_ENV, WORKER_ENV, Supervisor
 from bridge.errors import UserError
 from bridge.logs import configure_logging
@@ -47,6 +47,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be 1..{MAX_WORKERS}")
     gc.set_threshold(*GC_THRESHOLDS)
     fix_mmap_threshold()  # large buffers (hostile input) go back to the system once freed
+    start_tracing()  # $POS_BRIDGE_TRACEMALLOC: a leak hunt's tracemalloc (bridge.daemon.memory)
     config = load_config(args.config, warn=None)  # warnings are logged below, structured
     configure_logging(config.log.level, config.log.format)
     log = structlog.get_logger("bridge.daemon")

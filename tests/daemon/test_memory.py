@@ -4,9 +4,19 @@ only, and the structures hostile input could grow stay within their documented l
 from __future__ import annotations
 
 import gc
+import tracemalloc
 
 from bridge import logs, metrics
-from bridge.daemon.memory import MemoryReport, count_types, fix_mmap_threshold
+from bridge.daemon.memory import (
+    MAX_TRACE_FRAMES,
+    TRACEMALLOC_ENV,
+    MemoryReport,
+    count_types,
+    fix_mmap_threshold,
+    growth,
+    start_tracing,
+    trace_frames,
+)
 
 
 def test_the_report_is_counted_at_most_once_per_interval() -> None:
@@ -67,3 +77,50 @@ def test_the_redaction_caches_stay_within_their_size() -> None:
     sizes = logs.cache_sizes()
     assert sizes["log_redact_cache"] == 8192
     assert sizes["log_secret_name_cache"] == 4096
+
+
+def test_tracing_is_asked_for_by_a_number_of_frames() -> None:
+    assert trace_frames({}) == 0
+    assert trace_frames({TRACEMALLOC_ENV: "0"}) == 0
+    assert trace_frames({TRACEMALLOC_ENV: "yes"}) == 0  # not a number: off
+    assert trace_frames({TRACEMALLOC_ENV: "-3"}) == 0
+    assert trace_frames({TRACEMALLOC_ENV: " 5 "}) == 5
+    assert trace_frames({TRACEMALLOC_ENV: "1000"}) == MAX_TRACE_FRAMES
+    assert start_tracing({}) is tracemalloc.is_tracing()  # asked for nothing: nothing changes
+
+
+def test_a_traced_report_names_the_lines_that_grew() -> None:
+    started_here = not tracemalloc.is_tracing()
+    if started_here:
+        assert start_tracing({TRACEMALLOC_ENV: "1"})
+    kept: list[str] = []
+    try:
+        report = MemoryReport(min_interval=0.0)
+        assert report.get()["tracemalloc"]["traced_bytes"] > 0
+        kept += ["sk-very-secret-value" * 20 + str(n) for n in range(2000)]  # ~800 KB held
+        grown = report.get()["tracemalloc"]
+    finally:
+        if started_here:
+            tracemalloc.stop()
+    where, size, count, _held = grown["top_growth"][0]
+    assert where.rsplit(":", 1)[0].endswith("test_memory.py")  # a file and a line number
+    assert size > 500_000 and count >= 2000
+    assert "sk-very-secret-value" not in repr(grown)
+    assert len(kept) == 2000
+
+
+def test_an_untraced_report_says_nothing_of_tracing() -> None:
+    if tracemalloc.is_tracing():  # the suite run under tracing: nothing to check here
+        return
+    assert "tracemalloc" not in MemoryReport(min_interval=0.0).get()
+
+
+def test_growth_ranks_the_lines_by_bytes_grown() -> None:
+    first = {"a.py:1": (100, 1), "b.py:2": (500, 5)}
+    now = {"a.py:1": (1100, 11), "b.py:2": (400, 4), "c.py:3": (300, 3)}
+    assert growth(first, now) == [
+        ["a.py:1", 1000, 10, 1100],
+        ["c.py:3", 300, 3, 300],  # new since the first report
+        ["b.py:2", -100, -1, 400],
+    ]
+    assert len(growth(first, now, top=1)) == 1
