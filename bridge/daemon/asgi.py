@@ -9,6 +9,12 @@ Both listeners face clients the daemon does not control, so the HTTP protocol is
 connection whose request headers are not all in within ``header_timeout`` (from its opening, or
 from the end of its previous response) is answered 408 and closed, however slowly it trickles
 bytes in; a connection beyond ``max_connections`` is answered 503 and closed at once.
+
+A request h11 cannot parse leaves nothing for the garbage collector: h11 re-raises its error
+from a frame that holds the error itself (``exc -> traceback -> frame -> exc``), a cycle that
+kept the whole connection (protocol, h11 state, receive buffer, transport) alive until a
+collection of the oldest generation, which the daemon's thresholds make rare
+(``bridge.daemon.main.GC_THRESHOLDS``). ``_AcyclicH11`` raises a fresh error instead.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -35,12 +42,34 @@ MAX_CONNECTIONS = 256
 _CLOSE = b"content-length: 0\r\nconnection: close\r\n\r\n"
 
 
+class _AcyclicH11(h11.Connection):
+    """h11's connection whose protocol errors hold no reference cycle: freed by reference
+    counting the moment uvicorn has answered 400 and dropped the connection."""
+
+    def next_event(self) -> Any:
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as exc:
+            exc.__traceback__ = None  # its frames (and the cycle through them) go now
+            hint = exc.error_status_hint
+            message = str(exc)
+        # raised outside the handler: no context, and no local of this frame holds an error
+        raise h11.RemoteProtocolError(message, error_status_hint=hint)
+
+
 class _GuardedH11(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with a deadline on request headers and a connection cap."""
 
     header_timeout = HEADER_TIMEOUT
     max_connections = MAX_CONNECTIONS
     _deadline: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = self.config.h11_max_incomplete_event_size
+        self.conn = _AcyclicH11(
+            h11.SERVER, **({} if limit is None else {"max_incomplete_event_size": limit})
+        )
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
