@@ -192,6 +192,50 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's master-following pool, blocking like the single-node one under a burst."""
 
 
+def _info_scalar(value: str) -> Any:
+    try:
+        return float(value) if "." in value else int(value)
+    except ValueError:
+        return value
+
+
+def _info_value(value: str) -> Any:
+    if "," not in value and "=" not in value:
+        return _info_scalar(value)
+    if "=" not in value:
+        return [_info_scalar(v) for v in value.split(",") if v]
+    out: dict[str, Any] = {}
+    for item in value.split(","):
+        if "=" in item:
+            key, sub = item.rsplit("=", 1)
+            out[key] = _info_scalar(sub)
+        elif item:
+            out[item] = True
+    return out
+
+
+def parse_info(response: bytes | str, **_options: Any) -> dict[str, Any]:
+    """``INFO``'s reply as redis-py's own parser reads it (``field:value`` lines; numbers as
+    numbers, ``a=1,b=2`` as a dict, ``a,b`` as a list), without its cost to a daemon that asks
+    every second (the health probe): redis-py's parser is a recursive closure, a reference
+    cycle left to the garbage collector on every call (3 objects a call, freed only by a
+    collection, which ``bridge.daemon.main.GC_THRESHOLDS`` makes rare)."""
+    text = response.decode("utf-8", "replace") if isinstance(response, bytes) else response
+    info: dict[str, Any] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if ":" not in line:
+            info.setdefault("__raw__", []).append(line)
+            continue
+        key, value = line.rsplit(":", 1) if line.startswith("cmdstat_host:") else line.split(":", 1)
+        if key == "module":
+            info.setdefault("modules", []).append(_info_value(value))
+        else:
+            info[key] = _info_value(value)
+    return info
+
+
 def connect(
     target: RedisTarget | str,
     *,
@@ -219,15 +263,14 @@ def connect(
     """
     t = RedisTarget.of(target)
     if t.cluster:
-        return cast(
-            BridgeRedis,
-            connect_cluster(
-                t,
-                max_connections=max_connections,
-                socket_timeout=socket_timeout,
-                decode_responses=decode_responses,
-            ),
+        cluster = connect_cluster(
+            t,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            decode_responses=decode_responses,
         )
+        cluster.set_response_callback("INFO", parse_info)
+        return cast(BridgeRedis, cluster)
     if socket_timeout is not None:
         socket_timeout = effective_socket_timeout(t, socket_timeout)
     common: dict[str, Any] = {
@@ -275,6 +318,7 @@ def connect(
         # the client owns the pool: aclose() closes both
         client = cast(BridgeRedis, cls.from_pool(pool))
     client.target = t
+    client.set_response_callback("INFO", parse_info)
     if t.wait_replicas > 0:
         client.replica_wait = ReplicaWait(t.wait_replicas, t.wait_timeout)
     return client
