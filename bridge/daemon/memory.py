@@ -90,6 +90,7 @@ def _snapshot() -> tracemalloc.Snapshot:
     return tracemalloc.take_snapshot().filter_traces(
         [
             tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, __file__),  # this hook's own tables and reports
             tracemalloc.Filter(False, "<frozen importlib._bootstrap*>"),
         ]
     )
