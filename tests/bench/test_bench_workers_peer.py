@@ -105,7 +105,14 @@ def test_comparison_reports_streams_per_gb_as_a_ratio() -> None:
 
 
 def test_process_figures_include_children() -> None:
-    code = "import sys; print('up', flush=True); sys.stdin.read()"
+    # the child spends 50 ms of CPU first: a process that ran less than a clock tick can read
+    # 0 s in /proc (its time is sampled at ticks), and the test then failed on a fast start
+    code = (
+        "import sys, time\n"
+        "t = time.process_time()\n"
+        "while time.process_time() - t < 0.05: pass\n"
+        "print('up', flush=True); sys.stdin.read()"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdin=-1, stdout=-1, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "up\n"  # settled
