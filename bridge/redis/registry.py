@@ -71,20 +71,16 @@ class SessionRegistry:
         self._end = client.register_script(_END)
 
     async def save(self, record: SessionRecord) -> None:
-        key = self._keys.session(record.order_id)
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.set(key, json.dumps(asdict(record)), ex=self._ttl)
-            pipe.sadd(self._keys.sessions_index, record.order_id)
+            for command in self.save_commands(record):
+                pipe.execute_command(*command)
             await pipe.execute()
 
     def save_commands(self, record: SessionRecord) -> tuple[tuple[str | int, ...], ...]:
-        """:meth:`save` as commands, for a round trip that carries other writes too (each is
-        idempotent; the index entry is one an earlier save made already)."""
-        key = self._keys.session(record.order_id)
-        return (
-            ("SET", key, json.dumps(asdict(record)), "EX", self._ttl),
-            ("SADD", self._keys.sessions_index, record.order_id),
-        )
+        """:meth:`save` as commands, also for a round trip that carries other writes (each is
+        idempotent; there, the index entry is one an earlier save made already)."""
+        keys, (raw, ttl, order_id) = self.intent(record)
+        return (("SET", keys[0], raw, "EX", ttl), ("SADD", keys[1], order_id))
 
     def intent(self, record: SessionRecord) -> tuple[list[str], list[str | int]]:
         """The keys and arguments with which a lease's grant saves ``record`` in the same
