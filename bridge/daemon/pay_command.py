@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -22,6 +22,9 @@ from bridge.daemon.ownership import record_found_order
 from bridge.multisafepay.api import ApiError, CreatedOrder
 from bridge.redis.client import text
 from bridge.redis.registry import SessionRecord
+
+if TYPE_CHECKING:
+    from bridge.config import TerminalGroup
 
 log = structlog.get_logger("bridge.commands")
 
@@ -39,12 +42,14 @@ class OutcomeUnknown(LeaveUnacknowledged):
 
 @dataclass(frozen=True, slots=True)
 class _FirstLook:
-    """What a ``pay`` reads before it acts, in one round trip with the claim of its id."""
+    """What a ``pay`` reads before it acts, in one round trip with the claim of its id (and
+    the lease it was granted in that round trip, if any)."""
 
     previous: str | None  # the fingerprint its command id had, if any
     state: OrderState | None  # the order's, if it exists
     active: str | None  # the order in flight on the terminal, if any
     lease: str | None  # the token of the order's lease, if any
+    fence: str | None = None  # the lease granted with the look (``Leases.open``), if any
 
 
 class PayHandler(Answers):
@@ -69,8 +74,9 @@ class PayHandler(Answers):
         self, command: PayCommand, command_id: str, order_id: str, fingerprint: str
     ) -> _FirstLook:
         """Claim the command id (``SET NX GET``) and read the order's state, the terminal's
-        order in flight and the order's lease: four independent commands, one round trip
-        (they were four). Nothing here is written but the claim, as before."""
+        order in flight and the order's lease: four independent commands, one round trip.
+        Nothing here is written but the claim. (For a pay on a terminal in no group: it takes
+        no lease.)"""
         keys = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(
@@ -85,6 +91,26 @@ class PayHandler(Answers):
             state=OrderState.from_json(raw_state) if raw_state else None,
             active=text(active),
             lease=text(lease),
+        )
+
+    async def _first_look_and_lease(
+        self, command: PayCommand, command_id: str, fingerprint: str, record: SessionRecord
+    ) -> _FirstLook:
+        """The first look and, when it finds the way clear (the command id free or this
+        command's, no state, no lease, the terminal free), the order's lease granted with the
+        payment's intent saved: one script (``Leases.open``), where it was two round trips."""
+        look = await self.ctx.leases.open(
+            record.order_id,
+            (command_id, fingerprint, int(self._ttl)),
+            command.terminal,
+            self.ctx.registry.intent(record),
+        )
+        return _FirstLook(
+            previous=look.previous,
+            state=OrderState.from_json(look.state) if look.state else None,
+            active=look.active,
+            lease=look.lease,
+            fence=look.token,
         )
 
     async def _pay_failed(
@@ -103,16 +129,21 @@ class PayHandler(Answers):
     async def pay(self, command: PayCommand, command_id: str) -> None:
         order_id = command.order_id or derive_order_id(command_id)
         fingerprint = command_fingerprint(command)
-        look = await self._first_look(command, command_id, order_id, fingerprint)
+        route = self._route(command.terminal_id)
+        record = None if route is None else self._record(command_id, order_id, route)
+        if record is None:
+            look = await self._first_look(command, command_id, order_id, fingerprint)
+        else:  # the usual case: the first look takes the lease too, when the way is clear
+            look = await self._first_look_and_lease(command, command_id, fingerprint, record)
         if not await self._command_id_claimed(command, command_id, fingerprint, look.previous):
             return
         state = look.state
         if state is not None:
             if state.command_id == command_id:  # a replay: already handled
                 if not state.final and not self._running(order_id):
-                    record = await self.ctx.registry.load(order_id)
-                    if record is not None:
-                        await self._start_session(record, state, None)
+                    stored = await self.ctx.registry.load(order_id)
+                    if stored is not None:
+                        await self._start_session(stored, state, None)
                 return
             await self._command_failed(
                 command.terminal,
@@ -122,8 +153,7 @@ class PayHandler(Answers):
                 f"order id {order_id} is already used by another payment",
             )
             return
-        route = self._route(command.terminal_id)
-        if route is None:
+        if route is None or record is None:
             await self._pay_failed(
                 command,
                 command_id,
@@ -132,31 +162,24 @@ class PayHandler(Answers):
                 f"terminal {command.terminal} is in no configured terminal group",
             )
             return
-        group, upstream_terminal = route
-        busy_with = await self._busy_with(command.terminal, order_id, look.active)
-        if busy_with:
-            await self._pay_failed(
-                command,
-                command_id,
-                order_id,
-                ErrorCode.TERMINAL_BUSY,
-                f"terminal {command.terminal} is busy with order {busy_with} "
-                "(that payment goes on)",
-            )
-            return
-        now = time.time()
-        record = SessionRecord(
-            order_id=order_id,
-            terminal_id=upstream_terminal,
-            group=group.name,
-            command_id=command_id,
-            created_at=now,
-            deadline=now + self.config.multisafepay.max_payment_age,
-        )
-        # No lease at all (the usual case): take it at once, without asking again who holds
-        # it, and save the payment's intent with it (one script).
-        intent = self.ctx.registry.intent(record)
-        fence = None if look.lease else await self.ctx.leases.acquire(order_id, intent)
+        group = route[0]
+        fence = look.fence
+        if fence is None:
+            busy_with = await self._busy_with(command.terminal, order_id, look.active)
+            if busy_with:
+                await self._pay_failed(
+                    command,
+                    command_id,
+                    order_id,
+                    ErrorCode.TERMINAL_BUSY,
+                    f"terminal {command.terminal} is busy with order {busy_with} "
+                    "(that payment goes on)",
+                )
+                return
+            # No lease at all: take it at once, without asking again who holds it, and save
+            # the payment's intent with it (one script).
+            if not look.lease:
+                fence = await self.ctx.leases.acquire(order_id, self.ctx.registry.intent(record))
         saved = fence is not None
         fence = fence or await self._claim_lease(order_id)
         if fence is None:  # another daemon holds this very order (the same command, replayed)
@@ -164,6 +187,21 @@ class PayHandler(Answers):
         # The lease is renewed from here on with every other lease this daemon holds
         # (ownership: one round trip per tick), however long the create takes.
         await self._open(command, command_id, record, group, fence, saved=saved)
+
+    def _record(
+        self, command_id: str, order_id: str, route: tuple[TerminalGroup, str]
+    ) -> SessionRecord:
+        """The payment's intent, as the registry keeps it while the payment runs."""
+        group, upstream_terminal = route
+        now = time.time()
+        return SessionRecord(
+            order_id=order_id,
+            terminal_id=upstream_terminal,
+            group=group.name,
+            command_id=command_id,
+            created_at=now,
+            deadline=now + self.config.multisafepay.max_payment_age,
+        )
 
     async def _open(
         self,

@@ -16,6 +16,7 @@ taken only once the lease lapses, as when no daemon holds it.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -28,6 +29,18 @@ from bridge.redis.keys import Keys
 from bridge.redis.presence import Presence
 
 log = structlog.get_logger("bridge.redis")
+
+
+@dataclass(frozen=True, slots=True)
+class OpenLook:
+    """What :meth:`Leases.open` read, and the lease it was granted (None: not granted)."""
+
+    previous: str | None  # the fingerprint the command id had, if any
+    state: str | None  # the order's state (JSON), if it exists
+    active: str | None  # the order in flight on the terminal, if any
+    lease: str | None  # the token of the order's lease before, if any
+    token: str | None
+
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -71,6 +84,28 @@ end
 return token
 """
 
+# A pay's first look and, when nothing stands in its way, its lease and intent, in one round
+# trip (they were two): the command id claimed (SET NX GET), the order's state, the terminal's
+# order in flight and the order's lease read; then, if the id was free or this command's, the
+# order has no state and no lease and the terminal is free (or busy with this very order), the
+# grant of _ACQUIRE. KEYS: command record, order state, terminal's active order, fence counter,
+# lease, session record, sessions index. Returns {previous, state, active, lease, token}.
+_OPEN = """
+local previous = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'EX', ARGV[2])
+local state = redis.call('HGET', KEYS[2], 'state')
+local active = redis.call('GET', KEYS[3])
+local lease = redis.call('GET', KEYS[5])
+local token = false
+if (not previous or previous == ARGV[1]) and not state and not lease
+    and (not active or active == ARGV[8]) then
+  token = tostring(redis.call('INCR', KEYS[4])) .. ARGV[3]
+  redis.call('SET', KEYS[5], token, 'PX', ARGV[4])
+  redis.call('SET', KEYS[6], ARGV[5], 'EX', ARGV[6])
+  redis.call('SADD', KEYS[7], ARGV[7])
+end
+return {previous, state, active, lease, token}
+"""
+
 _TAKE_OVER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -97,6 +132,7 @@ class Leases:
         self.presence = presence or Presence(client, keys, owner, ttl)
         self._owner = self.presence.owner
         self._acquire = client.register_script(_ACQUIRE)
+        self._open = client.register_script(_OPEN)
         self._take_over = client.register_script(_TAKE_OVER)
         self._renew = client.register_script(_RENEW)
         self._renew_many = client.register_script(_RENEW_MANY)
@@ -129,6 +165,41 @@ class Leases:
             args=[f":{self._owner}", self.ttl_ms, *args],
         )
         return self._granted(order_id, text(token)) if token else None
+
+    async def open(
+        self,
+        order_id: str,
+        claim: tuple[str, str, int],
+        terminal: str,
+        intent: tuple[list[str], list[str | int]],
+    ) -> OpenLook:
+        """A pay's first look (``claim``: its command id, fingerprint and the claim's TTL in
+        seconds; ``terminal``: the one it pays on) and, when it finds the way clear, the
+        order's lease granted with ``intent`` saved (``SessionRegistry.intent``): one script.
+        The lease is not granted when the command id was another command's, the order has a
+        state or a lease, or the terminal is busy with another order; the caller then decides
+        from what was read, as before."""
+        command_id, fingerprint, ttl = claim
+        keys = self._keys
+        registry_keys, registry_args = intent
+        previous, state, active, lease, token = await self._open(
+            keys=[
+                keys.command_record(command_id),
+                keys.order_state(order_id),
+                keys.terminal_active(terminal),
+                keys.fence_counter,
+                keys.lease(order_id),
+                *registry_keys,
+            ],
+            args=[fingerprint, ttl, f":{self._owner}", self.ttl_ms, *registry_args, order_id],
+        )
+        return OpenLook(
+            previous=text(previous),
+            state=text(state),
+            active=text(active),
+            lease=text(lease),
+            token=self._granted(order_id, text(token)) if token else None,
+        )
 
     async def take_over(self, order_id: str, dead_token: str) -> str | None:
         """A new token in place of ``dead_token`` (its daemon is gone), if it still holds.

@@ -143,6 +143,7 @@ def test_no_script_makes_a_key_name() -> None:
         "transition.lua",
         "announce.lua",
         "leases._ACQUIRE",
+        "leases._OPEN",
         "leases._RENEW",
         "leases._RELEASE",
         "registry._END",

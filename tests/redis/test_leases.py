@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import pytest
@@ -127,6 +128,59 @@ async def test_renewing_all_leases_at_once_reports_the_lost(redis_client: Redis)
     assert await leases.renew_all(held) == ({"o1100"}, set())  # type: ignore[arg-type]
     assert await redis_client.pttl(KEYS.lease("o0")) > 4000  # renewed to the full TTL
     assert await redis_client.pttl(KEYS.lease("o7")) > 4000
+
+
+async def test_a_pays_first_look_grants_the_lease_only_when_the_way_is_clear(
+    redis_client: Redis,
+) -> None:
+    """``Leases.open``: the claim of the command id and the reads always; the lease (with the
+    intent saved) only when the id is free or this command's, the order has no state and no
+    lease, and the terminal is free or busy with this very order."""
+    leases = Leases(redis_client, KEYS, 30.0, "a")
+
+    def intent(order: str) -> tuple[list[str], list[str | int]]:
+        return [KEYS.session(order), KEYS.sessions_index], [f'{{"o": "{order}"}}', 60, order]
+
+    async def open_(order: str, command: str = "c", fingerprint: str = "f") -> Any:
+        return await leases.open(order, (command, fingerprint, 600), "t1", intent(order))
+
+    clear = await open_("o1", "c1")
+    assert (clear.previous, clear.state, clear.active, clear.lease) == (None, None, None, None)
+    assert clear.token is not None and clear.token.endswith(":" + leases.presence.owner)
+    assert await redis_client.get(KEYS.lease("o1")) == clear.token
+    assert leases.held["o1"][0] == clear.token
+    assert await redis_client.get(KEYS.session("o1")) == '{"o": "o1"}'
+    assert 0 < await redis_client.ttl(KEYS.session("o1")) <= 60
+    assert await redis_client.smembers(KEYS.sessions_index) == {"o1"}
+    assert await redis_client.get(KEYS.command_record("c1")) == "f"
+    assert 0 < await redis_client.ttl(KEYS.command_record("c1")) <= 600
+
+    # the same command again: the lease is held now, so it is read and not granted
+    again = await open_("o1", "c1")
+    assert (again.previous, again.lease, again.token) == ("f", clear.token, None)
+
+    # the command id of another command: read, never granted
+    await redis_client.set(KEYS.command_record("c2"), "other")
+    other = await open_("o2", "c2")
+    assert (other.previous, other.token) == ("other", None)
+    assert await redis_client.get(KEYS.command_record("c2")) == "other"  # not overwritten
+
+    # the order has a state: not granted
+    await redis_client.hset(KEYS.order_state("o3"), "state", "{}")
+    known = await open_("o3", "c3")
+    assert (known.state, known.token) == ("{}", None)
+
+    # the terminal is busy with another order: not granted; with this very order: granted
+    await redis_client.set(KEYS.terminal_active("t1"), "o9")
+    busy = await open_("o4", "c4")
+    assert (busy.active, busy.token) == ("o9", None)
+    await redis_client.set(KEYS.terminal_active("t1"), "o5")
+    own = await open_("o5", "c5")
+    assert own.active == "o5" and own.token is not None
+    assert await redis_client.smembers(KEYS.sessions_index) == {"o1", "o5"}
+    for order in ("o2", "o3", "o4"):
+        assert not await redis_client.exists(KEYS.lease(order), KEYS.session(order))
+        assert order not in leases.held
 
 
 async def test_a_daemon_knows_which_leases_it_holds(redis_client: Redis) -> None:
