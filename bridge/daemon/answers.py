@@ -6,7 +6,7 @@ letters, and publishing what ``GET`` says of an order. Shared by the handlers of
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from redis.asyncio import Redis
@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger("bridge.commands")
 
 StartSession = Callable[[SessionRecord, OrderState | None, str | None], Awaitable[bool]]
+
+
+def pending_cancel(raw: Any) -> tuple[str, str] | None:
+    """(sender's terminal, command id) of a remembered cancel's value, if it is one."""
+    if not raw or not isinstance(raw, str):  # nothing remembered, or an error reply
+        return None
+    terminal, _, command_id = raw.partition(" ")
+    return (terminal, command_id) if command_id else None
 
 
 class Answers:
@@ -182,10 +190,17 @@ class Answers:
             pipe.getdel(self.keys.pending_cancel(order_id))
             pipe.zrem(self.keys.pending_cancels, order_id)
             raw, _ = await pipe.execute()
-        if not raw:
-            return None
-        terminal, _, command_id = str(raw).partition(" ")
-        return (terminal, command_id) if command_id else None
+        return pending_cancel(raw)
+
+    def take_pending_cancel_commands(self, order_id: str) -> list[tuple[str, ...]]:
+        """:meth:`take_pending_cancel` as commands to send in another round trip (the reply
+        of the last one is the cancel's, for :func:`pending_cancel`). Not in MULTI: the index
+        entry goes first, so a cancel remembered between the two is taken whole, and one
+        remembered after both keeps its entry."""
+        return [
+            ("ZREM", self.keys.pending_cancels, order_id),
+            ("GETDEL", self.keys.pending_cancel(order_id)),
+        ]
 
     def _route(self, terminal_id: str) -> tuple[TerminalGroup, str] | None:
         """The terminal's group, and its ID as MultiSafepay knows it."""

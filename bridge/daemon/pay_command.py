@@ -5,28 +5,40 @@ decides), ``order.created``, and the session that follows the payment."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
+from redis.exceptions import RedisError
 
 from bridge import metrics
 from bridge.core.commands import AnyCommand, PayCommand, command_fingerprint, derive_order_id
 from bridge.core.events import ErrorCode
 from bridge.core.order_commands import plan_create_failure, wrong_terminal
 from bridge.core.state import Decision, OrderState, Verdict, order_created, utcnow
-from bridge.daemon.answers import Answers
+from bridge.daemon.answers import Answers, pending_cancel
 from bridge.daemon.intake import LeaveUnacknowledged
 from bridge.daemon.ownership import record_found_order
 from bridge.multisafepay.api import ApiError, CreatedOrder
 from bridge.redis.client import text
+from bridge.redis.publisher import After, Recorded
 from bridge.redis.registry import SessionRecord
 
 if TYPE_CHECKING:
     from bridge.config import TerminalGroup
 
 log = structlog.get_logger("bridge.commands")
+
+
+def _taken(takes: list[After]) -> tuple[str, str] | None:
+    """The cancel taken by one of a commit's tries (``After`` of its take), if any."""
+    for take in takes:
+        pending = pending_cancel(take.replies[-1]) if take.replies else None
+        if pending is not None:
+            return pending
+    return None
 
 
 class PayFailed(Exception):
@@ -277,12 +289,28 @@ class PayHandler(Answers):
 
         # The order had no state when the pay looked, and the lease is ours since: commit
         # without reading it again (a wrong guess costs the compare-and-set one more try).
-        recorded = await waiters.call(
-            lambda: self.ctx.store.record(
-                order_id, created, known=None, trust_known=True, fence=fence, also=saving
-            ),
-            what="a created order",
-        )
+        # A cancel remembered for it meanwhile is taken just after the commit, in its round
+        # trip: the cancel's handler remembers, then looks for the order; this commits, then
+        # looks for a cancel, so one of the two always sees the other.
+        takes: list[After] = []
+
+        def commit() -> Awaitable[Recorded]:
+            takes.append(After(self.take_pending_cancel_commands(order_id)))
+            return self.ctx.store.record(
+                order_id,
+                created,
+                known=None,
+                trust_known=True,
+                fence=fence,
+                also=saving,
+                after=takes[-1],
+            )
+
+        try:
+            recorded = await waiters.call(commit, what="a created order")
+        except BaseException:
+            await self._remember_again(order_id, takes)
+            raise
         state = recorded.decision.state
         log.info(
             "order.created",
@@ -295,10 +323,31 @@ class PayHandler(Answers):
         if not isinstance(outcome, CreatedOrder):
             state = await record_found_order(self.ctx, record, outcome) or state
         await self._start_session(record, state, fence)
-        await self._apply_pending_cancel(order_id, state)
+        pending = _taken(takes)
+        if pending is None and not any(t.replies for t in takes):
+            pending = await self.take_pending_cancel(order_id)  # not read with the commit
+        await self._apply_pending_cancel(pending, order_id, state)
 
-    async def _apply_pending_cancel(self, order_id: str, state: OrderState | None) -> None:
-        pending = await self.take_pending_cancel(order_id)
+    async def _remember_again(self, order_id: str, takes: list[After]) -> None:
+        """A cancel taken with a commit that then failed goes back, answered by the sweep
+        (as when the pay fails before its commit)."""
+        pending = _taken(takes)
+        if pending is not None:
+            terminal, cancel_id = pending
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.remember_cancel(order_id, terminal, cancel_id, time.time() + 1)
+                except RedisError as exc:  # the failure itself goes on up; this is logged
+                    log.error(
+                        "cancel.unanswered",
+                        order_id=order_id,
+                        command_id=cancel_id,
+                        error=str(exc),
+                    )
+
+    async def _apply_pending_cancel(
+        self, pending: tuple[str, str] | None, order_id: str, state: OrderState | None
+    ) -> None:
         if pending is None or state is None:
             return
         terminal, cancel_id = pending

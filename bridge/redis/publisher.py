@@ -41,6 +41,19 @@ class CommitRaceError(RuntimeError):
     """The order's state kept changing under us: far more racers than exist in practice."""
 
 
+class After:
+    """Commands sent just after a commit's script, in its round trip (so Redis runs them after
+    it, whatever the script did), and their replies once read (an error reply as a value).
+    ``replies`` stays None when they were not read: the round trip failed, or nothing came to
+    be sent."""
+
+    __slots__ = ("commands", "replies")
+
+    def __init__(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        self.commands = tuple(commands)
+        self.replies: list[Any] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Recorded:
     """What :meth:`EventStore.record` did: the decision taken and the stream ids it wrote."""
@@ -85,13 +98,21 @@ def _active_action(before: OrderState | None, decision: Decision) -> str:
 class _Transition:
     """One transition call waiting in :class:`_TransitionBatcher`'s queue."""
 
-    __slots__ = ("also", "args", "keys")
+    __slots__ = ("after", "also", "args", "keys")
 
-    def __init__(self, keys: list[str], args: list[Any], also: Sequence[tuple[Any, ...]]) -> None:
+    def __init__(
+        self,
+        keys: list[str],
+        args: list[Any],
+        also: Sequence[tuple[Any, ...]],
+        after: After | None = None,
+    ) -> None:
         self.keys = keys
         self.args = args
         #: Commands sent just before the call, in its round trip (their errors are its own).
         self.also = also
+        #: Commands sent just after it, their replies kept in it.
+        self.after = after
 
 
 class _TransitionBatcher:
@@ -116,9 +137,13 @@ class _TransitionBatcher:
         self._calls: Coalescer[_Transition] = Coalescer(self._send)
 
     async def call(
-        self, keys: list[str], args: list[Any], also: Sequence[tuple[Any, ...]] = ()
+        self,
+        keys: list[str],
+        args: list[Any],
+        also: Sequence[tuple[Any, ...]] = (),
+        after: After | None = None,
     ) -> Any:
-        return await self._calls.call(_Transition(keys, args, also))
+        return await self._calls.call(_Transition(keys, args, also, after))
 
     async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Write ``commands`` at once on a pooled connection and read every reply (an
@@ -162,6 +187,8 @@ class _TransitionBatcher:
         for p in batch:
             commands += p.item.also
             commands.append(("EVALSHA", sha, len(p.item.keys), *p.item.keys, *p.item.args))
+            if p.item.after is not None:
+                commands += p.item.after.commands
         try:
             replies = await self._roundtrip(commands)
         except Exception as exc:  # noqa: BLE001 - each caller gets it, as from its own call
@@ -176,7 +203,11 @@ class _TransitionBatcher:
             at += len(p.item.also)
             results.append(failed if failed is not None else replies[at])
             at += 1
-            p.item.also = ()  # sent: not again with a retry
+            after = p.item.after
+            if after is not None:
+                after.replies = replies[at : at + len(after.commands)]
+                at += len(after.commands)
+            p.item.also, p.item.after = (), None  # sent: not again with a retry
         missing = [p for p, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
         for p, r in zip(batch, results, strict=True):
             if isinstance(r, Exception):
@@ -233,10 +264,12 @@ class EventStore:
         *,
         revived: bool = False,
         also: Sequence[tuple[Any, ...]] = (),
+        after: After | None = None,
     ) -> tuple[bool, tuple[str, ...], OrderState | None]:
         """Commit ``decision`` if the stored state is still ``before`` (and, with ``fence``,
         only while the order's lease holds that token: else :class:`LeaseLost`). ``also``:
-        idempotent writes sent just before, in the same round trip (their error is raised).
+        idempotent writes sent just before, in the same round trip (their error is raised);
+        ``after``: commands sent just after, their replies kept in it.
 
         Returns (applied, stream ids, the stored state when not applied).
         """
@@ -268,6 +301,7 @@ class EventStore:
                 *(event.to_json() for event in decision.events),
             ],
             also,
+            after,
         )
         if int(result[0]) == -1:
             if revived or self.revive is None or not await self.revive(state.order_id, fence):
@@ -289,13 +323,16 @@ class EventStore:
         trust_known: bool = False,
         fence: str = "",
         also: Sequence[tuple[Any, ...]] = (),
+        after: After | None = None,
     ) -> Recorded:
         """Decide from the stored state of ``order_id`` and commit, deciding again on a race.
 
         ``known`` with ``trust_known`` skips the first read (the caller's cached state is
         usually current: one daemon owns an order); a wrong guess costs one more round trip.
         ``also``: idempotent writes (commands) that go first, in the first commit's round
-        trip (sent on their own when no commit is decided).
+        trip (sent on their own when no commit is decided); ``after``: commands that go just
+        after the first commit's script, in its round trip (after it, then, whether it applied
+        or not: a race decides again without them), their replies kept in it.
         """
         state = known if trust_known else await self.load(order_id)
         for _ in range(_MAX_RACES):
@@ -303,9 +340,14 @@ class EventStore:
             if not decision.commits:
                 for command in also:
                     await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+                if after is not None:
+                    after.replies = [
+                        await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+                        for command in after.commands
+                    ]
                 return Recorded(decision)
-            applied, ids, stored = await self.commit(state, decision, fence, also=also)
-            also = ()
+            applied, ids, stored = await self.commit(state, decision, fence, also=also, after=after)
+            also, after = (), None
             if applied:
                 return Recorded(decision, ids)
             state = stored

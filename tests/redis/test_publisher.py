@@ -12,10 +12,17 @@ from redis.asyncio import Redis
 
 from bridge.core.events import ErrorCode, Event, EventError, EventType, Source, make_event_id
 from bridge.core.normalize import Observation
-from bridge.core.state import observe, order_created, order_failed
+from bridge.core.state import (
+    Decision,
+    OrderState,
+    Verdict,
+    observe,
+    order_created,
+    order_failed,
+)
 from bridge.redis.client import connect
 from bridge.redis.keys import Keys
-from bridge.redis.publisher import EventStore
+from bridge.redis.publisher import After, EventStore
 
 pytestmark = pytest.mark.anyio
 
@@ -302,3 +309,43 @@ async def test_commits_share_a_pool_of_one_connection(redis_server) -> None:
         assert await client.get(KEYS.terminal_active("0000004D")) == "o-1"
     finally:
         await client.aclose()
+
+
+async def test_commands_after_a_commit_run_just_after_it_once(redis_server, redis_client) -> None:
+    """``After``: in the commit's round trip, run by Redis after the script (they see what it
+    wrote), whether it applied or not, and once, also when the script is reloaded."""
+    s = store(redis_client)
+
+    def created(st: OrderState | None) -> Decision:
+        if st is not None:
+            return Decision(Verdict.DUPLICATE, st)
+        return order_created(
+            order_id="o-1",
+            terminal_id="0000004d",
+            command_id="c-1",
+            amount=1250,
+            currency="EUR",
+            session_id="s",
+            now=now(),
+        )
+
+    after = After([("HGET", KEYS.order_state("o-1"), "seq"), ("INCR", "n")])
+    recorded = await s.record("o-1", created, known=None, trust_known=True, after=after)
+    assert recorded.stream_ids and after.replies == ["1", 1]  # after the script's write
+
+    # the compare-and-set fails (the order exists): run all the same, and not again
+    lost = After([("INCR", "n")])
+    recorded = await s.record("o-1", created, known=None, trust_known=True, after=lost)
+    assert not recorded.stream_ids and lost.replies == [2]
+    assert await redis_client.get("n") == "2"
+
+    # nothing to commit: sent on their own
+    nothing = After([("INCR", "n"), ("GET", "missing")])
+    await s.record("o-1", created, after=nothing)
+    assert nothing.replies == [3, None]
+
+    redis_server.restart()  # the script is gone: the commit reloads it and is sent again
+    again = After([("INCR", "n")])
+    recorded = await s.record("o-1", created, known=None, trust_known=True, after=again)
+    assert recorded.stream_ids and again.replies == [1]
+    assert await redis_client.get("n") == "1"
