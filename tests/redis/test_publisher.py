@@ -43,19 +43,23 @@ def obs(status: str, source: Source = Source.STREAM) -> Observation:
     return Observation(source=source, order_id="o-1", status=status)
 
 
-async def create(s: EventStore) -> None:
-    recorded = await s.record(
-        "o-1",
-        lambda _st: order_created(
-            order_id="o-1",
-            terminal_id="0000004d",
-            command_id="c-1",
-            amount=1250,
-            currency="EUR",
-            session_id="s",
-            now=now(),
-        ),
+def created(st: OrderState | None) -> Decision:
+    """Order o-1 created, unless it exists (as a pay decides)."""
+    if st is not None:
+        return Decision(Verdict.DUPLICATE, st)
+    return order_created(
+        order_id="o-1",
+        terminal_id="0000004d",
+        command_id="c-1",
+        amount=1250,
+        currency="EUR",
+        session_id="s",
+        now=now(),
     )
+
+
+async def create(s: EventStore) -> None:
+    recorded = await s.record("o-1", lambda _st: created(None))  # whatever is stored
     assert len(recorded.stream_ids) == 1
 
 
@@ -315,19 +319,6 @@ async def test_commands_after_a_commit_run_just_after_it_once(redis_server, redi
     """``After``: in the commit's round trip, run by Redis after the script (they see what it
     wrote), whether it applied or not, and once, also when the script is reloaded."""
     s = store(redis_client)
-
-    def created(st: OrderState | None) -> Decision:
-        if st is not None:
-            return Decision(Verdict.DUPLICATE, st)
-        return order_created(
-            order_id="o-1",
-            terminal_id="0000004d",
-            command_id="c-1",
-            amount=1250,
-            currency="EUR",
-            session_id="s",
-            now=now(),
-        )
 
     after = After([("HGET", KEYS.order_state("o-1"), "seq"), ("INCR", "n")])
     recorded = await s.record("o-1", created, known=None, trust_known=True, after=after)
