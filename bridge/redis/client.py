@@ -31,7 +31,7 @@ from bridge.redis.cluster import connect_cluster
 from bridge.redis.replicas import ALONE_CHECK_EVERY, ReplicaWait, is_commit
 from bridge.redis.target import RedisTarget
 
-__all__ = ["BridgeRedis", "RedisTarget", "connect", "stream_entries", "text"]
+__all__ = ["BridgeRedis", "RedisTarget", "connect", "errors_as_values", "stream_entries", "text"]
 
 
 def _promotable(replica: dict[str, Any]) -> bool:
@@ -346,3 +346,16 @@ def stream_entries(entries: Any) -> list[tuple[str, dict[str, str]]]:
     nil) is left out. redis-py types these replies as unions of every protocol's shape.
     """
     return [(text(eid), fields) for eid, fields in entries or () if fields is not None]
+
+
+def errors_as_values(replies: list[Any]) -> list[Any]:
+    """``replies`` (a pipeline's with ``raise_on_error=False``, or read one by one), each error
+    among them without its traceback. An error reply kept as a value is in a reference cycle
+    otherwise: its traceback holds the frame that reads the replies, which holds the list that
+    holds the error, so it (and the frame) waited for a full collection, which the daemon's
+    thresholds make rare (``bridge.daemon.main.GC_THRESHOLDS``). An error returned as a value
+    is raised again by whoever needs it, from there."""
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            reply.__traceback__ = None
+    return replies

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from bridge.core import formats
-from bridge.redis.client import text
+from bridge.redis.client import errors_as_values, text
 from bridge.redis.keys import Keys
 from bridge.redis.presence import Presence
 
@@ -320,7 +320,7 @@ class Leases:
                 pipe.execute_command(
                     "EVALSHA", sha, len(keys), *keys, self.ttl_ms, *(t for _, t in chunk)
                 )
-            replies = list(await pipe.execute(raise_on_error=False))
+            replies = errors_as_values(list(await pipe.execute(raise_on_error=False)))
         if announce:
             presence = replies.pop(0)
             if isinstance(presence, Exception):

@@ -18,6 +18,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from bridge.core.events import Event, EventType
 from bridge.core.state import Decision, OrderState
+from bridge.redis.client import errors_as_values
 from bridge.redis.cluster import publishing
 from bridge.redis.coalesce import Coalescer, Pending
 from bridge.redis.keys import Keys
@@ -158,7 +159,7 @@ class _TransitionBatcher:
                     # the command itself, not pipe.evalsha(): a cluster client (no one pool)
                     # refuses that method (keys could span slots; ours never do: Keys)
                     pipe.execute_command(*command)
-                return list(await pipe.execute(raise_on_error=False))
+                return errors_as_values(list(await pipe.execute(raise_on_error=False)))
         packed = b"".join(map(_resp, commands))
         conn = await pool.get_connection()
 
@@ -170,7 +171,7 @@ class _TransitionBatcher:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:
                     replies.append(exc)
-            return replies
+            return errors_as_values(replies)
 
         async def dropped(_error: Exception) -> None:
             await conn.disconnect()

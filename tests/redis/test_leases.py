@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers.garbage import cyclic_garbage
 from redis.asyncio import Redis
 
 from bridge.core.events import Source
@@ -295,3 +296,17 @@ async def test_a_presence_of_a_newer_format_is_a_live_daemon(redis_client: Redis
     )
     assert await mine.presence.consumer_gone("n2")
     assert await mine.orphaned("o-n2") == "41:i9@n2"
+
+
+async def test_renewing_after_redis_lost_the_script_leaves_no_reference_cycle(
+    redis_client: Redis,
+) -> None:
+    """The pipeline's NOSCRIPT reply comes back as a value; its traceback held redis-py's frame
+    that holds the list of replies that holds the error: a cycle, until a full collection."""
+    leases = Leases(redis_client, KEYS, 5.0, "a")
+    held = {"o1": await leases.acquire("o1")}
+    await leases.renew_all(held)  # type: ignore[arg-type]
+    await redis_client.script_flush()
+    with cyclic_garbage() as garbage:
+        assert await leases.renew_all(held) == (set(), set())  # type: ignore[arg-type]
+    assert "NoScriptError" not in garbage

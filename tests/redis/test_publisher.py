@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import anyio
 import anyio.lowlevel
 import pytest
+from helpers.garbage import cyclic_garbage
 from redis.asyncio import Redis
 
 from bridge.core.events import ErrorCode, Event, EventError, EventType, Source, make_event_id
@@ -340,3 +341,19 @@ async def test_commands_after_a_commit_run_just_after_it_once(redis_server, redi
     recorded = await s.record("o-1", created, known=None, trust_known=True, after=again)
     assert recorded.stream_ids and again.replies == [1]
     assert await redis_client.get("n") == "1"
+
+
+async def test_a_script_redis_lost_leaves_no_reference_cycle(redis_client: Redis) -> None:
+    """The transition script's NOSCRIPT reply is read as a value: an error whose traceback
+    held the frame that holds the list of replies that holds the error (a cycle, collected
+    only by a full collection, which the daemon's thresholds make rare)."""
+    s = store(redis_client)
+    await create(s)
+    await redis_client.script_flush()  # as after a Redis restart: NOSCRIPT, load, again
+    with cyclic_garbage() as garbage:
+        recorded = await s.record(
+            "o-1",
+            lambda st: observe(st, obs("initialized", Source.POLL), now(), terminal_id="0000004D"),
+        )
+    assert recorded.stream_ids
+    assert "NoScriptError" not in garbage
