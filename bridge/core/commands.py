@@ -45,7 +45,10 @@ CommandId = Annotated[str, Field(pattern=COMMAND_ID_PATTERN)]
 
 
 class _Command(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # cache_strings: as _COMMAND_ADAPTER's, for a model validated on its own
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=True, cache_strings=False
+    )
 
     command_id: CommandId | None = None
     terminal_id: TerminalId
@@ -107,7 +110,12 @@ Command = Annotated[
     Field(discriminator="type"),
 ]
 AnyCommand = PayCommand | CancelCommand | RefundCommand | WatchCommand | ReceiptCommand
-_COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(Command)
+# cache_strings off: each stripped string went into pydantic-core's process-wide string cache
+# (16,384 slots, not seen by the garbage collector), so the values of hostile commands (every
+# unseen command id) stayed there, ~1 MB once full, which took a soak about an hour to fill
+_COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(
+    Command, config=ConfigDict(cache_strings=False)
+)
 
 
 class InvalidCommand(ValueError):

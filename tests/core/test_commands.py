@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -112,3 +114,27 @@ def test_bad_amounts(text: str) -> None:
 def test_amount_round_trip(cents: int) -> None:
     assert parse_amount(f"{cents // 100}.{cents % 100:02d}") == cents
     assert parse_amount(f"{cents // 100},{cents % 100:02d}") == cents
+
+
+_HELD_AFTER_PARSING = """
+import gc, json, tracemalloc
+from bridge.core.commands import parse_command
+tracemalloc.start(1)
+gc.collect()
+before = tracemalloc.get_traced_memory()[0]
+for n in range(20_000):
+    parse_command(json.dumps({"type": "pay", "command_id": f"c-{n}", "terminal_id": "T1",
+                              "amount": 100, "description": f"sale {n}"}))
+gc.collect()
+print(tracemalloc.get_traced_memory()[0] - before)
+"""
+
+
+def test_parsing_commands_keeps_none_of_their_strings() -> None:
+    """A parsed command keeps nothing once dropped: pydantic-core's process-wide string cache
+    (where stripped strings went) held ~0.9 MB of the values of 20,000 commands. Measured in a
+    fresh interpreter, since other tests may have filled that cache already."""
+    out = subprocess.run(
+        [sys.executable, "-c", _HELD_AFTER_PARSING], capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout) < 100_000
