@@ -31,6 +31,7 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
@@ -59,6 +60,9 @@ from bridge.errors import UserError
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer
 from bridge.simulator.certs import LocalCa, make_local_ca
+
+#: Seconds a bridge has, once the driven changes are sent, to publish the last of them.
+DRAIN_WAIT = 30.0
 
 
 class Bench:
@@ -348,13 +352,12 @@ class Bench:
             if not st["driving"]:
                 break
         sent = st["sent"]
-        wait_for(
-            lambda: self._received("bench") - self.unprompted >= sent,
-            30,
-            "the last bridge events",
+        delivered = self._drained(
+            lambda: self._received("bench") - self.unprompted, sent, DRAIN_WAIT, "driven events"
         )
         used = cpu_seconds(self.daemon.pid) - cpus0["daemon"]
-        self.event_cpu_ms = used * 1000 / max(1, sent)
+        # Per event delivered: a bridge that fell behind spent its CPU on fewer events.
+        self.event_cpu_ms = used * 1000 / max(1, delivered)
         res.daemon_cpu_s_per_1000_events = self.event_cpu_ms
         el = max(1e-9, time.monotonic() - t0)
         res.daemon_cpu_utilisation = used / el
@@ -365,7 +368,22 @@ class Bench:
         res.daemon_connections_to_upstream = max(
             res.daemon_connections_to_upstream, connections_to(self.daemon.pid, self.sim_port)
         )
-        self.progress.done(f"bridge: sent {sent}, received {got}")
+        self.progress.done(f"bridge: sent {sent}, received {delivered}")
+
+    def _drained(self, received: Callable[[], int], sent: int, wait: float, what: str) -> int:
+        """Waits up to ``wait`` s for ``sent`` events to be received; returns how many were.
+        A bridge that falls behind (the SDK peer's thread per payment, at 1,000 events/s on
+        a small machine) is a figure, not the end of the run: the shortfall is an error of
+        this result, and the run goes on to measure the rest."""
+        try:
+            wait_for(lambda: received() >= sent, wait, what, tick=0.2, on_tick=self._check_alive)
+        except BenchError:
+            got = received()
+            self.result.errors.append(
+                f"fell behind: {got} of {sent} {what} received {wait:.0f} s after they were sent"
+            )
+            return got
+        return sent
 
     def _baseline(self) -> None:
         s = self.s
@@ -406,13 +424,16 @@ class Bench:
             )
             return not st["driving"] and got >= st["sent"]
 
-        wait_for(
-            finished,
-            60 + 3 * s.streams / s.rate,
-            "the final events",
-            tick=0.5,
-            on_tick=self._check_alive,
-        )
+        try:
+            wait_for(
+                finished,
+                60 + 3 * s.streams / s.rate,
+                "the final events",
+                tick=0.5,
+                on_tick=self._check_alive,
+            )
+        except BenchError as exc:  # fell behind: the finals not received are counted lost
+            self.result.errors.append(f"fell behind at the finish: {exc}")
         try:
             wait_for(
                 lambda: sum(self._sim_status()["streams"].values()) == 0, 30, "the streams to close"
@@ -421,7 +442,9 @@ class Bench:
             self.result.notes.append(str(exc))
         time.sleep(0.5)  # the sessions end (lease, registry) after their final
         self.close_cpu_ms = (cpu_seconds(self.daemon.pid) - cpu0) * 1000 / s.streams
-        self.progress.done(f"finish: every payment completed ({time.monotonic() - t0:.1f} s)")
+        behind = any(e.startswith("fell behind at the finish") for e in self.result.errors)
+        done = "not every final received" if behind else "every payment completed"
+        self.progress.done(f"finish: {done} ({time.monotonic() - t0:.1f} s)")
 
     def _collect(self) -> None:
         res = self.result
