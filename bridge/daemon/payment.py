@@ -15,6 +15,7 @@ card details, which the core publishes as ``order.details``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -101,7 +102,9 @@ class PaymentSession(StreamFollower):
         # The message bus's protocol, kept across reconnects (it re-subscribes its channels);
         # made on the first bus connection: an SSE stream never needs it.
         self._bus: BusProtocol | None = None
-        self._commit_lock = anyio.Lock()
+        # asyncio's lock makes its queue of waiters only once someone waits; anyio's makes a
+        # deque at once (760 bytes per payment held, measured with tracemalloc at 1,000).
+        self._commit_lock = asyncio.Lock()
         self._lease_lost = False
         self._opened = False
         self.live = False

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, cast
@@ -115,7 +114,9 @@ class _StreamConnection(asyncio.Protocol):
         self.status: int | None = None
         self.content_type = ""
         self.content_encoding = "identity"
-        self.messages: deque[SSEMessage] = deque()
+        # A list, not a deque: at most MAX_QUEUED messages, and an empty deque is a 760-byte
+        # block per stream held (tracemalloc, 1,000 streams), an empty list 56 bytes.
+        self.messages: list[SSEMessage] = []
         self.error: StreamError | None = None
         self.ended = False
         self.bytes_at = self.line_at = now
@@ -199,7 +200,7 @@ class _StreamConnection(asyncio.Protocol):
             self._waiter = None
 
     def take(self) -> SSEMessage:
-        message = self.messages.popleft()
+        message = self.messages.pop(0)
         if self._paused and len(self.messages) < MAX_QUEUED // 4 and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()

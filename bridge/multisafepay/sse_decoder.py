@@ -26,6 +26,22 @@ class SSEMessage:
 
 
 class SSEDecoder:
+    # one per stream held: slots, not a per-instance dict
+    __slots__ = (
+        "_max_line",
+        "_max_event",
+        "_buffer",
+        "_started",
+        "_skip_lf",
+        "_event",
+        "_data",
+        "_size",
+        "_last_id",
+        "_retry",
+        "lines",
+        "_error",
+    )
+
     def __init__(self, *, max_line: int = 64 * 1024, max_event: int = 256 * 1024) -> None:
         self._max_line = max_line
         self._max_event = max_event
