@@ -130,7 +130,7 @@ def test_process_figures_include_children() -> None:
         child.wait()
 
 
-def test_a_bridge_that_falls_behind_is_a_figure_not_the_end_of_the_run(tmp_path: Path) -> None:
+def test_a_bridge_that_falls_behind_is_a_figure_not_the_end_of_the_run() -> None:
     # The SDK peer's thread per payment falls behind at 1,000 events/s on a small machine: the
     # run records how many it received, as an error of its result, and goes on.
     from bridge.bench.child import Progress
