@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from bridge.errors import UserError
+from bridge.redis.server import stop_process
 
 #: Redis Cluster's bus listens on the node's port + 10000.
 BUS_OFFSET = 10000
@@ -254,14 +255,8 @@ class RedisClusterServer:
     def stop(self) -> None:
         for node in self.nodes:
             proc, node.proc = node.proc, None
-            if proc is None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            if proc is not None:
+                stop_process(proc)
 
     def close(self) -> None:
         self.stop()

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from bridge.errors import UserError
-from bridge.redis.server import RedisServer, free_port
+from bridge.redis.server import RedisServer, free_port, stop_process
 from bridge.redis.target import RedisTarget
 
 __all__ = ["SentinelDeployment", "SentinelProcess"]
@@ -77,12 +77,7 @@ class SentinelProcess:
     def close(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

@@ -21,7 +21,18 @@ from types import TracebackType
 from bridge.errors import UserError
 from bridge.sockets import free_port
 
-__all__ = ["RedisServer", "ServerTls", "free_port"]
+__all__ = ["RedisServer", "ServerTls", "free_port", "stop_process"]
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM (a redis-server's clean shutdown), SIGKILL if it is still there after
+    ``timeout`` seconds; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @dataclass(frozen=True)
@@ -145,14 +156,8 @@ class RedisServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc)
 
     def restart(self) -> None:
         self.stop()
