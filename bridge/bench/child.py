@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bridge.bench.procs import stop_process
+from bridge.processes import stop_process
 
 
 class Progress:

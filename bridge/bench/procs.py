@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
-import subprocess
 from collections.abc import Callable
-from typing import Any
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -117,15 +114,3 @@ def _connections_to(pid: int, port: int) -> int:
         except FileNotFoundError:
             continue
     return n
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float) -> int:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode

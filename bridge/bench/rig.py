@@ -23,8 +23,8 @@ from typing import Any, Self
 import anyio
 import httpx
 
-from bridge.bench.procs import stop_process
 from bridge.core.commands import derive_order_id
+from bridge.processes import stop_process
 from bridge.redis.client import RedisTarget, connect, stream_entries
 from bridge.redis.keys import Keys
 from bridge.redis.server import RedisServer

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from bridge.errors import UserError
-from bridge.redis.server import stop_process
+from bridge.processes import stop_process
 
 #: Redis Cluster's bus listens on the node's port + 10000.
 BUS_OFFSET = 10000

@@ -22,7 +22,8 @@ from typing import Any
 import redis
 
 from bridge.errors import UserError
-from bridge.redis.server import RedisServer, free_port, stop_process
+from bridge.processes import stop_process
+from bridge.redis.server import RedisServer, free_port
 from bridge.redis.target import RedisTarget
 
 __all__ = ["SentinelDeployment", "SentinelProcess"]

@@ -19,20 +19,10 @@ from pathlib import Path
 from types import TracebackType
 
 from bridge.errors import UserError
+from bridge.processes import stop_process
 from bridge.sockets import free_port
 
-__all__ = ["RedisServer", "ServerTls", "free_port", "stop_process"]
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """SIGTERM (a redis-server's clean shutdown), SIGKILL if it is still there after
-    ``timeout`` seconds; reaped either way."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+__all__ = ["RedisServer", "ServerTls", "free_port"]
 
 
 @dataclass(frozen=True)
