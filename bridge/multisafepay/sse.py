@@ -149,6 +149,11 @@ class _StreamConnection(asyncio.Protocol):
     # -- parsing ----------------------------------------------------------------------------
 
     def _read_events(self) -> None:
+        # The reader is woken only for what it waits for (the answer's head, a message, the
+        # end, an error), not for every chunk: a keep-alive every 15 s per held stream woke
+        # its task through five coroutine frames and a new future and timer each time. The
+        # idle deadlines need no wake-up per chunk: the reader's timer is at the earliest.
+        queued, answered = len(self.messages), self.status is not None
         try:
             while not self.ended and self.error is None:
                 event = self._http.next_event()
@@ -162,7 +167,13 @@ class _StreamConnection(asyncio.Protocol):
         if len(self.messages) >= MAX_QUEUED and self.transport is not None and not self._paused:
             self._paused = True
             self.transport.pause_reading()
-        self.wake()
+        if (
+            len(self.messages) != queued
+            or (self.status is not None) != answered
+            or self.ended
+            or self.error is not None
+        ):
+            self.wake()
 
     def _on(self, event: object) -> None:
         if isinstance(event, h11.Response):
@@ -174,7 +185,7 @@ class _StreamConnection(asyncio.Protocol):
                     self.content_encoding = value.decode("latin-1").strip().lower()
         elif isinstance(event, h11.Data):
             lines = self._decoder.lines
-            self.messages.extend(self._decoder.feed(bytes(event.data)))
+            self.messages.extend(m for m in self._decoder.feed(bytes(event.data)) if not _ping(m))
             if self._decoder.lines != lines:
                 self.line_at = self.bytes_at
         elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
@@ -211,6 +222,11 @@ class _StreamConnection(asyncio.Protocol):
         self.ended = True
         if self.transport is not None:
             self.transport.abort()  # a stream has nothing to flush: drop it at once
+
+
+def _ping(message: SSEMessage) -> bool:
+    """A keep-alive (``data: ping`` or empty data): dropped where it is parsed."""
+    return message.event == "message" and message.data.strip() in ("ping", "")
 
 
 def _request(target: _Target, headers: list[tuple[str, str]]) -> bytes:
@@ -311,10 +327,9 @@ async def sse_messages(
             await on_open()
         while True:
             while conn.messages:
-                message = conn.take()
-                if message.event == "message" and message.data.strip() in ("ping", ""):
-                    continue
+                message = conn.take()  # keep-alives were dropped as they were parsed
                 yield StreamMessage(event=message.event, data=message.data, id=message.id)
+                del message  # not held in this frame while the stream waits
             if conn.error is not None:
                 raise conn.error
             if conn.ended:
