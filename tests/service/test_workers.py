@@ -101,7 +101,9 @@ class Supervised:
 
     def lines(self) -> list[dict[str, Any]]:
         out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        # Complete lines only: the last may be half written as it is read (a CI run failed
+        # on '{"timestamp":"...","le').
+        for line in self.log_path.read_text(errors="replace").split("\n")[:-1]:
             if line.startswith("{"):
                 out.append(json.loads(line))
         return out
