@@ -166,6 +166,10 @@ class Bridge:
                             servers, (redis, command_reader), ctx, sessions, task_status
                         )
                         sessions_tg.cancel_scope.cancel()
+                    # Again, now that the lease renewal (which announces the presence with
+                    # the leases) has stopped: one in flight during the first withdrawal set
+                    # the presence again, left to lapse (a test saw it after the stop).
+                    await self._withdraw(sessions)
                     self._servers_stop.set()
                 root.cancel_scope.cancel()
         log.info("daemon.stopped")
