@@ -27,11 +27,6 @@ def waiting(conn: _StreamConnection) -> asyncio.Future[None]:
     return future
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_the_head_wakes_the_reader() -> None:
     conn = _StreamConnection(b"", 0.0)
     woken = waiting(conn)
