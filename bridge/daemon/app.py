@@ -160,12 +160,16 @@ class Bridge:
                 loops.start(root, "rediscover", self._rediscover, ctx.api)
                 # Listeners outlive the sessions: webhooks help in-flight payments finish.
                 async with anyio.create_task_group() as servers:
-                    async with anyio.create_task_group() as sessions_tg:
-                        self.sessions = sessions = Sessions(sessions_tg, ctx, self._key_for)
-                        await self._serve(
-                            servers, (redis, command_reader), ctx, sessions, task_status
-                        )
-                        sessions_tg.cancel_scope.cancel()
+                    try:
+                        async with anyio.create_task_group() as sessions_tg:
+                            self.sessions = sessions = Sessions(sessions_tg, ctx, self._key_for)
+                            await self._serve(
+                                servers, (redis, command_reader), ctx, sessions, task_status
+                            )
+                            sessions_tg.cancel_scope.cancel()
+                    finally:  # the sessions left hold no task: their leases are released here
+                        if self.sessions is not None:
+                            await self.sessions.hand_over()
                     # Again, now that the lease renewal (which announces the presence with
                     # the leases) has stopped: one in flight during the first withdrawal set
                     # the presence again, left to lapse (a test saw it after the stop).

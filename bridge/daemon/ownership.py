@@ -135,12 +135,16 @@ class Sessions:
         self.running[record.order_id] = session
         if self._idle.is_set():
             self._idle = anyio.Event()
-        self._tg.start_soon(self._run, session, name=f"session {record.order_id}")
+        session.begin(self._finished)
         return True
 
-    async def _run(self, session: PaymentSession) -> None:
+    def _finished(self, session: PaymentSession) -> None:
+        """A session is over (final, lease lost, a bug): its end runs in a task of its own."""
+        self._tg.start_soon(self._close, session, name=f"session end {session.order_id}")
+
+    async def _close(self, session: PaymentSession) -> None:
         try:
-            await session.run()
+            await session.close()
         except formats.NewerFormat as exc:
             # A newer release wrote this order's records (a rolling upgrade): left as they are,
             # for a daemon that reads them; retried after the pause, like a crash.
@@ -155,6 +159,24 @@ class Sessions:
             self.running.pop(session.order_id, None)
             if not self.running:
                 self._idle.set()
+
+    async def hand_over(self) -> None:
+        """The daemon stops and the payments' task group is over: the sessions still here had
+        no task left (a stream held open, timers). Stop them and release their leases, all in
+        one round trip, so another daemon (or the next start) continues them at once; the
+        registry keeps them. A lease not released lapses by itself within its TTL."""
+        left = list(self.running.values())
+        self.running.clear()
+        self._idle.set()
+        for session in left:
+            session.abandon()
+        if not left:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            try:
+                await self._ctx.leases.release_all({s.order_id: s.fence for s in left})
+            except RedisError as exc:
+                log.info("sessions.leases_not_released", count=len(left), error=str(exc))
 
     def nudge(self, order_id: str) -> None:
         session = self.running.get(order_id)

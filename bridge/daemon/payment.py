@@ -1,13 +1,15 @@
 """One payment in flight: follow its upstream stream until MultiSafepay gives a final status.
 
-A session is one task, the stream follower (reconnecting with backoff); once the stream can no
-longer be used the task only waits for the end. Everything else is timers in the daemon's one
+A quiet session holds no task: its SSE connection (reconnecting with backoff, see
+:mod:`bridge.daemon.payment_stream`) and timers in the daemon's one
 :class:`~bridge.daemon.scheduler.Scheduler`: a poll (``GET orders/{id}``) once the order has been
 quiet for ``poll_interval`` (backing off while polls find nothing), the deadline that cancels a
-payment left open too long and, after it, the check that gives up on an outcome nobody can tell.
-What a timer or a nudge (webhook, another daemon) finds to do runs as one short job at a time,
-in the task group that owns the payments, and only while there is work: a quiet payment holds
-one task and two heap entries. Every observation goes through the core's state machine and the
+payment left open too long and, after it, the check that gives up on an outcome nobody can tell,
+and the stream's idle deadline. What a message, a timer or a nudge (webhook, another daemon)
+brings to do runs as one short job at a time, in the task group that owns the payments, and only
+while there is work. Tasks exist only while something is awaited (a job, connecting, the message
+bus); the session's end is one more, run by :class:`~bridge.daemon.ownership.Sessions`
+(:meth:`PaymentSession.close`). Every observation goes through the core's state machine and the
 Redis transition; the first final ends the session. A final the stream gave is published at
 once, as the stream carried it; with ``enrich_final`` the session then asks ``GET`` once for the
 card details, which the core publishes as ``order.details``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -51,8 +54,9 @@ POLL_BACKOFF_LIMIT = 6
 STREAM_SOURCES = frozenset({Source.STREAM, Source.WEBSOCKET})
 
 
-#: What a session's job may have to do, in the order it does them (bits of ``_pending``).
-_NUDGE, _POLL, _DEADLINE, _UNKNOWN = 1, 2, 4, 8
+#: What a session's job may have to do, in the order it does them (bits of ``_pending``):
+#: read the stream's connection first (a final there is published at once).
+_STREAM, _NUDGE, _POLL, _DEADLINE, _UNKNOWN = 1, 2, 4, 8, 16
 
 
 class PaymentSession(StreamFollower):
@@ -67,11 +71,13 @@ class PaymentSession(StreamFollower):
         "_lease_lost",
         "_final_from_stream",
         "_ended",
-        "_scope",
+        "_closing",
+        "_on_finish",
         "_pending",
         "_working",
-        "_worker",
-        "_worker_gone",
+        "_tasks",
+        "_scopes",
+        "_gone",
         "_crash",
         "_poll_timer",
         "_poll_wait",
@@ -109,15 +115,22 @@ class PaymentSession(StreamFollower):
         self._opened = False
         self.live = False
         self._final_from_stream = False
+        self._conn = None
+        self._backoff = None
+        self._stream_timer = None
         #: Set once the session is over (final, lease lost, stopped): no more jobs or timers.
         self._ended = False
-        #: The stream follower's scope, cancelled by :meth:`_finish`.
-        self._scope: anyio.CancelScope | None = None
-        #: Jobs wanted (``_NUDGE`` ...); ``_working`` while one task runs them.
+        #: Set once its end was handed to ``_on_finish`` (given by :meth:`begin`).
+        self._closing = False
+        self._on_finish: Callable[[PaymentSession], None] | None = None
+        #: Jobs wanted (``_STREAM`` ...); ``_working`` while one task runs them.
         self._pending = 0
         self._working = False
-        self._worker: anyio.CancelScope | None = None
-        self._worker_gone: anyio.Event | None = None
+        #: The session's tasks spawned and not yet over, their scopes while they run, and the
+        #: event :meth:`_stop_work` waits on until there are none.
+        self._tasks = 0
+        self._scopes: list[anyio.CancelScope] | None = None
+        self._gone: anyio.Event | None = None
         #: What a job raised that is a bug: the session ends and re-raises it.
         self._crash: Exception | None = None
         self._poll_timer: Timer | None = None
@@ -140,34 +153,38 @@ class PaymentSession(StreamFollower):
             **fields,
         )
 
-    async def run(self) -> None:
-        """Follow the order until its final event is published.
+    def begin(self, on_finish: Callable[[PaymentSession], None]) -> None:
+        """Start following the order: its timers and its stream. Once the session is over
+        (final, lease lost, a bug), ``on_finish(self)`` is called, once: the caller then runs
+        :meth:`close` in a task of its own."""
+        self._on_finish = on_finish
+        if self.final or self._ended:
+            self._finish()
+            return
+        self._arm()
+        self._connect_stream()
+
+    async def close(self) -> None:
+        """End the session :meth:`begin` started, once it is over: its work stopped, the
+        card details asked for, then the registry entry and the lease gone in one round trip.
 
         Ends early, leaving the order to whoever holds its lease, when the lease is lost; when
         cancelled (the daemon stops) it releases the lease so another daemon continues at once,
-        and the registry keeps the session for whoever resumes it.
-        """
+        and the registry keeps the session for whoever resumes it. Re-raises what a job raised
+        that is a bug."""
         ended = False  # over here: the lease goes with the registry entry, in one round trip
         try:
             try:
-                if not self.final and not self._ended:
-                    self._arm()
-                    with anyio.CancelScope() as self._scope:
-                        if self._ended:  # lost its lease before it started
-                            self._scope.cancel()
-                        await self._follow_stream()
-                        await anyio.sleep_forever()  # the timers carry on until _finish
-            finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await self._stop_work()
-            if self._crash is not None:
-                raise self._crash
-            if self._details_wanted():
-                with anyio.move_on_after(self.ctx.upstream.connect_timeout):
-                    await self.reconcile()  # the details follow the final, never delay it
-            ended = not self._lease_lost
-        except* LeaseLost:  # a commit was refused: the lease is someone else's now
-            self._lease_lost = True
+                if self._crash is not None:
+                    raise self._crash
+                if self._details_wanted():
+                    with anyio.move_on_after(self.ctx.upstream.connect_timeout):
+                        await self.reconcile()  # the details follow the final, never delay it
+                ended = not self._lease_lost
+            except* LeaseLost:  # a commit was refused: the lease is someone else's now
+                self._lease_lost = True
         finally:
             if not ended:  # cancelled (the daemon stops), crashed or lost: the lease alone
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
@@ -181,23 +198,35 @@ class PaymentSession(StreamFollower):
         )
         self._log("info", "session.ended", status=self.state.status if self.state else None)
 
-    def _finish(self) -> None:
-        """The session is over: stop the stream follower (``run`` then cleans up)."""
-        self._ended = True
-        if self._scope is not None:
-            self._scope.cancel()
+    def abandon(self) -> None:
+        """The daemon stops and this session had no end of its own: stop everything it holds
+        now (no awaiting). Its lease is the caller's to release; the registry keeps it."""
+        self._closing = True
+        self._halt()
 
-    async def _stop_work(self) -> None:
-        """No more timers; the job running, if any, is cancelled and waited for."""
+    def _finish(self) -> None:
+        """The session is over: hand its end to the owner (once)."""
+        self._ended = True
+        if not self._closing and self._on_finish is not None:
+            self._closing = True
+            self._on_finish(self)
+
+    def _halt(self) -> None:
+        """No more jobs, timers or stream; the session's tasks are cancelled."""
         self._ended = True
         self._pending = 0
         self.timers.cancel(self._poll_timer)
         self.timers.cancel(self._deadline_timer)
         self._poll_timer = self._deadline_timer = None
-        if self._working:
-            if self._worker is not None:
-                self._worker.cancel()
-            self._worker_gone = gone = anyio.Event()
+        self._close_stream()
+        for scope in self._scopes or ():
+            scope.cancel()
+
+    async def _stop_work(self) -> None:
+        """:meth:`_halt`, then wait until the session's tasks are over."""
+        self._halt()
+        if self._tasks:
+            self._gone = gone = anyio.Event()
             await gone.wait()
 
     async def _release_quietly(self) -> None:
@@ -331,30 +360,56 @@ class PaymentSession(StreamFollower):
         self._pending |= job
         if not self._working:
             self._working = True
-            self.timers.spawn(self._work)
+            self._spawn(self._work)
+
+    def _stream_news(self) -> None:
+        self._want(_STREAM)
+
+    def _spawn_stream_task(self) -> None:
+        self._spawn(self._stream_task)
+
+    def _spawn(self, body: Callable[[], Awaitable[None]]) -> None:
+        self._tasks += 1
+        self.timers.spawn(self._task, body)
+
+    async def _task(self, body: Callable[[], Awaitable[None]]) -> None:
+        """One of the session's tasks (its job worker, connecting its stream, the bus): what
+        it raises ends the session, never the task group of every payment."""
+        scope = anyio.CancelScope()
+        scopes = self._scopes = self._scopes or []
+        scopes.append(scope)
+        try:
+            with scope:
+                if not self._ended:
+                    await body()
+        except* LeaseLost:  # a commit was refused: the lease is someone else's now
+            self._lease_lost = True
+            self._finish()
+        except* Exception as group:  # noqa: BLE001 - a bug: the session ends, close() re-raises
+            self._crash = group.exceptions[0] if len(group.exceptions) == 1 else group
+            self._finish()
+        finally:
+            scopes.remove(scope)
+            if not scopes and self._scopes is scopes:
+                self._scopes = None
+            self._tasks -= 1
+            if not self._tasks and self._gone is not None:
+                self._gone.set()
 
     async def _work(self) -> None:
         """Do the jobs wanted, one at a time, until there are none (then the task ends)."""
         try:
-            with anyio.CancelScope() as self._worker:
-                while self._pending and not self._ended:
-                    job = self._pending & -self._pending  # the first wanted, in _NUDGE.. order
-                    self._pending &= ~job
-                    await self._do(job)
-        except* LeaseLost:  # a commit was refused: the lease is someone else's now
-            self._lease_lost = True
-            self._finish()
-        except* Exception as group:  # noqa: BLE001 - a bug: the session ends, run() re-raises it
-            self._crash = group.exceptions[0] if len(group.exceptions) == 1 else group
-            self._finish()
+            while self._pending and not self._ended:
+                job = self._pending & -self._pending  # the first wanted, in _STREAM.. order
+                self._pending &= ~job
+                await self._do(job)
         finally:
-            self._worker = None
             self._working = False
-            if self._worker_gone is not None:
-                self._worker_gone.set()
 
     async def _do(self, job: int) -> None:
-        if job == _NUDGE:
+        if job == _STREAM:
+            await self._read_connection()
+        elif job == _NUDGE:
             await self._follow_nudge()
         elif job == _POLL:
             await self._poll()
@@ -402,7 +457,7 @@ class PaymentSession(StreamFollower):
 
     def _stream_down(self) -> None:
         """The stream is lost: quiet polls go back to their own wait at once (a poll timer set
-        for a connected stream's longer wait is brought forward)."""
+        for a connected stream's longer wait is brought forward). Overrides the follower's."""
         self.live = False
         timer = self._poll_timer
         if self._ended or timer is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, cast
@@ -81,10 +82,12 @@ class _Target:
         return cls(parts.hostname, port or (443 if tls else 80), tls, parts.netloc, path)
 
 
-class _StreamConnection(asyncio.Protocol):
+class StreamConnection(asyncio.Protocol):
     """One stream's socket: bytes -> h11 -> SSE decoder -> :attr:`messages`.
 
-    Callbacks only parse and record; :meth:`wake` tells the one reader waiting.
+    Callbacks only parse and record; :meth:`wake` tells the one reader waiting (a coroutine in
+    :meth:`wait_until`, or the ``on_change`` callback of an owner that holds no task). Its clock
+    is :func:`time.monotonic` (the daemon's scheduler's), not the loop's.
     """
 
     __slots__ = (
@@ -102,6 +105,7 @@ class _StreamConnection(asyncio.Protocol):
         "ended",
         "bytes_at",
         "line_at",
+        "on_change",
     )
 
     def __init__(self, request: bytes, now: float) -> None:
@@ -120,6 +124,8 @@ class _StreamConnection(asyncio.Protocol):
         self.error: StreamError | None = None
         self.ended = False
         self.bytes_at = self.line_at = now
+        #: Called (synchronously, from the loop's callbacks) whenever :meth:`wake` is.
+        self.on_change: Callable[[], None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -130,7 +136,7 @@ class _StreamConnection(asyncio.Protocol):
         self._request = b""  # sent: not held (nor its token) for the stream's life
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_at = asyncio.get_running_loop().time()
+        self.bytes_at = time.monotonic()
         self._http.receive_data(data)
         self._read_events()
 
@@ -197,14 +203,30 @@ class _StreamConnection(asyncio.Protocol):
     def wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        if self.on_change is not None:
+            self.on_change()
+
+    def check_idle(self, idle_timeout: float) -> float | None:
+        """The idle deadline (:func:`time.monotonic`) while the stream is alive; None once it
+        is past, with :attr:`error` set to why (silent, or a slow drip of bytes that never
+        complete a line: a keep-alive is a line, so it keeps a quiet stream alive)."""
+        now = time.monotonic()
+        if now - self.line_at < idle_timeout:
+            return self.line_at + idle_timeout
+        if self.error is None:
+            if now - self.bytes_at >= idle_timeout:
+                self.error = StreamError(f"stream silent for {idle_timeout:g} s")
+            else:
+                self.error = StreamError(f"no complete line for {idle_timeout:g} s (a slow drip)")
+        return None
 
     async def wait_until(self, deadline: float) -> None:
-        """Until something happens, or the loop's clock reaches ``deadline``: one future and
-        one timer of the loop's own scheduler (no cancel scope per message: less garbage for
-        the collector, whose pauses grow with the heap of thousands of streams)."""
+        """Until something happens, or :func:`time.monotonic` reaches ``deadline``: one future
+        and one timer of the loop's own scheduler (no cancel scope per message: less garbage
+        for the collector, whose pauses grow with the heap of thousands of streams)."""
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
-        timer = loop.call_at(deadline, self.wake)
+        timer = loop.call_later(deadline - time.monotonic(), self.wake)
         try:
             await waiter  # a cancellation (anyio's included) cancels this await
         finally:
@@ -220,6 +242,7 @@ class _StreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.ended = True
+        self.on_change = None  # its owner closed it: nothing more to tell
         if self.transport is not None:
             self.transport.abort()  # a stream has nothing to flush: drop it at once
 
@@ -243,9 +266,9 @@ async def _open(
     connect_timeout: float,
     idle_timeout: float,
     tls: ssl.SSLContext | None,
-) -> _StreamConnection:
+) -> StreamConnection:
     loop = asyncio.get_running_loop()
-    conn = _StreamConnection(request, loop.time())
+    conn = StreamConnection(request, time.monotonic())
     try:
         with anyio.fail_after(connect_timeout):
             await loop.create_connection(
@@ -261,14 +284,14 @@ async def _open(
     except OSError as exc:
         raise StreamError(f"ConnectError: {str(exc)[:200] or type(exc).__name__}") from None
     while conn.status is None and conn.error is None and not conn.ended:
-        if loop.time() - conn.bytes_at >= idle_timeout:
+        if time.monotonic() - conn.bytes_at >= idle_timeout:
             conn.close()
             raise StreamError(f"stream silent for {idle_timeout:g} s")
         await conn.wait_until(conn.bytes_at + idle_timeout)
     return conn
 
 
-def _check_response(conn: _StreamConnection) -> None:
+def _check_response(conn: StreamConnection) -> None:
     status = conn.status
     if status is None:
         raise conn.error or StreamError("stream closed before answering")
@@ -284,7 +307,7 @@ def _check_response(conn: _StreamConnection) -> None:
         )
 
 
-async def sse_messages(
+async def open_stream(
     url: str,
     token: str,
     *,
@@ -292,17 +315,14 @@ async def sse_messages(
     last_event_id: str | None = None,
     connect_timeout: float = 10.0,
     idle_timeout: float = 45.0,
-    on_open: Callable[[], Awaitable[None]] | None = None,
     tls: ssl.SSLContext | None = None,
-) -> AsyncGenerator[StreamMessage, None]:
-    """Yield the stream's messages until it ends. Keep-alives (``data: ping``) are skipped.
+) -> StreamConnection:
+    """Connect and read the answer's head: a stream accepted, its messages queued on it as
+    they come (keep-alives dropped) in :attr:`StreamConnection.messages`.
 
-    ``on_open`` is awaited once the stream is accepted, before its first message is read.
     ``tls``: the context of an ``https`` stream (default: :func:`client_context`'s, trusting
-    what httpx trusts; the daemon passes the one its config asks for).
-
-    Raises :class:`StreamError` for anything that ends the stream other than its own end. Use
-    with ``contextlib.aclosing`` so the connection closes when the caller stops early.
+    what httpx trusts; the daemon passes the one its config asks for). Raises
+    :class:`StreamError` (:class:`StreamRejected` for a refused token). The caller closes it.
     """
     target = _Target.parse(url)
     headers = [
@@ -314,15 +334,43 @@ async def sse_messages(
     ]
     if last_event_id:
         headers.append(("Last-Event-ID", last_event_id))
-    request = _request(target, headers)
-    # Held for the stream's life otherwise, in this generator's frame: ~0.5 KB per stream
-    # (the connection drops its own copy of the request once sent).
-    del headers
-    conn = await _open(target, request, connect_timeout, idle_timeout, tls)
-    del request
-    loop = asyncio.get_running_loop()
+    conn = await _open(target, _request(target, headers), connect_timeout, idle_timeout, tls)
     try:
         _check_response(conn)
+    except StreamError:
+        conn.close()
+        raise
+    return conn
+
+
+async def sse_messages(
+    url: str,
+    token: str,
+    *,
+    auth: Literal["bearer", "raw"] = "bearer",
+    last_event_id: str | None = None,
+    connect_timeout: float = 10.0,
+    idle_timeout: float = 45.0,
+    on_open: Callable[[], Awaitable[None]] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> AsyncGenerator[StreamMessage, None]:
+    """Yield the stream's messages until it ends (:func:`open_stream`, read by a coroutine).
+    Keep-alives (``data: ping``) are skipped.
+
+    ``on_open`` is awaited once the stream is accepted, before its first message is read.
+    Raises :class:`StreamError` for anything that ends the stream other than its own end. Use
+    with ``contextlib.aclosing`` so the connection closes when the caller stops early.
+    """
+    conn = await open_stream(
+        url,
+        token,
+        auth=auth,
+        last_event_id=last_event_id,
+        connect_timeout=connect_timeout,
+        idle_timeout=idle_timeout,
+        tls=tls,
+    )
+    try:
         if on_open is not None:
             await on_open()
         while True:
@@ -334,11 +382,9 @@ async def sse_messages(
                 raise conn.error
             if conn.ended:
                 return
-            now = loop.time()
-            if now - conn.bytes_at >= idle_timeout:
-                raise StreamError(f"stream silent for {idle_timeout:g} s")
-            if now - conn.line_at >= idle_timeout:
-                raise StreamError(f"no complete line for {idle_timeout:g} s (a slow drip)")
-            await conn.wait_until(conn.line_at + idle_timeout)
+            deadline = conn.check_idle(idle_timeout)
+            if deadline is None:
+                raise conn.error or StreamError(f"stream silent for {idle_timeout:g} s")
+            await conn.wait_until(deadline)
     finally:
         conn.close()

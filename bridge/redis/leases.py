@@ -339,5 +339,21 @@ class Leases:
         self.forget(order_id, token)
         await self._release(keys=[self._keys.lease(order_id)], args=[token])
 
+    async def release_all(self, held: dict[str, str]) -> None:
+        """Release every lease in ``held`` (order id -> token) in one round trip: a daemon
+        that stops hands over all its payments at once. ``EVAL``, not ``EVALSHA``: a Redis
+        restarted since the script was loaded still releases them. Raises the first error."""
+        for order_id, token in held.items():
+            self.forget(order_id, token)
+        if not held:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for order_id, token in held.items():
+                pipe.execute_command("EVAL", _RELEASE, 1, self._keys.lease(order_id), token)
+            replies = errors_as_values(list(await pipe.execute(raise_on_error=False)))
+        error = next((r for r in replies if isinstance(r, Exception)), None)
+        if error is not None:
+            raise error
+
     async def holder(self, order_id: str) -> str | None:
         return text(await self._client.get(self._keys.lease(order_id)))

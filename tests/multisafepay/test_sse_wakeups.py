@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from bridge.multisafepay.sse import _StreamConnection
+from bridge.multisafepay.sse import StreamConnection
 
 pytestmark = pytest.mark.anyio
 
@@ -22,20 +22,20 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def waiting(conn: _StreamConnection) -> asyncio.Future[None]:
+def waiting(conn: StreamConnection) -> asyncio.Future[None]:
     conn._waiter = future = asyncio.get_running_loop().create_future()
     return future
 
 
 async def test_the_head_wakes_the_reader() -> None:
-    conn = _StreamConnection(b"", 0.0)
+    conn = StreamConnection(b"", 0.0)
     woken = waiting(conn)
     conn.data_received(HEAD)
     assert woken.done() and conn.status == 200
 
 
 async def test_a_keep_alive_is_dropped_and_wakes_nobody_but_counts_as_a_line() -> None:
-    conn = _StreamConnection(b"", 0.0)
+    conn = StreamConnection(b"", 0.0)
     conn.data_received(HEAD)
     woken = waiting(conn)
     line_at = conn.line_at
@@ -47,7 +47,7 @@ async def test_a_keep_alive_is_dropped_and_wakes_nobody_but_counts_as_a_line() -
 
 
 async def test_a_message_wakes_the_reader_even_after_a_keep_alive() -> None:
-    conn = _StreamConnection(b"", 0.0)
+    conn = StreamConnection(b"", 0.0)
     conn.data_received(HEAD)
     woken = waiting(conn)
     conn.data_received(chunk(b"data: ping\n\nevent: session.order\ndata: {}\n\n"))
@@ -56,12 +56,12 @@ async def test_a_message_wakes_the_reader_even_after_a_keep_alive() -> None:
 
 
 async def test_the_end_and_garbage_wake_the_reader() -> None:
-    conn = _StreamConnection(b"", 0.0)
+    conn = StreamConnection(b"", 0.0)
     conn.data_received(HEAD)
     woken = waiting(conn)
     conn.data_received(b"0\r\n\r\n")
     assert woken.done() and conn.ended
-    garbled = _StreamConnection(b"", 0.0)
+    garbled = StreamConnection(b"", 0.0)
     garbled.data_received(HEAD)
     woken = waiting(garbled)
     garbled.data_received(b"zz\r\n")
