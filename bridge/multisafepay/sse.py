@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -347,29 +347,18 @@ async def sse_messages(
     url: str,
     token: str,
     *,
-    auth: Literal["bearer", "raw"] = "bearer",
-    last_event_id: str | None = None,
-    connect_timeout: float = 10.0,
     idle_timeout: float = 45.0,
     on_open: Callable[[], Awaitable[None]] | None = None,
-    tls: ssl.SSLContext | None = None,
+    **options: Any,
 ) -> AsyncGenerator[StreamMessage, None]:
-    """Yield the stream's messages until it ends (:func:`open_stream`, read by a coroutine).
-    Keep-alives (``data: ping``) are skipped.
+    """Yield the stream's messages until it ends (:func:`open_stream`, with its ``options``,
+    read by a coroutine). Keep-alives (``data: ping``) are skipped.
 
     ``on_open`` is awaited once the stream is accepted, before its first message is read.
     Raises :class:`StreamError` for anything that ends the stream other than its own end. Use
     with ``contextlib.aclosing`` so the connection closes when the caller stops early.
     """
-    conn = await open_stream(
-        url,
-        token,
-        auth=auth,
-        last_event_id=last_event_id,
-        connect_timeout=connect_timeout,
-        idle_timeout=idle_timeout,
-        tls=tls,
-    )
+    conn = await open_stream(url, token, idle_timeout=idle_timeout, **options)
     try:
         if on_open is not None:
             await on_open()
