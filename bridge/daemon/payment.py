@@ -390,7 +390,7 @@ class PaymentSession(StreamFollower):
             self._finish()
         finally:
             scopes.remove(scope)
-            if not scopes and self._scopes is scopes:
+            if not scopes:  # none held while the session waits (a list is 56 bytes)
                 self._scopes = None
             self._tasks -= 1
             if not self._tasks and self._gone is not None:
