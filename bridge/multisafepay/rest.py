@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from bridge.multisafepay import http1
+
 #: Longest response head and body read (an order is a few KB; a terminals page ~50 KB).
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -61,154 +63,66 @@ class Response:
 
 
 class ResponseParser:
-    """Bytes in, one :class:`Response` out (sans I/O). ``feed`` returns it once complete; ``eof``
-    says the connection closed (which completes a body read to the end). Raises
-    :class:`RestError` for garbage or a response over the limits."""
+    """Bytes in, one :class:`Response` out (sans I/O, over :mod:`http1`). ``feed`` returns it
+    once complete; ``eof`` says the connection closed (which completes a body read to the end).
+    Raises :class:`RestError` for garbage or a response over the limits."""
 
-    __slots__ = (
-        "_buf",
-        "_status",
-        "_headers",
-        "_length",
-        "_chunked",
-        "_body",
-        "_chunk_left",
-        "_keep",
-        "_trailers",
-        "_head_only",
-    )
+    __slots__ = ("_buf", "_head", "_body", "_reader", "_head_only", "_answered")
 
     def __init__(self, *, head_only: bool = False) -> None:
         self._buf = bytearray()
-        self._status: int | None = None
-        self._headers: dict[str, str] = {}
-        self._length: int | None = None
-        self._chunked = False
+        self._head: http1.Head | None = None
         self._body = bytearray()
-        self._chunk_left = -1  # -1: a chunk-size line comes next
-        self._keep = True
-        self._trailers = False
+        self._reader: http1.BodyReader | None = None
         self._head_only = head_only  # a HEAD request's response has no body
+        self._answered = False
 
     def feed(self, data: bytes) -> Response | None:
         self._buf += data
-        if self._status is None:
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > MAX_HEAD_BYTES:
-                    raise ResponseTooLarge("response head too large", sent=True)
-                return None
-            if end > MAX_HEAD_BYTES:
-                raise ResponseTooLarge("response head too large", sent=True)
-            self._head(bytes(self._buf[:end]))
-            del self._buf[: end + 4]
-            if 100 <= (self._status or 0) < 200:  # an interim answer: the real one follows
-                self._status = None
-                self._headers = {}
-                return self.feed(b"")
-        return self._body_part()
+        if self._answered:  # bytes past the response: not this parser's
+            return None
+        try:
+            while self._reader is None:
+                raw = http1.take_head(self._buf, MAX_HEAD_BYTES)
+                if raw is None:
+                    return None
+                head = http1.parse_head(raw, no_body=self._head_only)
+                if not head.interim:  # an interim answer: the real one follows
+                    if (head.length or 0) > MAX_BODY_BYTES:
+                        raise ResponseTooLarge("response body too large", sent=True)
+                    self._head, self._reader = head, http1.BodyReader(head)
+            self._body += self._reader.read(self._buf)
+        except http1.HeadTooLarge:
+            raise ResponseTooLarge("response head too large", sent=True) from None
+        except http1.HTTPGarbage as exc:
+            raise RestError(f"server answered garbage HTTP: {exc}", sent=True) from None
+        if len(self._body) > MAX_BODY_BYTES:
+            raise ResponseTooLarge("response body too large", sent=True)
+        return self._done() if self._reader.done else None
 
     def eof(self) -> Response:
         """The connection closed: the response, if one read to the end is now whole."""
-        if self._status is not None and self._length is None and not self._chunked:
-            self._keep = False
-            return self._done(bytes(self._buf))
-        raise RestError("server closed the connection mid-response", sent=True)
-
-    def _head(self, head: bytes) -> None:
+        if self._reader is None:
+            raise RestError("server closed the connection mid-response", sent=True)
         try:
-            text = head.decode("latin-1")
-            status_line, *lines = text.split("\r\n")
-            version, _, rest = status_line.partition(" ")
-            code = rest[:3]
-            if not version.startswith("HTTP/1.") or not code.isdigit():
-                raise ValueError(status_line[:64])
-            headers: dict[str, str] = {}
-            for line in lines:
-                name, sep, value = line.partition(":")
-                if not sep or not name or name != name.strip():
-                    raise ValueError("header line")
-                name, value = name.lower(), value.strip()
-                headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        except ValueError as exc:
-            raise RestError(f"server answered garbage HTTP: {exc}", sent=True) from None
-        self._status = int(code)
-        self._headers = headers
-        connection = headers.get("connection", "").lower()
-        self._keep = "close" not in connection and (
-            version != "HTTP/1.0" or "keep-alive" in connection
-        )
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._chunked = True
-        elif "content-length" in headers:
-            length = headers["content-length"].split(",")[0].strip()
-            if not length.isdigit():
-                raise RestError("server answered a bad Content-Length", sent=True)
-            self._length = int(length)
-            if self._length > MAX_BODY_BYTES:
-                raise ResponseTooLarge("response body too large", sent=True)
-        if self._head_only or self._status in (204, 304):
-            self._length = 0
+            self._reader.eof()
+        except http1.HTTPGarbage:
+            raise RestError("server closed the connection mid-response", sent=True) from None
+        return self._done(closed=True)
 
-    def _body_part(self) -> Response | None:
-        if self._chunked:
-            return self._chunks()
-        if self._length is not None:
-            if len(self._buf) < self._length:
-                return None
-            body = bytes(self._buf[: self._length])
-            del self._buf[: self._length]
-            return self._done(body)
-        if len(self._buf) > MAX_BODY_BYTES:  # read until close
-            raise ResponseTooLarge("response body too large", sent=True)
-        return None
-
-    def _chunks(self) -> Response | None:
-        buf = self._buf
-        while True:
-            if self._trailers:  # after the last chunk: trailer lines, then an empty one
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    return None
-                line = bytes(buf[:end])
-                del buf[: end + 2]
-                if not line:
-                    return self._done(bytes(self._body))
-                continue
-            if self._chunk_left < 0:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > 1024:
-                        raise RestError("server answered a bad chunk size", sent=True)
-                    return None
-                size = bytes(buf[:end]).split(b";")[0].strip()
-                del buf[: end + 2]
-                try:
-                    self._chunk_left = int(size, 16)
-                except ValueError:
-                    raise RestError("server answered a bad chunk size", sent=True) from None
-                if self._chunk_left == 0:
-                    self._trailers = True
-                    continue
-                if len(self._body) + self._chunk_left > MAX_BODY_BYTES:
-                    raise ResponseTooLarge("response body too large", sent=True)
-            if len(buf) < self._chunk_left + 2:
-                return None
-            if buf[self._chunk_left : self._chunk_left + 2] != b"\r\n":
-                raise RestError("server answered a bad chunk", sent=True)
-            self._body += buf[: self._chunk_left]
-            del buf[: self._chunk_left + 2]
-            self._chunk_left = -1
-
-    def _done(self, body: bytes) -> Response:
-        assert self._status is not None
-        encoding = self._headers.get("content-encoding", "identity").lower().strip()
+    def _done(self, *, closed: bool = False) -> Response:
+        head = self._head
+        assert head is not None
+        body = bytes(self._body)
+        encoding = head.headers.get("content-encoding", "identity").lower().strip()
         if encoding in ("gzip", "x-gzip", "deflate"):
             body = _decompress(body, encoding)
         elif encoding not in ("", "identity"):
             raise RestError(f"server answered {encoding[:32]!r}-encoded", sent=True)
-        keep = self._keep and not self._buf  # bytes past the response: the connection is odd
-        return Response(self._status, self._headers, body, keep)
+        self._answered = True
+        # bytes past the response: the connection is odd
+        keep = head.keep_alive and not closed and not self._buf
+        return Response(head.status, head.headers, body, keep)
 
 
 def _decompress(body: bytes, encoding: str) -> bytes:
@@ -423,16 +337,15 @@ class RestPool:
         """One request; raises :class:`RestError` (``sent``: it may have reached the server).
         The caller bounds the whole call in time (a cancellation closes its connection)."""
         origin, target = self._target(url)
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {origin.netloc}"]
-        lines.append(f"User-Agent: {self._user_agent}")
-        lines.append("Accept-Encoding: identity")
-        for name, value in headers:
-            if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-                raise RestError("a header with a line break", sent=False)
-            lines.append(f"{name}: {value}")
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body or b'')}")
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        fixed = [
+            ("Host", origin.netloc),
+            ("User-Agent", self._user_agent),
+            ("Accept-Encoding", "identity"),
+        ]
+        try:
+            request = http1.request(method, target, [*fixed, *headers], body)
+        except ValueError as exc:
+            raise RestError(str(exc), sent=False) from None
         head_only = method == "HEAD"
         conn = self._take_idle(origin)
         if conn is not None:

@@ -2,8 +2,9 @@
 
 This only reads a stream; what a message means is the core's business and reconnecting is the
 session's. A long-lived stream needs little: one request, then bytes. So each stream is an
-:class:`asyncio.Protocol` on the shared event loop feeding two sans-I/O parsers, ``h11`` (the
-HTTP/1.1 response, as httpx itself uses) and the project's bounded :mod:`sse_decoder` (httpx-sse's
+:class:`asyncio.Protocol` on the shared event loop feeding two sans-I/O parsers, the
+project's :mod:`http1` (the HTTP/1.1 response: one small object per stream, where an
+``h11.Connection`` was six and about 1 KB) and its bounded :mod:`sse_decoder` (httpx-sse's
 keeps an unfinished line without limit). Compared with a reader on httpx (a client pool scanned
 on every new request, a response object, its byte-stream iterators and their buffers), it holds
 a few KB per stream and no pool. TLS: the daemon's one context (:mod:`bridge.multisafepay.tls`).
@@ -24,8 +25,8 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import anyio
-import h11
 
+from bridge.multisafepay import http1
 from bridge.multisafepay.sse_decoder import SSEDecoder, SSEMessage, SSEProtocolError
 from bridge.multisafepay.tls import client_context
 
@@ -83,7 +84,7 @@ class _Target:
 
 
 class StreamConnection(asyncio.Protocol):
-    """One stream's socket: bytes -> h11 -> SSE decoder -> :attr:`messages`.
+    """One stream's socket: bytes -> HTTP/1.1 body -> SSE decoder -> :attr:`messages`.
 
     Callbacks only parse and record; :meth:`wake` tells the one reader waiting (a coroutine in
     :meth:`wait_until`, or the ``on_change`` callback of an owner that holds no task). Its clock
@@ -91,7 +92,8 @@ class StreamConnection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_http",
+        "_buf",
+        "_body",
         "_decoder",
         "_request",
         "_waiter",
@@ -109,7 +111,8 @@ class StreamConnection(asyncio.Protocol):
     )
 
     def __init__(self, request: bytes, now: float) -> None:
-        self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._buf = bytearray()  # bytes received and not yet parsed
+        self._body: http1.BodyReader | None = None  # once the answer's head is read
         self._decoder = SSEDecoder(max_line=MAX_LINE_BYTES, max_event=MAX_MESSAGE_BYTES)
         self._request = request
         self._waiter: asyncio.Future[None] | None = None
@@ -137,12 +140,11 @@ class StreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_at = time.monotonic()
-        self._http.receive_data(data)
-        self._read_events()
+        self._buf += data
+        self._read_events(eof=False)
 
     def eof_received(self) -> bool:
-        self._http.receive_data(b"")
-        self._read_events()
+        self._read_events(eof=True)
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -154,19 +156,17 @@ class StreamConnection(asyncio.Protocol):
 
     # -- parsing ----------------------------------------------------------------------------
 
-    def _read_events(self) -> None:
+    def _read_events(self, *, eof: bool) -> None:
         # The reader is woken only for what it waits for (the answer's head, a message, the
         # end, an error), not for every chunk: a keep-alive every 15 s per held stream woke
         # its task through five coroutine frames and a new future and timer each time. The
         # idle deadlines need no wake-up per chunk: the reader's timer is at the earliest.
+        if self.ended or self.error is not None:
+            return
         queued, answered = len(self.messages), self.status is not None
         try:
-            while not self.ended and self.error is None:
-                event = self._http.next_event()
-                if event is h11.NEED_DATA or event is h11.PAUSED:
-                    break
-                self._on(event)
-        except h11.RemoteProtocolError as exc:
+            self._parse(eof)
+        except http1.HTTPGarbage as exc:
             self.error = StreamError(f"stream answered garbage HTTP: {exc}")
         except SSEProtocolError as exc:
             self.error = StreamError(f"garbage on the stream: {exc}")
@@ -181,20 +181,29 @@ class StreamConnection(asyncio.Protocol):
         ):
             self.wake()
 
-    def _on(self, event: object) -> None:
-        if isinstance(event, h11.Response):
-            self.status = event.status_code
-            for name, value in event.headers:
-                if name == b"content-type":
-                    self.content_type = value.decode("latin-1").partition(";")[0].strip()
-                elif name == b"content-encoding":
-                    self.content_encoding = value.decode("latin-1").strip().lower()
-        elif isinstance(event, h11.Data):
+    def _parse(self, eof: bool) -> None:
+        while self._body is None:
+            raw = http1.take_head(self._buf, MAX_HEAD_BYTES)
+            if raw is None:
+                if eof:  # closed before answering
+                    self.ended = True
+                return
+            head = http1.parse_head(raw)
+            if head.interim:  # the real answer follows
+                continue
+            self.status = head.status
+            self.content_type = head.headers.get("content-type", "").partition(";")[0].strip()
+            self.content_encoding = head.headers.get("content-encoding", "identity").lower()
+            self._body = http1.BodyReader(head)
+        data = self._body.read(self._buf) if self._buf else b""
+        if data:
             lines = self._decoder.lines
-            self.messages.extend(m for m in self._decoder.feed(bytes(event.data)) if not _ping(m))
+            self.messages.extend(m for m in self._decoder.feed(data) if not _ping(m))
             if self._decoder.lines != lines:
                 self.line_at = self.bytes_at
-        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+        if eof:
+            self._body.eof()  # garbage when the body was cut short
+        if self._body.done:
             self._decoder.close()  # a half message at the end is dropped, garbage raised
             self.ended = True
 
@@ -253,11 +262,11 @@ def _ping(message: SSEMessage) -> bool:
 
 
 def _request(target: _Target, headers: list[tuple[str, str]]) -> bytes:
-    http = h11.Connection(h11.CLIENT)
     head = [("Host", target.host_header), ("User-Agent", USER_AGENT), *headers]
-    return (http.send(h11.Request(method="GET", target=target.path, headers=head)) or b"") + (
-        http.send(h11.EndOfMessage()) or b""
-    )
+    try:
+        return http1.request("GET", target.path, head)
+    except ValueError as exc:  # a token or an id with a line break: never sent
+        raise StreamError(f"bad stream request: {exc}") from None
 
 
 async def _open(
