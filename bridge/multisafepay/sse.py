@@ -38,6 +38,8 @@ MAX_HEAD_BYTES = 16 * 1024
 #: Messages decoded but not yet taken before the socket stops being read (flow control).
 MAX_QUEUED = 64
 USER_AGENT = "pos-bridge/0.1"
+EVENT_STREAM = "text/event-stream"
+IDENTITY = "identity"
 
 
 class StreamError(Exception):
@@ -120,7 +122,7 @@ class StreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.status: int | None = None
         self.content_type = ""
-        self.content_encoding = "identity"
+        self.content_encoding = IDENTITY
         # A list, not a deque: at most MAX_QUEUED messages, and an empty deque is a 760-byte
         # block per stream held (tracemalloc, 1,000 streams), an empty list 56 bytes.
         self.messages: list[SSEMessage] = []
@@ -192,8 +194,11 @@ class StreamConnection(asyncio.Protocol):
             if head.interim:  # the real answer follows
                 continue
             self.status = head.status
-            self.content_type = head.headers.get("content-type", "").partition(";")[0].strip()
-            self.content_encoding = head.headers.get("content-encoding", "identity").lower()
+            # the expected values as the module's constants: not two strings per held stream
+            ctype = head.headers.get("content-type", "").partition(";")[0].strip()
+            self.content_type = EVENT_STREAM if ctype == EVENT_STREAM else ctype
+            coding = head.headers.get("content-encoding")
+            self.content_encoding = IDENTITY if coding is None else coding.lower()
             self._body = http1.BodyReader(head)
         data = self._body.read(self._buf) if self._buf else b""
         if data:
@@ -308,9 +313,9 @@ def _check_response(conn: StreamConnection) -> None:
         raise StreamRejected(f"stream refused the events token (HTTP {status})")
     if status != 200:
         raise StreamError(f"stream answered HTTP {status}")
-    if conn.content_encoding not in ("", "identity"):
+    if conn.content_encoding not in ("", IDENTITY):
         raise StreamError(f"stream answered {conn.content_encoding[:32]!r}-encoded, not identity")
-    if conn.content_type != "text/event-stream":
+    if conn.content_type != EVENT_STREAM:
         raise StreamError(
             f"stream answered {conn.content_type or 'no content type'}, not text/event-stream"
         )
