@@ -31,7 +31,16 @@ from bridge.redis.cluster import connect_cluster
 from bridge.redis.replicas import ALONE_CHECK_EVERY, ReplicaWait, is_commit
 from bridge.redis.target import RedisTarget
 
-__all__ = ["BridgeRedis", "RedisTarget", "connect", "errors_as_values", "stream_entries", "text"]
+__all__ = [
+    "BridgeRedis",
+    "RedisTarget",
+    "connect",
+    "errors_as_values",
+    "resp",
+    "roundtrip",
+    "stream_entries",
+    "text",
+]
 
 
 def _promotable(replica: dict[str, Any]) -> bool:
@@ -322,6 +331,62 @@ def connect(
     if t.wait_replicas > 0:
         client.replica_wait = ReplicaWait(t.wait_replicas, t.wait_timeout)
     return client
+
+
+async def roundtrip(client: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Write ``commands`` at once on a pooled connection and read every reply (an error reply
+    as a value, like a pipeline with ``raise_on_error=False``), packed by :func:`resp`, without
+    a pipeline object and its hooks. Arguments are str or int. Replies are Redis's own, not
+    parsed by redis-py's callbacks (``SET`` answers "OK", not True)."""
+    pool = getattr(client, "connection_pool", None)
+    # A pipeline instead for a client without one pool of plain connections (a cluster
+    # client), and for one that waits for replicas after a commit (its pipeline ends with
+    # WAIT: _WaitingPipeline); a raw write here would skip that WAIT.
+    if pool is None or getattr(client, "replica_wait", None) is not None:
+        async with client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                # the command itself, not pipe.evalsha(): a cluster client (no one pool)
+                # refuses that method (keys could span slots; ours never do: Keys)
+                pipe.execute_command(*command)
+            return errors_as_values(list(await pipe.execute(raise_on_error=False)))
+    packed = b"".join(map(resp, commands))
+    conn = await pool.get_connection()
+
+    async def attempt() -> list[Any]:
+        await conn.send_packed_command(packed)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return errors_as_values(replies)
+
+    async def dropped(_error: Exception) -> None:
+        await conn.disconnect()
+
+    try:
+        replies: list[Any] = await conn.retry.call_with_retry(attempt, dropped)
+    finally:
+        await pool.release(conn)
+    return replies
+
+
+def resp(command: tuple[Any, ...]) -> bytes:
+    """One command in Redis's wire format (RESP arrays of bulk strings). redis-py's packer
+    re-joins its growing buffer once per argument and checks each twice: with a transition's
+    ~20 arguments, two of them JSON documents, that was a third of a commit's CPU, and most of
+    a lease renewal's (thousands of arguments). Arguments are str or int."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        else:
+            raise TypeError(f"a command argument of type {type(arg).__name__}")
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
 
 
 @overload

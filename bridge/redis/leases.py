@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from bridge.core import formats
-from bridge.redis.client import errors_as_values, text
+from bridge.redis.client import errors_as_values, roundtrip, text
 from bridge.redis.keys import Keys
 from bridge.redis.presence import Presence
 
@@ -307,20 +307,18 @@ class Leases:
     async def _renew_chunks(
         self, chunks: list[list[tuple[str, str]]], *, announce: bool = False
     ) -> list[Any]:
-        """One pipeline of one renewal script call per chunk (after the presence, with
+        """One round trip of one renewal script call per chunk (after the presence, with
         ``announce``); the scripts' replies, errors as values (a failed presence raises).
-        The EVALSHA command itself, not the script called on the pipeline: a cluster pipeline
-        refuses ``.evalsha()`` (its keys could span slots; a deployment's never do)."""
-        sha = self._renew_many.sha
-        async with self._client.pipeline(transaction=False) as pipe:
-            if announce:
-                self.presence.announce_on(pipe)
-            for chunk in chunks:
-                keys = [self._keys.lease(order_id) for order_id, _ in chunk]
-                pipe.execute_command(
-                    "EVALSHA", sha, len(keys), *keys, self.ttl_ms, *(t for _, t in chunk)
-                )
-            replies = errors_as_values(list(await pipe.execute(raise_on_error=False)))
+        Packed by the project (``roundtrip``): redis-py's packer, at two arguments per lease,
+        was most of the renewal's CPU (26 ms a second at 10,000 leases)."""
+        sha, ttl, lease = self._renew_many.sha, self.ttl_ms, self._keys.lease
+        commands: list[tuple[Any, ...]] = []
+        if announce:
+            commands.append(self.presence.announce_command())
+        for chunk in chunks:
+            keys = [lease(order_id) for order_id, _ in chunk]
+            commands.append(("EVALSHA", sha, len(keys), *keys, ttl, *(t for _, t in chunk)))
+        replies = await roundtrip(self._client, commands)
         if announce:
             presence = replies.pop(0)
             if isinstance(presence, Exception):

@@ -74,7 +74,11 @@ class Presence:
 
     def announce_on(self, pipe: Any) -> None:
         """:meth:`announce`, queued on ``pipe`` (a pipeline of the same client)."""
-        pipe.set(self._keys.daemon(self.name), self._me, px=self._ttl_ms)
+        pipe.execute_command(*self.announce_command())
+
+    def announce_command(self) -> tuple[str | int, ...]:
+        """:meth:`announce` as a command to send (``bridge.redis.client.roundtrip``)."""
+        return ("SET", self._keys.daemon(self.name), self._me, "PX", self._ttl_ms)
 
     async def withdraw(self) -> None:
         """A clean stop: the daemon's commands are free at once."""

@@ -14,11 +14,11 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from bridge.core.events import Event, EventType
 from bridge.core.state import Decision, OrderState
-from bridge.redis.client import errors_as_values
+from bridge.redis.client import roundtrip
 from bridge.redis.cluster import publishing
 from bridge.redis.coalesce import Coalescer, Pending
 from bridge.redis.keys import Keys
@@ -146,42 +146,6 @@ class _TransitionBatcher:
     ) -> Any:
         return await self._calls.call(_Transition(keys, args, also, after))
 
-    async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Write ``commands`` at once on a pooled connection and read every reply (an
-        error reply as a value, like a pipeline with ``raise_on_error=False``)."""
-        pool = getattr(self._client, "connection_pool", None)
-        # A pipeline instead for a client without one pool of plain connections (a cluster
-        # client), and for one that waits for replicas after a commit (its pipeline ends
-        # with WAIT: bridge.redis.client); a raw write here would skip that WAIT.
-        if pool is None or getattr(self._client, "replica_wait", None) is not None:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    # the command itself, not pipe.evalsha(): a cluster client (no one pool)
-                    # refuses that method (keys could span slots; ours never do: Keys)
-                    pipe.execute_command(*command)
-                return errors_as_values(list(await pipe.execute(raise_on_error=False)))
-        packed = b"".join(map(_resp, commands))
-        conn = await pool.get_connection()
-
-        async def attempt() -> list[Any]:
-            await conn.send_packed_command(packed)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return errors_as_values(replies)
-
-        async def dropped(_error: Exception) -> None:
-            await conn.disconnect()
-
-        try:
-            replies: list[Any] = await conn.retry.call_with_retry(attempt, dropped)
-        finally:
-            await pool.release(conn)
-        return replies
-
     async def _send(self, batch: Sequence[Pending[_Transition]], retry: bool = True) -> None:
         sha = self._script.sha
         commands: list[tuple[Any, ...]] = []
@@ -191,7 +155,7 @@ class _TransitionBatcher:
             if p.item.after is not None:
                 commands += p.item.after.commands
         try:
-            replies = await self._roundtrip(commands)
+            replies = await roundtrip(self._client, commands)
         except Exception as exc:  # noqa: BLE001 - each caller gets it, as from its own call
             for p in batch:
                 p.error = exc
@@ -220,22 +184,6 @@ class _TransitionBatcher:
             for p in missing:
                 p.error = None
             await self._send(missing, retry=False)
-
-
-def _resp(command: tuple[Any, ...]) -> bytes:
-    """One command in Redis's wire format (RESP arrays of bulk strings). redis-py's packer
-    re-joins its growing buffer once per argument: with a transition's ~20 arguments, two of
-    them JSON documents, that was a third of a commit's CPU. Arguments are str or int."""
-    parts = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        if isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, int):
-            data = b"%d" % arg
-        else:
-            raise TypeError(f"a transition argument of type {type(arg).__name__}")
-        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
-    return b"".join(parts)
 
 
 class EventStore:
