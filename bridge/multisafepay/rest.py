@@ -67,7 +67,7 @@ class ResponseParser:
     once complete; ``eof`` says the connection closed (which completes a body read to the end).
     Raises :class:`RestError` for garbage or a response over the limits."""
 
-    __slots__ = ("_buf", "_head", "_body", "_reader", "_head_only", "_answered")
+    __slots__ = ("_buf", "_head", "_body", "_reader", "_head_only")
 
     def __init__(self, *, head_only: bool = False) -> None:
         self._buf = bytearray()
@@ -75,11 +75,10 @@ class ResponseParser:
         self._body = bytearray()
         self._reader: http1.BodyReader | None = None
         self._head_only = head_only  # a HEAD request's response has no body
-        self._answered = False
 
     def feed(self, data: bytes) -> Response | None:
         self._buf += data
-        if self._answered:  # bytes past the response: not this parser's
+        if self._reader is not None and self._reader.done:  # bytes past the response
             return None
         try:
             while self._reader is None:
@@ -119,7 +118,6 @@ class ResponseParser:
             body = _decompress(body, encoding)
         elif encoding not in ("", "identity"):
             raise RestError(f"server answered {encoding[:32]!r}-encoded", sent=True)
-        self._answered = True
         # bytes past the response: the connection is odd
         keep = head.keep_alive and not closed and not self._buf
         return Response(head.status, head.headers, body, keep)

@@ -200,7 +200,7 @@ class StreamConnection(asyncio.Protocol):
             coding = head.headers.get("content-encoding")
             self.content_encoding = IDENTITY if coding is None else coding.lower()
             self._body = http1.BodyReader(head)
-        data = self._body.read(self._buf) if self._buf else b""
+        data = self._body.read(self._buf)
         if data:
             lines = self._decoder.lines
             self.messages.extend(m for m in self._decoder.feed(data) if not _ping(m))

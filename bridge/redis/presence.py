@@ -72,10 +72,6 @@ class Presence:
         """Say (again) that this daemon is alive, for one TTL."""
         await self._client.set(self._keys.daemon(self.name), self._me, px=self._ttl_ms)
 
-    def announce_on(self, pipe: Any) -> None:
-        """:meth:`announce`, queued on ``pipe`` (a pipeline of the same client)."""
-        pipe.execute_command(*self.announce_command())
-
     def announce_command(self) -> tuple[str | int, ...]:
         """:meth:`announce` as a command to send (``bridge.redis.client.roundtrip``)."""
         return ("SET", self._keys.daemon(self.name), self._me, "PX", self._ttl_ms)
